@@ -1,0 +1,13 @@
+//! The session domain: what a session is, how it ends, where it is kept.
+//!
+//! Data flows one way: the gateway asks [`Sessions`] to create or end a session, the
+//! store records it, and every live connection of that session holds a subscription to
+//! its end signal, so ending a session is one event rather than a search for sockets.
+
+mod lifecycle;
+mod model;
+pub mod store;
+
+pub use lifecycle::{EndSignal, Sessions};
+pub use model::{NewSession, Session, SessionEnd, SessionSource, SessionState, new_session_id};
+pub use store::{SessionStore, StoreError};

@@ -1,0 +1,231 @@
+//! Session lifecycle: create, end (expire or revoke), and the end signal that every live
+//! connection of a session listens to.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use time::OffsetDateTime;
+use tokio::sync::{Notify, broadcast, watch};
+
+use crate::model::{NewSession, Session, SessionEnd, SessionState, new_session_id};
+use crate::store::{SessionStore, StoreError};
+
+/// A live connection's view of its session's end: resolves once, when the session ends.
+pub struct EndSignal(watch::Receiver<Option<SessionEnd>>);
+
+impl EndSignal {
+    /// Waits until the session ends. If the `Sessions` that issued it is dropped (the
+    /// server is going away), this waits forever; shutdown has its own signal.
+    pub async fn ended(&mut self) -> SessionEnd {
+        loop {
+            if let Some(end) = *self.0.borrow_and_update() {
+                return end;
+            }
+            if self.0.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}
+
+pub struct Sessions {
+    store: Arc<dyn SessionStore>,
+    /// One sender per session that has live subscribers.
+    signals: Mutex<HashMap<String, watch::Sender<Option<SessionEnd>>>>,
+    /// Every end, for the parts of the server that clean up after a session (desktops).
+    ended: broadcast::Sender<(String, SessionEnd)>,
+    /// Deadlines of active sessions, earliest first, read by [`Sessions::run_expiry`].
+    deadlines: Mutex<BinaryHeap<Reverse<(OffsetDateTime, String)>>>,
+    deadline_added: Notify,
+}
+
+impl Sessions {
+    pub fn new(store: Arc<dyn SessionStore>) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            signals: Mutex::default(),
+            ended: broadcast::channel(256).0,
+            deadlines: Mutex::default(),
+            deadline_added: Notify::new(),
+        })
+    }
+
+    pub fn store(&self) -> &Arc<dyn SessionStore> {
+        &self.store
+    }
+
+    pub async fn create(&self, new: NewSession) -> Result<Session, StoreError> {
+        let now = OffsetDateTime::now_utc();
+        let session = Session {
+            id: new_session_id(),
+            state: SessionState::Active,
+            source: new.source,
+            start_url: new.start_url,
+            created_at: now,
+            expires_at: now + new.ttl,
+            ended_at: None,
+            end_reason: None,
+        };
+        self.store.insert_session(&session).await?;
+        self.schedule(&session);
+        tracing::info!(session_id = %session.id, source = session.source.as_str(),
+            expires_at = %session.expires_at, "session created");
+        Ok(session)
+    }
+
+    /// Loads a session, expiring it on the spot if its deadline has passed, so that no
+    /// caller ever sees an "active" session that is past its time.
+    pub async fn get(&self, id: &str) -> Result<Option<Session>, StoreError> {
+        let Some(session) = self.store.get_session(id).await? else {
+            return Ok(None);
+        };
+        if session.state == SessionState::Active && session.end_at(OffsetDateTime::now_utc()).is_some() {
+            return Ok(self.end(id, SessionEnd::Expired, "time to live elapsed").await?.or(Some(session)));
+        }
+        Ok(Some(session))
+    }
+
+    pub async fn revoke(&self, id: &str, reason: &str) -> Result<Option<Session>, StoreError> {
+        self.end(id, SessionEnd::Revoked, reason).await
+    }
+
+    /// Records the end and signals it to every subscriber. Returns `None` if the session
+    /// was unknown or had already ended (the first end wins).
+    async fn end(&self, id: &str, end: SessionEnd, reason: &str) -> Result<Option<Session>, StoreError> {
+        let ended = self.store.end_session(id, end, reason, OffsetDateTime::now_utc()).await?;
+        if ended.is_some() {
+            self.signal(id, end);
+            tracing::info!(session_id = %id, end = ?end, reason, "session ended");
+        }
+        Ok(ended)
+    }
+
+    fn signal(&self, id: &str, end: SessionEnd) {
+        if let Some(tx) = self.signals.lock().unwrap().remove(id) {
+            tx.send_replace(Some(end));
+        }
+        let _ = self.ended.send((id.to_owned(), end));
+    }
+
+    /// Subscribes to a session's end. Subscribe *before* checking the session's state:
+    /// an end recorded after the check then still reaches the subscriber.
+    pub fn subscribe(&self, id: &str) -> EndSignal {
+        let mut signals = self.signals.lock().unwrap();
+        // Drop senders nobody listens to any more (connections that closed).
+        signals.retain(|_, tx| tx.receiver_count() > 0);
+        let rx = signals.entry(id.to_owned()).or_insert_with(|| watch::channel(None).0).subscribe();
+        EndSignal(rx)
+    }
+
+    /// A stream of every session end, for cleanup (stopping desktops).
+    pub fn ended_events(&self) -> broadcast::Receiver<(String, SessionEnd)> {
+        self.ended.subscribe()
+    }
+
+    /// Number of sessions with at least one live subscriber.
+    pub fn subscribed_sessions(&self) -> usize {
+        self.signals.lock().unwrap().values().filter(|tx| tx.receiver_count() > 0).count()
+    }
+
+    fn schedule(&self, session: &Session) {
+        self.deadlines.lock().unwrap().push(Reverse((session.expires_at, session.id.clone())));
+        self.deadline_added.notify_one();
+    }
+
+    /// Expires sessions at their deadline, from the next deadline rather than a periodic
+    /// sweep. Sessions that expired while the server was down are expired at once.
+    /// Runs until `shutdown` resolves.
+    pub async fn run_expiry(self: Arc<Self>, shutdown: impl Future<Output = ()>) -> Result<(), StoreError> {
+        for session in self.store.list_active_sessions().await? {
+            self.schedule(&session);
+        }
+        tokio::pin!(shutdown);
+        loop {
+            let next = self.deadlines.lock().unwrap().peek().map(|Reverse((at, _))| *at);
+            let now = OffsetDateTime::now_utc();
+            match next {
+                Some(at) if at <= now => {
+                    let Reverse((_, id)) = self.deadlines.lock().unwrap().pop().expect("peeked");
+                    if let Err(e) = self.end(&id, SessionEnd::Expired, "time to live elapsed").await {
+                        tracing::error!(session_id = %id, error = %e, "could not expire session; retrying in 1 s");
+                        self.deadlines.lock().unwrap().push(Reverse((now + time::Duration::seconds(1), id)));
+                    }
+                }
+                _ => {
+                    let wait = next.map(|at| (at - now).unsigned_abs()).unwrap_or(std::time::Duration::from_secs(3600));
+                    tokio::select! {
+                        _ = &mut shutdown => return Ok(()),
+                        _ = self.deadline_added.notified() => {}
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::SessionSource;
+    use crate::store::SqliteStore;
+    use std::time::Duration;
+
+    async fn sessions() -> (tempfile::TempDir, Arc<Sessions>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("db")).await.unwrap();
+        (dir, Sessions::new(Arc::new(store)))
+    }
+
+    fn new_session(ttl_ms: i64) -> NewSession {
+        NewSession { source: SessionSource::Api, start_url: "about:blank".into(), ttl: time::Duration::milliseconds(ttl_ms) }
+    }
+
+    #[tokio::test]
+    async fn revocation_reaches_every_subscriber_and_is_recorded() {
+        let (_dir, sessions) = sessions().await;
+        let s = sessions.create(new_session(60_000)).await.unwrap();
+        let mut a = sessions.subscribe(&s.id);
+        let mut b = sessions.subscribe(&s.id);
+        let mut events = sessions.ended_events();
+        assert_eq!(sessions.subscribed_sessions(), 1);
+        let revoked = sessions.revoke(&s.id, "operator").await.unwrap().unwrap();
+        assert_eq!(revoked.state, SessionState::Revoked);
+        assert_eq!(a.ended().await, SessionEnd::Revoked);
+        assert_eq!(b.ended().await, SessionEnd::Revoked);
+        assert_eq!(events.recv().await.unwrap(), (s.id.clone(), SessionEnd::Revoked));
+        // A second revoke is a no-op.
+        assert!(sessions.revoke(&s.id, "again").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn sessions_expire_at_their_deadline() {
+        let (_dir, sessions) = sessions().await;
+        let shutdown = tokio_util_free_shutdown();
+        let runner = tokio::spawn(sessions.clone().run_expiry(shutdown.1));
+        let s = sessions.create(new_session(300)).await.unwrap();
+        let mut signal = sessions.subscribe(&s.id);
+        let end = tokio::time::timeout(Duration::from_secs(3), signal.ended()).await.expect("expired in time");
+        assert_eq!(end, SessionEnd::Expired);
+        let stored = sessions.store().get_session(&s.id).await.unwrap().unwrap();
+        assert_eq!(stored.state, SessionState::Expired);
+        let _ = shutdown.0.send(());
+        runner.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn get_expires_a_session_past_its_deadline() {
+        let (_dir, sessions) = sessions().await;
+        let s = sessions.create(new_session(1)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(sessions.get(&s.id).await.unwrap().unwrap().state, SessionState::Expired);
+    }
+
+    fn tokio_util_free_shutdown() -> (tokio::sync::oneshot::Sender<()>, impl Future<Output = ()>) {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        (tx, async move {
+            let _ = rx.await;
+        })
+    }
+}

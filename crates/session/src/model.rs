@@ -1,0 +1,149 @@
+use serde::Serialize;
+use time::OffsetDateTime;
+
+/// Where a session came from: recorded so operators can tell free, API and paid sessions apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionSource {
+    /// Started from the landing page while the server runs in free mode.
+    Free,
+    /// Created by an operator through the admin API or CLI.
+    Api,
+}
+
+impl SessionSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionSource::Free => "free",
+            SessionSource::Api => "api",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "free" => Some(SessionSource::Free),
+            "api" => Some(SessionSource::Api),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionState {
+    Active,
+    Expired,
+    Revoked,
+}
+
+impl SessionState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionState::Active => "active",
+            SessionState::Expired => "expired",
+            SessionState::Revoked => "revoked",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "active" => Some(SessionState::Active),
+            "expired" => Some(SessionState::Expired),
+            "revoked" => Some(SessionState::Revoked),
+            _ => None,
+        }
+    }
+}
+
+/// Why a session ended; every connection of the session is closed with this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionEnd {
+    Expired,
+    Revoked,
+}
+
+impl SessionEnd {
+    pub fn state(self) -> SessionState {
+        match self {
+            SessionEnd::Expired => SessionState::Expired,
+            SessionEnd::Revoked => SessionState::Revoked,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Session {
+    pub id: String,
+    pub state: SessionState,
+    pub source: SessionSource,
+    pub start_url: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub ended_at: Option<OffsetDateTime>,
+    pub end_reason: Option<String>,
+}
+
+impl Session {
+    /// The end that applies to this session at `now`, if any: a recorded end, or an
+    /// expiry deadline that has passed but was not yet recorded.
+    pub fn end_at(&self, now: OffsetDateTime) -> Option<SessionEnd> {
+        match self.state {
+            SessionState::Revoked => Some(SessionEnd::Revoked),
+            SessionState::Expired => Some(SessionEnd::Expired),
+            SessionState::Active if now >= self.expires_at => Some(SessionEnd::Expired),
+            SessionState::Active => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct NewSession {
+    pub source: SessionSource,
+    pub start_url: String,
+    pub ttl: time::Duration,
+}
+
+/// A new session id: 128 bits from the OS RNG, hex encoded. Ids are not secrets (the
+/// access token is), but unguessable ids keep one session's URLs from naming another's.
+pub fn new_session_id() -> String {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).expect("the OS random number generator is unavailable");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_unique_hex() {
+        let a = new_session_id();
+        let b = new_session_id();
+        assert_eq!(a.len(), 32);
+        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn an_active_session_past_its_deadline_counts_as_expired() {
+        let now = OffsetDateTime::now_utc();
+        let mut s = Session {
+            id: new_session_id(),
+            state: SessionState::Active,
+            source: SessionSource::Api,
+            start_url: "about:blank".into(),
+            created_at: now,
+            expires_at: now + time::Duration::seconds(10),
+            ended_at: None,
+            end_reason: None,
+        };
+        assert_eq!(s.end_at(now), None);
+        assert_eq!(s.end_at(now + time::Duration::seconds(10)), Some(SessionEnd::Expired));
+        s.state = SessionState::Revoked;
+        assert_eq!(s.end_at(now), Some(SessionEnd::Revoked));
+    }
+}

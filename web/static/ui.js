@@ -1,0 +1,101 @@
+// What the viewer shows about its connections: the status line, the last
+// close, the session's remaining time. Also mirrors the state onto
+// <body data-state data-last-close-code> so tests and scripts can read it.
+
+import { describe, isFinal } from './closecodes.js';
+
+/** @typedef {'connecting'|'starting'|'connected'|'reconnecting'|'ended'|'failed'} ViewerState */
+
+export class ViewerUi {
+  constructor(doc = document) {
+    this.doc = doc;
+    this.statusEl = doc.getElementById('status');
+    this.lastCloseEl = doc.getElementById('last-close');
+    this.noticeEl = doc.getElementById('notice');
+    this.expiresEl = doc.getElementById('expires');
+    this.retryBtn = doc.getElementById('retry-now');
+    this.countdownTimer = null;
+    this.expiryTimer = null;
+  }
+
+  get state() {
+    return this.doc.body.dataset.state;
+  }
+
+  /** Set the state and the status line text. */
+  setState(state, text = state) {
+    this.stopCountdown();
+    this.doc.body.dataset.state = state;
+    this.statusEl.textContent = text;
+  }
+
+  /** State "reconnecting" with a live "reconnecting in N s" countdown. */
+  reconnecting(delayMs, what = '') {
+    this.setState('reconnecting');
+    const at = Date.now() + delayMs;
+    const prefix = what ? `${what}; reconnecting` : 'reconnecting';
+    const render = () => {
+      const s = Math.max(0, Math.ceil((at - Date.now()) / 1000));
+      this.statusEl.textContent = s > 0 ? `${prefix} in ${s} s` : `${prefix}…`;
+    };
+    render();
+    this.countdownTimer = setInterval(render, 500);
+    this.retryBtn.hidden = false;
+  }
+
+  stopCountdown() {
+    clearInterval(this.countdownTimer);
+    this.countdownTimer = null;
+    this.retryBtn.hidden = true;
+  }
+
+  /**
+   * Record a close of the control or VNC socket. Once the session has ended,
+   * only another final code may replace the one that ended it: the sockets
+   * closing afterwards (1005, 1006) would otherwise hide the real reason.
+   */
+  lastClose(channel, code, reason) {
+    if (code === null || code === undefined) return;
+    if (this.state === 'ended' && !isFinal(code)) return;
+    this.doc.body.dataset.lastCloseCode = String(code);
+    const why = reason ? `${reason}` : describe(code);
+    this.lastCloseEl.textContent = `last close (${channel}): ${code} ${why}`;
+    this.lastCloseEl.title = describe(code);
+  }
+
+  notice(text) {
+    this.noticeEl.textContent = text ?? '';
+    this.noticeEl.hidden = !text;
+  }
+
+  /**
+   * Show the time left until the session expires. The server's clock is the
+   * one that counts, so correct for the difference to ours.
+   */
+  expiry(expiresAt, serverTime) {
+    clearInterval(this.expiryTimer);
+    const expires = Date.parse(expiresAt);
+    if (Number.isNaN(expires)) return;
+    const skew = Number.isNaN(Date.parse(serverTime)) ? 0 : Date.parse(serverTime) - Date.now();
+    const render = () => {
+      const left = expires - (Date.now() + skew);
+      this.expiresEl.textContent = left > 0 ? `ends in ${formatDuration(left)}` : 'ending';
+      this.expiresEl.title = `Session expires at ${new Date(expires).toLocaleString()}`;
+    };
+    render();
+    this.expiryTimer = setInterval(render, 30_000);
+  }
+
+  stopExpiry() {
+    clearInterval(this.expiryTimer);
+    this.expiresEl.textContent = '';
+  }
+}
+
+export function formatDuration(ms) {
+  const min = Math.floor(ms / 60_000);
+  if (min < 1) return 'less than a minute';
+  const h = Math.floor(min / 60);
+  const m = min % 60;
+  return h > 0 ? `${h} h ${m} min` : `${m} min`;
+}

@@ -1,0 +1,121 @@
+// One noVNC RFB connection to the session's desktop, plus the WebSocket close
+// code noVNC keeps to itself.
+//
+// We open the WebSocket ourselves and hand it to RFB (a documented form of its
+// second argument) instead of passing the URL: that way we can listen for the
+// socket's CloseEvent and learn *why* the server closed it (4008 revoked,
+// 4010 desktop unavailable, …) — noVNC only reports "clean" or not. It also
+// keeps the URL, which may carry the access token, out of noVNC's own logs.
+//
+// Events (CustomEvent, payload in `detail`):
+//   connect     {}
+//   disconnect  {clean, code, reason, byUs}   RFB and its socket are both done
+//   securityfailure  {status, reason}
+//   desktopname {name}
+
+import RFB from '/vendor/novnc/core/rfb.js';
+
+// When RFB gives up first (protocol error), its socket's close event follows;
+// wait this long for it before reporting the disconnect without a code.
+const CLOSE_EVENT_WAIT_MS = 2_000;
+
+export class VncConnection extends EventTarget {
+  /** @param {HTMLElement} container element the noVNC canvas is put into */
+  constructor(container) {
+    super();
+    this.container = container;
+    this.rfb = null;
+    this.state = 'idle'; // idle | connecting | connected
+    this.generation = 0;
+  }
+
+  get busy() {
+    return this.state !== 'idle';
+  }
+
+  get connected() {
+    return this.state === 'connected';
+  }
+
+  connect(url) {
+    if (this.busy) return;
+    const generation = ++this.generation;
+    const ws = new WebSocket(url, ['binary']);
+    const closed = { seen: false, code: 0, reason: '', wasClean: false };
+    let rfbDone = null; // {clean} once RFB has disconnected
+    let waitTimer = null;
+    let reported = false;
+
+    const report = () => {
+      if (reported || generation !== this.generation) return;
+      reported = true;
+      clearTimeout(waitTimer);
+      const byUs = this.byUs === generation;
+      this.rfb = null;
+      this.state = 'idle';
+      this.emit('disconnect', {
+        clean: rfbDone?.clean ?? closed.wasClean,
+        code: closed.seen ? closed.code : null,
+        reason: closed.reason,
+        byUs,
+      });
+    };
+
+    // Registered before RFB attaches its own `onclose`, so it runs first and
+    // the code is known by the time RFB announces the disconnect.
+    ws.addEventListener('close', (ev) => {
+      Object.assign(closed, { seen: true, code: ev.code, reason: ev.reason, wasClean: ev.wasClean });
+      if (rfbDone) report();
+    });
+
+    this.state = 'connecting';
+    const rfb = new RFB(this.container, ws);
+    this.rfb = rfb;
+    // Fit the remote screen into the window, and ask the server to resize
+    // the desktop to the window where it supports that.
+    rfb.scaleViewport = true;
+    rfb.resizeSession = true;
+    // Show a small dot when the remote cursor is invisible, so the user
+    // always sees where the pointer is.
+    rfb.showDotCursor = true;
+    rfb.focusOnClick = true;
+
+    rfb.addEventListener('connect', () => {
+      if (generation !== this.generation) return;
+      this.state = 'connected';
+      this.emit('connect', {});
+    });
+    rfb.addEventListener('disconnect', (ev) => {
+      rfbDone = { clean: ev.detail.clean };
+      if (closed.seen || ws.readyState === WebSocket.CLOSED) report();
+      else waitTimer = setTimeout(report, CLOSE_EVENT_WAIT_MS);
+    });
+    rfb.addEventListener('securityfailure', (ev) => {
+      this.emit('securityfailure', { status: ev.detail.status, reason: ev.detail.reason });
+    });
+    rfb.addEventListener('desktopname', (ev) => {
+      this.emit('desktopname', { name: ev.detail.name });
+    });
+    rfb.addEventListener('credentialsrequired', () => {
+      // The server proxies to a desktop without VNC passwords; being asked
+      // for one means something is misconfigured, not that the user can help.
+      console.warn('[livesession] vnc: server asked for VNC credentials; disconnecting');
+      rfb.disconnect();
+    });
+  }
+
+  /** Close the connection on purpose; the disconnect event has byUs = true. */
+  disconnect() {
+    if (!this.rfb) return;
+    this.byUs = this.generation;
+    this.rfb.disconnect();
+  }
+
+  focus() {
+    this.rfb?.focus();
+  }
+
+  emit(type, detail) {
+    this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+}
