@@ -22,7 +22,7 @@ const BROWSER_CODES = Object.freeze({
   1000: 'normal closure',
   1001: 'going away',
   1005: 'no status',
-  1006: 'connection lost (no close frame)',
+  1006: 'connection failed or lost (no close frame)',
   1011: 'server error',
   1012: 'server restarting',
   1013: 'try again later',

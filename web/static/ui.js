@@ -14,6 +14,7 @@ export class ViewerUi {
     this.noticeEl = doc.getElementById('notice');
     this.expiresEl = doc.getElementById('expires');
     this.retryBtn = doc.getElementById('retry-now');
+    this.overlayText = doc.getElementById('overlay-text');
     this.countdownTimer = null;
     this.expiryTimer = null;
   }
@@ -26,7 +27,18 @@ export class ViewerUi {
   setState(state, text = state) {
     this.stopCountdown();
     this.doc.body.dataset.state = state;
+    this.setText(text);
+  }
+
+  /** The status line, repeated large over the screen area while it is empty. */
+  setText(text) {
     this.statusEl.textContent = text;
+    this.overlayText.textContent = text.charAt(0).toUpperCase() + text.slice(1);
+  }
+
+  /** Whether a live picture is on screen (hides the overlay). */
+  setScreenLive(live) {
+    this.doc.body.dataset.screen = live ? 'live' : 'off';
   }
 
   /** State "reconnecting" with a live "reconnecting in N s" countdown. */
@@ -36,7 +48,7 @@ export class ViewerUi {
     const prefix = what ? `${what}; reconnecting` : 'reconnecting';
     const render = () => {
       const s = Math.max(0, Math.ceil((at - Date.now()) / 1000));
-      this.statusEl.textContent = s > 0 ? `${prefix} in ${s} s` : `${prefix}…`;
+      this.setText(s > 0 ? `${prefix} in ${s} s` : `${prefix}…`);
     };
     render();
     this.countdownTimer = setInterval(render, 500);

@@ -1,0 +1,129 @@
+//! Desktop runtime: the only code that knows how a session's desktop is made.
+//!
+//! A desktop is an X display with a VNC server (TigerVNC `Xvnc`), a window manager
+//! (`openbox`) and Chromium. [`DesktopRuntime`] is the seam: the local runtime runs them as
+//! processes on this machine; later runtimes (pods, microVMs) implement the same trait.
+
+pub mod devtools;
+mod local;
+pub mod rfb;
+pub mod toolchain;
+
+use std::fmt;
+use std::path::PathBuf;
+
+pub use local::{LocalRuntime, LocalRuntimeConfig, group_members};
+pub use toolchain::{ToolCheck, ToolPaths};
+
+/// One of the programs a desktop is made of. Errors name the piece that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+pub enum Piece {
+    Xvnc,
+    Openbox,
+    Chromium,
+}
+
+impl Piece {
+    pub const ALL: [Piece; 3] = [Piece::Xvnc, Piece::Openbox, Piece::Chromium];
+
+    /// Lower-case name used in progress reports (`DESKTOP_STATUS.step`).
+    pub fn step(self) -> &'static str {
+        match self {
+            Piece::Xvnc => "xvnc",
+            Piece::Openbox => "openbox",
+            Piece::Chromium => "chromium",
+        }
+    }
+
+    /// The Debian package that provides this piece.
+    pub fn apt_package(self) -> &'static str {
+        match self {
+            Piece::Xvnc => "tigervnc-standalone-server",
+            Piece::Openbox => "openbox",
+            Piece::Chromium => "chromium",
+        }
+    }
+}
+
+impl fmt::Display for Piece {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Piece::Xvnc => "Xvnc",
+            Piece::Openbox => "openbox",
+            Piece::Chromium => "Chromium",
+        })
+    }
+}
+
+/// What to start for one session.
+#[derive(Debug, Clone)]
+pub struct DesktopSpec {
+    /// The session id; also names the desktop's private directory.
+    pub id: String,
+    pub width: u16,
+    pub height: u16,
+    pub start_url: String,
+}
+
+/// A running desktop, as the rest of the server sees it.
+#[derive(Debug, Clone)]
+pub struct DesktopHandle {
+    pub id: String,
+    /// The VNC server's Unix socket (no TCP port is ever opened).
+    pub vnc_socket: PathBuf,
+    /// Chromium's DevTools HTTP/WebSocket endpoint, on loopback.
+    pub devtools: std::net::SocketAddr,
+    /// The X display number, e.g. 3 for `:3`.
+    pub display: u32,
+    /// The process group of all the desktop's processes.
+    pub pgid: i32,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DesktopError {
+    #[error("{piece} is not installed ({binary} not found); install it with: apt-get install -y {}", piece.apt_package())]
+    MissingBinary { piece: Piece, binary: String },
+    #[error("{piece} failed: {reason}")]
+    PieceFailed {
+        piece: Piece,
+        reason: String,
+        /// The last lines the piece wrote to stderr; for logs and `doctor`, not for viewers.
+        stderr_tail: String,
+    },
+    #[error("desktop setup failed: {0}")]
+    Setup(String),
+}
+
+impl DesktopError {
+    pub fn piece(&self) -> Option<Piece> {
+        match self {
+            DesktopError::MissingBinary { piece, .. } | DesktopError::PieceFailed { piece, .. } => Some(*piece),
+            DesktopError::Setup(_) => None,
+        }
+    }
+
+    pub fn stderr_tail(&self) -> Option<&str> {
+        match self {
+            DesktopError::PieceFailed { stderr_tail, .. } if !stderr_tail.is_empty() => Some(stderr_tail),
+            _ => None,
+        }
+    }
+}
+
+/// Progress reports while a desktop starts: called with each piece as it is started.
+pub type Progress<'a> = &'a (dyn Fn(Piece) + Send + Sync);
+
+#[async_trait::async_trait]
+pub trait DesktopRuntime: Send + Sync + 'static {
+    /// Starts a desktop and returns once it is ready: the VNC socket answers an RFB
+    /// handshake and Chromium's DevTools endpoint lists a page.
+    async fn start(&self, spec: DesktopSpec, progress: Progress<'_>) -> Result<DesktopHandle, DesktopError>;
+    /// Stops a desktop and everything it started; a no-op for an unknown id.
+    async fn stop(&self, id: &str);
+    /// Stops every desktop (server shutdown).
+    async fn stop_all(&self);
+    /// Whether the desktop's processes are still running.
+    async fn is_alive(&self, id: &str) -> bool;
+    /// The binaries this runtime needs, checked now.
+    fn check_tools(&self) -> Vec<ToolCheck>;
+}

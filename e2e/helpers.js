@@ -1,0 +1,309 @@
+// Helpers for the end-to-end tests: the real livesession server binary, a
+// loopback page for its desktops to open, and a headless Chromium.
+//
+// Everything listens on and talks to 127.0.0.1 only.
+
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import http from 'node:http';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { setTimeout as sleep } from 'node:timers/promises';
+
+export const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+
+export const CHROMIUM_PATH = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
+export const CHROMIUM_ARGS = [
+  '--no-sandbox',
+  '--disable-gpu',
+  '--disable-quic',
+  '--no-first-run',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+  // Belt and braces for "loopback only": no host name resolves except
+  // localhost, so nothing in the browser can reach out by name.
+  '--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1',
+];
+
+/** A TCP port that was free a moment ago on 127.0.0.1. */
+export function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.unref();
+    srv.on('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+/** Poll `fn` until it returns a truthy value or `timeoutMs` passes. */
+export async function waitFor(fn, { timeoutMs, intervalMs = 250, what = 'condition' }) {
+  const deadline = Date.now() + timeoutMs;
+  let last;
+  for (;;) {
+    try {
+      last = await fn();
+      if (last) return last;
+    } catch (err) {
+      last = err;
+    }
+    if (Date.now() > deadline) {
+      const detail = last instanceof Error ? `: ${last.message}` : last === undefined ? '' : ` (last: ${JSON.stringify(last)})`;
+      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${detail}`);
+    }
+    await sleep(intervalMs);
+  }
+}
+
+/** Keeps the last `max` lines of a child's output. */
+class LogTail {
+  constructor(max = 300) {
+    this.max = max;
+    this.lines = [];
+    this.partial = { stdout: '', stderr: '' };
+  }
+
+  push(stream, chunk) {
+    const text = this.partial[stream] + chunk.toString('utf8');
+    const parts = text.split('\n');
+    this.partial[stream] = parts.pop();
+    for (const line of parts) {
+      this.lines.push(stream === 'stderr' ? `[err] ${line}` : line);
+      if (this.lines.length > this.max) this.lines.shift();
+    }
+  }
+
+  tail(n = 80) {
+    const pending = Object.entries(this.partial)
+      .filter(([, text]) => text)
+      .map(([stream, text]) => (stream === 'stderr' ? `[err] ${text}` : text));
+    return [...this.lines, ...pending].slice(-n).join('\n');
+  }
+}
+
+/**
+ * Start `livesession serve` on a free loopback port with a fresh data
+ * directory and wait until /healthz answers 200.
+ *
+ * @param {{startUrl: string, env?: Record<string,string>}} opts
+ */
+export async function startServer({ startUrl, env = {} }) {
+  const bin = process.env.LIVESESSION_BIN ?? path.join(REPO_ROOT, 'target/debug/livesession');
+  if (!existsSync(bin)) {
+    throw new Error(`server binary not found at ${bin}: run \`cargo build -p livesession\` first (or set LIVESESSION_BIN)`);
+  }
+  const port = await freePort();
+  const dataDir = await mkdtemp(path.join(os.tmpdir(), 'livesession-e2e-'));
+  const adminToken = randomBytes(32).toString('hex');
+  const baseUrl = `http://127.0.0.1:${port}`;
+  const logs = new LogTail();
+
+  const child = spawn(bin, ['serve'], {
+    cwd: dataDir,
+    env: {
+      ...process.env,
+      LIVESESSION_LISTEN: `127.0.0.1:${port}`,
+      LIVESESSION_DATA_DIR: dataDir,
+      LIVESESSION_ADMIN_TOKEN: adminToken,
+      LIVESESSION_START_URL: startUrl,
+      LIVESESSION_LOG_FORMAT: 'json',
+      ...env,
+    },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  child.stdout.on('data', (c) => logs.push('stdout', c));
+  child.stderr.on('data', (c) => logs.push('stderr', c));
+  const exited = new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
+  let exitStatus = null;
+  exited.then((s) => (exitStatus = s));
+
+  const server = {
+    baseUrl,
+    port,
+    adminToken,
+    dataDir,
+    process: child,
+    tail: (n) => logs.tail(n),
+    get exitStatus() {
+      return exitStatus;
+    },
+
+    /** fetch() against the server; `path` is relative to baseUrl. */
+    request(urlPath, init = {}) {
+      return fetch(new URL(urlPath, baseUrl), { redirect: 'manual', ...init });
+    },
+
+    /** SIGTERM, wait up to 10 s, then SIGKILL; removes the data dir. */
+    async stop() {
+      if (exitStatus === null) {
+        child.kill('SIGTERM');
+        const killed = await Promise.race([exited, sleep(10_000).then(() => null)]);
+        if (killed === null) {
+          console.error('[e2e] server did not exit 10 s after SIGTERM; sending SIGKILL');
+          child.kill('SIGKILL');
+          await exited;
+        }
+      }
+      await rm(dataDir, { recursive: true, force: true });
+      return exitStatus;
+    },
+  };
+
+  try {
+    await waitFor(
+      async () => {
+        if (exitStatus !== null) {
+          throw new Error(`server exited early (${JSON.stringify(exitStatus)})`);
+        }
+        const res = await fetch(`${baseUrl}/healthz`).catch(() => null);
+        return res?.status === 200;
+      },
+      { timeoutMs: 30_000, intervalMs: 200, what: `${baseUrl}/healthz to answer 200` },
+    );
+  } catch (err) {
+    console.error(`[e2e] server failed to start; last output:\n${server.tail()}`);
+    await server.stop();
+    throw err;
+  }
+  return server;
+}
+
+// The page each session's Chromium opens: magenta everywhere (easy to find in
+// the VNC framebuffer) and an autofocused input that reports every change
+// back, so the test can see what keystrokes arrived in the remote browser.
+const TYPING_PAGE = `<!doctype html>
+<html>
+<head>
+<meta charset="utf-8">
+<title>livesession e2e typing page</title>
+<style>
+  html, body { margin: 0; height: 100%; background: rgb(255, 0, 255); }
+  #t {
+    position: fixed; left: 20px; top: 20px; width: 60vw; height: 25vh;
+    font: 48px sans-serif; background: #fff; color: #000; border: 0;
+  }
+</style>
+</head>
+<body>
+<input id="t" autofocus autocomplete="off" spellcheck="false">
+<script>
+  const t = document.getElementById('t');
+  t.addEventListener('input', () => {
+    fetch('/typed?value=' + encodeURIComponent(t.value)).catch(() => {});
+  });
+  t.focus();
+</script>
+</body>
+</html>
+`;
+
+/** Loopback HTTP server with /typing.html; records loads and typed values. */
+export function startTestPageServer() {
+  const state = { loads: 0, typed: null, typedHistory: [] };
+  const srv = http.createServer((req, res) => {
+    const url = new URL(req.url, 'http://127.0.0.1');
+    if (url.pathname === '/typing.html') {
+      state.loads += 1;
+      res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'cache-control': 'no-store' });
+      res.end(TYPING_PAGE);
+    } else if (url.pathname === '/typed') {
+      state.typed = url.searchParams.get('value');
+      state.typedHistory.push(state.typed);
+      res.writeHead(204);
+      res.end();
+    } else {
+      res.writeHead(404);
+      res.end();
+    }
+  });
+  return new Promise((resolve, reject) => {
+    srv.on('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address();
+      resolve({
+        url: `http://127.0.0.1:${port}/typing.html`,
+        state,
+        close: () =>
+          new Promise((r) => {
+            srv.closeAllConnections?.();
+            srv.close(() => r());
+          }),
+      });
+    });
+  });
+}
+
+/** Launch headless Chromium through playwright-core. */
+export async function launchBrowser() {
+  const { chromium } = await import('playwright-core');
+  return chromium.launch({ executablePath: CHROMIUM_PATH, headless: true, args: CHROMIUM_ARGS });
+}
+
+/**
+ * Collect a page's console output so a failing test can show it. Returns a
+ * function giving the last lines.
+ */
+export function recordConsole(page) {
+  const lines = [];
+  page.on('console', (msg) => {
+    lines.push(`[${msg.type()}] ${msg.text()}`);
+    if (lines.length > 200) lines.shift();
+  });
+  page.on('pageerror', (err) => lines.push(`[pageerror] ${err.message}`));
+  return (n = 60) => lines.slice(-n).join('\n');
+}
+
+/**
+ * Run `fn`; if it throws, print the server's log tail and whatever `extra`
+ * reports (browser console, screenshots) before rethrowing.
+ */
+export async function withDiagnostics(server, fn, extra = async () => '') {
+  try {
+    return await fn();
+  } catch (err) {
+    let more = '';
+    try {
+      more = await extra();
+    } catch (e) {
+      more = `(could not collect diagnostics: ${e.message})`;
+    }
+    console.error(`\n[e2e] ---- server output (tail) ----\n${server.tail()}\n[e2e] ---- end server output ----`);
+    if (more) console.error(more);
+    throw err;
+  }
+}
+
+/** Fraction of sampled pixels of `#screen canvas` that match rgb(r,g,b) ± tol. */
+export function canvasColorShare(page, [r, g, b], tol = 24) {
+  return page.evaluate(
+    ({ r, g, b, tol }) => {
+      const canvas = document.querySelector('#screen canvas');
+      if (!canvas || canvas.width === 0 || canvas.height === 0) return 0;
+      const { data } = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height);
+      let hits = 0;
+      let total = 0;
+      // Every 7th pixel is plenty and keeps the evaluate cheap.
+      for (let i = 0; i < data.length; i += 4 * 7) {
+        total += 1;
+        if (Math.abs(data[i] - r) <= tol && Math.abs(data[i + 1] - g) <= tol && Math.abs(data[i + 2] - b) <= tol) hits += 1;
+      }
+      return hits / total;
+    },
+    { r, g, b, tol },
+  );
+}
+
+/** Only ever point the browser at this machine. */
+export function assertLoopback(url) {
+  const { hostname } = new URL(url);
+  if (!['127.0.0.1', 'localhost', '[::1]'].includes(hostname)) {
+    throw new Error(`refusing to open non-loopback URL ${url}`);
+  }
+}

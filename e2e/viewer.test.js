@@ -1,0 +1,178 @@
+// End to end: the real server starts a real desktop (Xvnc + openbox +
+// Chromium) that opens our loopback typing page; the real noVNC viewer in a
+// headless Chromium shows it and types into it.
+
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
+import os from 'node:os';
+import path from 'node:path';
+
+import {
+  assertLoopback,
+  canvasColorShare,
+  launchBrowser,
+  recordConsole,
+  startServer,
+  startTestPageServer,
+  waitFor,
+  withDiagnostics,
+} from './helpers.js';
+
+const MAGENTA = [255, 0, 255];
+// The typing page fills the remote screen; its input box and any browser
+// chrome around it take the rest. Half the screen is plenty of proof.
+const MIN_MAGENTA_SHARE = 0.5;
+const TEXT = 'hello livesession';
+
+describe('viewer', { timeout: 300_000 }, () => {
+  let pages;
+  let server;
+  let browser;
+
+  before(async () => {
+    pages = await startTestPageServer();
+    server = await startServer({ startUrl: pages.url });
+    browser = await launchBrowser();
+  });
+
+  after(async () => {
+    await browser?.close();
+    const status = await server?.stop();
+    await pages?.close();
+    if (status && status.code !== 0 && status.signal === null) {
+      console.error(`[e2e] server exited with ${JSON.stringify(status)} after SIGTERM; tail:\n${server.tail(40)}`);
+    }
+  });
+
+  /** A fresh browser context with its console recorded, plus a failure dump. */
+  async function openPage(t) {
+    const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+    t.after(() => context.close());
+    const page = await context.newPage();
+    const consoleTail = recordConsole(page);
+    const diagnostics = async () => {
+      const shot = path.join(os.tmpdir(), `livesession-e2e-${process.pid}-${Date.now()}.png`);
+      await page.screenshot({ path: shot }).catch(() => {});
+      const body = await page
+        .evaluate(() => ({ ...document.body.dataset, status: document.getElementById('status')?.textContent, lastClose: document.getElementById('last-close')?.textContent }))
+        .catch(() => null);
+      return `[e2e] page ${page.url()}\n[e2e] viewer: ${JSON.stringify(body)}\n[e2e] screenshot: ${shot}\n[e2e] ---- browser console (tail) ----\n${consoleTail()}`;
+    };
+    return { context, page, diagnostics };
+  }
+
+  const waitForState = (page, state, timeout) =>
+    page.waitForFunction((s) => document.body.dataset.state === s, state, { timeout, polling: 100 });
+
+  test('free mode: start a session, see the remote page and type into it', async (t) => {
+    const { page, diagnostics } = await openPage(t);
+    await withDiagnostics(
+      server,
+      async () => {
+        await page.goto(`${server.baseUrl}/`);
+        await page.getByText(/free mode/i).first().waitFor({ state: 'visible', timeout: 10_000 });
+        const start = page.getByRole('button', { name: 'Start a session', exact: true });
+        await start.waitFor({ state: 'visible' });
+
+        await start.click();
+        await page.waitForURL(/\/s\/[^/?#]+$/, { timeout: 15_000 });
+        const sessionId = new URL(page.url()).pathname.split('/').pop();
+        assert.ok(sessionId, 'session id in viewer URL');
+
+        await waitForState(page, 'connected', 60_000);
+        assert.equal(await page.locator('#status').textContent(), 'connected');
+        assert.ok(pages.state.loads >= 1, 'the session Chromium loaded the typing page');
+
+        // The remote page is magenta: once enough of the canvas is, the
+        // desktop is really being drawn in our viewer.
+        let share = 0;
+        await waitFor(
+          async () => {
+            share = await canvasColorShare(page, MAGENTA);
+            return share >= MIN_MAGENTA_SHARE;
+          },
+          { timeoutMs: 30_000, intervalMs: 500, what: `≥ ${MIN_MAGENTA_SHARE * 100}% magenta in #screen canvas (got ${share})` },
+        ).catch((err) => {
+          err.message += ` (last share ${share.toFixed(3)})`;
+          throw err;
+        });
+
+        // Click on the remote input box (top-left of the remote page) to
+        // focus the canvas without moving focus away from the input.
+        const canvas = page.locator('#screen canvas').first();
+        const box = await canvas.boundingBox();
+        assert.ok(box && box.width > 100 && box.height > 100, `canvas is on screen (${JSON.stringify(box)})`);
+        await page.mouse.click(box.x + box.width * 0.2, box.y + box.height * 0.15);
+        await page.keyboard.type(TEXT, { delay: 30 });
+
+        await waitFor(() => pages.state.typed === TEXT, {
+          timeoutMs: 20_000,
+          what: `the remote page to report "${TEXT}" (history: ${JSON.stringify(pages.state.typedHistory.slice(-5))})`,
+        });
+        assert.equal(pages.state.typed, TEXT);
+      },
+      diagnostics,
+    );
+  });
+
+  test('admin API: token link connects, revocation ends the viewer for good', async (t) => {
+    const { page, diagnostics } = await openPage(t);
+    let wsCreated = 0;
+    page.on('websocket', (ws) => {
+      wsCreated += 1;
+      console.info(`[e2e] websocket #${wsCreated}: ${ws.url().replace(/token=[^&]+/, 'token=…')}`);
+    });
+
+    await withDiagnostics(
+      server,
+      async () => {
+        const auth = { Authorization: `Bearer ${server.adminToken}` };
+        const res = await server.request('/api/sessions', {
+          method: 'POST',
+          headers: { ...auth, 'Content-Type': 'application/json' },
+          body: '{}',
+        });
+        const text = await res.text();
+        assert.equal(res.status, 201, `POST /api/sessions: ${res.status} ${text}`);
+        const session = JSON.parse(text);
+        for (const key of ['id', 'expires_at', 'token', 'viewer_url', 'vnc_url', 'control_url']) {
+          assert.equal(typeof session[key], 'string', `response has string "${key}": ${text}`);
+          assert.ok(session[key].length > 0, `"${key}" is not empty`);
+        }
+        assert.ok(!Number.isNaN(Date.parse(session.expires_at)), `expires_at parses: ${session.expires_at}`);
+
+        const viewerUrl = new URL(session.viewer_url, server.baseUrl).href;
+        assertLoopback(viewerUrl);
+        await page.goto(`${viewerUrl}#token=${session.token}`);
+
+        await waitForState(page, 'connected', 60_000);
+        // The token left the address bar and lives in this tab's storage.
+        assert.equal(new URL(page.url()).hash, '', 'token fragment removed from the URL');
+        const stored = await page.evaluate((id) => sessionStorage.getItem(`livesession.token.${id}`), session.id);
+        assert.equal(stored, session.token, 'token kept in sessionStorage');
+
+        const del = await server.request(`/api/sessions/${encodeURIComponent(session.id)}`, { method: 'DELETE', headers: auth });
+        assert.ok(del.status >= 200 && del.status < 300, `DELETE /api/sessions/{id}: ${del.status} ${await del.text()}`);
+
+        await waitForState(page, 'ended', 15_000);
+        // The close that ended it may still be on its way to the other socket.
+        await page.waitForFunction(() => document.body.dataset.lastCloseCode === '4008', null, { timeout: 5_000 }).catch(() => {});
+        const shown = await page.evaluate(() => ({
+          code: document.body.dataset.lastCloseCode,
+          status: document.getElementById('status').textContent,
+          text: document.body.innerText,
+        }));
+        assert.equal(shown.code, '4008', `last close code (${JSON.stringify(shown)})`);
+        assert.match(shown.text, /revoked/i, 'page says the session was revoked');
+
+        // Revocation is final: the viewer must not try again.
+        const before = wsCreated;
+        await sleep(5_000);
+        assert.equal(wsCreated, before, 'no WebSocket opened after revocation');
+        assert.equal(await page.evaluate(() => document.body.dataset.state), 'ended');
+      },
+      diagnostics,
+    );
+  });
+});
