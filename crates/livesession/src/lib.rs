@@ -1,0 +1,24 @@
+//! livesession: sells and serves live remote browser sessions.
+//!
+//! [`launch`] runs the server on a listener until a shutdown future resolves; `main.rs`
+//! only parses the command line. Layout: `router` lists every route; `handlers/` holds
+//! them by resource; `desktops` maps sessions to desktops; `ws` holds the WebSocket close
+//! codes shared by the control channel and the VNC proxy.
+
+mod app;
+mod auth;
+pub mod cli;
+pub mod config;
+mod desktops;
+pub mod doctor;
+mod error;
+mod handlers;
+pub mod logging;
+mod router;
+mod secrets;
+mod web;
+mod ws;
+
+pub use app::{App, AppState, StartupError, launch};
+pub use auth::{Role, cookie_name};
+pub use ws::CloseCode;

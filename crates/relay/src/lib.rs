@@ -28,7 +28,6 @@ pub enum Inbound {
 pub enum Outbound {
     Data(Bytes),
     Ping,
-    Close { code: u16, reason: String },
 }
 
 #[derive(Debug, Clone)]

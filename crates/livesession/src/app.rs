@@ -1,0 +1,172 @@
+//! The application state shared by every handler, and `launch`, which runs the server.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use livesession_desktop::{DesktopRuntime, LocalRuntime, LocalRuntimeConfig};
+use livesession_session::{SessionStore, Sessions, store::SqliteStore};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::Tokens;
+use crate::config::ServeConfig;
+use crate::desktops::Desktops;
+use crate::{router, secrets};
+
+pub struct App {
+    pub config: ServeConfig,
+    pub sessions: Arc<Sessions>,
+    pub desktops: Arc<Desktops>,
+    pub tokens: Tokens,
+    pub admin_token: String,
+    /// Scheme, host and port browsers use to reach us, without a trailing slash.
+    pub public_url: String,
+    /// Cancelled when the server begins to shut down: live connections close with
+    /// "server shutting down" and new ones are refused.
+    pub shutdown: CancellationToken,
+    /// Connection tasks and desktop starts; shutdown waits for them.
+    pub tasks: TaskTracker,
+    connections: AtomicUsize,
+    next_conn_id: AtomicU64,
+}
+
+#[derive(Clone)]
+pub struct AppState(pub Arc<App>);
+
+impl std::ops::Deref for AppState {
+    type Target = App;
+    fn deref(&self) -> &App {
+        &self.0
+    }
+}
+
+/// Counts a live WebSocket connection for as long as it is held.
+pub struct ConnectionGuard {
+    app: Arc<App>,
+    pub id: u64,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.app.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl App {
+    pub fn live_connections(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    pub fn connection(self: &Arc<Self>) -> ConnectionGuard {
+        self.connections.fetch_add(1, Ordering::Relaxed);
+        ConnectionGuard { app: self.clone(), id: self.next_conn_id.fetch_add(1, Ordering::Relaxed) + 1 }
+    }
+
+    /// Whether `origin` (an Origin header value) may open a WebSocket or post a form here.
+    pub fn origin_allowed(&self, origin: &str, host: Option<&str>) -> bool {
+        let origin = origin.trim_end_matches('/');
+        origin == self.public_url
+            || self.config.allowed_origins.iter().any(|o| o.trim_end_matches('/') == origin)
+            // Same origin as the request itself (whatever name the browser used for us).
+            || host.is_some_and(|h| origin.split_once("://").is_some_and(|(_, rest)| rest == h))
+    }
+}
+
+/// Builds the application: data directory, secrets, store, desktop runtime.
+pub async fn build(config: ServeConfig, local_addr: SocketAddr) -> Result<Arc<App>, StartupError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| startup(format!("cannot create data directory {}: {e}", config.data_dir.display())))?;
+    let data_dir = config.data_dir.canonicalize().map_err(|e| startup(format!("data directory {}: {e}", config.data_dir.display())))?;
+    let secrets = secrets::load_or_create(&data_dir, config.admin_token.as_deref())
+        .map_err(|e| startup(format!("cannot read or create secrets in {}: {e}", data_dir.display())))?;
+    if let Some(path) = &secrets.admin_token_created {
+        // Shown once, on the terminal, not through the log.
+        println!("Generated an admin token (kept in {}):\n  {}", path.display(), secrets.admin_token);
+    }
+    let store: Arc<dyn SessionStore> = Arc::new(
+        SqliteStore::open(&data_dir.join("livesession.db"))
+            .await
+            .map_err(|e| startup(format!("cannot open the session store: {e}")))?,
+    );
+    let runtime: Arc<dyn DesktopRuntime> = Arc::new(
+        LocalRuntime::new(LocalRuntimeConfig {
+            root: data_dir.join("desktops"),
+            tools: config.desktop.tools(),
+            start_timeout: config.desktop.start_timeout(),
+            stop_grace: Duration::from_secs(3),
+        })
+        .map_err(|e| startup(format!("cannot create the desktops directory: {e}")))?,
+    );
+    for check in runtime.check_tools() {
+        if !check.found() {
+            tracing::error!(piece = %check.piece, binary = %check.binary, fix = %check.fix(),
+                "desktop toolchain incomplete: sessions cannot start until it is installed");
+        }
+    }
+    let tasks = TaskTracker::new();
+    let public_url = config
+        .public_url
+        .clone()
+        .map(|u| u.trim_end_matches('/').to_owned())
+        .unwrap_or_else(|| format!("http://{local_addr}"));
+    Ok(Arc::new(App {
+        sessions: Sessions::new(store),
+        desktops: Desktops::new(runtime, config.max_desktops, config.desktop.desktop_size, tasks.clone()),
+        tokens: Tokens::new(&secrets.signing_key),
+        admin_token: secrets.admin_token,
+        public_url,
+        shutdown: CancellationToken::new(),
+        tasks,
+        connections: AtomicUsize::new(0),
+        next_conn_id: AtomicU64::new(0),
+        config,
+    }))
+}
+
+/// Runs the server on `listener` until `shutdown` resolves, then closes every live
+/// connection with "server shutting down" and stops every desktop.
+pub async fn launch(config: ServeConfig, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), StartupError> {
+    let local_addr = listener.local_addr().map_err(|e| startup(e.to_string()))?;
+    let app = build(config, local_addr).await?;
+    let state = AppState(app.clone());
+
+    // Session ends (expiry, revocation) stop the session's desktop.
+    let mut ended = app.sessions.ended_events();
+    let desktops = app.desktops.clone();
+    let cleanup = tokio::spawn(async move {
+        while let Ok((id, _)) = ended.recv().await {
+            desktops.stop(&id).await;
+        }
+    });
+    let expiry = tokio::spawn(app.sessions.clone().run_expiry(app.shutdown.clone().cancelled_owned()));
+
+    tracing::info!(listen = %local_addr, public_url = %app.public_url, free_mode = app.config.free_mode, "livesession listening");
+    let token = app.shutdown.clone();
+    let serve = axum::serve(listener, router::router(state).into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            token.cancel();
+        });
+    let result = serve.await;
+    app.shutdown.cancel();
+    tracing::info!("shutting down: closing connections and stopping desktops");
+    app.tasks.close();
+    if tokio::time::timeout(Duration::from_secs(10), app.tasks.wait()).await.is_err() {
+        tracing::warn!("some connections did not close within 10 s");
+    }
+    app.desktops.stop_all().await;
+    cleanup.abort();
+    let _ = expiry.await;
+    result.map_err(|e| startup(format!("server error: {e}")))
+}
+
+/// A start-up failure, shown to the operator as it is.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StartupError(pub String);
+
+fn startup(msg: impl Into<String>) -> StartupError {
+    StartupError(msg.into())
+}

@@ -1,0 +1,166 @@
+//! Access tokens, where requests carry them, and the admin bearer token.
+//!
+//! An access token is a JWT (HS256) bound to one session and one role. It may arrive as
+//! `Authorization: Bearer`, as a `token` query parameter (noVNC cannot set headers on its
+//! WebSocket) or in the viewer's cookie `ls_<session id>`. Tokens are never logged.
+
+use axum::http::HeaderMap;
+use axum::http::header::{AUTHORIZATION, COOKIE};
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+const AUDIENCE: &str = "livesession";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Sees the screen and sends keyboard and mouse input.
+    Interactive,
+    /// Sees the screen only.
+    View,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AccessClaims {
+    /// The session this token opens, and no other.
+    pub sid: String,
+    pub role: Role,
+    pub iat: i64,
+    pub exp: i64,
+    pub aud: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenError {
+    Invalid,
+    Expired,
+}
+
+pub struct Tokens {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+}
+
+impl Tokens {
+    pub fn new(key: &[u8]) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_audience(&[AUDIENCE]);
+        validation.set_required_spec_claims(&["exp", "aud"]);
+        validation.leeway = 0;
+        Self { encoding: EncodingKey::from_secret(key), decoding: DecodingKey::from_secret(key), validation }
+    }
+
+    pub fn issue(&self, session_id: &str, role: Role, expires_at: OffsetDateTime) -> String {
+        let claims = AccessClaims {
+            sid: session_id.to_owned(),
+            role,
+            iat: OffsetDateTime::now_utc().unix_timestamp(),
+            exp: expires_at.unix_timestamp(),
+            aud: AUDIENCE.to_owned(),
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).expect("HS256 signing cannot fail")
+    }
+
+    pub fn verify(&self, token: &str) -> Result<AccessClaims, TokenError> {
+        match jsonwebtoken::decode::<AccessClaims>(token, &self.decoding, &self.validation) {
+            Ok(data) => Ok(data.claims),
+            Err(e) if matches!(e.kind(), ErrorKind::ExpiredSignature) => Err(TokenError::Expired),
+            Err(_) => Err(TokenError::Invalid),
+        }
+    }
+}
+
+/// Where a token was found. Cookie-borne tokens are sent by browsers on their own, so
+/// requests that use them need an Origin check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenSource {
+    Header,
+    Query,
+    Cookie,
+}
+
+pub fn cookie_name(session_id: &str) -> String {
+    format!("ls_{session_id}")
+}
+
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
+}
+
+pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// The access token of a request for `session_id`: header first, then query, then cookie.
+pub fn find_access_token(headers: &HeaderMap, query_token: Option<&str>, session_id: &str) -> Option<(String, TokenSource)> {
+    if let Some(t) = bearer(headers) {
+        return Some((t.to_owned(), TokenSource::Header));
+    }
+    if let Some(t) = query_token.filter(|t| !t.is_empty()) {
+        return Some((t.to_owned(), TokenSource::Query));
+    }
+    cookie(headers, &cookie_name(session_id)).map(|t| (t.to_owned(), TokenSource::Cookie))
+}
+
+/// Compares without an early exit, so response time does not reveal a matching prefix.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn tokens_are_bound_to_their_session_and_expire() {
+        let tokens = Tokens::new(b"0123456789abcdef0123456789abcdef");
+        let later = OffsetDateTime::now_utc() + time::Duration::minutes(5);
+        let t = tokens.issue("s1", Role::Interactive, later);
+        let claims = tokens.verify(&t).unwrap();
+        assert_eq!((claims.sid.as_str(), claims.role), ("s1", Role::Interactive));
+
+        let past = OffsetDateTime::now_utc() - time::Duration::seconds(5);
+        assert_eq!(tokens.verify(&tokens.issue("s1", Role::View, past)).unwrap_err(), TokenError::Expired);
+        let other_key = Tokens::new(b"another key, another server......");
+        assert_eq!(other_key.verify(&t).unwrap_err(), TokenError::Invalid);
+        assert_eq!(tokens.verify("not.a.token").unwrap_err(), TokenError::Invalid);
+        let mut tampered = t.clone();
+        tampered.pop();
+        assert_eq!(tokens.verify(&tampered).unwrap_err(), TokenError::Invalid);
+    }
+
+    #[test]
+    fn tokens_are_found_in_header_query_and_cookie() {
+        let mut h = HeaderMap::new();
+        assert_eq!(find_access_token(&h, None, "s1"), None);
+        h.insert(COOKIE, HeaderValue::from_static("a=b; ls_s1=fromcookie; ls_s2=other"));
+        assert_eq!(find_access_token(&h, None, "s1"), Some(("fromcookie".into(), TokenSource::Cookie)));
+        assert_eq!(find_access_token(&h, None, "s3"), None);
+        assert_eq!(find_access_token(&h, Some("q"), "s1"), Some(("q".into(), TokenSource::Query)));
+        h.insert(AUTHORIZATION, HeaderValue::from_static("Bearer hdr"));
+        assert_eq!(find_access_token(&h, Some("q"), "s1"), Some(("hdr".into(), TokenSource::Header)));
+    }
+
+    #[test]
+    fn constant_time_eq_compares_whole_values() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+    }
+}

@@ -1,0 +1,175 @@
+//! The command line: `serve`, `doctor`, and `session create|list|revoke` (a client of a
+//! running server's admin API, since revoking must reach the server's live connections).
+
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::Value;
+
+use crate::config::{CommonArgs, DesktopArgs, ServeConfig};
+use crate::{doctor, logging, secrets};
+
+#[derive(Debug, Parser)]
+#[command(name = "livesession", version, about = "Sells and serves live remote browser sessions")]
+struct Cli {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve(ServeConfig),
+    /// Check that this machine can run desktops: binaries, data directory, a throwaway desktop.
+    Doctor(DesktopArgs),
+    /// Manage sessions on a running server.
+    #[command(subcommand)]
+    Session(SessionCommand),
+}
+
+#[derive(Debug, Args)]
+struct ClientArgs {
+    /// The server's URL; defaults to http://<LIVESESSION_LISTEN>.
+    #[arg(long, env = "LIVESESSION_SERVER")]
+    server: Option<String>,
+    #[arg(long, env = "LIVESESSION_LISTEN", default_value = "127.0.0.1:8080", hide = true)]
+    listen: String,
+    /// Defaults to the token the server generated in the data directory.
+    #[arg(long, env = "LIVESESSION_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum SessionCommand {
+    /// Create a session and print its id, token and URLs.
+    Create {
+        #[arg(long)]
+        start_url: Option<String>,
+        /// Lifetime in seconds (default: the server's).
+        #[arg(long)]
+        ttl: Option<u64>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List recent sessions.
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Revoke a session: close its connections and stop its desktop.
+    Revoke {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(mut config) => {
+                logging::init(cli.common.log_format);
+                config.data_dir.clone_from(&cli.common.data_dir);
+                serve(config).await
+            }
+            Command::Doctor(desktop) => {
+                if doctor::run(&cli.common.data_dir, &desktop).await {
+                    println!("All checks passed.");
+                    ExitCode::SUCCESS
+                } else {
+                    println!("Some checks failed; see above.");
+                    ExitCode::FAILURE
+                }
+            }
+            Command::Session(command) => session_command(&cli.common, command).await,
+        }
+    })
+}
+
+async fn serve(config: ServeConfig) -> ExitCode {
+    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("livesession: cannot listen on {}: {e}", config.listen);
+            return ExitCode::FAILURE;
+        }
+    };
+    let url = config.public_url.clone().unwrap_or_else(|| format!("http://{}", listener.local_addr().expect("bound")));
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    };
+    let announce = tokio::spawn(async move {
+        // After start-up messages (a generated admin token) so the URL is the last line.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        println!("livesession is running: open {url}/");
+    });
+    let result = crate::launch(config, listener, shutdown).await;
+    announce.abort();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("livesession: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn session_command(common: &CommonArgs, command: SessionCommand) -> ExitCode {
+    let (client, method, path, body) = match command {
+        SessionCommand::Create { start_url, ttl, client } => {
+            let mut body = serde_json::Map::new();
+            if let Some(u) = start_url {
+                body.insert("start_url".into(), u.into());
+            }
+            if let Some(t) = ttl {
+                body.insert("ttl_seconds".into(), t.into());
+            }
+            (client, reqwest::Method::POST, "/api/sessions".to_owned(), Some(Value::Object(body)))
+        }
+        SessionCommand::List { client } => (client, reqwest::Method::GET, "/api/sessions".to_owned(), None),
+        SessionCommand::Revoke { id, client } => (client, reqwest::Method::DELETE, format!("/api/sessions/{id}"), None),
+    };
+    let server = client.server.clone().unwrap_or_else(|| format!("http://{}", client.listen.replace("0.0.0.0", "127.0.0.1")));
+    let token = match client.admin_token.clone() {
+        Some(t) => t,
+        None => match std::fs::read_to_string(secrets::admin_token_path(&common.data_dir)) {
+            Ok(t) => t.trim().to_owned(),
+            Err(e) => {
+                eprintln!(
+                    "livesession: no admin token: set LIVESESSION_ADMIN_TOKEN or run from the server's data directory ({}: {e})",
+                    secrets::admin_token_path(&common.data_dir).display()
+                );
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    let mut request = reqwest::Client::new().request(method, format!("{}{path}", server.trim_end_matches('/'))).bearer_auth(token);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = match request.send().await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("livesession: cannot reach the server at {server}: {}", e.without_url());
+            return ExitCode::FAILURE;
+        }
+    };
+    let status = response.status();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    if status.is_success() {
+        println!("{}", serde_json::to_string_pretty(&body).expect("json"));
+        ExitCode::SUCCESS
+    } else {
+        let message = body["error"]["message"].as_str().unwrap_or("unexpected response");
+        eprintln!("livesession: {status}: {message}");
+        ExitCode::FAILURE
+    }
+}

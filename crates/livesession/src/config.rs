@@ -1,0 +1,130 @@
+//! Configuration: every setting is a flag and a `LIVESESSION_*` environment variable.
+//! `docs/config.md` is the operator's copy of this file; keep the two in step.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::{ArgAction, Args, ValueEnum};
+use livesession_desktop::ToolPaths;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// JSON when stderr is not a terminal, human-readable when it is.
+    Auto,
+    Json,
+    Pretty,
+}
+
+/// Settings every command shares.
+#[derive(Debug, Clone, Args)]
+pub struct CommonArgs {
+    /// Directory for the SQLite database, generated secrets and desktops' private dirs.
+    #[arg(long, env = "LIVESESSION_DATA_DIR", default_value = "./data", global = true)]
+    pub data_dir: PathBuf,
+    #[arg(long, env = "LIVESESSION_LOG_FORMAT", value_enum, default_value = "auto", global = true)]
+    pub log_format: LogFormat,
+}
+
+/// How desktops are made (used by `serve` and `doctor`).
+#[derive(Debug, Clone, Args)]
+pub struct DesktopArgs {
+    /// Screen size of each desktop, WIDTHxHEIGHT (depth is 24).
+    #[arg(long, env = "LIVESESSION_DESKTOP_SIZE", default_value = "1280x720")]
+    pub desktop_size: DesktopSize,
+    /// The TigerVNC X server binary.
+    #[arg(long, env = "LIVESESSION_XVNC", default_value = "Xvnc")]
+    pub xvnc: String,
+    #[arg(long, env = "LIVESESSION_OPENBOX", default_value = "openbox")]
+    pub openbox: String,
+    #[arg(long, env = "LIVESESSION_CHROMIUM", default_value = "chromium")]
+    pub chromium: String,
+    /// Seconds a desktop may take to become ready.
+    #[arg(long, env = "LIVESESSION_DESKTOP_START_TIMEOUT", default_value_t = 60)]
+    pub desktop_start_timeout: u64,
+}
+
+impl DesktopArgs {
+    pub fn tools(&self) -> ToolPaths {
+        ToolPaths { xvnc: self.xvnc.clone(), openbox: self.openbox.clone(), chromium: self.chromium.clone() }
+    }
+
+    pub fn start_timeout(&self) -> Duration {
+        Duration::from_secs(self.desktop_start_timeout)
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    /// Filled from the common `--data-dir`.
+    #[arg(skip)]
+    pub data_dir: PathBuf,
+    /// Address and port to listen on.
+    #[arg(long, env = "LIVESESSION_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// The admin bearer token. If unset, one is generated on first start and kept in
+    /// `<data dir>/secrets/admin.token`.
+    #[arg(long, env = "LIVESESSION_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// The URL browsers use to reach this server (scheme, host, port), e.g. behind a
+    /// reverse proxy. Defaults to `http://<listen address>`.
+    #[arg(long, env = "LIVESESSION_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Extra origins allowed to open WebSockets, comma-separated (the public URL's origin
+    /// and the request's own host are always allowed).
+    #[arg(long, env = "LIVESESSION_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+    /// Free mode: the landing page offers "Start a session" to anyone who can open it.
+    #[arg(long, env = "LIVESESSION_FREE_MODE", default_value_t = true, action = ArgAction::Set)]
+    pub free_mode: bool,
+    /// The page a new session's Chromium opens when none is given.
+    #[arg(long, env = "LIVESESSION_START_URL", default_value = "about:blank")]
+    pub start_url: String,
+    /// Default session lifetime, in seconds.
+    #[arg(long, env = "LIVESESSION_SESSION_TTL", default_value_t = 86_400)]
+    pub session_ttl: u64,
+    /// Longest lifetime the admin API may ask for, in seconds.
+    #[arg(long, env = "LIVESESSION_MAX_SESSION_TTL", default_value_t = 7 * 86_400)]
+    pub max_session_ttl: u64,
+    /// Desktops that may run at once; further viewers are told the server is at capacity.
+    #[arg(long, env = "LIVESESSION_MAX_DESKTOPS", default_value_t = 4)]
+    pub max_desktops: usize,
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "LIVESESSION_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
+    pub max_body_bytes: usize,
+    #[command(flatten)]
+    pub desktop: DesktopArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DesktopSize {
+    pub width: u16,
+    pub height: u16,
+}
+
+impl FromStr for DesktopSize {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = || format!("expected WIDTHxHEIGHT such as 1280x720, got {s:?}");
+        let (w, h) = s.split_once('x').ok_or_else(err)?;
+        let (width, height): (u16, u16) = (w.parse().map_err(|_| err())?, h.parse().map_err(|_| err())?);
+        if !(320..=7680).contains(&width) || !(200..=4320).contains(&height) {
+            return Err(format!("desktop size {s} is outside 320x200..7680x4320"));
+        }
+        Ok(Self { width, height })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn desktop_sizes_parse_and_are_bounded() {
+        assert_eq!("1280x720".parse::<DesktopSize>().unwrap(), DesktopSize { width: 1280, height: 720 });
+        assert!("1280".parse::<DesktopSize>().is_err());
+        assert!("10x10".parse::<DesktopSize>().is_err());
+    }
+}

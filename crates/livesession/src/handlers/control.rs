@@ -1,0 +1,159 @@
+//! The control channel: `GET /api/sessions/{id}/control`, a JSON text WebSocket that tells
+//! the viewer about its session and desktop (the messages are in `docs/protocol.md`).
+//! Opening it starts the session's desktop if it is not running, and reports progress.
+
+use std::time::Duration;
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use tokio::time::Instant;
+
+use crate::app::{App, AppState};
+use crate::desktops::DesktopStatus;
+use crate::error::ApiError;
+use crate::handlers::TokenQuery;
+use crate::ws::{self, Authorized, Close, CloseCode};
+
+/// Clients send PING every 30 s; three missed ones end the connection.
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(90);
+const SERVER_PING_INTERVAL: Duration = Duration::from_secs(30);
+const MAX_CLIENT_MESSAGE: usize = 4096;
+
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ServerMessage {
+    Connected {
+        session_id: String,
+        #[serde(with = "time::serde::rfc3339")]
+        expires_at: OffsetDateTime,
+        #[serde(with = "time::serde::rfc3339")]
+        server_time: OffsetDateTime,
+    },
+    Pong,
+    DesktopStatus {
+        status: &'static str,
+        step: Option<&'static str>,
+        error: Option<String>,
+    },
+    SessionEnded {
+        reason: &'static str,
+    },
+    Error {
+        message: String,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "SCREAMING_SNAKE_CASE")]
+enum ClientMessage {
+    Ping,
+}
+
+impl ServerMessage {
+    fn desktop(status: &DesktopStatus) -> Self {
+        let (step, error) = match status {
+            DesktopStatus::Starting(piece) => (Some(piece.step()), None),
+            DesktopStatus::Failed(e) => (e.piece().map(|p| p.step()), Some(e.to_string())),
+            DesktopStatus::Ready(_) | DesktopStatus::Stopped => (None, None),
+        };
+        ServerMessage::DesktopStatus { status: status.name(), step, error }
+    }
+
+    fn text(&self) -> Message {
+        Message::Text(serde_json::to_string(self).expect("serializable").into())
+    }
+}
+
+pub async fn control_channel(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    Query(query): Query<TokenQuery>,
+    headers: HeaderMap,
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    let upgrade = upgrade.map_err(|e| ApiError::new(e.status(), "websocket_required", e.body_text()))?;
+    let upgrade = upgrade.max_message_size(MAX_CLIENT_MESSAGE);
+    let decision = ws::authorize(&app, &id, &headers, query.token.as_deref()).await;
+    Ok(ws::accept(app.0.clone(), upgrade, "control", &id, decision, |app, auth, mut socket| async move {
+        match converse(&app, auth, &mut socket).await {
+            Some(close) => {
+                tracing::info!(code = close.code.code(), reason = %close.reason, "control connection closed by the server");
+                ws::close(socket, close).await;
+            }
+            None => tracing::info!("control connection closed by the client"),
+        }
+    }))
+}
+
+/// Runs the conversation; returns the close to send, or `None` if the client went away.
+async fn converse(app: &App, mut auth: Authorized, socket: &mut WebSocket) -> Option<Close> {
+    tracing::info!(role = ?auth.claims.role, "control connection opened");
+    let session = &auth.session;
+    let hello = ServerMessage::Connected {
+        session_id: session.id.clone(),
+        expires_at: session.expires_at,
+        server_time: OffsetDateTime::now_utc(),
+    };
+    socket.send(hello.text()).await.ok()?;
+    let mut desktop = match app.desktops.watch(session) {
+        Ok(rx) => rx,
+        Err(e) => {
+            let failed = ServerMessage::DesktopStatus { status: "failed", step: None, error: Some(e.to_string()) };
+            let _ = socket.send(failed.text()).await;
+            return Some(Close::new(CloseCode::DesktopUnavailable, format!("desktop unavailable: {e}")));
+        }
+    };
+    desktop.mark_changed(); // so the current status is sent first
+    let mut last_heard = Instant::now();
+    let mut ping = tokio::time::interval_at(Instant::now() + SERVER_PING_INTERVAL, SERVER_PING_INTERVAL);
+    loop {
+        tokio::select! {
+            // Session end first: a revocation also stops the desktop, and the viewer must
+            // learn that the session ended, not that its desktop went away.
+            biased;
+            end = auth.end.ended() => {
+                let reason = match end {
+                    livesession_session::SessionEnd::Expired => "expired",
+                    livesession_session::SessionEnd::Revoked => "revoked",
+                };
+                let _ = socket.send(ServerMessage::SessionEnded { reason }.text()).await;
+                return Some(Close::ended(end));
+            }
+            _ = app.shutdown.cancelled() => return Some(Close::shutting_down()),
+            changed = desktop.changed() => {
+                let status = if changed.is_ok() { desktop.borrow_and_update().clone() } else { DesktopStatus::Stopped };
+                socket.send(ServerMessage::desktop(&status).text()).await.ok()?;
+                match status {
+                    // Closing lets the client retry with backoff, which starts a new desktop.
+                    DesktopStatus::Failed(e) => return Some(Close::new(CloseCode::DesktopUnavailable, format!("desktop failed: {e}"))),
+                    DesktopStatus::Stopped => return Some(Close::new(CloseCode::DesktopUnavailable, "desktop stopped")),
+                    DesktopStatus::Starting(_) | DesktopStatus::Ready(_) => {}
+                }
+            }
+            message = socket.recv() => {
+                let Some(Ok(message)) = message else { return None };
+                last_heard = Instant::now();
+                let reply = match message {
+                    Message::Text(text) => match serde_json::from_str::<ClientMessage>(&text) {
+                        Ok(ClientMessage::Ping) => ServerMessage::Pong,
+                        Err(_) => ServerMessage::Error { message: "unknown or malformed message; see docs/protocol.md".into() },
+                    },
+                    Message::Binary(_) => ServerMessage::Error { message: "binary messages are not part of this protocol".into() },
+                    Message::Close(_) => return None,
+                    Message::Ping(_) | Message::Pong(_) => continue,
+                };
+                socket.send(reply.text()).await.ok()?;
+            }
+            _ = tokio::time::sleep_until(last_heard + HEARTBEAT_TIMEOUT) => {
+                return Some(Close::new(CloseCode::HeartbeatTimeout, "nothing heard from the client for 90 s"));
+            }
+            _ = ping.tick() => {
+                socket.send(Message::Ping(Default::default())).await.ok()?;
+            }
+        }
+    }
+}

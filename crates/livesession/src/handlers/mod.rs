@@ -1,0 +1,15 @@
+//! Request handlers, grouped by resource.
+
+pub mod control;
+pub mod health;
+pub mod pages;
+pub mod sessions;
+pub mod vnc;
+
+use serde::Deserialize;
+
+/// The `token` query parameter of WebSocket requests (noVNC cannot set headers).
+#[derive(Debug, Default, Deserialize)]
+pub struct TokenQuery {
+    pub token: Option<String>,
+}

@@ -1,0 +1,174 @@
+//! The sessions API (admin token) and the free-mode "Start a session" form.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::header::{HOST, LOCATION, ORIGIN, SET_COOKIE};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use livesession_session::{NewSession, Session, SessionSource};
+use serde::{Deserialize, Serialize};
+
+use crate::app::{App, AppState};
+use crate::auth::{Role, bearer, constant_time_eq, cookie_name};
+use crate::error::ApiError;
+
+fn require_admin(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
+    match bearer(headers) {
+        Some(t) if constant_time_eq(t.as_bytes(), app.admin_token.as_bytes()) => Ok(()),
+        _ => Err(ApiError::unauthorized()),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSession {
+    pub start_url: Option<String>,
+    pub ttl_seconds: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SessionCreated {
+    pub id: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: time::OffsetDateTime,
+    pub token: String,
+    pub viewer_url: String,
+    pub vnc_url: String,
+    pub control_url: String,
+}
+
+/// A session as the API shows it: the stored record plus its desktop's state.
+#[derive(Debug, Serialize)]
+pub struct SessionView {
+    #[serde(flatten)]
+    pub session: Session,
+    pub desktop: &'static str,
+}
+
+fn view(app: &App, session: Session) -> SessionView {
+    let desktop = app.desktops.status(&session.id).name();
+    SessionView { session, desktop }
+}
+
+/// Only web pages may be a start URL: other schemes (file:, chrome:, javascript:) would
+/// hand the remote browser something other than a page to show.
+fn validate_start_url(url: &str) -> Result<(), ApiError> {
+    let ok = url == "about:blank"
+        || ["http://", "https://"].iter().any(|s| url.len() > s.len() && url[..s.len()].eq_ignore_ascii_case(s));
+    if !ok || url.len() > 2048 || url.chars().any(char::is_whitespace) {
+        return Err(ApiError::bad_request("invalid_start_url", "start_url must be an http(s) URL of at most 2048 characters, or about:blank"));
+    }
+    Ok(())
+}
+
+async fn create(app: &App, source: SessionSource, request: CreateSession) -> Result<(Session, String), ApiError> {
+    let start_url = request.start_url.unwrap_or_else(|| app.config.start_url.clone());
+    validate_start_url(&start_url)?;
+    let ttl = request.ttl_seconds.unwrap_or(app.config.session_ttl);
+    if ttl == 0 || ttl > app.config.max_session_ttl {
+        return Err(ApiError::bad_request(
+            "invalid_ttl",
+            format!("ttl_seconds must be between 1 and {}", app.config.max_session_ttl),
+        ));
+    }
+    let session = app
+        .sessions
+        .create(NewSession { source, start_url, ttl: time::Duration::seconds(ttl as i64) })
+        .await?;
+    let token = app.tokens.issue(&session.id, Role::Interactive, session.expires_at);
+    Ok((session, token))
+}
+
+pub async fn create_session(State(app): State<AppState>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+    require_admin(&app, &headers)?;
+    let body = body?;
+    let request: CreateSession = if body.iter().all(u8::is_ascii_whitespace) {
+        CreateSession::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request("invalid_json", format!("request body: {e}")))?
+    };
+    let (session, token) = create(&app, SessionSource::Api, request).await?;
+    let ws_base = app.public_url.replacen("http", "ws", 1);
+    let created = SessionCreated {
+        viewer_url: format!("{}/s/{}", app.public_url, session.id),
+        vnc_url: format!("{ws_base}/api/sessions/{}/vnc", session.id),
+        control_url: format!("{ws_base}/api/sessions/{}/control", session.id),
+        id: session.id,
+        expires_at: session.expires_at,
+        token,
+    };
+    Ok((StatusCode::CREATED, Json(created)).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    pub limit: Option<u32>,
+}
+
+pub async fn list_sessions(State(app): State<AppState>, headers: HeaderMap, Query(q): Query<ListQuery>) -> Result<Json<serde_json::Value>, ApiError> {
+    require_admin(&app, &headers)?;
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let sessions: Vec<SessionView> = app.sessions.store().list_sessions(limit).await?.into_iter().map(|s| view(&app, s)).collect();
+    Ok(Json(serde_json::json!({ "sessions": sessions })))
+}
+
+pub async fn get_session(State(app): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<SessionView>, ApiError> {
+    require_admin(&app, &headers)?;
+    let session = app.sessions.get(&id).await?.ok_or_else(ApiError::session_not_found)?;
+    Ok(Json(view(&app, session)))
+}
+
+/// Revokes the session: its connections close with "session revoked" and its desktop
+/// is stopped before this answers. Revoking an ended session changes nothing.
+pub async fn revoke_session(State(app): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<SessionView>, ApiError> {
+    require_admin(&app, &headers)?;
+    let session = match app.sessions.revoke(&id, "revoked by the operator").await? {
+        Some(revoked) => revoked,
+        None => app.sessions.get(&id).await?.ok_or_else(ApiError::session_not_found)?,
+    };
+    app.desktops.stop(&id).await;
+    Ok(Json(view(&app, session)))
+}
+
+/// The landing page's "Start a session" form, in free mode: creates a session, gives this
+/// browser its access token in an HttpOnly cookie, and sends it to the viewer.
+pub async fn start_free_session(State(app): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    if !app.config.free_mode {
+        return Err(ApiError::forbidden("free_mode_off", "this server does not start free sessions"));
+    }
+    // A form post can come from any site; only our own pages may start sessions.
+    let fetch_site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
+    let origin = headers.get(ORIGIN).and_then(|v| v.to_str().ok());
+    let host = headers.get(HOST).and_then(|v| v.to_str().ok());
+    let cross_site = matches!(fetch_site, Some(s) if s != "same-origin" && s != "none")
+        || origin.is_some_and(|o| !app.origin_allowed(o, host));
+    if cross_site {
+        return Err(ApiError::forbidden("cross_site", "sessions can only be started from this server's own pages"));
+    }
+    let (session, token) = create(&app, SessionSource::Free, CreateSession::default()).await?;
+    let max_age = (session.expires_at - time::OffsetDateTime::now_utc()).whole_seconds().max(0);
+    let secure = if app.public_url.starts_with("https://") { "; Secure" } else { "" };
+    let cookie = format!("{}={token}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}", cookie_name(&session.id));
+    let mut response = StatusCode::SEE_OTHER.into_response();
+    let headers = response.headers_mut();
+    headers.insert(LOCATION, HeaderValue::from_str(&format!("/s/{}", session.id)).expect("hex id"));
+    headers.insert(SET_COOKIE, HeaderValue::from_str(&cookie).map_err(|e| ApiError::internal("cookie", e))?);
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::validate_start_url;
+
+    #[test]
+    fn only_web_pages_are_start_urls() {
+        for ok in ["http://127.0.0.1:9/x", "https://example.org/", "about:blank", "HTTPS://EXAMPLE.ORG"] {
+            assert!(validate_start_url(ok).is_ok(), "{ok}");
+        }
+        for bad in ["file:///etc/passwd", "javascript:alert(1)", "chrome://settings", "http://", "http://a b", ""] {
+            assert!(validate_start_url(bad).is_err(), "{bad}");
+        }
+    }
+}

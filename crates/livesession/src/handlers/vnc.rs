@@ -1,0 +1,93 @@
+//! The VNC proxy: `GET /api/sessions/{id}/vnc` upgrades to a WebSocket (subprotocol
+//! `binary`) and relays RFB bytes to and from the session desktop's Unix socket.
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use futures_util::{SinkExt, StreamExt, future};
+use livesession_relay::{Inbound, Outbound, PumpConfig, PumpEnd, pump};
+use tokio::net::UnixStream;
+
+use crate::app::{App, AppState};
+use crate::error::ApiError;
+use crate::handlers::TokenQuery;
+use crate::ws::{self, Authorized, Close, CloseCode};
+
+/// RFB client messages are small; the largest legitimate one is a clipboard paste.
+const MAX_CLIENT_MESSAGE: usize = 1 << 20;
+
+pub async fn vnc_proxy(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    Query(query): Query<TokenQuery>,
+    headers: HeaderMap,
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    let upgrade = upgrade.map_err(|e| ApiError::new(e.status(), "websocket_required", e.body_text()))?;
+    let upgrade = upgrade.protocols(["binary"]).max_message_size(MAX_CLIENT_MESSAGE);
+    // The access check runs before the upgrade and never touches the desktop.
+    let decision = ws::authorize(&app, &id, &headers, query.token.as_deref()).await;
+    Ok(ws::accept(app.0.clone(), upgrade, "vnc", &id, decision, |app, auth, socket| async move {
+        relay(&app, auth, socket).await
+    }))
+}
+
+async fn relay(app: &App, mut auth: Authorized, mut socket: WebSocket) {
+    let id = auth.session.id.clone();
+    tracing::info!(role = ?auth.claims.role, "vnc connection opened");
+
+    // Wait for the desktop, unless the session ends or the server stops first.
+    let handle = tokio::select! {
+        ready = app.desktops.ready(&auth.session) => match ready {
+            Ok(handle) => handle,
+            Err(e) => return ws::close(socket, Close::new(CloseCode::DesktopUnavailable, format!("desktop unavailable: {e}"))).await,
+        },
+        end = auth.end.ended() => return ws::close(socket, Close::ended(end)).await,
+        _ = app.shutdown.cancelled() => return ws::close(socket, Close::shutting_down()).await,
+    };
+    let upstream = match UnixStream::connect(&handle.vnc_socket).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "desktop VNC socket refused the connection");
+            app.desktops.lost(&id, &handle).await;
+            return ws::close(socket, Close::new(CloseCode::DesktopUnavailable, "desktop unavailable: its VNC server is gone")).await;
+        }
+    };
+
+    let (tx, rx) = (&mut socket).split();
+    let mut to_client = tx.with(|out: Outbound| {
+        future::ready(Ok::<_, axum::Error>(match out {
+            Outbound::Data(bytes) => Message::Binary(bytes),
+            Outbound::Ping => Message::Ping(Default::default()),
+        }))
+    });
+    let mut from_client = rx.map(|m| {
+        m.map(|m| match m {
+            Message::Binary(bytes) => Inbound::Data(bytes),
+            Message::Close(_) => Inbound::Close,
+            _ => Inbound::Ignored,
+        })
+    });
+    let stop = async {
+        tokio::select! {
+            end = auth.end.ended() => Close::ended(end),
+            _ = app.shutdown.cancelled() => Close::shutting_down(),
+        }
+    };
+    let (end, moved) = pump(upstream, &mut to_client, &mut from_client, &PumpConfig::default(), stop).await;
+    drop((to_client, from_client));
+    let close = match end {
+        PumpEnd::Stopped(close) => Some(close),
+        PumpEnd::ClientClosed => None,
+        PumpEnd::UpstreamClosed | PumpEnd::UpstreamError(_) => {
+            app.desktops.lost(&id, &handle).await;
+            Some(Close::new(CloseCode::DesktopUnavailable, "desktop unavailable: its VNC server closed the connection"))
+        }
+    };
+    tracing::info!(to_client_bytes = moved.to_client, to_upstream_bytes = moved.to_upstream,
+        close_code = close.as_ref().map(|c| c.code.code()), "vnc connection closed");
+    if let Some(close) = close {
+        ws::close(socket, close).await;
+    }
+}

@@ -1,0 +1,213 @@
+//! What the control channel and the VNC proxy share: the close codes (the contract in
+//! `docs/protocol.md`), the access check that runs before a WebSocket touches anything,
+//! and closing with a reason.
+//!
+//! A browser cannot read the HTTP status of a refused WebSocket handshake (it sees a bare
+//! 1006), so a refused connection is upgraded and then closed at once with a code and a
+//! reason. The decision is made before the upgrade; a refused connection never reaches
+//! the session's desktop.
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use axum::http::HeaderMap;
+use axum::http::header::{HOST, ORIGIN};
+use std::sync::Arc;
+
+use axum::extract::ws::WebSocketUpgrade;
+use axum::response::Response;
+use tracing::Instrument;
+use livesession_session::{EndSignal, Session, SessionEnd};
+use time::OffsetDateTime;
+
+use crate::app::App;
+use crate::auth::{AccessClaims, TokenError, find_access_token};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u16)]
+pub enum CloseCode {
+    /// No token was presented. Get one, then connect.
+    AuthRequired = 4001,
+    /// The token is malformed, forged, or for another session. Do not retry with it.
+    TokenInvalid = 4002,
+    /// The token expired. Refresh it and retry once.
+    TokenExpired = 4003,
+    /// The page's origin may not connect. Do not retry.
+    OriginForbidden = 4004,
+    /// No session has this id. Do not retry.
+    SessionNotFound = 4005,
+    /// Nothing heard from the client for too long. Retry.
+    HeartbeatTimeout = 4006,
+    /// The session's time ran out. Do not retry.
+    SessionExpired = 4007,
+    /// The session was revoked. Do not retry.
+    SessionRevoked = 4008,
+    /// Too many attempts. Retry after the time in the reason.
+    RateLimited = 4009,
+    /// The desktop could not be started or was lost. Retry with backoff.
+    DesktopUnavailable = 4010,
+    /// The server is restarting or stopping. Retry with backoff.
+    ShuttingDown = 4011,
+}
+
+impl CloseCode {
+    pub fn code(self) -> u16 {
+        self as u16
+    }
+
+    pub fn for_end(end: SessionEnd) -> Self {
+        match end {
+            SessionEnd::Expired => CloseCode::SessionExpired,
+            SessionEnd::Revoked => CloseCode::SessionRevoked,
+        }
+    }
+}
+
+/// A close the server makes: a code and a human-readable reason.
+#[derive(Debug, Clone)]
+pub struct Close {
+    pub code: CloseCode,
+    pub reason: String,
+}
+
+impl Close {
+    pub fn new(code: CloseCode, reason: impl Into<String>) -> Self {
+        Self { code, reason: reason.into() }
+    }
+
+    pub fn ended(end: SessionEnd) -> Self {
+        match end {
+            SessionEnd::Expired => Close::new(CloseCode::SessionExpired, "session expired"),
+            SessionEnd::Revoked => Close::new(CloseCode::SessionRevoked, "session revoked"),
+        }
+    }
+
+    pub fn shutting_down() -> Self {
+        Close::new(CloseCode::ShuttingDown, "server shutting down")
+    }
+
+    pub fn frame(&self) -> Message {
+        Message::Close(Some(CloseFrame { code: self.code.code(), reason: truncate_reason(&self.reason).into() }))
+    }
+}
+
+/// Close reasons are limited to 123 bytes by the WebSocket protocol.
+fn truncate_reason(reason: &str) -> &str {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    &reason[..end]
+}
+
+/// Sends the close frame and waits briefly for the client's answer.
+pub async fn close(mut socket: WebSocket, close: Close) {
+    if socket.send(close.frame()).await.is_ok() {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+            use futures_util::StreamExt;
+            while let Some(Ok(m)) = socket.next().await {
+                if matches!(m, Message::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+}
+
+/// Completes the upgrade and runs `serve` for an authorized connection, or closes a
+/// refused one with its code and reason. Either way the connection is counted, logged
+/// with its session and connection ids, and waited for at shutdown.
+pub fn accept<F, Fut>(app: Arc<App>, upgrade: WebSocketUpgrade, kind: &'static str, session_id: &str, decision: Result<Authorized, Close>, serve: F) -> Response
+where
+    F: FnOnce(Arc<App>, Authorized, WebSocket) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let conn = app.connection();
+    let span = tracing::info_span!("ws", kind, session_id = %session_id, conn_id = conn.id);
+    let tasks = app.tasks.clone();
+    upgrade.on_upgrade(move |socket| {
+        let task = async move {
+            let _conn = conn;
+            match decision {
+                Err(refusal) => {
+                    tracing::warn!(code = refusal.code.code(), reason = %refusal.reason, "connection refused");
+                    close(socket, refusal).await;
+                }
+                Ok(auth) => serve(app, auth, socket).await,
+            }
+        };
+        tasks.track_future(task.instrument(span))
+    })
+}
+
+/// A connection that passed the access check.
+pub struct Authorized {
+    pub session: Session,
+    pub claims: AccessClaims,
+    /// Subscribed before the session's state was read, so no end can slip between.
+    pub end: EndSignal,
+}
+
+/// Decides whether a WebSocket request for `session_id` may proceed. Touches the token,
+/// the Origin and the store, never the desktop.
+pub async fn authorize(app: &App, session_id: &str, headers: &HeaderMap, query_token: Option<&str>) -> Result<Authorized, Close> {
+    if app.shutdown.is_cancelled() {
+        return Err(Close::shutting_down());
+    }
+    if let Some(origin) = headers.get(ORIGIN).and_then(|o| o.to_str().ok()) {
+        let host = headers.get(HOST).and_then(|h| h.to_str().ok());
+        if !app.origin_allowed(origin, host) {
+            return Err(Close::new(CloseCode::OriginForbidden, "this page's origin may not connect"));
+        }
+    }
+    let Some((token, _source)) = find_access_token(headers, query_token, session_id) else {
+        return Err(Close::new(CloseCode::AuthRequired, "an access token is required"));
+    };
+    let claims = match app.tokens.verify(&token) {
+        Ok(c) => c,
+        Err(TokenError::Expired) => return Err(Close::new(CloseCode::TokenExpired, "access token expired")),
+        Err(TokenError::Invalid) => return Err(Close::new(CloseCode::TokenInvalid, "access token invalid")),
+    };
+    if claims.sid != session_id {
+        return Err(Close::new(CloseCode::TokenInvalid, "access token is for another session"));
+    }
+    let end = app.sessions.subscribe(session_id);
+    let session = match app.sessions.get(session_id).await {
+        Ok(Some(s)) => s,
+        Ok(None) => return Err(Close::new(CloseCode::SessionNotFound, "session not found")),
+        Err(e) => {
+            tracing::error!(session_id, error = %e, "session store failed during a WebSocket access check");
+            return Err(Close::new(CloseCode::DesktopUnavailable, "session store unavailable; retry later"));
+        }
+    };
+    if let Some(ended) = session.end_at(OffsetDateTime::now_utc()) {
+        return Err(Close::ended(ended));
+    }
+    Ok(Authorized { session, claims, end })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_are_cut_to_the_protocol_limit_on_a_char_boundary() {
+        let long = "é".repeat(100);
+        let cut = truncate_reason(&long);
+        assert!(cut.len() <= 123);
+        assert!(long.starts_with(cut));
+        assert_eq!(truncate_reason("short"), "short");
+    }
+
+    #[test]
+    fn codes_are_distinct_and_in_the_4000_range() {
+        let all = [
+            CloseCode::AuthRequired, CloseCode::TokenInvalid, CloseCode::TokenExpired, CloseCode::OriginForbidden,
+            CloseCode::SessionNotFound, CloseCode::HeartbeatTimeout, CloseCode::SessionExpired, CloseCode::SessionRevoked,
+            CloseCode::RateLimited, CloseCode::DesktopUnavailable, CloseCode::ShuttingDown,
+        ];
+        let mut codes: Vec<u16> = all.iter().map(|c| c.code()).collect();
+        codes.dedup();
+        assert_eq!(codes.len(), all.len());
+        assert!(codes.iter().all(|c| (4000..5000).contains(c)));
+    }
+}
