@@ -56,7 +56,10 @@ impl Sessions {
     }
 
     pub async fn create(&self, new: NewSession) -> Result<Session, StoreError> {
+        // Millisecond precision, as the store keeps it: what `create` returns equals what
+        // a later read returns.
         let now = OffsetDateTime::now_utc();
+        let now = now.replace_millisecond(now.millisecond()).expect("valid millisecond");
         let session = Session {
             id: new_session_id(),
             state: SessionState::Active,

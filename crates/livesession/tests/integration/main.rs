@@ -1,0 +1,9 @@
+//! Integration tests: the real server in-process on port 0, real SQLite files, real
+//! desktops (Xvnc, openbox, Chromium), real WebSocket clients. One binary for all.
+
+mod api;
+mod control;
+mod doctor;
+mod processes;
+mod support;
+mod vnc;

@@ -1,0 +1,280 @@
+//! Test harness: an in-process server with its own data directory, a loopback page server
+//! whose page the desktops load, WebSocket and RFB clients, and captured logs.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use axum::extract::{Query, State};
+use axum::response::Html;
+use clap::Parser;
+use futures_util::{SinkExt, StreamExt};
+use livesession::config::ServeConfig;
+use livesession_desktop::rfb::RfbClient;
+use livesession_relay::{Inbound, Outbound, PumpConfig, pump};
+use serde_json::Value;
+use tokio::io::DuplexStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+pub const ADMIN: &str = "test-admin-token";
+
+// ---------------------------------------------------------------- captured logs
+
+static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+
+#[derive(Clone)]
+struct LogWriter(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Everything every in-process server of this test binary has logged so far (JSON lines,
+/// as in production).
+pub fn logs() -> String {
+    String::from_utf8_lossy(&LOGS.get().expect("logging installed").lock().unwrap()).into_owned()
+}
+
+fn install_logging() {
+    LOGS.get_or_init(|| {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let writer = LogWriter(buf.clone());
+        tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_env_filter("info,sqlx=warn")
+            .with_writer(move || writer.clone())
+            .init();
+        buf
+    });
+}
+
+// ---------------------------------------------------------------- the page server
+
+/// A loopback HTTP server with the page desktops open: magenta, with an autofocused input
+/// that reports every change back to this server.
+pub struct PageServer {
+    pub url: String,
+    /// Every value the page reported (its requests may arrive out of order).
+    typed: Arc<Mutex<Vec<String>>>,
+}
+
+const PAGE: &str = r#"<!doctype html><html><head><title>livesession test page</title>
+<style>html,body{margin:0;height:100%;background:rgb(255,0,255)} input{margin:40px;font-size:32px;width:600px}</style>
+</head><body><input id="t" autofocus>
+<script>
+const t = document.getElementById('t');
+t.addEventListener('input', () => fetch('/typed?value=' + encodeURIComponent(t.value)));
+window.addEventListener('load', () => t.focus());
+</script></body></html>"#;
+
+impl PageServer {
+    pub async fn start() -> Self {
+        let typed = Arc::new(Mutex::new(Vec::new()));
+        let app = axum::Router::new()
+            .route("/page", axum::routing::get(|| async { Html(PAGE) }))
+            .route(
+                "/typed",
+                axum::routing::get(|State(t): State<Arc<Mutex<Vec<String>>>>, Query(q): Query<std::collections::HashMap<String, String>>| async move {
+                    t.lock().unwrap().extend(q.get("value").cloned());
+                    "ok"
+                }),
+            )
+            .with_state(typed.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/page", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Self { url, typed }
+    }
+
+    /// Waits until the page reports `expected` as its input's value; returns the longest
+    /// value it reported.
+    pub async fn wait_typed(&self, expected: &str, limit: Duration) -> Option<String> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let seen = self.typed.lock().unwrap().clone();
+            if seen.iter().any(|v| v == expected) || tokio::time::Instant::now() >= deadline {
+                return seen.into_iter().max_by_key(|v| v.len());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+// ---------------------------------------------------------------- the server
+
+#[derive(Parser)]
+struct ConfigFromArgs {
+    #[command(flatten)]
+    config: ServeConfig,
+}
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub base: String,
+    pub data: tempfile::TempDir,
+    pub http: reqwest::Client,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), livesession::StartupError>>>,
+}
+
+impl TestServer {
+    /// Starts a server on 127.0.0.1:0 with a fresh data directory; `args` are extra
+    /// `serve` flags.
+    pub async fn start(args: &[&str]) -> Self {
+        install_logging();
+        let data = tempfile::Builder::new().prefix("ls").tempdir_in("/tmp").unwrap();
+        let mut argv = vec!["serve", "--admin-token", ADMIN, "--listen", "127.0.0.1:0"];
+        argv.extend_from_slice(args);
+        let mut config = ConfigFromArgs::try_parse_from(argv).expect("valid test config").config;
+        config.data_dir = data.path().to_owned();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(livesession::launch(config, listener, async move {
+            let _ = rx.await;
+        }));
+        let server = Self {
+            addr,
+            base: format!("http://{addr}"),
+            data,
+            http: reqwest::Client::new(),
+            shutdown: Some(tx),
+            task: Some(task),
+        };
+        for _ in 0..200 {
+            if server.http.get(server.url("/healthz")).send().await.is_ok() {
+                return server;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("server did not answer /healthz");
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// `POST /api/sessions` as the admin; asserts 201 and returns the body.
+    pub async fn create_session(&self, body: Value) -> Value {
+        let response = self.http.post(self.url("/api/sessions")).bearer_auth(ADMIN).json(&body).send().await.unwrap();
+        assert_eq!(response.status(), 201, "create session");
+        response.json().await.unwrap()
+    }
+
+    pub async fn get_session(&self, id: &str) -> Value {
+        let response = self.http.get(self.url(&format!("/api/sessions/{id}"))).bearer_auth(ADMIN).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        response.json().await.unwrap()
+    }
+
+    pub async fn revoke(&self, id: &str) -> Value {
+        let response = self.http.delete(self.url(&format!("/api/sessions/{id}"))).bearer_auth(ADMIN).send().await.unwrap();
+        assert_eq!(response.status(), 200, "revoke");
+        response.json().await.unwrap()
+    }
+
+    pub async fn readyz(&self) -> Value {
+        self.http.get(self.url("/readyz")).send().await.unwrap().json().await.unwrap()
+    }
+
+    pub fn desktop_dir(&self, id: &str) -> std::path::PathBuf {
+        self.data.path().canonicalize().unwrap().join("desktops").join(id)
+    }
+
+    /// The process group of a running session desktop, from the file the runtime keeps.
+    pub fn desktop_pgid(&self, id: &str) -> i32 {
+        std::fs::read_to_string(self.desktop_dir(id).join("desktop.pgid")).unwrap().trim().parse().unwrap()
+    }
+
+    /// Stops the server the way a signal would and waits for it to finish.
+    pub async fn stop(mut self) {
+        let _ = self.shutdown.take().unwrap().send(());
+        let task = self.task.take().unwrap();
+        tokio::time::timeout(Duration::from_secs(30), task).await.expect("server stopped in time").unwrap().unwrap();
+    }
+}
+
+// ---------------------------------------------------------------- WebSocket clients
+
+pub type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens a WebSocket to `path` on the server with extra request headers.
+pub async fn ws_connect(server: &TestServer, path: &str, headers: &[(&str, &str)]) -> Ws {
+    let mut request = format!("ws://{}{path}", server.addr).into_client_request().unwrap();
+    for (k, v) in headers {
+        request.headers_mut().insert(
+            axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            axum::http::HeaderValue::from_str(v).unwrap(),
+        );
+    }
+    let (ws, _response) = tokio_tungstenite::connect_async(request).await.expect("websocket handshake");
+    ws
+}
+
+/// Reads until the server closes; returns the close code and reason.
+pub async fn close_of(ws: &mut Ws, limit: Duration) -> (u16, String) {
+    let read = async {
+        while let Some(message) = ws.next().await {
+            match message {
+                Ok(Message::Close(Some(frame))) => return (u16::from(frame.code), frame.reason.to_string()),
+                Ok(Message::Close(None)) => return (1005, String::new()),
+                Ok(_) => {}
+                Err(e) => return (1006, e.to_string()),
+            }
+        }
+        (1006, "stream ended".into())
+    };
+    tokio::time::timeout(limit, read).await.expect("server closed the connection in time")
+}
+
+/// An RFB client speaking through the VNC proxy: the WebSocket is bridged to an
+/// in-memory pipe by the same relay the server uses.
+pub async fn rfb_over_ws(ws: Ws) -> RfbClient<DuplexStream> {
+    let (ours, theirs) = tokio::io::duplex(1 << 20);
+    tokio::spawn(async move {
+        let (tx, rx) = ws.split();
+        let mut tx = tx.with(|o: Outbound| {
+            futures_util::future::ready(Ok::<_, tokio_tungstenite::tungstenite::Error>(match o {
+                Outbound::Data(d) => Message::Binary(d),
+                Outbound::Ping => Message::Ping(Default::default()),
+            }))
+        });
+        let mut rx = rx.map(|m| {
+            m.map(|m| match m {
+                Message::Binary(b) => Inbound::Data(b),
+                Message::Close(_) => Inbound::Close,
+                _ => Inbound::Ignored,
+            })
+        });
+        pump(theirs, &mut tx, &mut rx, &PumpConfig::default(), std::future::pending::<()>()).await;
+    });
+    tokio::time::timeout(Duration::from_secs(90), RfbClient::handshake(ours))
+        .await
+        .expect("RFB handshake through the proxy in time")
+        .expect("RFB handshake through the proxy")
+}
+
+/// Requests frames until `share` of the screen is `rgb`; returns the share reached.
+pub async fn wait_for_colour(rfb: &mut RfbClient<DuplexStream>, rgb: (u8, u8, u8), share: f64, limit: Duration) -> f64 {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut seen = 0.0;
+    while tokio::time::Instant::now() < deadline {
+        rfb.request_update(false).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), rfb.read_update()).await.expect("a frame in time").unwrap();
+        seen = rfb.share_of_colour(rgb, 8);
+        if seen >= share {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    seen
+}
