@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The second command: install what the tests need (the desktop toolchain, noVNC and
+# Playwright from npm) and run every test: Rust unit and integration tests against real
+# Xvnc/openbox/Chromium and SQLite, then the Playwright tests against the real server
+# and viewer. Run as root from the repository.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib.sh
+
+apt_install "${RUNTIME_PACKAGES[@]}" build-essential pkg-config procps
+ensure_node
+ensure_rust
+install_web_client
+echo "==> npm ci (end-to-end tests: playwright-core)"
+npm ci --prefix e2e --no-audit --no-fund --loglevel=error
+
+echo "==> cargo test"
+cargo build --locked --workspace --all-targets
+cargo test --locked --workspace
+
+echo "==> Playwright end-to-end tests"
+LIVESESSION_BIN="$PWD/target/debug/livesession" node --test --test-concurrency=1 e2e/
