@@ -43,7 +43,11 @@ export function freePort() {
   });
 }
 
-/** Poll `fn` until it returns a truthy value or `timeoutMs` passes. */
+/**
+ * Poll `fn` until it returns a truthy value or `timeoutMs` passes. `what`
+ * describes the wait in the timeout error; a function is called only then,
+ * so it can report the state at the end.
+ */
 export async function waitFor(fn, { timeoutMs, intervalMs = 250, what = 'condition' }) {
   const deadline = Date.now() + timeoutMs;
   let last;
@@ -55,16 +59,17 @@ export async function waitFor(fn, { timeoutMs, intervalMs = 250, what = 'conditi
       last = err;
     }
     if (Date.now() > deadline) {
-      const detail = last instanceof Error ? `: ${last.message}` : last === undefined ? '' : ` (last: ${JSON.stringify(last)})`;
-      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${detail}`);
+      const detail = last instanceof Error ? `: ${last.message}` : last === undefined || last === null || last === false ? '' : ` (last: ${JSON.stringify(last)})`;
+      const description = typeof what === 'function' ? what() : what;
+      throw new Error(`timed out after ${timeoutMs} ms waiting for ${description}${detail}`);
     }
     await sleep(intervalMs);
   }
 }
 
-/** Keeps the last `max` lines of a child's output. */
+/** Keeps a child's output (the last `max` lines) for failure reports and checks. */
 class LogTail {
-  constructor(max = 300) {
+  constructor(max = 20_000) {
     this.max = max;
     this.lines = [];
     this.partial = { stdout: '', stderr: '' };
@@ -80,11 +85,15 @@ class LogTail {
     }
   }
 
-  tail(n = 80) {
+  all() {
     const pending = Object.entries(this.partial)
       .filter(([, text]) => text)
       .map(([stream, text]) => (stream === 'stderr' ? `[err] ${text}` : text));
-    return [...this.lines, ...pending].slice(-n).join('\n');
+    return [...this.lines, ...pending];
+  }
+
+  tail(n = 80) {
+    return this.all().slice(-n).join('\n');
   }
 }
 
@@ -122,7 +131,14 @@ export async function startServer({ startUrl, env = {} }) {
   child.stderr.on('data', (c) => logs.push('stderr', c));
   const exited = new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
   let exitStatus = null;
-  exited.then((s) => (exitStatus = s));
+  // If this test process dies without stop() (a crash, Ctrl-C), don't leave
+  // the server and its desktops running: SIGTERM makes it stop them.
+  const killOnExit = () => child.kill('SIGTERM');
+  process.once('exit', killOnExit);
+  exited.then((s) => {
+    exitStatus = s;
+    process.off('exit', killOnExit);
+  });
 
   const server = {
     baseUrl,
@@ -131,6 +147,8 @@ export async function startServer({ startUrl, env = {} }) {
     dataDir,
     process: child,
     tail: (n) => logs.tail(n),
+    /** Everything the server printed so far, stdout and stderr interleaved. */
+    output: () => logs.all().join('\n'),
     get exitStatus() {
       return exitStatus;
     },
@@ -186,7 +204,7 @@ const TYPING_PAGE = `<!doctype html>
 <style>
   html, body { margin: 0; height: 100%; background: rgb(255, 0, 255); }
   #t {
-    position: fixed; left: 20px; top: 20px; width: 60vw; height: 25vh;
+    position: fixed; left: 40px; top: 40px; width: 60vw; height: 30vh;
     font: 48px sans-serif; background: #fff; color: #000; border: 0;
   }
 </style>
@@ -297,6 +315,31 @@ export function canvasColorShare(page, [r, g, b], tol = 24) {
       return hits / total;
     },
     { r, g, b, tol },
+  );
+}
+
+/**
+ * Where the remote page starts inside the canvas: the first row, scanning
+ * down column `x` of the framebuffer, whose pixel matches the colour. The
+ * session's Chromium may show tabs and a toolbar above the page, so the
+ * page's position is found, not assumed. Returns framebuffer coordinates and
+ * the canvas' size, or null.
+ */
+export function findColorTop(page, [r, g, b], x = 8, tol = 24) {
+  return page.evaluate(
+    ({ r, g, b, x, tol }) => {
+      const canvas = document.querySelector('#screen canvas');
+      if (!canvas || canvas.width === 0) return null;
+      const { data } = canvas.getContext('2d').getImageData(x, 0, 1, canvas.height);
+      for (let y = 0; y < canvas.height; y += 1) {
+        const i = y * 4;
+        if (Math.abs(data[i] - r) <= tol && Math.abs(data[i + 1] - g) <= tol && Math.abs(data[i + 2] - b) <= tol) {
+          return { y, width: canvas.width, height: canvas.height };
+        }
+      }
+      return null;
+    },
+    { r, g, b, x, tol },
   );
 }
 

@@ -5,14 +5,14 @@
 // including the browser's own 1006 "abnormal closure" — is retried with backoff.
 
 export const CLOSE_CODES = Object.freeze({
-  4001: { label: 'authentication required', final: false },
-  4002: { label: 'token invalid', final: true },
-  4003: { label: 'token expired', final: false },
-  4004: { label: 'origin forbidden', final: true },
-  4005: { label: 'session not found', final: true },
+  4001: { label: 'authentication required', final: true, hint: 'This page has no access token for the session: open the full link you were given, or start a session from the home page.' },
+  4002: { label: 'token invalid', final: true, hint: 'The link or token is not valid for this session.' },
+  4003: { label: 'token expired', final: true, hint: 'The access token for this session has expired: ask for a new link.' },
+  4004: { label: 'origin forbidden', final: true, hint: 'The server does not accept connections from this page’s address.' },
+  4005: { label: 'session not found', final: true, hint: 'There is no such session on this server.' },
   4006: { label: 'heartbeat timeout', final: false },
-  4007: { label: 'session expired', final: true },
-  4008: { label: 'session revoked', final: true },
+  4007: { label: 'session expired', final: true, hint: 'This session has ended: its time ran out.' },
+  4008: { label: 'session revoked', final: true, hint: 'This session has ended: it was revoked.' },
   4009: { label: 'rate limited', final: false },
   4010: { label: 'desktop unavailable', final: false },
   4011: { label: 'server shutting down', final: false },
@@ -26,11 +26,19 @@ const BROWSER_CODES = Object.freeze({
   1011: 'server error',
   1012: 'server restarting',
   1013: 'try again later',
+  // Not sent by the server: the viewer closes a control socket with this
+  // when PONGs stop arriving (see control.js).
+  4900: 'no reply to PING; connection presumed dead',
 });
 
 /** Whether a close with this code must not be retried. */
 export function isFinal(code) {
   return CLOSE_CODES[code]?.final === true;
+}
+
+/** What a person can make of a final close, e.g. "This session has ended: …". */
+export function hint(code) {
+  return CLOSE_CODES[code]?.hint ?? 'This session has ended.';
 }
 
 /** A short human label for a close code, e.g. "session revoked". */

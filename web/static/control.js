@@ -132,7 +132,7 @@ export class ControlChannel extends EventTarget {
     let retryInMs = null;
     if (!final && !this.stopped) {
       if (this.openedAt) this.backoff.connectionLasted(Date.now() - this.openedAt);
-      retryInMs = this.backoff.next();
+      retryInMs = Math.max(this.backoff.next(), retryAfterMs(code, reason));
       this.retryTimer = setTimeout(() => this.connect(), retryInMs);
     }
     this.openedAt = 0;
@@ -163,6 +163,16 @@ export class ControlChannel extends EventTarget {
   emit(type, detail) {
     this.dispatchEvent(new CustomEvent(type, { detail }));
   }
+}
+
+/**
+ * A rate-limited close (4009) says when to come back, e.g. "too many
+ * attempts; retry in 5 s"; never retry sooner than that.
+ */
+export function retryAfterMs(code, reason) {
+  if (code !== 4009) return 0;
+  const m = /retry in (\d+(?:\.\d+)?) ?s\b/i.exec(reason ?? '');
+  return m ? Math.min(Number(m[1]) * 1000, 10 * 60_000) : 0;
 }
 
 function detach(ws) {

@@ -16,6 +16,7 @@ export class ViewerUi {
     this.retryBtn = doc.getElementById('retry-now');
     this.overlayText = doc.getElementById('overlay-text');
     this.countdownTimer = null;
+    this.renderCountdown = null;
     this.expiryTimer = null;
   }
 
@@ -33,24 +34,32 @@ export class ViewerUi {
   /** The status line, repeated large over the screen area while it is empty. */
   setText(text) {
     this.statusEl.textContent = text;
+    this.statusEl.title = text; // the bar may cut it short
     this.overlayText.textContent = text.charAt(0).toUpperCase() + text.slice(1);
   }
 
   /** Whether a live picture is on screen (hides the overlay). */
   setScreenLive(live) {
     this.doc.body.dataset.screen = live ? 'live' : 'off';
+    this.renderCountdown?.();
   }
 
-  /** State "reconnecting" with a live "reconnecting in N s" countdown. */
-  reconnecting(delayMs, what = '') {
-    this.setState('reconnecting');
+  /**
+   * State "reconnecting" (or `state`) with a live "reconnecting in N s"
+   * countdown. `what` (a string, or a function read at every tick since the
+   * situation can change during the wait) says what was lost.
+   */
+  reconnecting(delayMs, what = '', state = 'reconnecting') {
+    this.setState(state);
     const at = Date.now() + delayMs;
-    const prefix = what ? `${what}; reconnecting` : 'reconnecting';
     const render = () => {
+      const lost = typeof what === 'function' ? what() : what;
+      const prefix = lost ? `${lost}; reconnecting` : 'reconnecting';
       const s = Math.max(0, Math.ceil((at - Date.now()) / 1000));
       this.setText(s > 0 ? `${prefix} in ${s} s` : `${prefix}…`);
     };
     render();
+    this.renderCountdown = render;
     this.countdownTimer = setInterval(render, 500);
     this.retryBtn.hidden = false;
   }
@@ -58,6 +67,7 @@ export class ViewerUi {
   stopCountdown() {
     clearInterval(this.countdownTimer);
     this.countdownTimer = null;
+    this.renderCountdown = null;
     this.retryBtn.hidden = true;
   }
 
@@ -72,7 +82,7 @@ export class ViewerUi {
     this.doc.body.dataset.lastCloseCode = String(code);
     const why = reason ? `${reason}` : describe(code);
     this.lastCloseEl.textContent = `last close (${channel}): ${code} ${why}`;
-    this.lastCloseEl.title = describe(code);
+    this.lastCloseEl.title = `${describe(code)}: ${why}`;
   }
 
   notice(text) {

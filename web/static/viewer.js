@@ -8,14 +8,15 @@
 // expired, …) or SESSION_ENDED stops everything for good.
 
 import { Backoff } from './backoff.js';
-import { describe, isFinal } from './closecodes.js';
-import { ControlChannel } from './control.js';
+import { describe, hint, isFinal } from './closecodes.js';
+import { ControlChannel, retryAfterMs } from './control.js';
 import { channelUrl, sessionIdFromPath, takeToken } from './session.js';
 import { ViewerUi } from './ui.js';
 import { VncConnection } from './vnc.js';
 
 const STEP_LABELS = { xvnc: 'Xvnc', openbox: 'openbox', chromium: 'Chromium' };
-const ENDED_TEXT = { expired: 'session expired', revoked: 'session revoked' };
+// SESSION_ENDED reasons and the close codes that carry the same news.
+const ENDED_CODE = { expired: 4007, revoked: 4008 };
 // An RFB connection that lasted this long resets the RFB backoff.
 const VNC_STABLE_MS = 30_000;
 
@@ -39,6 +40,7 @@ function main() {
   let vncRetryTimer = null;
   let vncConnectedAt = 0;
   let desktop = null; // last DESKTOP_STATUS status
+  let desktopError = null; // text of the last "failed" status, until the next start
   let ended = false;
 
   const connectVnc = () => {
@@ -52,14 +54,14 @@ function main() {
     vnc.connect(channelUrl(id, 'vnc', token));
   };
 
-  /** Stop for good and say why. */
-  const end = (text) => {
+  /** Stop for good and say why: `code` is the final close code behind it. */
+  const end = (code, text = code ? describe(code) : 'session ended') => {
     if (ended) return;
     ended = true;
     log(`ended: ${text}`);
     clearTimeout(vncRetryTimer);
     ui.setState('ended', text);
-    ui.notice('This session has ended. Start a new one to continue.');
+    ui.notice(hint(code));
     ui.stopExpiry();
     // Leave the control socket to the server, which closes it with the
     // reason code; ControlChannel will not reconnect after a final code or
@@ -72,7 +74,8 @@ function main() {
 
   control.addEventListener('connecting', (ev) => {
     log(`control: connecting (attempt ${ev.detail.attempt})`);
-    if (!vnc.connected) ui.setState('connecting', 'connecting');
+    if (desktopError) ui.setState('failed', `${desktopError}; retrying…`);
+    else if (!vnc.connected) ui.setState('connecting', 'connecting');
   });
 
   control.addEventListener('open', () => {
@@ -93,7 +96,7 @@ function main() {
         break;
       case 'SESSION_ENDED':
         log(`control: session ended (${msg.reason})`);
-        end(ENDED_TEXT[msg.reason] ?? `session ended (${msg.reason})`);
+        end(ENDED_CODE[msg.reason] ?? null);
         break;
       case 'ERROR':
         console.warn('[livesession] control: server error:', msg.message);
@@ -110,20 +113,22 @@ function main() {
     if (ended) return;
     switch (msg.status) {
       case 'starting': {
+        desktopError = null;
         const step = STEP_LABELS[msg.step] ?? msg.step;
         if (!vnc.connected) ui.setState('starting', step ? `starting desktop: ${step}…` : 'starting desktop…');
         ui.notice('');
         break;
       }
       case 'ready':
+        desktopError = null;
         ui.notice('');
         if (vnc.connected) ui.setState('connected', 'connected');
         else connectVnc();
         break;
       case 'failed':
         clearTimeout(vncRetryTimer);
-        ui.setState('failed', `desktop failed${msg.error ? `: ${msg.error}` : ''}`);
-        ui.notice(msg.error ? `The desktop could not start: ${msg.error}` : 'The desktop could not start.');
+        desktopError = `desktop failed${msg.error ? `: ${msg.error}` : ''}`;
+        ui.setState('failed', desktopError);
         break;
       case 'stopped':
         clearTimeout(vncRetryTimer);
@@ -144,10 +149,18 @@ function main() {
     vncRetryTimer = null;
     if (ended) return;
     if (final) {
-      end(isFinal(code) ? describe(code) : 'session ended');
+      end(isFinal(code) ? code : null);
     } else if (retryInMs !== null) {
       log(`control: reconnecting in ${retryInMs} ms`);
-      ui.reconnecting(retryInMs, vnc.connected ? 'control channel lost' : '');
+      if (desktopError) {
+        // The server closes after a failed start; reconnecting starts a new
+        // desktop. Until one is ready, the failure is the news.
+        ui.reconnecting(retryInMs, desktopError, 'failed');
+      } else {
+        // While the screen stays live, say that only the control channel is
+        // being reconnected.
+        ui.reconnecting(retryInMs, () => (vnc.connected ? 'control channel lost' : ''));
+      }
     }
   });
 
@@ -171,14 +184,14 @@ function main() {
     }
     ui.lastClose('vnc', code, reason);
     if (code !== null && isFinal(code)) {
-      end(describe(code));
+      end(code);
       return;
     }
     if (vncConnectedAt && Date.now() - vncConnectedAt >= VNC_STABLE_MS) vncBackoff.reset();
     vncConnectedAt = 0;
     if (control.isOpen && desktop === 'ready') {
       // Only the screen dropped: retry it on its own backoff.
-      const delay = vncBackoff.next();
+      const delay = Math.max(vncBackoff.next(), retryAfterMs(code, reason));
       log(`vnc: reconnecting in ${delay} ms`);
       ui.reconnecting(delay, 'screen disconnected');
       vncRetryTimer = setTimeout(connectVnc, delay);

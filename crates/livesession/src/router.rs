@@ -45,6 +45,8 @@ async fn security_headers(mut response: axum::response::Response) -> axum::respo
         ),
     );
     h.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    h.insert(REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    // `same-origin`, not `no-referrer`: under `no-referrer` Chromium sends `Origin: null`
+    // on our own form posts, which the CSRF check must then refuse.
+    h.insert(REFERRER_POLICY, HeaderValue::from_static("same-origin"));
     response
 }

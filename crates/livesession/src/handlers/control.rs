@@ -108,6 +108,7 @@ async fn converse(app: &App, mut auth: Authorized, socket: &mut WebSocket) -> Op
         }
     };
     desktop.mark_changed(); // so the current status is sent first
+    let mut last_sent = None;
     let mut last_heard = Instant::now();
     let mut ping = tokio::time::interval_at(Instant::now() + SERVER_PING_INTERVAL, SERVER_PING_INTERVAL);
     loop {
@@ -126,7 +127,13 @@ async fn converse(app: &App, mut auth: Authorized, socket: &mut WebSocket) -> Op
             _ = app.shutdown.cancelled() => return Some(Close::shutting_down()),
             changed = desktop.changed() => {
                 let status = if changed.is_ok() { desktop.borrow_and_update().clone() } else { DesktopStatus::Stopped };
-                socket.send(ServerMessage::desktop(&status).text()).await.ok()?;
+                let message = ServerMessage::desktop(&status);
+                let text = serde_json::to_string(&message).expect("serializable");
+                // The desktop's watch may repeat a status (a start re-announces its first step).
+                if last_sent.as_ref() != Some(&text) {
+                    socket.send(Message::Text(text.clone().into())).await.ok()?;
+                    last_sent = Some(text);
+                }
                 match status {
                     // Closing lets the client retry with backoff, which starts a new desktop.
                     DesktopStatus::Failed(e) => return Some(Close::new(CloseCode::DesktopUnavailable, format!("desktop failed: {e}"))),

@@ -139,12 +139,16 @@ pub async fn start_free_session(State(app): State<AppState>, headers: HeaderMap)
         return Err(ApiError::forbidden("free_mode_off", "this server does not start free sessions"));
     }
     // A form post can come from any site; only our own pages may start sessions.
+    // `Sec-Fetch-Site` is set by the browser and cannot be forged by a page, so it decides
+    // when present; otherwise the Origin must be ours (`null`, from sandboxed frames, is not).
     let fetch_site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
     let origin = headers.get(ORIGIN).and_then(|v| v.to_str().ok());
     let host = headers.get(HOST).and_then(|v| v.to_str().ok());
-    let cross_site = matches!(fetch_site, Some(s) if s != "same-origin" && s != "none")
-        || origin.is_some_and(|o| !app.origin_allowed(o, host));
-    if cross_site {
+    let same_site = match fetch_site {
+        Some(site) => site == "same-origin" || site == "none",
+        None => origin.is_none_or(|o| app.origin_allowed(o, host)),
+    };
+    if !same_site {
         return Err(ApiError::forbidden("cross_site", "sessions can only be started from this server's own pages"));
     }
     let (session, token) = create(&app, SessionSource::Free, CreateSession::default()).await?;

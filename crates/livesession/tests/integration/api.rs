@@ -98,6 +98,11 @@ async fn free_mode_starts_a_session_from_the_landing_page_with_a_cookie() {
     assert_eq!(error_of(cross).await, (403, "cross_site".into()));
     let cross = no_redirect.post(server.url("/start")).header("sec-fetch-site", "cross-site").send().await.unwrap();
     assert_eq!(error_of(cross).await, (403, "cross_site".into()));
+    let sandboxed = no_redirect.post(server.url("/start")).header("origin", "null").send().await.unwrap();
+    assert_eq!(error_of(sandboxed).await, (403, "cross_site".into()));
+    // What Chromium sends for our own form.
+    let ours = no_redirect.post(server.url("/start")).header("origin", "null").header("sec-fetch-site", "same-origin").send().await.unwrap();
+    assert_eq!(ours.status(), 303);
 
     // The viewer page and noVNC are served from the same origin.
     let viewer = server.http.get(server.url(&location)).send().await.unwrap();
