@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use livesession_desktop::{DesktopRuntime, LocalRuntime, LocalRuntimeConfig};
 use livesession_session::{SessionStore, Sessions, store::SqliteStore};
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -144,6 +145,12 @@ pub async fn launch(config: ServeConfig, listener: TcpListener, shutdown: impl F
 
     tracing::info!(listen = %local_addr, public_url = %app.public_url, free_mode = app.config.free_mode, "livesession listening");
     let token = app.shutdown.clone();
+    // No Nagle: a VNC update or a keystroke goes out at once instead of waiting for more.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::warn!(error = %e, "could not set TCP_NODELAY");
+        }
+    });
     let serve = axum::serve(listener, router::router(state).into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(async move {
             shutdown.await;
