@@ -23,6 +23,8 @@ pub struct App {
     pub desktops: Arc<Desktops>,
     pub tokens: Tokens,
     pub admin_token: String,
+    /// Stripe Checkout, when a secret key is configured.
+    pub checkout: Option<livesession_billing::CheckoutClient>,
     /// Scheme, host and port browsers use to reach us, without a trailing slash.
     pub public_url: String,
     /// Cancelled when the server begins to shut down: live connections close with
@@ -106,6 +108,16 @@ pub async fn build(config: ServeConfig, local_addr: SocketAddr) -> Result<Arc<Ap
                 "desktop toolchain incomplete: sessions cannot start until it is installed");
         }
     }
+    let checkout = match (&config.stripe.secret_key, &config.stripe.webhook_secret) {
+        (Some(key), Some(_)) => Some(livesession_billing::CheckoutClient::new(&config.stripe.api_base, key)),
+        (Some(_), None) => {
+            return Err(startup(
+                "LIVESESSION_STRIPE_WEBHOOK_SECRET is required with LIVESESSION_STRIPE_SECRET_KEY: \
+                 without it payments could never be confirmed (see docs/payments.md)",
+            ));
+        }
+        (None, _) => None,
+    };
     let tasks = TaskTracker::new();
     let public_url = config
         .public_url
@@ -117,6 +129,7 @@ pub async fn build(config: ServeConfig, local_addr: SocketAddr) -> Result<Arc<Ap
         desktops: Desktops::new(runtime, config.max_desktops, config.desktop.desktop_size, tasks.clone()),
         tokens: Tokens::new(&secrets.signing_key),
         admin_token: secrets.admin_token,
+        checkout,
         public_url,
         shutdown: CancellationToken::new(),
         tasks,
@@ -143,7 +156,7 @@ pub async fn launch(config: ServeConfig, listener: TcpListener, shutdown: impl F
     });
     let expiry = tokio::spawn(app.sessions.clone().run_expiry(app.shutdown.clone().cancelled_owned()));
 
-    tracing::info!(listen = %local_addr, public_url = %app.public_url, free_mode = app.config.free_mode, "livesession listening");
+    tracing::info!(listen = %local_addr, public_url = %app.public_url, free_mode = app.config.free_mode(), checkout = app.checkout.is_some(), "livesession listening");
     let token = app.shutdown.clone();
     // No Nagle: a VNC update or a keystroke goes out at once instead of waiting for more.
     let listener = listener.tap_io(|tcp| {

@@ -114,6 +114,26 @@ pub fn find_access_token(headers: &HeaderMap, query_token: Option<&str>, session
     cookie(headers, &cookie_name(session_id)).map(|t| (t.to_owned(), TokenSource::Cookie))
 }
 
+/// The cookie that gives a browser a session: its access token, HttpOnly (page scripts
+/// never see it), SameSite=Lax, Secure when served over TLS, living as long as the session.
+pub fn session_cookie(session_id: &str, token: &str, expires_at: OffsetDateTime, secure: bool) -> String {
+    let max_age = (expires_at - OffsetDateTime::now_utc()).whole_seconds().max(0);
+    let secure = if secure { "; Secure" } else { "" };
+    format!("{}={token}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}", cookie_name(session_id))
+}
+
+/// Whether a cookie-authenticated or state-changing browser request comes from one of
+/// our own pages. `Sec-Fetch-Site` is set by the browser and cannot be forged by a page,
+/// so it decides when present; otherwise the Origin must be ours (`null`, as sandboxed
+/// frames send, is not).
+pub fn same_site_request(headers: &HeaderMap, origin_allowed: impl Fn(&str, Option<&str>) -> bool) -> bool {
+    let header = |name| headers.get(name).and_then(|v: &axum::http::HeaderValue| v.to_str().ok());
+    match header("sec-fetch-site") {
+        Some(site) => site == "same-origin" || site == "none",
+        None => header("origin").is_none_or(|o| origin_allowed(o, header("host"))),
+    }
+}
+
 /// Compares without an early exit, so response time does not reveal a matching prefix.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {

@@ -58,6 +58,23 @@ enum SessionCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Extend an active session's lifetime.
+    Extend {
+        id: String,
+        /// Seconds to add to its deadline.
+        #[arg(long)]
+        seconds: u64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Find the session a Stripe Checkout Session paid for.
+    Find {
+        /// The checkout session id, `cs_…`.
+        #[arg(long)]
+        checkout_session_id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Revoke a session: close its connections and stop its desktop.
     Revoke {
         id: String,
@@ -68,6 +85,9 @@ enum SessionCommand {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Outgoing HTTPS (Stripe, `session` commands against an https server) uses rustls
+    // with the ring provider, chosen here once for the process.
+    livesession_billing::install_tls_provider();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     runtime.block_on(async move {
         match cli.command {
@@ -135,6 +155,13 @@ async fn session_command(common: &CommonArgs, command: SessionCommand) -> ExitCo
             (client, reqwest::Method::POST, "/api/sessions".to_owned(), Some(Value::Object(body)))
         }
         SessionCommand::List { client } => (client, reqwest::Method::GET, "/api/sessions".to_owned(), None),
+        SessionCommand::Extend { id, seconds, client } => {
+            (client, reqwest::Method::POST, format!("/api/sessions/{id}/extend"), Some(serde_json::json!({ "seconds": seconds })))
+        }
+        SessionCommand::Find { checkout_session_id, client } => {
+            let query = format!("/api/sessions?checkout_session_id={}", form_escape(&checkout_session_id));
+            (client, reqwest::Method::GET, query, None)
+        }
         SessionCommand::Revoke { id, client } => (client, reqwest::Method::DELETE, format!("/api/sessions/{id}"), None),
     };
     let server = client.server.clone().unwrap_or_else(|| format!("http://{}", client.listen.replace("0.0.0.0", "127.0.0.1")));
@@ -172,4 +199,15 @@ async fn session_command(common: &CommonArgs, command: SessionCommand) -> ExitCo
         eprintln!("livesession: {status}: {message}");
         ExitCode::FAILURE
     }
+}
+
+/// Percent-encodes a query value (ids are plain, but a typo should not break the URL).
+fn form_escape(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }

@@ -76,8 +76,9 @@ pub struct ServeConfig {
     #[arg(long, env = "LIVESESSION_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
     /// Free mode: the landing page offers "Start a session" to anyone who can open it.
-    #[arg(long, env = "LIVESESSION_FREE_MODE", default_value_t = true, action = ArgAction::Set)]
-    pub free_mode: bool,
+    /// Defaults to on without payment keys and off with them.
+    #[arg(long, env = "LIVESESSION_FREE_MODE", action = ArgAction::Set)]
+    pub free_mode: Option<bool>,
     /// The page a new session's Chromium opens when none is given.
     #[arg(long, env = "LIVESESSION_START_URL", default_value = "about:blank")]
     pub start_url: String,
@@ -95,6 +96,37 @@ pub struct ServeConfig {
     pub max_body_bytes: usize,
     #[command(flatten)]
     pub desktop: DesktopArgs,
+    #[command(flatten)]
+    pub stripe: StripeArgs,
+}
+
+impl ServeConfig {
+    pub fn free_mode(&self) -> bool {
+        self.free_mode.unwrap_or(self.stripe.secret_key.is_none())
+    }
+}
+
+/// Selling sessions through Stripe Checkout (see docs/payments.md).
+#[derive(Debug, Clone, Args)]
+pub struct StripeArgs {
+    /// Stripe secret key (`sk_live_…`/`sk_test_…`). Setting it turns on checkout.
+    #[arg(long = "stripe-secret-key", env = "LIVESESSION_STRIPE_SECRET_KEY", hide_env_values = true)]
+    pub secret_key: Option<String>,
+    /// The webhook endpoint's signing secret (`whsec_…`). Required with the secret key.
+    #[arg(long = "stripe-webhook-secret", env = "LIVESESSION_STRIPE_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+    #[arg(long = "stripe-api-base", env = "LIVESESSION_STRIPE_API_BASE", default_value = "https://api.stripe.com")]
+    pub api_base: String,
+    /// Largest age, in seconds, of a webhook signature's timestamp.
+    #[arg(long = "stripe-webhook-tolerance", env = "LIVESESSION_STRIPE_WEBHOOK_TOLERANCE", default_value_t = 300)]
+    pub webhook_tolerance: u64,
+    /// Price of one session, in the currency's smallest unit.
+    #[arg(long = "price-cents", env = "LIVESESSION_PRICE_CENTS", default_value_t = 100)]
+    pub price_cents: u64,
+    #[arg(long, env = "LIVESESSION_CURRENCY", default_value = "usd")]
+    pub currency: String,
+    #[arg(long = "product-name", env = "LIVESESSION_PRODUCT_NAME", default_value = "Live browser session (24 hours)")]
+    pub product_name: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -31,6 +31,10 @@ impl ApiError {
         Self::new(StatusCode::FORBIDDEN, code, message)
     }
 
+    pub fn cross_site() -> Self {
+        Self::forbidden("cross_site", "this request must come from this server's own pages")
+    }
+
     pub fn session_not_found() -> Self {
         Self::new(StatusCode::NOT_FOUND, "session_not_found", "no session has this id")
     }

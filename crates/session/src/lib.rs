@@ -10,4 +10,4 @@ pub mod store;
 
 pub use lifecycle::{EndSignal, Sessions};
 pub use model::{NewSession, Session, SessionEnd, SessionSource, SessionState, new_session_id};
-pub use store::{SessionStore, StoreError};
+pub use store::{CheckoutActivation, SessionStore, StoreError};

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use time::OffsetDateTime;
 use tokio::sync::{Notify, broadcast, watch};
 
-use crate::model::{NewSession, Session, SessionEnd, SessionState, new_session_id};
-use crate::store::{SessionStore, StoreError};
+use crate::model::{NewSession, Session, SessionEnd, SessionSource, SessionState, new_session_id};
+use crate::store::{CheckoutActivation, SessionStore, StoreError};
 
 /// A live connection's view of its session's end: resolves once, when the session ends.
 pub struct EndSignal(watch::Receiver<Option<SessionEnd>>);
@@ -55,11 +55,16 @@ impl Sessions {
         &self.store
     }
 
-    pub async fn create(&self, new: NewSession) -> Result<Session, StoreError> {
-        // Millisecond precision, as the store keeps it: what `create` returns equals what
-        // a later read returns.
+    fn now() -> OffsetDateTime {
+        // Millisecond precision, as the store keeps it: what a call returns equals what a
+        // later read returns.
         let now = OffsetDateTime::now_utc();
-        let now = now.replace_millisecond(now.millisecond()).expect("valid millisecond");
+        now.replace_millisecond(now.millisecond()).expect("valid millisecond")
+    }
+
+    /// Creates an active session (free mode, admin API).
+    pub async fn create(&self, new: NewSession) -> Result<Session, StoreError> {
+        let now = Self::now();
         let session = Session {
             id: new_session_id(),
             state: SessionState::Active,
@@ -69,12 +74,74 @@ impl Sessions {
             expires_at: now + new.ttl,
             ended_at: None,
             end_reason: None,
+            checkout_session_id: None,
+            payment_intent: None,
+            activated_at: Some(now),
+            claimed_at: None,
         };
         self.store.insert_session(&session).await?;
         self.schedule(&session);
         tracing::info!(session_id = %session.id, source = session.source.as_str(),
             expires_at = %session.expires_at, "session created");
         Ok(session)
+    }
+
+    /// Records the pending session of a checkout the server started. Its lifetime starts
+    /// when the payment is confirmed ([`Sessions::activate_checkout`]).
+    pub async fn create_pending(&self, id: String, checkout_session_id: String, start_url: String) -> Result<Session, StoreError> {
+        let now = Self::now();
+        let session = Session {
+            id,
+            state: SessionState::Pending,
+            source: SessionSource::Checkout,
+            start_url,
+            created_at: now,
+            expires_at: now,
+            ended_at: None,
+            end_reason: None,
+            checkout_session_id: Some(checkout_session_id),
+            payment_intent: None,
+            activated_at: None,
+            claimed_at: None,
+        };
+        self.store.insert_session(&session).await?;
+        tracing::info!(session_id = %session.id, "checkout started; session pending payment");
+        Ok(session)
+    }
+
+    /// A paid checkout: activates its session (creating it if the server did not start
+    /// the checkout). Returns the session if this call activated it; `None` if an earlier
+    /// delivery already did, or the session has ended.
+    pub async fn activate_checkout(&self, checkout_session_id: &str, payment_intent: Option<&str>, start_url: &str, ttl: time::Duration) -> Result<Option<Session>, StoreError> {
+        let now = Self::now();
+        let activation = CheckoutActivation {
+            new_id: new_session_id(),
+            checkout_session_id: checkout_session_id.to_owned(),
+            payment_intent: payment_intent.map(str::to_owned),
+            start_url: start_url.to_owned(),
+            now,
+            expires_at: now + ttl,
+        };
+        let activated = self.store.activate_checkout(&activation).await?;
+        if let Some(session) = &activated {
+            self.schedule(session);
+            tracing::info!(session_id = %session.id, expires_at = %session.expires_at, "payment confirmed; session active");
+        }
+        Ok(activated)
+    }
+
+    /// Moves an active session's deadline `by` later. `None` if it is not active.
+    pub async fn extend(&self, id: &str, by: time::Duration) -> Result<Option<Session>, StoreError> {
+        let Some(session) = self.get(id).await? else { return Ok(None) };
+        if session.state != SessionState::Active {
+            return Ok(None);
+        }
+        let extended = self.store.set_expiry(id, session.expires_at + by).await?;
+        if let Some(s) = &extended {
+            self.schedule(s);
+            tracing::info!(session_id = %id, expires_at = %s.expires_at, "session extended");
+        }
+        Ok(extended)
     }
 
     /// Loads a session, expiring it on the spot if its deadline has passed, so that no
@@ -149,6 +216,8 @@ impl Sessions {
             let now = OffsetDateTime::now_utc();
             match next {
                 Some(at) if at <= now => {
+                    // An extended session's old deadline is still in the heap: the store
+                    // refuses an expiry before the current deadline, so it is a no-op.
                     let Reverse((_, id)) = self.deadlines.lock().unwrap().pop().expect("peeked");
                     if let Err(e) = self.end(&id, SessionEnd::Expired, "time to live elapsed").await {
                         tracing::error!(session_id = %id, error = %e, "could not expire session; retrying in 1 s");
@@ -214,6 +283,23 @@ mod tests {
         let stored = sessions.store().get_session(&s.id).await.unwrap().unwrap();
         assert_eq!(stored.state, SessionState::Expired);
         let _ = shutdown.0.send(());
+        runner.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_extended_session_outlives_its_first_deadline() {
+        let (_dir, sessions) = sessions().await;
+        let (stop, shutdown) = tokio_util_free_shutdown();
+        let runner = tokio::spawn(sessions.clone().run_expiry(shutdown));
+        let s = sessions.create(new_session(300)).await.unwrap();
+        let extended = sessions.extend(&s.id, time::Duration::milliseconds(700)).await.unwrap().unwrap();
+        assert_eq!(extended.expires_at, s.expires_at + time::Duration::milliseconds(700));
+        let mut signal = sessions.subscribe(&s.id);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(sessions.store().get_session(&s.id).await.unwrap().unwrap().state, SessionState::Active);
+        let end = tokio::time::timeout(Duration::from_secs(3), signal.ended()).await.expect("expired at the new deadline");
+        assert_eq!(end, SessionEnd::Expired);
+        let _ = stop.send(());
         runner.await.unwrap().unwrap();
     }
 

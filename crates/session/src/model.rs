@@ -9,6 +9,8 @@ pub enum SessionSource {
     Free,
     /// Created by an operator through the admin API or CLI.
     Api,
+    /// Paid for through Stripe Checkout (or a Payment Link).
+    Checkout,
 }
 
 impl SessionSource {
@@ -16,6 +18,7 @@ impl SessionSource {
         match self {
             SessionSource::Free => "free",
             SessionSource::Api => "api",
+            SessionSource::Checkout => "checkout",
         }
     }
 
@@ -23,6 +26,7 @@ impl SessionSource {
         match s {
             "free" => Some(SessionSource::Free),
             "api" => Some(SessionSource::Api),
+            "checkout" => Some(SessionSource::Checkout),
             _ => None,
         }
     }
@@ -31,6 +35,8 @@ impl SessionSource {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SessionState {
+    /// Waiting for its payment to be confirmed.
+    Pending,
     Active,
     Expired,
     Revoked,
@@ -39,6 +45,7 @@ pub enum SessionState {
 impl SessionState {
     pub fn as_str(self) -> &'static str {
         match self {
+            SessionState::Pending => "pending",
             SessionState::Active => "active",
             SessionState::Expired => "expired",
             SessionState::Revoked => "revoked",
@@ -47,6 +54,7 @@ impl SessionState {
 
     pub fn parse(s: &str) -> Option<Self> {
         match s {
+            "pending" => Some(SessionState::Pending),
             "active" => Some(SessionState::Active),
             "expired" => Some(SessionState::Expired),
             "revoked" => Some(SessionState::Revoked),
@@ -85,6 +93,15 @@ pub struct Session {
     #[serde(with = "time::serde::rfc3339::option")]
     pub ended_at: Option<OffsetDateTime>,
     pub end_reason: Option<String>,
+    /// The Stripe Checkout Session (`cs_…`) that paid for it.
+    pub checkout_session_id: Option<String>,
+    /// The Stripe PaymentIntent (`pi_…`), which refunds name.
+    pub payment_intent: Option<String>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub activated_at: Option<OffsetDateTime>,
+    /// When a browser claimed a paid session (one browser per checkout).
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub claimed_at: Option<OffsetDateTime>,
 }
 
 impl Session {
@@ -95,7 +112,7 @@ impl Session {
             SessionState::Revoked => Some(SessionEnd::Revoked),
             SessionState::Expired => Some(SessionEnd::Expired),
             SessionState::Active if now >= self.expires_at => Some(SessionEnd::Expired),
-            SessionState::Active => None,
+            SessionState::Active | SessionState::Pending => None,
         }
     }
 }
@@ -140,6 +157,10 @@ mod tests {
             expires_at: now + time::Duration::seconds(10),
             ended_at: None,
             end_reason: None,
+            checkout_session_id: None,
+            payment_intent: None,
+            activated_at: Some(now),
+            claimed_at: None,
         };
         assert_eq!(s.end_at(now), None);
         assert_eq!(s.end_at(now + time::Duration::seconds(10)), Some(SessionEnd::Expired));

@@ -22,6 +22,8 @@ use crate::ws::{self, Authorized, Close, CloseCode};
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(90);
 const SERVER_PING_INTERVAL: Duration = Duration::from_secs(30);
 const MAX_CLIENT_MESSAGE: usize = 4096;
+/// Viewers are warned this long before their session expires.
+const EXPIRY_WARNING: time::Duration = time::Duration::minutes(5);
 
 #[derive(Debug, Serialize)]
 #[serde(tag = "type", rename_all = "SCREAMING_SNAKE_CASE")]
@@ -38,6 +40,9 @@ pub enum ServerMessage {
         status: &'static str,
         step: Option<&'static str>,
         error: Option<String>,
+    },
+    SessionExpiring {
+        seconds_left: i64,
     },
     SessionEnded {
         reason: &'static str,
@@ -89,6 +94,12 @@ pub async fn control_channel(
     }))
 }
 
+/// When to warn about an expiry at `expires_at`: five minutes before (now, if that is past).
+fn warning_instant(expires_at: OffsetDateTime) -> Instant {
+    let until = expires_at - EXPIRY_WARNING - OffsetDateTime::now_utc();
+    Instant::now() + until.try_into().unwrap_or(Duration::ZERO)
+}
+
 /// Runs the conversation; returns the close to send, or `None` if the client went away.
 async fn converse(app: &App, mut auth: Authorized, socket: &mut WebSocket) -> Option<Close> {
     tracing::info!(role = ?auth.claims.role, "control connection opened");
@@ -109,6 +120,8 @@ async fn converse(app: &App, mut auth: Authorized, socket: &mut WebSocket) -> Op
     };
     desktop.mark_changed(); // so the current status is sent first
     let mut last_sent = None;
+    let mut expires_at = session.expires_at;
+    let mut warned = false;
     let mut last_heard = Instant::now();
     let mut ping = tokio::time::interval_at(Instant::now() + SERVER_PING_INTERVAL, SERVER_PING_INTERVAL);
     loop {
@@ -160,6 +173,17 @@ async fn converse(app: &App, mut auth: Authorized, socket: &mut WebSocket) -> Op
             }
             _ = ping.tick() => {
                 socket.send(Message::Ping(Default::default())).await.ok()?;
+            }
+            _ = tokio::time::sleep_until(warning_instant(expires_at)), if !warned => {
+                // The session may have been extended since this connection read it.
+                if let Ok(Some(current)) = app.sessions.store().get_session(&auth.session.id).await {
+                    expires_at = current.expires_at;
+                }
+                let left = expires_at - OffsetDateTime::now_utc();
+                if left <= EXPIRY_WARNING {
+                    socket.send(ServerMessage::SessionExpiring { seconds_left: left.whole_seconds().max(0) }.text()).await.ok()?;
+                    warned = true;
+                }
             }
         }
     }

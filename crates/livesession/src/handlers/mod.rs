@@ -1,9 +1,11 @@
 //! Request handlers, grouped by resource.
 
+pub mod checkout;
 pub mod control;
 pub mod health;
 pub mod pages;
 pub mod sessions;
+pub mod stripe;
 pub mod vnc;
 
 use serde::Deserialize;

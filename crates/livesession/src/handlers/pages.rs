@@ -18,6 +18,11 @@ pub async fn viewer(headers: HeaderMap, Path(_id): Path<String>) -> Response {
     asset("static/viewer.html", &headers)
 }
 
+/// Where Stripe sends the buyer after paying; the page claims the session.
+pub async fn checkout_success(headers: HeaderMap) -> Response {
+    asset("static/checkout.html", &headers)
+}
+
 pub async fn static_file(headers: HeaderMap, Path(path): Path<String>) -> Response {
     asset(&format!("static/{path}"), &headers)
 }
@@ -31,6 +36,12 @@ pub async fn info(State(app): State<AppState>) -> Json<Value> {
     Json(json!({
         "name": "livesession",
         "version": env!("CARGO_PKG_VERSION"),
-        "free_mode": app.config.free_mode,
+        "free_mode": app.config.free_mode(),
+        "checkout": app.checkout.is_some(),
+        "price": app.checkout.as_ref().map(|_| json!({
+            "amount_cents": app.config.stripe.price_cents,
+            "currency": app.config.stripe.currency,
+            "product": app.config.stripe.product_name,
+        })),
     }))
 }

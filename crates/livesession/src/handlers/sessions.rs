@@ -4,17 +4,17 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::header::{HOST, LOCATION, ORIGIN, SET_COOKIE};
+use axum::http::header::{LOCATION, SET_COOKIE};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use livesession_session::{NewSession, Session, SessionSource};
 use serde::{Deserialize, Serialize};
 
 use crate::app::{App, AppState};
-use crate::auth::{Role, bearer, constant_time_eq, cookie_name};
+use crate::auth::{Role, bearer, constant_time_eq, same_site_request, session_cookie};
 use crate::error::ApiError;
 
-fn require_admin(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(crate) fn require_admin(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
     match bearer(headers) {
         Some(t) if constant_time_eq(t.as_bytes(), app.admin_token.as_bytes()) => Ok(()),
         _ => Err(ApiError::unauthorized()),
@@ -47,7 +47,7 @@ pub struct SessionView {
     pub desktop: &'static str,
 }
 
-fn view(app: &App, session: Session) -> SessionView {
+pub(crate) fn view(app: &App, session: Session) -> SessionView {
     let desktop = app.desktops.status(&session.id).name();
     SessionView { session, desktop }
 }
@@ -105,12 +105,18 @@ pub async fn create_session(State(app): State<AppState>, headers: HeaderMap, bod
 #[derive(Debug, Deserialize)]
 pub struct ListQuery {
     pub limit: Option<u32>,
+    /// Find the session a Stripe Checkout Session paid for.
+    pub checkout_session_id: Option<String>,
 }
 
 pub async fn list_sessions(State(app): State<AppState>, headers: HeaderMap, Query(q): Query<ListQuery>) -> Result<Json<serde_json::Value>, ApiError> {
     require_admin(&app, &headers)?;
-    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    let sessions: Vec<SessionView> = app.sessions.store().list_sessions(limit).await?.into_iter().map(|s| view(&app, s)).collect();
+    let store = app.sessions.store();
+    let found = match &q.checkout_session_id {
+        Some(cs) => store.find_by_checkout(cs).await?.into_iter().collect(),
+        None => store.list_sessions(q.limit.unwrap_or(100).clamp(1, 1000)).await?,
+    };
+    let sessions: Vec<SessionView> = found.into_iter().map(|s| view(&app, s)).collect();
     Ok(Json(serde_json::json!({ "sessions": sessions })))
 }
 
@@ -132,29 +138,45 @@ pub async fn revoke_session(State(app): State<AppState>, headers: HeaderMap, Pat
     Ok(Json(view(&app, session)))
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtendSession {
+    pub seconds: u64,
+}
+
+/// Moves an active session's deadline later by `seconds`.
+pub async fn extend_session(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<SessionView>, ApiError> {
+    require_admin(&app, &headers)?;
+    let request: ExtendSession = serde_json::from_slice(&body?)
+        .map_err(|e| ApiError::bad_request("invalid_json", format!("request body: {e}; expected {{\"seconds\": N}}")))?;
+    if request.seconds == 0 || request.seconds > app.config.max_session_ttl {
+        return Err(ApiError::bad_request("invalid_ttl", format!("seconds must be between 1 and {}", app.config.max_session_ttl)));
+    }
+    match app.sessions.extend(&id, time::Duration::seconds(request.seconds as i64)).await? {
+        Some(session) => Ok(Json(view(&app, session))),
+        None => match app.sessions.get(&id).await? {
+            Some(s) => Err(ApiError::new(StatusCode::CONFLICT, "session_not_active", format!("the session is {}", s.state.as_str()))),
+            None => Err(ApiError::session_not_found()),
+        },
+    }
+}
+
 /// The landing page's "Start a session" form, in free mode: creates a session, gives this
 /// browser its access token in an HttpOnly cookie, and sends it to the viewer.
 pub async fn start_free_session(State(app): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
-    if !app.config.free_mode {
+    if !app.config.free_mode() {
         return Err(ApiError::forbidden("free_mode_off", "this server does not start free sessions"));
     }
-    // A form post can come from any site; only our own pages may start sessions.
-    // `Sec-Fetch-Site` is set by the browser and cannot be forged by a page, so it decides
-    // when present; otherwise the Origin must be ours (`null`, from sandboxed frames, is not).
-    let fetch_site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
-    let origin = headers.get(ORIGIN).and_then(|v| v.to_str().ok());
-    let host = headers.get(HOST).and_then(|v| v.to_str().ok());
-    let same_site = match fetch_site {
-        Some(site) => site == "same-origin" || site == "none",
-        None => origin.is_none_or(|o| app.origin_allowed(o, host)),
-    };
-    if !same_site {
-        return Err(ApiError::forbidden("cross_site", "sessions can only be started from this server's own pages"));
+    if !same_site_request(&headers, |o, h| app.origin_allowed(o, h)) {
+        return Err(ApiError::cross_site());
     }
     let (session, token) = create(&app, SessionSource::Free, CreateSession::default()).await?;
-    let max_age = (session.expires_at - time::OffsetDateTime::now_utc()).whole_seconds().max(0);
-    let secure = if app.public_url.starts_with("https://") { "; Secure" } else { "" };
-    let cookie = format!("{}={token}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}", cookie_name(&session.id));
+    let cookie = session_cookie(&session.id, &token, session.expires_at, app.public_url.starts_with("https://"));
     let mut response = StatusCode::SEE_OTHER.into_response();
     let headers = response.headers_mut();
     headers.insert(LOCATION, HeaderValue::from_str(&format!("/s/{}", session.id)).expect("hex id"));

@@ -4,6 +4,7 @@
 mod api;
 mod control;
 mod doctor;
+mod lifecycle;
 mod processes;
 mod support;
 mod vnc;

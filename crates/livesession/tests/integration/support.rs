@@ -119,6 +119,8 @@ struct ConfigFromArgs {
 
 pub struct TestServer {
     pub addr: SocketAddr,
+    // `data` is returned by `stop`, so the struct cannot implement Drop; an unstopped
+    // server simply ends with the test's runtime.
     pub base: String,
     pub data: tempfile::TempDir,
     pub http: reqwest::Client,
@@ -130,8 +132,13 @@ impl TestServer {
     /// Starts a server on 127.0.0.1:0 with a fresh data directory; `args` are extra
     /// `serve` flags.
     pub async fn start(args: &[&str]) -> Self {
+        Self::start_in(tempfile::Builder::new().prefix("ls").tempdir_in("/tmp").unwrap(), args).await
+    }
+
+    /// Starts a server on an existing data directory (a restart).
+    pub async fn start_in(data: tempfile::TempDir, args: &[&str]) -> Self {
         install_logging();
-        let data = tempfile::Builder::new().prefix("ls").tempdir_in("/tmp").unwrap();
+        livesession_billing::install_tls_provider();
         let mut argv = vec!["serve", "--admin-token", ADMIN, "--listen", "127.0.0.1:0"];
         argv.extend_from_slice(args);
         let mut config = ConfigFromArgs::try_parse_from(argv).expect("valid test config").config;
@@ -195,11 +202,13 @@ impl TestServer {
         std::fs::read_to_string(self.desktop_dir(id).join("desktop.pgid")).unwrap().trim().parse().unwrap()
     }
 
-    /// Stops the server the way a signal would and waits for it to finish.
-    pub async fn stop(mut self) {
+    /// Stops the server the way a signal would and waits for it to finish. Returns the
+    /// data directory, for a restart.
+    pub async fn stop(mut self) -> tempfile::TempDir {
         let _ = self.shutdown.take().unwrap().send(());
         let task = self.task.take().unwrap();
         tokio::time::timeout(Duration::from_secs(30), task).await.expect("server stopped in time").unwrap().unwrap();
+        self.data
     }
 }
 

@@ -7,6 +7,18 @@ pub use sqlite::SqliteStore;
 use crate::model::{Session, SessionEnd};
 use time::OffsetDateTime;
 
+/// What `activate_checkout` needs: the session to insert if none exists for the checkout.
+#[derive(Debug, Clone)]
+pub struct CheckoutActivation {
+    /// Used if no session exists yet for this checkout.
+    pub new_id: String,
+    pub checkout_session_id: String,
+    pub payment_intent: Option<String>,
+    pub start_url: String,
+    pub now: OffsetDateTime,
+    pub expires_at: OffsetDateTime,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database error: {0}")]
@@ -25,7 +37,8 @@ pub trait SessionStore: Send + Sync + 'static {
     async fn list_sessions(&self, limit: u32) -> Result<Vec<Session>, StoreError>;
     async fn list_active_sessions(&self) -> Result<Vec<Session>, StoreError>;
     /// Ends an active session. Returns the updated session, or `None` when no active
-    /// session has that id (unknown, or already ended: the first end wins).
+    /// session has that id (unknown, or already ended: the first end wins). An expiry
+    /// only applies once the session's deadline has passed (it may have been extended).
     async fn end_session(
         &self,
         id: &str,
@@ -33,6 +46,19 @@ pub trait SessionStore: Send + Sync + 'static {
         reason: &str,
         at: OffsetDateTime,
     ) -> Result<Option<Session>, StoreError>;
+    /// Extends an active session's deadline. `None` if it is not active.
+    async fn set_expiry(&self, id: &str, expires_at: OffsetDateTime) -> Result<Option<Session>, StoreError>;
+    async fn find_by_checkout(&self, checkout_session_id: &str) -> Result<Option<Session>, StoreError>;
+    async fn find_by_payment_intent(&self, payment_intent: &str) -> Result<Option<Session>, StoreError>;
+    /// Activates the session of a paid checkout in one statement: the pending session the
+    /// server created for it, or a new one (a checkout the server did not start, such as a
+    /// Payment Link). Returns the session if this call activated it; `None` if it was
+    /// already active or had ended. The unique checkout id makes concurrent calls safe.
+    async fn activate_checkout(&self, activation: &CheckoutActivation) -> Result<Option<Session>, StoreError>;
+    /// Marks a session claimed by a browser; `false` if it already was.
+    async fn claim_session(&self, id: &str, at: OffsetDateTime) -> Result<bool, StoreError>;
+    /// Records a Stripe event id; `false` if it was already recorded.
+    async fn record_event(&self, event_id: &str, kind: &str, at: OffsetDateTime) -> Result<bool, StoreError>;
     /// A cheap round trip, for `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;
 }

@@ -5,7 +5,7 @@ use sqlx::Row;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow};
 use time::OffsetDateTime;
 
-use super::{SessionStore, StoreError};
+use super::{CheckoutActivation, SessionStore, StoreError};
 use crate::model::{Session, SessionEnd, SessionSource, SessionState};
 
 /// The embedded default store: one SQLite file, migrations compiled into the binary.
@@ -31,7 +31,8 @@ impl SqliteStore {
 // A macro rather than a const so queries stay `&'static str` (sqlx 0.9 refuses built strings).
 macro_rules! columns {
     () => {
-        "id, state, source, start_url, created_at, expires_at, ended_at, end_reason"
+        "id, state, source, start_url, created_at, expires_at, ended_at, end_reason, \
+         checkout_session_id, payment_intent, activated_at, claimed_at"
     };
 }
 
@@ -58,13 +59,17 @@ fn session_from_row(row: &SqliteRow) -> Result<Session, StoreError> {
         expires_at: from_millis(row.try_get("expires_at")?)?,
         ended_at: row.try_get::<Option<i64>, _>("ended_at")?.map(from_millis).transpose()?,
         end_reason: row.try_get("end_reason")?,
+        checkout_session_id: row.try_get("checkout_session_id")?,
+        payment_intent: row.try_get("payment_intent")?,
+        activated_at: row.try_get::<Option<i64>, _>("activated_at")?.map(from_millis).transpose()?,
+        claimed_at: row.try_get::<Option<i64>, _>("claimed_at")?.map(from_millis).transpose()?,
     })
 }
 
 #[async_trait::async_trait]
 impl SessionStore for SqliteStore {
     async fn insert_session(&self, s: &Session) -> Result<(), StoreError> {
-        sqlx::query(concat!("INSERT INTO sessions (", columns!(), ") VALUES (?, ?, ?, ?, ?, ?, ?, ?)"))
+        sqlx::query(concat!("INSERT INTO sessions (", columns!(), ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"))
             .bind(&s.id)
             .bind(s.state.as_str())
             .bind(s.source.as_str())
@@ -73,6 +78,10 @@ impl SessionStore for SqliteStore {
             .bind(millis(s.expires_at))
             .bind(s.ended_at.map(millis))
             .bind(&s.end_reason)
+            .bind(&s.checkout_session_id)
+            .bind(&s.payment_intent)
+            .bind(s.activated_at.map(millis))
+            .bind(s.claimed_at.map(millis))
             .execute(&self.pool)
             .await?;
         Ok(())
@@ -115,15 +124,88 @@ impl SessionStore for SqliteStore {
         // One statement, guarded by state, so concurrent ends cannot both win.
         let row = sqlx::query(concat!(
             "UPDATE sessions SET state = ?, ended_at = ?, end_reason = ? \
-             WHERE id = ? AND state = 'active' RETURNING ", columns!()
+             WHERE id = ? AND state = 'active' AND (? = 'revoked' OR expires_at <= ?) RETURNING ", columns!()
         ))
         .bind(end.state().as_str())
         .bind(millis(at))
         .bind(reason)
         .bind(id)
+        .bind(end.state().as_str())
+        .bind(millis(at))
         .fetch_optional(&self.pool)
         .await?;
         row.as_ref().map(session_from_row).transpose()
+    }
+
+    async fn set_expiry(&self, id: &str, expires_at: OffsetDateTime) -> Result<Option<Session>, StoreError> {
+        let row = sqlx::query(concat!(
+            "UPDATE sessions SET expires_at = ? WHERE id = ? AND state = 'active' RETURNING ", columns!()
+        ))
+        .bind(millis(expires_at))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(session_from_row).transpose()
+    }
+
+    async fn find_by_checkout(&self, checkout_session_id: &str) -> Result<Option<Session>, StoreError> {
+        let row = sqlx::query(concat!("SELECT ", columns!(), " FROM sessions WHERE checkout_session_id = ?"))
+            .bind(checkout_session_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(session_from_row).transpose()
+    }
+
+    async fn find_by_payment_intent(&self, payment_intent: &str) -> Result<Option<Session>, StoreError> {
+        let row = sqlx::query(concat!("SELECT ", columns!(), " FROM sessions WHERE payment_intent = ? LIMIT 1"))
+            .bind(payment_intent)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(session_from_row).transpose()
+    }
+
+    async fn activate_checkout(&self, a: &CheckoutActivation) -> Result<Option<Session>, StoreError> {
+        // Insert, or flip the pending row to active; a row that is already active or has
+        // ended is left alone and nothing is returned.
+        let row = sqlx::query(concat!(
+            "INSERT INTO sessions (id, state, source, start_url, created_at, expires_at, \
+             checkout_session_id, payment_intent, activated_at) \
+             VALUES (?, 'active', 'checkout', ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (checkout_session_id) DO UPDATE SET \
+               state = 'active', expires_at = excluded.expires_at, activated_at = excluded.activated_at, \
+               payment_intent = COALESCE(excluded.payment_intent, sessions.payment_intent) \
+             WHERE sessions.state = 'pending' \
+             RETURNING ", columns!()
+        ))
+        .bind(&a.new_id)
+        .bind(&a.start_url)
+        .bind(millis(a.now))
+        .bind(millis(a.expires_at))
+        .bind(&a.checkout_session_id)
+        .bind(&a.payment_intent)
+        .bind(millis(a.now))
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(session_from_row).transpose()
+    }
+
+    async fn claim_session(&self, id: &str, at: OffsetDateTime) -> Result<bool, StoreError> {
+        let done = sqlx::query("UPDATE sessions SET claimed_at = ? WHERE id = ? AND claimed_at IS NULL")
+            .bind(millis(at))
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn record_event(&self, event_id: &str, kind: &str, at: OffsetDateTime) -> Result<bool, StoreError> {
+        let done = sqlx::query("INSERT INTO stripe_events (id, type, received_at) VALUES (?, ?, ?) ON CONFLICT (id) DO NOTHING")
+            .bind(event_id)
+            .bind(kind)
+            .bind(millis(at))
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -148,6 +230,10 @@ mod tests {
             expires_at: now + time::Duration::seconds(expires_in),
             ended_at: None,
             end_reason: None,
+            checkout_session_id: None,
+            payment_intent: None,
+            activated_at: Some(now),
+            claimed_at: None,
         }
     }
 
@@ -184,5 +270,77 @@ mod tests {
         assert_eq!(again, None);
         assert_eq!(store.get_session(&s.id).await.unwrap().unwrap().state, SessionState::Revoked);
         assert!(store.list_active_sessions().await.unwrap().is_empty());
+    }
+
+    fn activation(cs: &str) -> CheckoutActivation {
+        let now = OffsetDateTime::now_utc();
+        CheckoutActivation {
+            new_id: crate::model::new_session_id(),
+            checkout_session_id: cs.into(),
+            payment_intent: Some("pi_1".into()),
+            start_url: "about:blank".into(),
+            now,
+            expires_at: now + time::Duration::hours(24),
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_activations_of_one_checkout_make_exactly_one_session() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(SqliteStore::open(&dir.path().join("db")).await.unwrap());
+        let tasks: Vec<_> = (0..50)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move { store.activate_checkout(&activation("cs_race")).await.unwrap() })
+            })
+            .collect();
+        let mut activated = 0;
+        for t in tasks {
+            activated += t.await.unwrap().is_some() as usize;
+        }
+        assert_eq!(activated, 1, "exactly one delivery activates");
+        assert_eq!(store.list_sessions(100).await.unwrap().len(), 1, "exactly one row");
+        let s = store.find_by_checkout("cs_race").await.unwrap().unwrap();
+        assert_eq!((s.state, s.source), (SessionState::Active, SessionSource::Checkout));
+        assert_eq!(store.find_by_payment_intent("pi_1").await.unwrap().unwrap().id, s.id);
+    }
+
+    #[tokio::test]
+    async fn a_pending_session_is_activated_in_place_and_an_ended_one_stays_ended() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("db")).await.unwrap();
+        let mut pending = session(60);
+        pending.state = SessionState::Pending;
+        pending.source = SessionSource::Checkout;
+        pending.checkout_session_id = Some("cs_p".into());
+        pending.activated_at = None;
+        store.insert_session(&pending).await.unwrap();
+        let active = store.activate_checkout(&activation("cs_p")).await.unwrap().expect("activated");
+        assert_eq!(active.id, pending.id);
+        assert_eq!(active.state, SessionState::Active);
+        assert!(active.activated_at.is_some());
+        store.end_session(&active.id, SessionEnd::Revoked, "refund", OffsetDateTime::now_utc()).await.unwrap().unwrap();
+        assert!(store.activate_checkout(&activation("cs_p")).await.unwrap().is_none(), "a retried event cannot revive it");
+        assert_eq!(store.get_session(&pending.id).await.unwrap().unwrap().state, SessionState::Revoked);
+    }
+
+    #[tokio::test]
+    async fn claims_and_events_are_recorded_once_and_expiry_respects_extensions() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("db")).await.unwrap();
+        let s = session(60);
+        store.insert_session(&s).await.unwrap();
+        let now = OffsetDateTime::now_utc();
+        assert!(store.claim_session(&s.id, now).await.unwrap());
+        assert!(!store.claim_session(&s.id, now).await.unwrap());
+        assert!(store.record_event("evt_1", "checkout.session.completed", now).await.unwrap());
+        assert!(!store.record_event("evt_1", "checkout.session.completed", now).await.unwrap());
+        // Not yet due: an expiry is refused; after the deadline it applies.
+        assert!(store.end_session(&s.id, SessionEnd::Expired, "ttl", now).await.unwrap().is_none());
+        let later = s.expires_at + time::Duration::seconds(1);
+        let extended = store.set_expiry(&s.id, later + time::Duration::hours(1)).await.unwrap().unwrap();
+        assert!(extended.expires_at > later);
+        assert!(store.end_session(&s.id, SessionEnd::Expired, "ttl", later).await.unwrap().is_none());
+        assert!(store.end_session(&s.id, SessionEnd::Expired, "ttl", extended.expires_at).await.unwrap().is_some());
     }
 }
