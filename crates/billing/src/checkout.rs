@@ -56,16 +56,29 @@ impl CheckoutClient {
             .timeout(Duration::from_secs(30))
             .build()
             .expect("HTTP client with the installed TLS provider");
-        Self { api_base: api_base.trim_end_matches('/').to_owned(), secret_key: secret_key.to_owned(), http }
+        Self {
+            api_base: api_base.trim_end_matches('/').to_owned(),
+            secret_key: secret_key.to_owned(),
+            http,
+        }
     }
 
     pub fn form(request: &CheckoutRequest) -> Vec<(&'static str, String)> {
         vec![
             ("mode", "payment".into()),
             ("line_items[0][quantity]", "1".into()),
-            ("line_items[0][price_data][currency]", request.currency.clone()),
-            ("line_items[0][price_data][unit_amount]", request.amount_cents.to_string()),
-            ("line_items[0][price_data][product_data][name]", request.product_name.clone()),
+            (
+                "line_items[0][price_data][currency]",
+                request.currency.clone(),
+            ),
+            (
+                "line_items[0][price_data][unit_amount]",
+                request.amount_cents.to_string(),
+            ),
+            (
+                "line_items[0][price_data][product_data][name]",
+                request.product_name.clone(),
+            ),
             ("success_url", request.success_url.clone()),
             ("cancel_url", request.cancel_url.clone()),
             ("client_reference_id", request.reference.clone()),
@@ -73,7 +86,10 @@ impl CheckoutClient {
         ]
     }
 
-    pub async fn create(&self, request: &CheckoutRequest) -> Result<CreatedCheckout, CheckoutError> {
+    pub async fn create(
+        &self,
+        request: &CheckoutRequest,
+    ) -> Result<CreatedCheckout, CheckoutError> {
         let response = self
             .http
             .post(format!("{}/v1/checkout/sessions", self.api_base))
@@ -86,10 +102,19 @@ impl CheckoutClient {
             // but keep request details out of messages on principle.
             .map_err(|e| CheckoutError::Unreachable(e.without_url().to_string()))?;
         let status = response.status();
-        let body: serde_json::Value = response.json().await.map_err(|e| CheckoutError::Unexpected(e.without_url().to_string()))?;
+        let body: serde_json::Value = response
+            .json()
+            .await
+            .map_err(|e| CheckoutError::Unexpected(e.without_url().to_string()))?;
         if !status.is_success() {
-            let message = body["error"]["message"].as_str().unwrap_or("no message").to_owned();
-            return Err(CheckoutError::Refused { status: status.as_u16(), message });
+            let message = body["error"]["message"]
+                .as_str()
+                .unwrap_or("no message")
+                .to_owned();
+            return Err(CheckoutError::Refused {
+                status: status.as_u16(),
+                message,
+            });
         }
         serde_json::from_value(body).map_err(|e| CheckoutError::Unexpected(e.to_string()))
     }
@@ -109,10 +134,18 @@ mod tests {
             success_url: "http://x/checkout/success?session_id={CHECKOUT_SESSION_ID}".into(),
             cancel_url: "http://x/?checkout=cancelled".into(),
         });
-        let get = |k: &str| form.iter().find(|(key, _)| *key == k).map(|(_, v)| v.as_str());
+        let get = |k: &str| {
+            form.iter()
+                .find(|(key, _)| *key == k)
+                .map(|(_, v)| v.as_str())
+        };
         assert_eq!(get("mode"), Some("payment"));
         assert_eq!(get("line_items[0][price_data][unit_amount]"), Some("100"));
         assert_eq!(get("metadata[livesession_ref]"), Some("ref1"));
-        assert!(get("success_url").unwrap().contains("{CHECKOUT_SESSION_ID}"));
+        assert!(
+            get("success_url")
+                .unwrap()
+                .contains("{CHECKOUT_SESSION_ID}")
+        );
     }
 }

@@ -4,5 +4,7 @@
 mod checkout;
 mod webhook;
 
-pub use checkout::{CheckoutClient, CheckoutError, CheckoutRequest, CreatedCheckout, install_tls_provider};
+pub use checkout::{
+    CheckoutClient, CheckoutError, CheckoutRequest, CreatedCheckout, install_tls_provider,
+};
 pub use webhook::{Event, SignatureError, verify_signature};

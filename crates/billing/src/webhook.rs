@@ -20,14 +20,28 @@ pub enum SignatureError {
 }
 
 /// Verifies `header` for `payload` with `secret` at `now` (Unix seconds).
-pub fn verify_signature(payload: &[u8], header: Option<&str>, secret: &str, tolerance_secs: i64, now: i64) -> Result<(), SignatureError> {
+pub fn verify_signature(
+    payload: &[u8],
+    header: Option<&str>,
+    secret: &str,
+    tolerance_secs: i64,
+    now: i64,
+) -> Result<(), SignatureError> {
     let header = header.ok_or(SignatureError::Missing)?;
     let mut timestamp = None;
     let mut signatures = Vec::new();
     for part in header.split(',') {
-        let Some((key, value)) = part.trim().split_once('=') else { continue };
+        let Some((key, value)) = part.trim().split_once('=') else {
+            continue;
+        };
         match key {
-            "t" => timestamp = Some(value.parse::<i64>().map_err(|_| SignatureError::Malformed)?),
+            "t" => {
+                timestamp = Some(
+                    value
+                        .parse::<i64>()
+                        .map_err(|_| SignatureError::Malformed)?,
+                )
+            }
             // Undecodable entries cannot match; skip them rather than reject the header.
             "v1" => signatures.extend(hex::decode(value).ok()),
             _ => {} // v0 (test-mode legacy) and future schemes are ignored
@@ -37,12 +51,16 @@ pub fn verify_signature(payload: &[u8], header: Option<&str>, secret: &str, tole
     if signatures.is_empty() {
         return Err(SignatureError::Malformed);
     }
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
     mac.update(timestamp.to_string().as_bytes());
     mac.update(b".");
     mac.update(payload);
     // `verify_slice` compares in constant time; each candidate gets its own clone.
-    if !signatures.iter().any(|sig| mac.clone().verify_slice(sig).is_ok()) {
+    if !signatures
+        .iter()
+        .any(|sig| mac.clone().verify_slice(sig).is_ok())
+    {
         return Err(SignatureError::Mismatch);
     }
     if (now - timestamp).abs() > tolerance_secs {
@@ -83,31 +101,68 @@ mod tests {
     }
 
     const NOW: i64 = 1_800_000_000;
-    const BODY: &[u8] = br#"{"id":"evt_1","type":"checkout.session.completed","data":{"object":{}}}"#;
+    const BODY: &[u8] =
+        br#"{"id":"evt_1","type":"checkout.session.completed","data":{"object":{}}}"#;
 
     #[test]
     fn a_valid_signature_passes_and_any_v1_may_match() {
         let good = sign("whsec_a", NOW, BODY);
         let header = format!("t={NOW},v1={good}");
-        assert_eq!(verify_signature(BODY, Some(&header), "whsec_a", 300, NOW), Ok(()));
-        let rolled = format!("t={NOW},v1={},v1={good},v0=abcd", sign("whsec_old", NOW, BODY));
-        assert_eq!(verify_signature(BODY, Some(&rolled), "whsec_a", 300, NOW + 10), Ok(()));
+        assert_eq!(
+            verify_signature(BODY, Some(&header), "whsec_a", 300, NOW),
+            Ok(())
+        );
+        let rolled = format!(
+            "t={NOW},v1={},v1={good},v0=abcd",
+            sign("whsec_old", NOW, BODY)
+        );
+        assert_eq!(
+            verify_signature(BODY, Some(&rolled), "whsec_a", 300, NOW + 10),
+            Ok(())
+        );
     }
 
     #[test]
     fn bad_signatures_are_refused_with_their_reason() {
         let good = sign("whsec_a", NOW, BODY);
-        assert_eq!(verify_signature(BODY, None, "whsec_a", 300, NOW), Err(SignatureError::Missing));
-        assert_eq!(verify_signature(BODY, Some("garbage"), "whsec_a", 300, NOW), Err(SignatureError::Malformed));
-        assert_eq!(verify_signature(BODY, Some(&format!("v1={good}")), "whsec_a", 300, NOW), Err(SignatureError::Malformed));
-        assert_eq!(verify_signature(BODY, Some(&format!("t={NOW}")), "whsec_a", 300, NOW), Err(SignatureError::Malformed));
+        assert_eq!(
+            verify_signature(BODY, None, "whsec_a", 300, NOW),
+            Err(SignatureError::Missing)
+        );
+        assert_eq!(
+            verify_signature(BODY, Some("garbage"), "whsec_a", 300, NOW),
+            Err(SignatureError::Malformed)
+        );
+        assert_eq!(
+            verify_signature(BODY, Some(&format!("v1={good}")), "whsec_a", 300, NOW),
+            Err(SignatureError::Malformed)
+        );
+        assert_eq!(
+            verify_signature(BODY, Some(&format!("t={NOW}")), "whsec_a", 300, NOW),
+            Err(SignatureError::Malformed)
+        );
         let header = format!("t={NOW},v1={good}");
-        assert_eq!(verify_signature(BODY, Some(&header), "whsec_b", 300, NOW), Err(SignatureError::Mismatch));
-        assert_eq!(verify_signature(b"{\"tampered\":1}", Some(&header), "whsec_a", 300, NOW), Err(SignatureError::Mismatch));
-        assert_eq!(verify_signature(BODY, Some(&header), "whsec_a", 300, NOW + 301), Err(SignatureError::Stale));
-        assert_eq!(verify_signature(BODY, Some(&header), "whsec_a", 300, NOW - 301), Err(SignatureError::Stale));
+        assert_eq!(
+            verify_signature(BODY, Some(&header), "whsec_b", 300, NOW),
+            Err(SignatureError::Mismatch)
+        );
+        assert_eq!(
+            verify_signature(b"{\"tampered\":1}", Some(&header), "whsec_a", 300, NOW),
+            Err(SignatureError::Mismatch)
+        );
+        assert_eq!(
+            verify_signature(BODY, Some(&header), "whsec_a", 300, NOW + 301),
+            Err(SignatureError::Stale)
+        );
+        assert_eq!(
+            verify_signature(BODY, Some(&header), "whsec_a", 300, NOW - 301),
+            Err(SignatureError::Stale)
+        );
         // The timestamp is part of the signed message: changing it breaks the signature.
         let moved = format!("t={},v1={good}", NOW + 1);
-        assert_eq!(verify_signature(BODY, Some(&moved), "whsec_a", 300, NOW), Err(SignatureError::Mismatch));
+        assert_eq!(
+            verify_signature(BODY, Some(&moved), "whsec_a", 300, NOW),
+            Err(SignatureError::Mismatch)
+        );
     }
 }

@@ -10,7 +10,9 @@ use tokio::net::TcpStream;
 /// Reads the port Chromium chose for `--remote-debugging-port=0` from the file it writes
 /// into its profile directory.
 pub async fn active_port(profile_dir: &Path) -> Option<u16> {
-    let text = tokio::fs::read_to_string(profile_dir.join("DevToolsActivePort")).await.ok()?;
+    let text = tokio::fs::read_to_string(profile_dir.join("DevToolsActivePort"))
+        .await
+        .ok()?;
     text.lines().next()?.trim().parse().ok()
 }
 
@@ -44,7 +46,9 @@ async fn get(addr: SocketAddr, path: &str) -> std::io::Result<Vec<u8>> {
         loop {
             let n = stream.read(&mut chunk).await?;
             if n == 0 {
-                return Err(std::io::Error::other("DevTools closed the connection early"));
+                return Err(std::io::Error::other(
+                    "DevTools closed the connection early",
+                ));
             }
             response.extend_from_slice(&chunk[..n]);
             if let Some(body) = complete_body(&response)? {
@@ -59,14 +63,21 @@ async fn get(addr: SocketAddr, path: &str) -> std::io::Result<Vec<u8>> {
 
 /// The body of a complete `200` response, `None` while more bytes are needed.
 fn complete_body(response: &[u8]) -> std::io::Result<Option<Vec<u8>>> {
-    let Some(split) = response.windows(4).position(|w| w == b"\r\n\r\n") else { return Ok(None) };
+    let Some(split) = response.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return Ok(None);
+    };
     let head = String::from_utf8_lossy(&response[..split]);
     if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
-        return Err(std::io::Error::other("DevTools answered with an error status"));
+        return Err(std::io::Error::other(
+            "DevTools answered with an error status",
+        ));
     }
     let length = head
         .lines()
-        .find_map(|l| l.split_once(':').filter(|(k, _)| k.trim().eq_ignore_ascii_case("content-length")))
+        .find_map(|l| {
+            l.split_once(':')
+                .filter(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
+        })
         .and_then(|(_, v)| v.trim().parse::<usize>().ok())
         .ok_or_else(|| std::io::Error::other("DevTools response has no Content-Length"))?;
     let body = &response[split + 4..];

@@ -97,14 +97,18 @@ pub enum DesktopError {
 impl DesktopError {
     pub fn piece(&self) -> Option<Piece> {
         match self {
-            DesktopError::MissingBinary { piece, .. } | DesktopError::PieceFailed { piece, .. } => Some(*piece),
+            DesktopError::MissingBinary { piece, .. } | DesktopError::PieceFailed { piece, .. } => {
+                Some(*piece)
+            }
             DesktopError::Setup(_) => None,
         }
     }
 
     pub fn stderr_tail(&self) -> Option<&str> {
         match self {
-            DesktopError::PieceFailed { stderr_tail, .. } if !stderr_tail.is_empty() => Some(stderr_tail),
+            DesktopError::PieceFailed { stderr_tail, .. } if !stderr_tail.is_empty() => {
+                Some(stderr_tail)
+            }
             _ => None,
         }
     }
@@ -117,7 +121,11 @@ pub type Progress<'a> = &'a (dyn Fn(Piece) + Send + Sync);
 pub trait DesktopRuntime: Send + Sync + 'static {
     /// Starts a desktop and returns once it is ready: the VNC socket answers an RFB
     /// handshake and Chromium's DevTools endpoint lists a page.
-    async fn start(&self, spec: DesktopSpec, progress: Progress<'_>) -> Result<DesktopHandle, DesktopError>;
+    async fn start(
+        &self,
+        spec: DesktopSpec,
+        progress: Progress<'_>,
+    ) -> Result<DesktopHandle, DesktopError>;
     /// Stops a desktop and everything it started; a no-op for an unknown id.
     async fn stop(&self, id: &str);
     /// Stops every desktop (server shutdown).

@@ -15,7 +15,10 @@ pub async fn read_greeting<S: AsyncRead + Unpin>(stream: &mut S) -> io::Result<[
     let mut version = [0u8; 12];
     stream.read_exact(&mut version).await?;
     if !version.starts_with(b"RFB ") {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "not an RFB server"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not an RFB server",
+        ));
     }
     Ok(version)
 }
@@ -43,12 +46,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RfbClient<S> {
             let len = stream.read_u32().await? as usize;
             let mut reason = vec![0; len.min(4096)];
             stream.read_exact(&mut reason).await?;
-            return Err(invalid(format!("server refused: {}", String::from_utf8_lossy(&reason))));
+            return Err(invalid(format!(
+                "server refused: {}",
+                String::from_utf8_lossy(&reason)
+            )));
         }
         let mut types = vec![0u8; count as usize];
         stream.read_exact(&mut types).await?;
         if !types.contains(&1) {
-            return Err(invalid(format!("server does not offer security type None: {types:?}")));
+            return Err(invalid(format!(
+                "server does not offer security type None: {types:?}"
+            )));
         }
         stream.write_u8(1).await?;
         if stream.read_u32().await? != 0 {
@@ -64,7 +72,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RfbClient<S> {
         stream.read_exact(&mut name).await?;
 
         // SetPixelFormat: 32 bpp, depth 24, little-endian, true colour, 8 bits each at 16/8/0.
-        let mut msg = vec![0u8, 0, 0, 0, 32, 24, 0, 1, 0, 255, 0, 255, 0, 255, 16, 8, 0, 0, 0, 0];
+        let mut msg = vec![
+            0u8, 0, 0, 0, 32, 24, 0, 1, 0, 255, 0, 255, 0, 255, 16, 8, 0, 0, 0, 0,
+        ];
         // SetEncodings: Raw only.
         msg.extend_from_slice(&[2, 0, 0, 1, 0, 0, 0, 0]);
         stream.write_all(&msg).await?;
@@ -103,7 +113,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RfbClient<S> {
                     let mut pad = [0u8; 3];
                     self.stream.read_exact(&mut pad).await?;
                     let len = self.stream.read_u32().await? as u64;
-                    tokio::io::copy(&mut (&mut self.stream).take(len), &mut tokio::io::sink()).await?;
+                    tokio::io::copy(&mut (&mut self.stream).take(len), &mut tokio::io::sink())
+                        .await?;
                 }
                 other => return Err(invalid(format!("unexpected server message type {other}"))),
             }
@@ -131,7 +142,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RfbClient<S> {
             for line in y..y + h {
                 self.stream.read_exact(&mut row).await?;
                 let start = line * self.width as usize + x;
-                for (dst, px) in self.framebuffer[start..start + w].iter_mut().zip(row.chunks_exact(4)) {
+                for (dst, px) in self.framebuffer[start..start + w]
+                    .iter_mut()
+                    .zip(row.chunks_exact(4))
+                {
                     *dst = u32::from_le_bytes([px[0], px[1], px[2], px[3]]) & 0x00ff_ffff;
                 }
             }
@@ -152,7 +166,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RfbClient<S> {
         let hits = self
             .framebuffer
             .iter()
-            .filter(|&&v| close((v >> 16) as u8, rgb.0) && close((v >> 8) as u8, rgb.1) && close(v as u8, rgb.2))
+            .filter(|&&v| {
+                close((v >> 16) as u8, rgb.0)
+                    && close((v >> 8) as u8, rgb.1)
+                    && close(v as u8, rgb.2)
+            })
             .count();
         hits as f64 / self.framebuffer.len().max(1) as f64
     }

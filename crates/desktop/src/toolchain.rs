@@ -17,7 +17,11 @@ pub struct ToolPaths {
 
 impl Default for ToolPaths {
     fn default() -> Self {
-        Self { xvnc: "Xvnc".into(), openbox: "openbox".into(), chromium: "chromium".into() }
+        Self {
+            xvnc: "Xvnc".into(),
+            openbox: "openbox".into(),
+            chromium: "chromium".into(),
+        }
     }
 }
 
@@ -55,14 +59,18 @@ impl ToolCheck {
 pub fn find_binary(binary: &str) -> Option<PathBuf> {
     let is_executable = |p: &Path| {
         use std::os::unix::fs::PermissionsExt;
-        p.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+        p.metadata()
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
     };
     if binary.contains('/') {
         let p = PathBuf::from(binary);
         return is_executable(&p).then_some(p);
     }
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|dir| dir.join(binary)).find(|p| is_executable(p))
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(binary))
+        .find(|p| is_executable(p))
 }
 
 /// Checks presence only: cheap enough for `/readyz`.
@@ -71,7 +79,12 @@ pub fn locate(paths: &ToolPaths) -> Vec<ToolCheck> {
         .iter()
         .map(|&piece| {
             let binary = paths.binary(piece).to_owned();
-            ToolCheck { piece, path: find_binary(&binary), binary, version: None }
+            ToolCheck {
+                piece,
+                path: find_binary(&binary),
+                binary,
+                version: None,
+            }
         })
         .collect()
 }
@@ -97,16 +110,26 @@ async fn version_of(piece: Piece, path: &Path) -> Option<String> {
         .stdin(Stdio::null())
         .kill_on_drop(true)
         .output();
-    let out = tokio::time::timeout(std::time::Duration::from_secs(10), out).await.ok()?.ok()?;
+    let out = tokio::time::timeout(std::time::Duration::from_secs(10), out)
+        .await
+        .ok()?
+        .ok()?;
     // Xvnc prints its version on stderr; the others on stdout. Debian's chromium wrapper
     // also writes shell noise on stderr, so look for the line naming the program.
-    let text = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let needle = match piece {
         Piece::Xvnc => "TigerVNC",
         Piece::Openbox => "Openbox",
         Piece::Chromium => "Chromium",
     };
-    text.lines().map(str::trim).find(|l| l.contains(needle)).map(str::to_owned)
+    text.lines()
+        .map(str::trim)
+        .find(|l| l.contains(needle))
+        .map(str::to_owned)
 }
 
 #[cfg(test)]
@@ -115,7 +138,10 @@ mod tests {
 
     #[test]
     fn a_missing_binary_is_reported_with_its_package() {
-        let paths = ToolPaths { xvnc: "/nonexistent/Xvnc".into(), ..ToolPaths::default() };
+        let paths = ToolPaths {
+            xvnc: "/nonexistent/Xvnc".into(),
+            ..ToolPaths::default()
+        };
         let checks = locate(&paths);
         let xvnc = checks.iter().find(|c| c.piece == Piece::Xvnc).unwrap();
         assert!(!xvnc.found());

@@ -4,7 +4,10 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use livesession_desktop::rfb::RfbClient;
-use livesession_desktop::{DesktopError, DesktopRuntime, DesktopSpec, LocalRuntime, LocalRuntimeConfig, Piece, ToolPaths, group_members};
+use livesession_desktop::{
+    DesktopError, DesktopRuntime, DesktopSpec, LocalRuntime, LocalRuntimeConfig, Piece, ToolPaths,
+    group_members,
+};
 
 fn runtime(root: &std::path::Path, tools: ToolPaths) -> LocalRuntime {
     LocalRuntime::new(LocalRuntimeConfig {
@@ -17,7 +20,12 @@ fn runtime(root: &std::path::Path, tools: ToolPaths) -> LocalRuntime {
 }
 
 fn spec(id: &str, url: &str) -> DesktopSpec {
-    DesktopSpec { id: id.into(), width: 1280, height: 720, start_url: url.into() }
+    DesktopSpec {
+        id: id.into(),
+        width: 1280,
+        height: 720,
+        start_url: url.into(),
+    }
 }
 
 const MAGENTA_PAGE: &str = "data:text/html,<body style='background:rgb(255,0,255)'>";
@@ -27,15 +35,26 @@ async fn a_desktop_starts_draws_its_page_and_stops_without_leftovers() {
     let root = tempfile::tempdir().unwrap();
     let rt = runtime(root.path(), ToolPaths::default());
     let steps = Mutex::new(Vec::new());
-    let handle = rt.start(spec("a1", MAGENTA_PAGE), &|p| steps.lock().unwrap().push(p)).await.unwrap();
-    assert_eq!(*steps.lock().unwrap(), vec![Piece::Xvnc, Piece::Openbox, Piece::Chromium]);
+    let handle = rt
+        .start(spec("a1", MAGENTA_PAGE), &|p| steps.lock().unwrap().push(p))
+        .await
+        .unwrap();
+    assert_eq!(
+        *steps.lock().unwrap(),
+        vec![Piece::Xvnc, Piece::Openbox, Piece::Chromium]
+    );
     assert!(handle.vnc_socket.starts_with(root.path().join("a1")));
     assert!(rt.is_alive("a1").await);
     let members = group_members(handle.pgid);
-    assert!(members.len() >= 3, "Xvnc, openbox and Chromium share one group: {members:?}");
+    assert!(
+        members.len() >= 3,
+        "Xvnc, openbox and Chromium share one group: {members:?}"
+    );
 
     // Read frames until the page's colour covers most of the screen.
-    let stream = tokio::net::UnixStream::connect(&handle.vnc_socket).await.unwrap();
+    let stream = tokio::net::UnixStream::connect(&handle.vnc_socket)
+        .await
+        .unwrap();
     let mut rfb = RfbClient::handshake(stream).await.unwrap();
     assert_eq!((rfb.width, rfb.height), (1280, 720));
     rfb.request_update(false).await.unwrap();
@@ -49,12 +68,21 @@ async fn a_desktop_starts_draws_its_page_and_stops_without_leftovers() {
         tokio::time::sleep(Duration::from_millis(100)).await;
         rfb.request_update(false).await.unwrap();
     }
-    assert!(share > 0.5, "the start page is drawn: {share:.2} of pixels are magenta");
+    assert!(
+        share > 0.5,
+        "the start page is drawn: {share:.2} of pixels are magenta"
+    );
     drop(rfb);
 
     rt.stop("a1").await;
-    assert!(group_members(handle.pgid).is_empty(), "no process of the desktop is left");
-    assert!(!root.path().join("a1").exists(), "the private directory is removed");
+    assert!(
+        group_members(handle.pgid).is_empty(),
+        "no process of the desktop is left"
+    );
+    assert!(
+        !root.path().join("a1").exists(),
+        "the private directory is removed"
+    );
     assert!(!rt.is_alive("a1").await);
 }
 
@@ -62,7 +90,10 @@ async fn a_desktop_starts_draws_its_page_and_stops_without_leftovers() {
 async fn concurrent_desktops_get_distinct_displays() {
     let root = tempfile::tempdir().unwrap();
     let rt = runtime(root.path(), ToolPaths::default());
-    let (a, b) = tokio::join!(rt.start(spec("c1", "about:blank"), &|_| {}), rt.start(spec("c2", "about:blank"), &|_| {}));
+    let (a, b) = tokio::join!(
+        rt.start(spec("c1", "about:blank"), &|_| {}),
+        rt.start(spec("c2", "about:blank"), &|_| {})
+    );
     let (a, b) = (a.unwrap(), b.unwrap());
     assert_ne!(a.display, b.display);
     assert_ne!(a.pgid, b.pgid);
@@ -73,11 +104,29 @@ async fn concurrent_desktops_get_distinct_displays() {
 #[tokio::test]
 async fn a_missing_piece_is_named() {
     let root = tempfile::tempdir().unwrap();
-    let tools = ToolPaths { openbox: "/nonexistent/openbox".into(), ..ToolPaths::default() };
+    let tools = ToolPaths {
+        openbox: "/nonexistent/openbox".into(),
+        ..ToolPaths::default()
+    };
     let rt = runtime(root.path(), tools);
-    let err = rt.start(spec("m1", "about:blank"), &|_| {}).await.unwrap_err();
-    assert!(matches!(err, DesktopError::MissingBinary { piece: Piece::Openbox, .. }), "{err:?}");
-    assert!(err.to_string().contains("apt-get install -y openbox"), "{err}");
+    let err = rt
+        .start(spec("m1", "about:blank"), &|_| {})
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            DesktopError::MissingBinary {
+                piece: Piece::Openbox,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("apt-get install -y openbox"),
+        "{err}"
+    );
     assert!(!root.path().join("m1").exists());
 }
 
@@ -85,16 +134,34 @@ async fn a_missing_piece_is_named() {
 async fn a_piece_that_dies_is_named_with_its_stderr() {
     let root = tempfile::tempdir().unwrap();
     // `false` starts and exits at once, like a broken Chromium build would.
-    let tools = ToolPaths { chromium: "/bin/false".into(), ..ToolPaths::default() };
+    let tools = ToolPaths {
+        chromium: "/bin/false".into(),
+        ..ToolPaths::default()
+    };
     let rt = runtime(root.path(), tools);
-    let err = rt.start(spec("d1", "about:blank"), &|_| {}).await.unwrap_err();
+    let err = rt
+        .start(spec("d1", "about:blank"), &|_| {})
+        .await
+        .unwrap_err();
     assert_eq!(err.piece(), Some(Piece::Chromium), "{err:?}");
     assert!(err.to_string().contains("exited early"), "{err}");
 
     // An Xvnc given a bad argument fails with its own complaint in the error.
-    let tools = ToolPaths { xvnc: "Xvnc".into(), ..ToolPaths::default() };
+    let tools = ToolPaths {
+        xvnc: "Xvnc".into(),
+        ..ToolPaths::default()
+    };
     let rt = runtime(root.path(), tools);
-    let err = rt.start(DesktopSpec { width: 0, ..spec("d2", "about:blank") }, &|_| {}).await.unwrap_err();
+    let err = rt
+        .start(
+            DesktopSpec {
+                width: 0,
+                ..spec("d2", "about:blank")
+            },
+            &|_| {},
+        )
+        .await
+        .unwrap_err();
     assert_eq!(err.piece(), Some(Piece::Xvnc), "{err:?}");
     assert!(err.stderr_tail().is_some_and(|t| !t.is_empty()), "{err:?}");
 }

@@ -19,7 +19,10 @@ use support::{PageServer, TestServer, rfb_over_ws, ws_connect};
 /// Proportional set size of a process, in KiB.
 fn pss_kib(pid: i32) -> Option<u64> {
     let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
-    rollup.lines().find_map(|l| l.strip_prefix("Pss:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    rollup
+        .lines()
+        .find_map(|l| l.strip_prefix("Pss:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -28,15 +31,28 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 #[tokio::main]
 async fn main() {
-    let runs: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(5);
+    let runs: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(5);
     let page = PageServer::start().await;
     let server = TestServer::start(&[]).await;
     let mut times = Vec::new();
     for run in 0..runs {
         let started = Instant::now();
-        let created = server.create_session(json!({ "start_url": page.url })).await;
-        let (id, token) = (created["id"].as_str().unwrap().to_owned(), created["token"].as_str().unwrap().to_owned());
-        let ws = ws_connect(&server, &format!("/api/sessions/{id}/vnc?token={token}"), &[]).await;
+        let created = server
+            .create_session(json!({ "start_url": page.url }))
+            .await;
+        let (id, token) = (
+            created["id"].as_str().unwrap().to_owned(),
+            created["token"].as_str().unwrap().to_owned(),
+        );
+        let ws = ws_connect(
+            &server,
+            &format!("/api/sessions/{id}/vnc?token={token}"),
+            &[],
+        )
+        .await;
         let mut rfb = rfb_over_ws(ws).await;
         loop {
             rfb.request_update(false).await.unwrap();
@@ -44,10 +60,16 @@ async fn main() {
             if rfb.share_of_colour((255, 0, 255), 8) >= 0.5 {
                 break;
             }
-            assert!(started.elapsed() < Duration::from_secs(60), "the page was never drawn");
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "the page was never drawn"
+            );
         }
         let elapsed = started.elapsed().as_secs_f64() * 1000.0;
-        println!("run {}: POST /api/sessions -> page drawn in {elapsed:.0} ms", run + 1);
+        println!(
+            "run {}: POST /api/sessions -> page drawn in {elapsed:.0} ms",
+            run + 1
+        );
         times.push(elapsed);
 
         if run == 0 {
@@ -55,7 +77,10 @@ async fn main() {
             tokio::time::sleep(Duration::from_secs(5)).await;
             let mut by_process: BTreeMap<String, (u64, usize)> = BTreeMap::new();
             for pid in group_members(server.desktop_pgid(&id)) {
-                let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().trim().to_owned();
+                let name = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .unwrap_or_default()
+                    .trim()
+                    .to_owned();
                 let entry = by_process.entry(name).or_default();
                 entry.0 += pss_kib(pid).unwrap_or(0);
                 entry.1 += 1;
@@ -63,7 +88,11 @@ async fn main() {
             let total: u64 = by_process.values().map(|(kib, _)| kib).sum();
             println!("idle desktop PSS by process:");
             for (name, (kib, count)) in &by_process {
-                println!("  {name:<16} {:>7.1} MiB  ({count} process{})", *kib as f64 / 1024.0, if *count == 1 { "" } else { "es" });
+                println!(
+                    "  {name:<16} {:>7.1} MiB  ({count} process{})",
+                    *kib as f64 / 1024.0,
+                    if *count == 1 { "" } else { "es" }
+                );
             }
             println!("  {:<16} {:>7.1} MiB", "total", total as f64 / 1024.0);
         }

@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use livesession_desktop::{DesktopRuntime, LocalRuntime, LocalRuntimeConfig};
 use livesession_session::{SessionStore, Sessions, store::SqliteStore};
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::Tokens;
 use crate::config::ServeConfig;
 use crate::desktops::Desktops;
+use crate::limits::{ConnectionLimits, LimitsConfig};
 use crate::{router, secrets};
 
 pub struct App {
@@ -25,6 +26,7 @@ pub struct App {
     pub admin_token: String,
     /// Stripe Checkout, when a secret key is configured.
     pub checkout: Option<livesession_billing::CheckoutClient>,
+    pub limits: Arc<ConnectionLimits>,
     /// Scheme, host and port browsers use to reach us, without a trailing slash.
     pub public_url: String,
     /// Cancelled when the server begins to shut down: live connections close with
@@ -65,7 +67,10 @@ impl App {
 
     pub fn connection(self: &Arc<Self>) -> ConnectionGuard {
         self.connections.fetch_add(1, Ordering::Relaxed);
-        ConnectionGuard { app: self.clone(), id: self.next_conn_id.fetch_add(1, Ordering::Relaxed) + 1 }
+        ConnectionGuard {
+            app: self.clone(),
+            id: self.next_conn_id.fetch_add(1, Ordering::Relaxed) + 1,
+        }
     }
 
     /// Whether `origin` (an Origin header value) may open a WebSocket or post a form here.
@@ -80,13 +85,30 @@ impl App {
 
 /// Builds the application: data directory, secrets, store, desktop runtime.
 pub async fn build(config: ServeConfig, local_addr: SocketAddr) -> Result<Arc<App>, StartupError> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|e| startup(format!("cannot create data directory {}: {e}", config.data_dir.display())))?;
-    let data_dir = config.data_dir.canonicalize().map_err(|e| startup(format!("data directory {}: {e}", config.data_dir.display())))?;
-    let secrets = secrets::load_or_create(&data_dir, config.admin_token.as_deref())
-        .map_err(|e| startup(format!("cannot read or create secrets in {}: {e}", data_dir.display())))?;
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+        startup(format!(
+            "cannot create data directory {}: {e}",
+            config.data_dir.display()
+        ))
+    })?;
+    let data_dir = config
+        .data_dir
+        .canonicalize()
+        .map_err(|e| startup(format!("data directory {}: {e}", config.data_dir.display())))?;
+    let secrets =
+        secrets::load_or_create(&data_dir, config.admin_token.as_deref()).map_err(|e| {
+            startup(format!(
+                "cannot read or create secrets in {}: {e}",
+                data_dir.display()
+            ))
+        })?;
     if let Some(path) = &secrets.admin_token_created {
         // Shown once, on the terminal, not through the log.
-        println!("Generated an admin token (kept in {}):\n  {}", path.display(), secrets.admin_token);
+        println!(
+            "Generated an admin token (kept in {}):\n  {}",
+            path.display(),
+            secrets.admin_token
+        );
     }
     let store: Arc<dyn SessionStore> = Arc::new(
         SqliteStore::open(&data_dir.join("livesession.db"))
@@ -109,7 +131,10 @@ pub async fn build(config: ServeConfig, local_addr: SocketAddr) -> Result<Arc<Ap
         }
     }
     let checkout = match (&config.stripe.secret_key, &config.stripe.webhook_secret) {
-        (Some(key), Some(_)) => Some(livesession_billing::CheckoutClient::new(&config.stripe.api_base, key)),
+        (Some(key), Some(_)) => Some(livesession_billing::CheckoutClient::new(
+            &config.stripe.api_base,
+            key,
+        )),
         (Some(_), None) => {
             return Err(startup(
                 "LIVESESSION_STRIPE_WEBHOOK_SECRET is required with LIVESESSION_STRIPE_SECRET_KEY: \
@@ -126,10 +151,24 @@ pub async fn build(config: ServeConfig, local_addr: SocketAddr) -> Result<Arc<Ap
         .unwrap_or_else(|| format!("http://{local_addr}"));
     Ok(Arc::new(App {
         sessions: Sessions::new(store),
-        desktops: Desktops::new(runtime, config.max_desktops, config.desktop.desktop_size, tasks.clone()),
-        tokens: Tokens::new(&secrets.signing_key),
+        desktops: Desktops::new(
+            runtime,
+            config.max_desktops,
+            config.desktop.desktop_size,
+            tasks.clone(),
+        ),
+        tokens: Tokens::new(
+            &secrets.signing_key,
+            time::Duration::seconds(config.access_token_ttl as i64),
+        ),
         admin_token: secrets.admin_token,
         checkout,
+        limits: ConnectionLimits::new(LimitsConfig {
+            per_ip: config.max_connections_per_ip,
+            per_session: config.max_connections_per_session,
+            attempts_per_second: config.connect_rate.max(0.01),
+            attempt_burst: config.connect_burst.max(1.0),
+        }),
         public_url,
         shutdown: CancellationToken::new(),
         tasks,
@@ -141,7 +180,11 @@ pub async fn build(config: ServeConfig, local_addr: SocketAddr) -> Result<Arc<Ap
 
 /// Runs the server on `listener` until `shutdown` resolves, then closes every live
 /// connection with "server shutting down" and stops every desktop.
-pub async fn launch(config: ServeConfig, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), StartupError> {
+pub async fn launch(
+    config: ServeConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartupError> {
     let local_addr = listener.local_addr().map_err(|e| startup(e.to_string()))?;
     let app = build(config, local_addr).await?;
     let state = AppState(app.clone());
@@ -154,7 +197,11 @@ pub async fn launch(config: ServeConfig, listener: TcpListener, shutdown: impl F
             desktops.stop(&id).await;
         }
     });
-    let expiry = tokio::spawn(app.sessions.clone().run_expiry(app.shutdown.clone().cancelled_owned()));
+    let expiry = tokio::spawn(
+        app.sessions
+            .clone()
+            .run_expiry(app.shutdown.clone().cancelled_owned()),
+    );
 
     tracing::info!(listen = %local_addr, public_url = %app.public_url, free_mode = app.config.free_mode(), checkout = app.checkout.is_some(), "livesession listening");
     let token = app.shutdown.clone();
@@ -164,16 +211,22 @@ pub async fn launch(config: ServeConfig, listener: TcpListener, shutdown: impl F
             tracing::warn!(error = %e, "could not set TCP_NODELAY");
         }
     });
-    let serve = axum::serve(listener, router::router(state).into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            token.cancel();
-        });
+    let serve = axum::serve(
+        listener,
+        router::router(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        shutdown.await;
+        token.cancel();
+    });
     let result = serve.await;
     app.shutdown.cancel();
     tracing::info!("shutting down: closing connections and stopping desktops");
     app.tasks.close();
-    if tokio::time::timeout(Duration::from_secs(10), app.tasks.wait()).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(10), app.tasks.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!("some connections did not close within 10 s");
     }
     app.desktops.stop_all().await;

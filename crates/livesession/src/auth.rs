@@ -22,11 +22,22 @@ pub enum Role {
     View,
 }
 
+/// Access tokens open a session's WebSockets for minutes; refresh tokens, kept by
+/// browsers in an HttpOnly cookie scoped to the token endpoint, get new access tokens
+/// for as long as the session lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenKind {
+    Access,
+    Refresh,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AccessClaims {
     /// The session this token opens, and no other.
     pub sid: String,
     pub role: Role,
+    pub typ: TokenKind,
     pub iat: i64,
     pub exp: i64,
     pub aud: String,
@@ -42,31 +53,87 @@ pub struct Tokens {
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
+    access_ttl: time::Duration,
 }
 
 impl Tokens {
-    pub fn new(key: &[u8]) -> Self {
+    pub fn new(key: &[u8], access_ttl: time::Duration) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_audience(&[AUDIENCE]);
         validation.set_required_spec_claims(&["exp", "aud"]);
         validation.leeway = 0;
-        Self { encoding: EncodingKey::from_secret(key), decoding: DecodingKey::from_secret(key), validation }
+        Self {
+            encoding: EncodingKey::from_secret(key),
+            decoding: DecodingKey::from_secret(key),
+            validation,
+            access_ttl,
+        }
     }
 
-    pub fn issue(&self, session_id: &str, role: Role, expires_at: OffsetDateTime) -> String {
+    fn sign(
+        &self,
+        session_id: &str,
+        role: Role,
+        typ: TokenKind,
+        expires_at: OffsetDateTime,
+    ) -> String {
         let claims = AccessClaims {
             sid: session_id.to_owned(),
             role,
+            typ,
             iat: OffsetDateTime::now_utc().unix_timestamp(),
             exp: expires_at.unix_timestamp(),
             aud: AUDIENCE.to_owned(),
         };
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).expect("HS256 signing cannot fail")
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .expect("HS256 signing cannot fail")
     }
 
-    pub fn verify(&self, token: &str) -> Result<AccessClaims, TokenError> {
+    /// A short-lived access token; it never outlives the session.
+    pub fn access(
+        &self,
+        session_id: &str,
+        role: Role,
+        session_expires_at: OffsetDateTime,
+    ) -> (String, OffsetDateTime) {
+        let expires_at = (OffsetDateTime::now_utc() + self.access_ttl).min(session_expires_at);
+        (
+            self.sign(session_id, role, TokenKind::Access, expires_at),
+            expires_at,
+        )
+    }
+
+    /// A refresh token, valid until the session's current deadline.
+    pub fn refresh(
+        &self,
+        session_id: &str,
+        role: Role,
+        session_expires_at: OffsetDateTime,
+    ) -> String {
+        self.sign(session_id, role, TokenKind::Refresh, session_expires_at)
+    }
+
+    /// The claims of a genuine token of the given kind, even if it has expired: proof that
+    /// this browser was given the session once (a reload of the claim page).
+    pub fn verify_ignoring_expiry(
+        &self,
+        token: &str,
+        kind: TokenKind,
+    ) -> Result<AccessClaims, TokenError> {
+        let mut validation = self.validation.clone();
+        validation.validate_exp = false;
+        match jsonwebtoken::decode::<AccessClaims>(token, &self.decoding, &validation) {
+            Ok(data) if data.claims.typ == kind => Ok(data.claims),
+            _ => Err(TokenError::Invalid),
+        }
+    }
+
+    /// Verifies a token of the given kind: a refresh token never opens a WebSocket, and an
+    /// access token is not a refresh credential.
+    pub fn verify(&self, token: &str, kind: TokenKind) -> Result<AccessClaims, TokenError> {
         match jsonwebtoken::decode::<AccessClaims>(token, &self.decoding, &self.validation) {
-            Ok(data) => Ok(data.claims),
+            Ok(data) if data.claims.typ == kind => Ok(data.claims),
+            Ok(_) => Err(TokenError::Invalid),
             Err(e) if matches!(e.kind(), ErrorKind::ExpiredSignature) => Err(TokenError::Expired),
             Err(_) => Err(TokenError::Invalid),
         }
@@ -82,14 +149,23 @@ pub enum TokenSource {
     Cookie,
 }
 
+/// The access-token cookie, sent with the session's WebSocket upgrades.
 pub fn cookie_name(session_id: &str) -> String {
     format!("ls_{session_id}")
+}
+
+/// The refresh-token cookie, sent only to the session's token endpoint.
+pub fn refresh_cookie_name(session_id: &str) -> String {
+    format!("lsr_{session_id}")
 }
 
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
 }
 
 pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -104,7 +180,11 @@ pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 /// The access token of a request for `session_id`: header first, then query, then cookie.
-pub fn find_access_token(headers: &HeaderMap, query_token: Option<&str>, session_id: &str) -> Option<(String, TokenSource)> {
+pub fn find_access_token(
+    headers: &HeaderMap,
+    query_token: Option<&str>,
+    session_id: &str,
+) -> Option<(String, TokenSource)> {
     if let Some(t) = bearer(headers) {
         return Some((t.to_owned(), TokenSource::Header));
     }
@@ -114,20 +194,49 @@ pub fn find_access_token(headers: &HeaderMap, query_token: Option<&str>, session
     cookie(headers, &cookie_name(session_id)).map(|t| (t.to_owned(), TokenSource::Cookie))
 }
 
-/// The cookie that gives a browser a session: its access token, HttpOnly (page scripts
-/// never see it), SameSite=Lax, Secure when served over TLS, living as long as the session.
-pub fn session_cookie(session_id: &str, token: &str, expires_at: OffsetDateTime, secure: bool) -> String {
-    let max_age = (expires_at - OffsetDateTime::now_utc()).whole_seconds().max(0);
+/// The two cookies that give a browser a session: the access token for its WebSockets
+/// (`Path=/api/sessions/<id>`) and the refresh token for its token endpoint only. Both
+/// HttpOnly (page scripts never see them), SameSite=Lax, Secure over TLS, and kept as long
+/// as the session lives: an expired access token inside is answered with "token expired",
+/// which tells the client to refresh.
+pub fn session_cookies(
+    tokens: &Tokens,
+    session_id: &str,
+    role: Role,
+    session_expires_at: OffsetDateTime,
+    secure: bool,
+) -> [String; 2] {
+    let max_age = (session_expires_at - OffsetDateTime::now_utc())
+        .whole_seconds()
+        .max(0);
     let secure = if secure { "; Secure" } else { "" };
-    format!("{}={token}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}", cookie_name(session_id))
+    let (access, _) = tokens.access(session_id, role, session_expires_at);
+    let refresh = tokens.refresh(session_id, role, session_expires_at);
+    [
+        format!(
+            "{}={access}; Path=/api/sessions/{session_id}; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}",
+            cookie_name(session_id)
+        ),
+        format!(
+            "{}={refresh}; Path=/api/sessions/{session_id}/token; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}",
+            refresh_cookie_name(session_id)
+        ),
+    ]
 }
 
 /// Whether a cookie-authenticated or state-changing browser request comes from one of
 /// our own pages. `Sec-Fetch-Site` is set by the browser and cannot be forged by a page,
 /// so it decides when present; otherwise the Origin must be ours (`null`, as sandboxed
 /// frames send, is not).
-pub fn same_site_request(headers: &HeaderMap, origin_allowed: impl Fn(&str, Option<&str>) -> bool) -> bool {
-    let header = |name| headers.get(name).and_then(|v: &axum::http::HeaderValue| v.to_str().ok());
+pub fn same_site_request(
+    headers: &HeaderMap,
+    origin_allowed: impl Fn(&str, Option<&str>) -> bool,
+) -> bool {
+    let header = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &axum::http::HeaderValue| v.to_str().ok())
+    };
     match header("sec-fetch-site") {
         Some(site) => site == "same-origin" || site == "none",
         None => header("origin").is_none_or(|o| origin_allowed(o, header("host"))),
@@ -148,33 +257,88 @@ mod tests {
     use axum::http::HeaderValue;
 
     #[test]
-    fn tokens_are_bound_to_their_session_and_expire() {
-        let tokens = Tokens::new(b"0123456789abcdef0123456789abcdef");
-        let later = OffsetDateTime::now_utc() + time::Duration::minutes(5);
-        let t = tokens.issue("s1", Role::Interactive, later);
-        let claims = tokens.verify(&t).unwrap();
-        assert_eq!((claims.sid.as_str(), claims.role), ("s1", Role::Interactive));
+    fn tokens_are_bound_to_their_session_kind_and_time() {
+        let tokens = Tokens::new(
+            b"0123456789abcdef0123456789abcdef",
+            time::Duration::minutes(15),
+        );
+        let session_end = OffsetDateTime::now_utc() + time::Duration::hours(24);
+        let (t, expires) = tokens.access("s1", Role::Interactive, session_end);
+        assert!(
+            expires <= OffsetDateTime::now_utc() + time::Duration::minutes(15),
+            "access tokens are short-lived"
+        );
+        let claims = tokens.verify(&t, TokenKind::Access).unwrap();
+        assert_eq!(
+            (claims.sid.as_str(), claims.role),
+            ("s1", Role::Interactive)
+        );
+        assert_eq!(
+            tokens.verify(&t, TokenKind::Refresh).unwrap_err(),
+            TokenError::Invalid
+        );
+        let r = tokens.refresh("s1", Role::Interactive, session_end);
+        assert_eq!(
+            tokens.verify(&r, TokenKind::Refresh).unwrap().exp,
+            session_end.unix_timestamp()
+        );
+        assert_eq!(
+            tokens.verify(&r, TokenKind::Access).unwrap_err(),
+            TokenError::Invalid
+        );
 
+        // Never beyond the session's end.
+        let soon = OffsetDateTime::now_utc() + time::Duration::seconds(30);
+        assert_eq!(tokens.access("s1", Role::View, soon).1, soon);
         let past = OffsetDateTime::now_utc() - time::Duration::seconds(5);
-        assert_eq!(tokens.verify(&tokens.issue("s1", Role::View, past)).unwrap_err(), TokenError::Expired);
-        let other_key = Tokens::new(b"another key, another server......");
-        assert_eq!(other_key.verify(&t).unwrap_err(), TokenError::Invalid);
-        assert_eq!(tokens.verify("not.a.token").unwrap_err(), TokenError::Invalid);
+        assert_eq!(
+            tokens
+                .verify(&tokens.access("s1", Role::View, past).0, TokenKind::Access)
+                .unwrap_err(),
+            TokenError::Expired
+        );
+        let other_key = Tokens::new(
+            b"another key, another server......",
+            time::Duration::minutes(15),
+        );
+        assert_eq!(
+            other_key.verify(&t, TokenKind::Access).unwrap_err(),
+            TokenError::Invalid
+        );
+        assert_eq!(
+            tokens.verify("not.a.token", TokenKind::Access).unwrap_err(),
+            TokenError::Invalid
+        );
         let mut tampered = t.clone();
         tampered.pop();
-        assert_eq!(tokens.verify(&tampered).unwrap_err(), TokenError::Invalid);
+        assert_eq!(
+            tokens.verify(&tampered, TokenKind::Access).unwrap_err(),
+            TokenError::Invalid
+        );
     }
 
     #[test]
     fn tokens_are_found_in_header_query_and_cookie() {
         let mut h = HeaderMap::new();
         assert_eq!(find_access_token(&h, None, "s1"), None);
-        h.insert(COOKIE, HeaderValue::from_static("a=b; ls_s1=fromcookie; ls_s2=other"));
-        assert_eq!(find_access_token(&h, None, "s1"), Some(("fromcookie".into(), TokenSource::Cookie)));
+        h.insert(
+            COOKIE,
+            HeaderValue::from_static("a=b; ls_s1=fromcookie; ls_s2=other"),
+        );
+        assert_eq!(
+            find_access_token(&h, None, "s1"),
+            Some(("fromcookie".into(), TokenSource::Cookie))
+        );
         assert_eq!(find_access_token(&h, None, "s3"), None);
-        assert_eq!(find_access_token(&h, Some("q"), "s1"), Some(("q".into(), TokenSource::Query)));
+        assert_eq!(
+            find_access_token(&h, Some("q"), "s1"),
+            Some(("q".into(), TokenSource::Query))
+        );
         h.insert(AUTHORIZATION, HeaderValue::from_static("Bearer hdr"));
-        assert_eq!(find_access_token(&h, Some("q"), "s1"), Some(("hdr".into(), TokenSource::Header)));
+        assert_eq!(
+            find_access_token(&h, Some("q"), "s1"),
+            Some(("hdr".into(), TokenSource::Header))
+        );
     }
 
     #[test]

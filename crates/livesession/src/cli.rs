@@ -10,7 +10,11 @@ use crate::config::{CommonArgs, DesktopArgs, ServeConfig};
 use crate::{doctor, logging, secrets};
 
 #[derive(Debug, Parser)]
-#[command(name = "livesession", version, about = "Sells and serves live remote browser sessions")]
+#[command(
+    name = "livesession",
+    version,
+    about = "Sells and serves live remote browser sessions"
+)]
 struct Cli {
     #[command(flatten)]
     common: CommonArgs,
@@ -27,6 +31,39 @@ enum Command {
     /// Manage sessions on a running server.
     #[command(subcommand)]
     Session(SessionCommand),
+    /// Measure a running server.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Soak the control channel: hold N connections with the heartbeat for M minutes.
+    Control {
+        /// Connections to open.
+        #[arg(long, default_value_t = 1000)]
+        conns: usize,
+        /// How long to hold them, in minutes (fractions allowed).
+        #[arg(long, default_value_t = 10.0)]
+        minutes: f64,
+        /// The server's URL; defaults to http://<LIVESESSION_LISTEN>.
+        #[arg(long)]
+        url: Option<String>,
+        /// Sessions to spread the connections over (each starts one desktop).
+        #[arg(long, default_value_t = 1)]
+        sessions: usize,
+        /// Seconds between a connection's PINGs (the protocol's is 30).
+        #[arg(long, default_value_t = 30.0)]
+        ping_interval: f64,
+        /// Connections opened per second while ramping up.
+        #[arg(long, default_value_t = 50.0)]
+        open_rate: f64,
+        /// The server's pid, for memory figures (found by its port if omitted).
+        #[arg(long)]
+        server_pid: Option<u32>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -34,7 +71,12 @@ struct ClientArgs {
     /// The server's URL; defaults to http://<LIVESESSION_LISTEN>.
     #[arg(long, env = "LIVESESSION_SERVER")]
     server: Option<String>,
-    #[arg(long, env = "LIVESESSION_LISTEN", default_value = "127.0.0.1:8080", hide = true)]
+    #[arg(
+        long,
+        env = "LIVESESSION_LISTEN",
+        default_value = "127.0.0.1:8080",
+        hide = true
+    )]
     listen: String,
     /// Defaults to the token the server generated in the data directory.
     #[arg(long, env = "LIVESESSION_ADMIN_TOKEN", hide_env_values = true)]
@@ -88,7 +130,10 @@ pub fn main() -> ExitCode {
     // Outgoing HTTPS (Stripe, `session` commands against an https server) uses rustls
     // with the ring provider, chosen here once for the process.
     livesession_billing::install_tls_provider();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     runtime.block_on(async move {
         match cli.command {
             Command::Serve(mut config) => {
@@ -106,6 +151,42 @@ pub fn main() -> ExitCode {
                 }
             }
             Command::Session(command) => session_command(&cli.common, command).await,
+            Command::Bench(BenchCommand::Control {
+                conns,
+                minutes,
+                url,
+                sessions,
+                ping_interval,
+                open_rate,
+                server_pid,
+                client,
+            }) => {
+                let Some(admin_token) = admin_token(&cli.common, &client) else {
+                    return ExitCode::FAILURE;
+                };
+                let soak = crate::bench::ControlSoak {
+                    url: url.or(client.server.clone()).unwrap_or_else(|| {
+                        format!("http://{}", client.listen.replace("0.0.0.0", "127.0.0.1"))
+                    }),
+                    admin_token,
+                    connections: conns,
+                    duration: std::time::Duration::from_secs_f64(minutes * 60.0),
+                    sessions,
+                    ping_interval: std::time::Duration::from_secs_f64(ping_interval.max(0.1)),
+                    open_rate,
+                    server_pid,
+                };
+                match crate::bench::run(&soak).await {
+                    Ok(report) => {
+                        report.print(&soak);
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("livesession: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
+            }
         }
     })
 }
@@ -118,9 +199,13 @@ async fn serve(config: ServeConfig) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let url = config.public_url.clone().unwrap_or_else(|| format!("http://{}", listener.local_addr().expect("bound")));
+    let url = config
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{}", listener.local_addr().expect("bound")));
     let shutdown = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
@@ -144,7 +229,11 @@ async fn serve(config: ServeConfig) -> ExitCode {
 
 async fn session_command(common: &CommonArgs, command: SessionCommand) -> ExitCode {
     let (client, method, path, body) = match command {
-        SessionCommand::Create { start_url, ttl, client } => {
+        SessionCommand::Create {
+            start_url,
+            ttl,
+            client,
+        } => {
             let mut body = serde_json::Map::new();
             if let Some(u) = start_url {
                 body.insert("start_url".into(), u.into());
@@ -152,40 +241,66 @@ async fn session_command(common: &CommonArgs, command: SessionCommand) -> ExitCo
             if let Some(t) = ttl {
                 body.insert("ttl_seconds".into(), t.into());
             }
-            (client, reqwest::Method::POST, "/api/sessions".to_owned(), Some(Value::Object(body)))
+            (
+                client,
+                reqwest::Method::POST,
+                "/api/sessions".to_owned(),
+                Some(Value::Object(body)),
+            )
         }
-        SessionCommand::List { client } => (client, reqwest::Method::GET, "/api/sessions".to_owned(), None),
-        SessionCommand::Extend { id, seconds, client } => {
-            (client, reqwest::Method::POST, format!("/api/sessions/{id}/extend"), Some(serde_json::json!({ "seconds": seconds })))
-        }
-        SessionCommand::Find { checkout_session_id, client } => {
-            let query = format!("/api/sessions?checkout_session_id={}", form_escape(&checkout_session_id));
+        SessionCommand::List { client } => (
+            client,
+            reqwest::Method::GET,
+            "/api/sessions".to_owned(),
+            None,
+        ),
+        SessionCommand::Extend {
+            id,
+            seconds,
+            client,
+        } => (
+            client,
+            reqwest::Method::POST,
+            format!("/api/sessions/{id}/extend"),
+            Some(serde_json::json!({ "seconds": seconds })),
+        ),
+        SessionCommand::Find {
+            checkout_session_id,
+            client,
+        } => {
+            let query = format!(
+                "/api/sessions?checkout_session_id={}",
+                form_escape(&checkout_session_id)
+            );
             (client, reqwest::Method::GET, query, None)
         }
-        SessionCommand::Revoke { id, client } => (client, reqwest::Method::DELETE, format!("/api/sessions/{id}"), None),
+        SessionCommand::Revoke { id, client } => (
+            client,
+            reqwest::Method::DELETE,
+            format!("/api/sessions/{id}"),
+            None,
+        ),
     };
-    let server = client.server.clone().unwrap_or_else(|| format!("http://{}", client.listen.replace("0.0.0.0", "127.0.0.1")));
-    let token = match client.admin_token.clone() {
-        Some(t) => t,
-        None => match std::fs::read_to_string(secrets::admin_token_path(&common.data_dir)) {
-            Ok(t) => t.trim().to_owned(),
-            Err(e) => {
-                eprintln!(
-                    "livesession: no admin token: set LIVESESSION_ADMIN_TOKEN or run from the server's data directory ({}: {e})",
-                    secrets::admin_token_path(&common.data_dir).display()
-                );
-                return ExitCode::FAILURE;
-            }
-        },
+    let server = client
+        .server
+        .clone()
+        .unwrap_or_else(|| format!("http://{}", client.listen.replace("0.0.0.0", "127.0.0.1")));
+    let Some(token) = admin_token(common, &client) else {
+        return ExitCode::FAILURE;
     };
-    let mut request = reqwest::Client::new().request(method, format!("{}{path}", server.trim_end_matches('/'))).bearer_auth(token);
+    let mut request = reqwest::Client::new()
+        .request(method, format!("{}{path}", server.trim_end_matches('/')))
+        .bearer_auth(token);
     if let Some(body) = body {
         request = request.json(&body);
     }
     let response = match request.send().await {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("livesession: cannot reach the server at {server}: {}", e.without_url());
+            eprintln!(
+                "livesession: cannot reach the server at {server}: {}",
+                e.without_url()
+            );
             return ExitCode::FAILURE;
         }
     };
@@ -195,9 +310,29 @@ async fn session_command(common: &CommonArgs, command: SessionCommand) -> ExitCo
         println!("{}", serde_json::to_string_pretty(&body).expect("json"));
         ExitCode::SUCCESS
     } else {
-        let message = body["error"]["message"].as_str().unwrap_or("unexpected response");
+        let message = body["error"]["message"]
+            .as_str()
+            .unwrap_or("unexpected response");
         eprintln!("livesession: {status}: {message}");
         ExitCode::FAILURE
+    }
+}
+
+/// The admin token: given, or the one the server generated in the data directory.
+fn admin_token(common: &CommonArgs, client: &ClientArgs) -> Option<String> {
+    if let Some(t) = &client.admin_token {
+        return Some(t.clone());
+    }
+    let path = secrets::admin_token_path(&common.data_dir);
+    match std::fs::read_to_string(&path) {
+        Ok(t) => Some(t.trim().to_owned()),
+        Err(e) => {
+            eprintln!(
+                "livesession: no admin token: set LIVESESSION_ADMIN_TOKEN or run from the server's data directory ({}: {e})",
+                path.display()
+            );
+            None
+        }
     }
 }
 

@@ -21,9 +21,20 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Args)]
 pub struct CommonArgs {
     /// Directory for the SQLite database, generated secrets and desktops' private dirs.
-    #[arg(long, env = "LIVESESSION_DATA_DIR", default_value = "./data", global = true)]
+    #[arg(
+        long,
+        env = "LIVESESSION_DATA_DIR",
+        default_value = "./data",
+        global = true
+    )]
     pub data_dir: PathBuf,
-    #[arg(long, env = "LIVESESSION_LOG_FORMAT", value_enum, default_value = "auto", global = true)]
+    #[arg(
+        long,
+        env = "LIVESESSION_LOG_FORMAT",
+        value_enum,
+        default_value = "auto",
+        global = true
+    )]
     pub log_format: LogFormat,
 }
 
@@ -47,7 +58,11 @@ pub struct DesktopArgs {
 
 impl DesktopArgs {
     pub fn tools(&self) -> ToolPaths {
-        ToolPaths { xvnc: self.xvnc.clone(), openbox: self.openbox.clone(), chromium: self.chromium.clone() }
+        ToolPaths {
+            xvnc: self.xvnc.clone(),
+            openbox: self.openbox.clone(),
+            chromium: self.chromium.clone(),
+        }
     }
 
     pub fn start_timeout(&self) -> Duration {
@@ -88,6 +103,33 @@ pub struct ServeConfig {
     /// Longest lifetime the admin API may ask for, in seconds.
     #[arg(long, env = "LIVESESSION_MAX_SESSION_TTL", default_value_t = 7 * 86_400)]
     pub max_session_ttl: u64,
+    /// Lifetime of access tokens, in seconds; browsers refresh them with their refresh cookie.
+    #[arg(long, env = "LIVESESSION_ACCESS_TOKEN_TTL", default_value_t = 900)]
+    pub access_token_ttl: u64,
+    /// WebSocket connections one client address may hold.
+    #[arg(
+        long,
+        env = "LIVESESSION_MAX_CONNECTIONS_PER_IP",
+        default_value_t = 100
+    )]
+    pub max_connections_per_ip: usize,
+    /// WebSocket connections one session may have (control and VNC together).
+    #[arg(
+        long,
+        env = "LIVESESSION_MAX_CONNECTIONS_PER_SESSION",
+        default_value_t = 20
+    )]
+    pub max_connections_per_session: usize,
+    /// Connection attempts (WebSockets, session starts, token refreshes) per second per
+    /// client address, sustained.
+    #[arg(long, env = "LIVESESSION_CONNECT_RATE", default_value_t = 10.0)]
+    pub connect_rate: f64,
+    /// Attempts a client address may make in a burst before the rate applies.
+    #[arg(long, env = "LIVESESSION_CONNECT_BURST", default_value_t = 40.0)]
+    pub connect_burst: f64,
+    /// Seconds without any message from a control-channel client before it is closed (4006).
+    #[arg(long, env = "LIVESESSION_HEARTBEAT_TIMEOUT", default_value_t = 90)]
+    pub heartbeat_timeout: u64,
     /// Desktops that may run at once; further viewers are told the server is at capacity.
     #[arg(long, env = "LIVESESSION_MAX_DESKTOPS", default_value_t = 4)]
     pub max_desktops: usize,
@@ -110,22 +152,46 @@ impl ServeConfig {
 #[derive(Debug, Clone, Args)]
 pub struct StripeArgs {
     /// Stripe secret key (`sk_live_…`/`sk_test_…`). Setting it turns on checkout.
-    #[arg(long = "stripe-secret-key", env = "LIVESESSION_STRIPE_SECRET_KEY", hide_env_values = true)]
+    #[arg(
+        long = "stripe-secret-key",
+        env = "LIVESESSION_STRIPE_SECRET_KEY",
+        hide_env_values = true
+    )]
     pub secret_key: Option<String>,
     /// The webhook endpoint's signing secret (`whsec_…`). Required with the secret key.
-    #[arg(long = "stripe-webhook-secret", env = "LIVESESSION_STRIPE_WEBHOOK_SECRET", hide_env_values = true)]
+    #[arg(
+        long = "stripe-webhook-secret",
+        env = "LIVESESSION_STRIPE_WEBHOOK_SECRET",
+        hide_env_values = true
+    )]
     pub webhook_secret: Option<String>,
-    #[arg(long = "stripe-api-base", env = "LIVESESSION_STRIPE_API_BASE", default_value = "https://api.stripe.com")]
+    #[arg(
+        long = "stripe-api-base",
+        env = "LIVESESSION_STRIPE_API_BASE",
+        default_value = "https://api.stripe.com"
+    )]
     pub api_base: String,
     /// Largest age, in seconds, of a webhook signature's timestamp.
-    #[arg(long = "stripe-webhook-tolerance", env = "LIVESESSION_STRIPE_WEBHOOK_TOLERANCE", default_value_t = 300)]
+    #[arg(
+        long = "stripe-webhook-tolerance",
+        env = "LIVESESSION_STRIPE_WEBHOOK_TOLERANCE",
+        default_value_t = 300
+    )]
     pub webhook_tolerance: u64,
     /// Price of one session, in the currency's smallest unit.
-    #[arg(long = "price-cents", env = "LIVESESSION_PRICE_CENTS", default_value_t = 100)]
+    #[arg(
+        long = "price-cents",
+        env = "LIVESESSION_PRICE_CENTS",
+        default_value_t = 100
+    )]
     pub price_cents: u64,
     #[arg(long, env = "LIVESESSION_CURRENCY", default_value = "usd")]
     pub currency: String,
-    #[arg(long = "product-name", env = "LIVESESSION_PRODUCT_NAME", default_value = "Live browser session (24 hours)")]
+    #[arg(
+        long = "product-name",
+        env = "LIVESESSION_PRODUCT_NAME",
+        default_value = "Live browser session (24 hours)"
+    )]
     pub product_name: String,
 }
 
@@ -141,7 +207,8 @@ impl FromStr for DesktopSize {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let err = || format!("expected WIDTHxHEIGHT such as 1280x720, got {s:?}");
         let (w, h) = s.split_once('x').ok_or_else(err)?;
-        let (width, height): (u16, u16) = (w.parse().map_err(|_| err())?, h.parse().map_err(|_| err())?);
+        let (width, height): (u16, u16) =
+            (w.parse().map_err(|_| err())?, h.parse().map_err(|_| err())?);
         if !(320..=7680).contains(&width) || !(200..=4320).contains(&height) {
             return Err(format!("desktop size {s} is outside 320x200..7680x4320"));
         }
@@ -155,7 +222,13 @@ mod tests {
 
     #[test]
     fn desktop_sizes_parse_and_are_bounded() {
-        assert_eq!("1280x720".parse::<DesktopSize>().unwrap(), DesktopSize { width: 1280, height: 720 });
+        assert_eq!(
+            "1280x720".parse::<DesktopSize>().unwrap(),
+            DesktopSize {
+                width: 1280,
+                height: 720
+            }
+        );
         assert!("1280".parse::<DesktopSize>().is_err());
         assert!("10x10".parse::<DesktopSize>().is_err());
     }

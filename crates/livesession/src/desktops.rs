@@ -63,8 +63,20 @@ pub struct Desktops {
 }
 
 impl Desktops {
-    pub fn new(runtime: Arc<dyn DesktopRuntime>, max: usize, size: DesktopSize, tasks: TaskTracker) -> Arc<Self> {
-        Arc::new(Self { runtime, slots: Mutex::default(), generations: AtomicU64::new(0), max, size, tasks })
+    pub fn new(
+        runtime: Arc<dyn DesktopRuntime>,
+        max: usize,
+        size: DesktopSize,
+        tasks: TaskTracker,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            runtime,
+            slots: Mutex::default(),
+            generations: AtomicU64::new(0),
+            max,
+            size,
+            tasks,
+        })
     }
 
     pub fn runtime(&self) -> &Arc<dyn DesktopRuntime> {
@@ -73,24 +85,40 @@ impl Desktops {
 
     /// Desktops starting or running.
     pub fn live(&self) -> usize {
-        self.slots.lock().unwrap().values().filter(|s| s.status.borrow().is_live()).count()
+        self.slots
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|s| s.status.borrow().is_live())
+            .count()
     }
 
     /// The current status, without starting anything.
     pub fn status(&self, id: &str) -> DesktopStatus {
-        self.slots.lock().unwrap().get(id).map(|s| s.status.borrow().clone()).unwrap_or(DesktopStatus::Stopped)
+        self.slots
+            .lock()
+            .unwrap()
+            .get(id)
+            .map(|s| s.status.borrow().clone())
+            .unwrap_or(DesktopStatus::Stopped)
     }
 
     /// Follows a session's desktop, starting it if it is neither starting nor running
     /// (a failed desktop is started again).
-    pub fn watch(self: &Arc<Self>, session: &Session) -> Result<watch::Receiver<DesktopStatus>, Unavailable> {
+    pub fn watch(
+        self: &Arc<Self>,
+        session: &Session,
+    ) -> Result<watch::Receiver<DesktopStatus>, Unavailable> {
         let mut slots = self.slots.lock().unwrap();
         if let Some(slot) = slots.get(&session.id) {
             if slot.status.borrow().is_live() {
                 return Ok(slot.status.subscribe());
             }
         }
-        let live = slots.values().filter(|s| s.status.borrow().is_live()).count();
+        let live = slots
+            .values()
+            .filter(|s| s.status.borrow().is_live())
+            .count();
         if live >= self.max {
             return Err(Unavailable::AtCapacity(live));
         }
@@ -105,7 +133,13 @@ impl Desktops {
             }
             None => {
                 let (tx, _) = watch::channel(starting);
-                slots.insert(session.id.clone(), Slot { status: tx.clone(), generation });
+                slots.insert(
+                    session.id.clone(),
+                    Slot {
+                        status: tx.clone(),
+                        generation,
+                    },
+                );
                 tx
             }
         };
@@ -121,11 +155,17 @@ impl Desktops {
         // The start runs on its own task: a viewer that goes away mid-start does not
         // cancel it for the others, and shutdown waits for it.
         let this = self.clone();
-        self.tasks.spawn(async move { this.start(spec, status, generation).await });
+        self.tasks
+            .spawn(async move { this.start(spec, status, generation).await });
         Ok(rx)
     }
 
-    async fn start(self: Arc<Self>, spec: DesktopSpec, status: watch::Sender<DesktopStatus>, generation: u64) {
+    async fn start(
+        self: Arc<Self>,
+        spec: DesktopSpec,
+        status: watch::Sender<DesktopStatus>,
+        generation: u64,
+    ) {
         let id = spec.id.clone();
         tracing::info!(session_id = %id, "desktop starting");
         let progress = |piece: Piece| {
@@ -154,7 +194,10 @@ impl Desktops {
     }
 
     /// Waits until the session's desktop is ready, starting it if needed.
-    pub async fn ready(self: &Arc<Self>, session: &Session) -> Result<Arc<DesktopHandle>, Unavailable> {
+    pub async fn ready(
+        self: &Arc<Self>,
+        session: &Session,
+    ) -> Result<Arc<DesktopHandle>, Unavailable> {
         let mut rx = self.watch(session)?;
         loop {
             match rx.borrow_and_update().clone() {

@@ -6,7 +6,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use livesession_desktop::rfb::RfbClient;
-use livesession_desktop::{DesktopRuntime, DesktopSpec, LocalRuntime, LocalRuntimeConfig, toolchain};
+use livesession_desktop::{
+    DesktopRuntime, DesktopSpec, LocalRuntime, LocalRuntimeConfig, toolchain,
+};
 
 use crate::config::DesktopArgs;
 
@@ -31,7 +33,12 @@ pub async fn run(data_dir: &Path, desktop: &DesktopArgs) -> bool {
             )),
             None => {
                 ok = false;
-                say(format!("  MISSING  {:<9} `{}` not found; install it with: {}", check.piece.to_string(), check.binary, check.fix()));
+                say(format!(
+                    "  MISSING  {:<9} `{}` not found; install it with: {}",
+                    check.piece.to_string(),
+                    check.binary,
+                    check.fix()
+                ));
             }
         }
     }
@@ -49,7 +56,10 @@ pub async fn run(data_dir: &Path, desktop: &DesktopArgs) -> bool {
         Ok(()) => say(format!("  ok       {} is writable", data_dir.display())),
         Err(e) => {
             ok = false;
-            say(format!("  FAILED   {} is not writable: {e}", data_dir.display()));
+            say(format!(
+                "  FAILED   {} is not writable: {e}",
+                data_dir.display()
+            ));
         }
     }
 
@@ -77,7 +87,10 @@ fn check_writable(dir: &Path) -> std::io::Result<()> {
 
 async fn throwaway_desktop(data_dir: &Path, args: &DesktopArgs) -> Result<String, String> {
     // A root of its own: the server's desktops (in `desktops/`) are never touched.
-    let root = data_dir.canonicalize().map_err(|e| e.to_string())?.join("doctor");
+    let root = data_dir
+        .canonicalize()
+        .map_err(|e| e.to_string())?
+        .join("doctor");
     let runtime = LocalRuntime::new(LocalRuntimeConfig {
         root: root.clone(),
         tools: args.tools(),
@@ -94,13 +107,23 @@ async fn throwaway_desktop(data_dir: &Path, args: &DesktopArgs) -> Result<String
     say("  starting Xvnc, openbox and Chromium…");
     let started = Instant::now();
     let result = async {
-        let handle = runtime.start(spec, &|piece| say(format!("    {piece}"))).await.map_err(|e| match e.stderr_tail() {
-            Some(tail) => format!("{e}\n    last lines of its stderr:\n      {}", tail.replace('\n', "\n      ")),
-            None => e.to_string(),
-        })?;
+        let handle = runtime
+            .start(spec, &|piece| say(format!("    {piece}")))
+            .await
+            .map_err(|e| match e.stderr_tail() {
+                Some(tail) => format!(
+                    "{e}\n    last lines of its stderr:\n      {}",
+                    tail.replace('\n', "\n      ")
+                ),
+                None => e.to_string(),
+            })?;
         let ready = started.elapsed();
-        let stream = tokio::net::UnixStream::connect(&handle.vnc_socket).await.map_err(|e| format!("VNC socket: {e}"))?;
-        let mut rfb = RfbClient::handshake(stream).await.map_err(|e| format!("RFB handshake: {e}"))?;
+        let stream = tokio::net::UnixStream::connect(&handle.vnc_socket)
+            .await
+            .map_err(|e| format!("VNC socket: {e}"))?;
+        let mut rfb = RfbClient::handshake(stream)
+            .await
+            .map_err(|e| format!("RFB handshake: {e}"))?;
         rfb.request_update(false).await.map_err(|e| e.to_string())?;
         let bytes = tokio::time::timeout(Duration::from_secs(10), rfb.read_update())
             .await

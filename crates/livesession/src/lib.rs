@@ -7,12 +7,14 @@
 
 mod app;
 mod auth;
+pub mod bench;
 pub mod cli;
 pub mod config;
 mod desktops;
 pub mod doctor;
 mod error;
 mod handlers;
+mod limits;
 pub mod logging;
 mod router;
 mod secrets;

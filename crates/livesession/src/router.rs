@@ -7,7 +7,7 @@ use axum::http::header::{CONTENT_SECURITY_POLICY, REFERRER_POLICY, X_CONTENT_TYP
 use axum::routing::{get, post};
 
 use crate::app::AppState;
-use crate::handlers::{checkout, control, health, pages, sessions, stripe, vnc};
+use crate::handlers::{checkout, control, health, pages, sessions, stripe, tokens, vnc};
 use crate::logging;
 
 const STRIPE_WEBHOOK_MAX_BODY: usize = 1 << 20;
@@ -15,9 +15,16 @@ const STRIPE_WEBHOOK_MAX_BODY: usize = 1 << 20;
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/api/info", get(pages::info))
-        .route("/api/sessions", post(sessions::create_session).get(sessions::list_sessions))
-        .route("/api/sessions/{id}", get(sessions::get_session).delete(sessions::revoke_session))
+        .route(
+            "/api/sessions",
+            post(sessions::create_session).get(sessions::list_sessions),
+        )
+        .route(
+            "/api/sessions/{id}",
+            get(sessions::get_session).delete(sessions::revoke_session),
+        )
         .route("/api/sessions/{id}/extend", post(sessions::extend_session))
+        .route("/api/sessions/{id}/token", post(tokens::issue_token))
         .route("/api/checkout", post(checkout::start_checkout))
         .route("/api/checkout/claim", post(checkout::claim_checkout))
         .route("/api/sessions/{id}/vnc", get(vnc::vnc_proxy))
@@ -34,7 +41,9 @@ pub fn router(state: AppState) -> Router {
     let webhook = Router::new()
         .route("/api/stripe/webhook", post(stripe::stripe_webhook))
         .layer(DefaultBodyLimit::max(STRIPE_WEBHOOK_MAX_BODY));
-    let health = Router::new().route("/healthz", get(health::healthz)).route("/readyz", get(health::readyz));
+    let health = Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz));
 
     let max_body = state.config.max_body_bytes;
     api.merge(pages)

@@ -36,13 +36,20 @@ fn read_or_create(path: &Path, make: impl FnOnce() -> String) -> std::io::Result
     match std::fs::read_to_string(path) {
         Ok(s) if !s.trim().is_empty() => return Ok((s.trim().to_owned(), false)),
         Ok(_) => {
-            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{} is empty", path.display())));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{} is empty", path.display()),
+            ));
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
     let value = make();
-    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
     file.write_all(value.as_bytes())?;
     file.write_all(b"\n")?;
     file.sync_all()?;
@@ -51,11 +58,17 @@ fn read_or_create(path: &Path, make: impl FnOnce() -> String) -> std::io::Result
 
 pub fn load_or_create(data_dir: &Path, admin_token: Option<&str>) -> std::io::Result<Secrets> {
     let dir = secrets_dir(data_dir);
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir)?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)?;
     let (key, _) = read_or_create(&dir.join("signing.key"), || random_token(32))?;
-    let signing_key = URL_SAFE_NO_PAD
-        .decode(key.as_bytes())
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "signing.key is not valid base64url"))?;
+    let signing_key = URL_SAFE_NO_PAD.decode(key.as_bytes()).map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "signing.key is not valid base64url",
+        )
+    })?;
     let (admin_token, admin_token_created) = match admin_token {
         Some(t) if !t.trim().is_empty() => (t.trim().to_owned(), None),
         _ => {
@@ -64,7 +77,11 @@ pub fn load_or_create(data_dir: &Path, admin_token: Option<&str>) -> std::io::Re
             (token, created.then_some(path))
         }
     };
-    Ok(Secrets { signing_key, admin_token, admin_token_created })
+    Ok(Secrets {
+        signing_key,
+        admin_token,
+        admin_token_created,
+    })
 }
 
 #[cfg(test)]
@@ -79,7 +96,10 @@ mod tests {
         assert_eq!(first.signing_key.len(), 32);
         assert!(first.admin_token_created.is_some());
         for name in ["signing.key", "admin.token"] {
-            let mode = std::fs::metadata(secrets_dir(dir.path()).join(name)).unwrap().permissions().mode();
+            let mode = std::fs::metadata(secrets_dir(dir.path()).join(name))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600, "{name}");
         }
         let second = load_or_create(dir.path(), None).unwrap();

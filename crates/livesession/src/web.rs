@@ -22,14 +22,25 @@ pub fn asset(path: &str, headers: &HeaderMap) -> Response {
     let Some(file) = Assets::get(path) else {
         return (StatusCode::NOT_FOUND, "not found").into_response();
     };
-    let etag = format!("\"{}\"", file.metadata.sha256_hash().iter().take(16).map(|b| format!("{b:02x}")).collect::<String>());
+    let etag = format!(
+        "\"{}\"",
+        file.metadata
+            .sha256_hash()
+            .iter()
+            .take(16)
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    );
     if headers.get(IF_NONE_MATCH).and_then(|v| v.to_str().ok()) == Some(etag.as_str()) {
         return StatusCode::NOT_MODIFIED.into_response();
     }
     let mime = file.metadata.mimetype();
     let mut response = Response::new(Body::from(file.data.into_owned()));
     let h = response.headers_mut();
-    h.insert(CONTENT_TYPE, HeaderValue::from_str(mime).unwrap_or(HeaderValue::from_static("application/octet-stream")));
+    h.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_str(mime).unwrap_or(HeaderValue::from_static("application/octet-stream")),
+    );
     h.insert(ETAG, HeaderValue::from_str(&etag).expect("hex"));
     h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     response

@@ -10,16 +10,18 @@
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use axum::http::HeaderMap;
 use axum::http::header::{HOST, ORIGIN};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::extract::ws::WebSocketUpgrade;
 use axum::response::Response;
-use tracing::Instrument;
 use livesession_session::{EndSignal, Session, SessionEnd};
 use time::OffsetDateTime;
+use tracing::Instrument;
 
 use crate::app::App;
-use crate::auth::{AccessClaims, TokenError, find_access_token};
+use crate::auth::{AccessClaims, TokenError, TokenKind, find_access_token};
+use crate::limits::ConnectionSlot;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u16)]
@@ -70,7 +72,10 @@ pub struct Close {
 
 impl Close {
     pub fn new(code: CloseCode, reason: impl Into<String>) -> Self {
-        Self { code, reason: reason.into() }
+        Self {
+            code,
+            reason: reason.into(),
+        }
     }
 
     pub fn ended(end: SessionEnd) -> Self {
@@ -85,7 +90,10 @@ impl Close {
     }
 
     pub fn frame(&self) -> Message {
-        Message::Close(Some(CloseFrame { code: self.code.code(), reason: truncate_reason(&self.reason).into() }))
+        Message::Close(Some(CloseFrame {
+            code: self.code.code(),
+            reason: truncate_reason(&self.reason).into(),
+        }))
     }
 }
 
@@ -116,7 +124,14 @@ pub async fn close(mut socket: WebSocket, close: Close) {
 /// Completes the upgrade and runs `serve` for an authorized connection, or closes a
 /// refused one with its code and reason. Either way the connection is counted, logged
 /// with its session and connection ids, and waited for at shutdown.
-pub fn accept<F, Fut>(app: Arc<App>, upgrade: WebSocketUpgrade, kind: &'static str, session_id: &str, decision: Result<Authorized, Close>, serve: F) -> Response
+pub fn accept<F, Fut>(
+    app: Arc<App>,
+    upgrade: WebSocketUpgrade,
+    kind: &'static str,
+    session_id: &str,
+    decision: Result<Authorized, Close>,
+    serve: F,
+) -> Response
 where
     F: FnOnce(Arc<App>, Authorized, WebSocket) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
@@ -145,30 +160,54 @@ pub struct Authorized {
     pub claims: AccessClaims,
     /// Subscribed before the session's state was read, so no end can slip between.
     pub end: EndSignal,
+    /// This connection's place under the per-address and per-session caps.
+    pub _slot: ConnectionSlot,
 }
 
 /// Decides whether a WebSocket request for `session_id` may proceed. Touches the token,
 /// the Origin and the store, never the desktop.
-pub async fn authorize(app: &App, session_id: &str, headers: &HeaderMap, query_token: Option<&str>) -> Result<Authorized, Close> {
+pub async fn authorize(
+    app: &App,
+    peer: IpAddr,
+    session_id: &str,
+    headers: &HeaderMap,
+    query_token: Option<&str>,
+) -> Result<Authorized, Close> {
     if app.shutdown.is_cancelled() {
         return Err(Close::shutting_down());
     }
+    app.limits
+        .attempt(peer)
+        .map_err(|refused| Close::new(CloseCode::RateLimited, refused.to_string()))?;
     if let Some(origin) = headers.get(ORIGIN).and_then(|o| o.to_str().ok()) {
         let host = headers.get(HOST).and_then(|h| h.to_str().ok());
         if !app.origin_allowed(origin, host) {
-            return Err(Close::new(CloseCode::OriginForbidden, "this page's origin may not connect"));
+            return Err(Close::new(
+                CloseCode::OriginForbidden,
+                "this page's origin may not connect",
+            ));
         }
     }
     let Some((token, _source)) = find_access_token(headers, query_token, session_id) else {
-        return Err(Close::new(CloseCode::AuthRequired, "an access token is required"));
+        return Err(Close::new(
+            CloseCode::AuthRequired,
+            "an access token is required",
+        ));
     };
-    let claims = match app.tokens.verify(&token) {
+    let claims = match app.tokens.verify(&token, TokenKind::Access) {
         Ok(c) => c,
-        Err(TokenError::Expired) => return Err(Close::new(CloseCode::TokenExpired, "access token expired")),
-        Err(TokenError::Invalid) => return Err(Close::new(CloseCode::TokenInvalid, "access token invalid")),
+        Err(TokenError::Expired) => {
+            return Err(Close::new(CloseCode::TokenExpired, "access token expired"));
+        }
+        Err(TokenError::Invalid) => {
+            return Err(Close::new(CloseCode::TokenInvalid, "access token invalid"));
+        }
     };
     if claims.sid != session_id {
-        return Err(Close::new(CloseCode::TokenInvalid, "access token is for another session"));
+        return Err(Close::new(
+            CloseCode::TokenInvalid,
+            "access token is for another session",
+        ));
     }
     let end = app.sessions.subscribe(session_id);
     let session = match app.sessions.get(session_id).await {
@@ -176,13 +215,31 @@ pub async fn authorize(app: &App, session_id: &str, headers: &HeaderMap, query_t
         Ok(None) => return Err(Close::new(CloseCode::SessionNotFound, "session not found")),
         Err(e) => {
             tracing::error!(session_id, error = %e, "session store failed during a WebSocket access check");
-            return Err(Close::new(CloseCode::DesktopUnavailable, "session store unavailable; retry later"));
+            return Err(Close::new(
+                CloseCode::DesktopUnavailable,
+                "session store unavailable; retry later",
+            ));
         }
     };
     if let Some(ended) = session.end_at(OffsetDateTime::now_utc()) {
         return Err(Close::ended(ended));
     }
-    Ok(Authorized { session, claims, end })
+    if session.state == livesession_session::SessionState::Pending {
+        return Err(Close::new(
+            CloseCode::SessionNotFound,
+            "session not found (payment not confirmed)",
+        ));
+    }
+    let slot = app
+        .limits
+        .acquire(peer, session_id)
+        .map_err(|refused| Close::new(CloseCode::RateLimited, refused.to_string()))?;
+    Ok(Authorized {
+        session,
+        claims,
+        end,
+        _slot: slot,
+    })
 }
 
 #[cfg(test)]
@@ -201,9 +258,17 @@ mod tests {
     #[test]
     fn codes_are_distinct_and_in_the_4000_range() {
         let all = [
-            CloseCode::AuthRequired, CloseCode::TokenInvalid, CloseCode::TokenExpired, CloseCode::OriginForbidden,
-            CloseCode::SessionNotFound, CloseCode::HeartbeatTimeout, CloseCode::SessionExpired, CloseCode::SessionRevoked,
-            CloseCode::RateLimited, CloseCode::DesktopUnavailable, CloseCode::ShuttingDown,
+            CloseCode::AuthRequired,
+            CloseCode::TokenInvalid,
+            CloseCode::TokenExpired,
+            CloseCode::OriginForbidden,
+            CloseCode::SessionNotFound,
+            CloseCode::HeartbeatTimeout,
+            CloseCode::SessionExpired,
+            CloseCode::SessionRevoked,
+            CloseCode::RateLimited,
+            CloseCode::DesktopUnavailable,
+            CloseCode::ShuttingDown,
         ];
         let mut codes: Vec<u16> = all.iter().map(|c| c.code()).collect();
         codes.dedup();

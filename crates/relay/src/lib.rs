@@ -40,7 +40,10 @@ pub struct PumpConfig {
 
 impl Default for PumpConfig {
     fn default() -> Self {
-        Self { read_chunk: 64 * 1024, ping_interval: Duration::from_secs(30) }
+        Self {
+            read_chunk: 64 * 1024,
+            ping_interval: Duration::from_secs(30),
+        }
     }
 }
 
@@ -129,7 +132,13 @@ where
         end = to_upstream => end,
         value = stop => PumpEnd::Stopped(value),
     };
-    (end, Transferred { to_client: to_client_bytes, to_upstream: to_upstream_bytes })
+    (
+        end,
+        Transferred {
+            to_client: to_client_bytes,
+            to_upstream: to_upstream_bytes,
+        },
+    )
 }
 
 #[cfg(test)]
@@ -141,7 +150,14 @@ mod tests {
 
     type WsRx = mpsc::Receiver<Result<Inbound, Infallible>>;
 
-    fn ws(capacity: usize) -> (mpsc::Sender<Outbound>, mpsc::Receiver<Outbound>, mpsc::Sender<Result<Inbound, Infallible>>, WsRx) {
+    fn ws(
+        capacity: usize,
+    ) -> (
+        mpsc::Sender<Outbound>,
+        mpsc::Receiver<Outbound>,
+        mpsc::Sender<Result<Inbound, Infallible>>,
+        WsRx,
+    ) {
         let (out_tx, out_rx) = mpsc::channel(capacity);
         let (in_tx, in_rx) = mpsc::channel(capacity);
         (out_tx, out_rx, in_tx, in_rx)
@@ -159,11 +175,27 @@ mod tests {
             // dropping `theirs` closes the upstream
         });
         in_tx.send(Ok(Inbound::Ignored)).await.unwrap();
-        in_tx.send(Ok(Inbound::Data(Bytes::from_static(b"hello desktop")))).await.unwrap();
-        let (end, moved) = pump(ours, &mut out_tx, &mut in_rx, &PumpConfig::default(), std::future::pending::<()>()).await;
+        in_tx
+            .send(Ok(Inbound::Data(Bytes::from_static(b"hello desktop"))))
+            .await
+            .unwrap();
+        let (end, moved) = pump(
+            ours,
+            &mut out_tx,
+            &mut in_rx,
+            &PumpConfig::default(),
+            std::future::pending::<()>(),
+        )
+        .await;
         peer.await.unwrap();
         assert!(matches!(end, PumpEnd::UpstreamClosed), "{end:?}");
-        assert_eq!(moved, Transferred { to_client: 12, to_upstream: 13 });
+        assert_eq!(
+            moved,
+            Transferred {
+                to_client: 12,
+                to_upstream: 13
+            }
+        );
         drop(out_tx);
         let mut received = Vec::new();
         while let Some(Outbound::Data(d)) = out_rx.next().await {
@@ -178,7 +210,10 @@ mod tests {
         let (mut out_tx, _out_rx, _in_tx, mut in_rx) = ws(8);
         let stop = async { (4008u16, "session revoked") };
         let (end, _) = pump(ours, &mut out_tx, &mut in_rx, &PumpConfig::default(), stop).await;
-        assert!(matches!(end, PumpEnd::Stopped((4008, "session revoked"))), "{end:?}");
+        assert!(
+            matches!(end, PumpEnd::Stopped((4008, "session revoked"))),
+            "{end:?}"
+        );
     }
 
     #[tokio::test]
@@ -186,7 +221,14 @@ mod tests {
         let (ours, _theirs) = duplex(1024);
         let (mut out_tx, _out_rx, mut in_tx, mut in_rx) = ws(8);
         in_tx.send(Ok(Inbound::Close)).await.unwrap();
-        let (end, _) = pump(ours, &mut out_tx, &mut in_rx, &PumpConfig::default(), std::future::pending::<()>()).await;
+        let (end, _) = pump(
+            ours,
+            &mut out_tx,
+            &mut in_rx,
+            &PumpConfig::default(),
+            std::future::pending::<()>(),
+        )
+        .await;
         assert!(matches!(end, PumpEnd::ClientClosed), "{end:?}");
     }
 
@@ -195,9 +237,19 @@ mod tests {
         let (ours, mut theirs) = duplex(64 * 1024);
         // A WebSocket that accepts one message and is never read again.
         let (mut out_tx, _out_rx, _in_tx, mut in_rx) = ws(0);
-        let config = PumpConfig { read_chunk: 16 * 1024, ping_interval: Duration::from_secs(3600) };
+        let config = PumpConfig {
+            read_chunk: 16 * 1024,
+            ping_interval: Duration::from_secs(3600),
+        };
         let relay = tokio::spawn(async move {
-            pump(ours, &mut out_tx, &mut in_rx, &config, std::future::pending::<()>()).await
+            pump(
+                ours,
+                &mut out_tx,
+                &mut in_rx,
+                &config,
+                std::future::pending::<()>(),
+            )
+            .await
         });
         let chunk = vec![7u8; 16 * 1024];
         let mut written = 0usize;
@@ -209,7 +261,10 @@ mod tests {
         };
         // The upstream writer blocks once the relay and the pipe hold what they can.
         let _ = tokio::time::timeout(Duration::from_millis(500), writer).await;
-        assert!(written <= 64 * 1024 + 4 * 16 * 1024, "buffered {written} bytes for a stalled client");
+        assert!(
+            written <= 64 * 1024 + 4 * 16 * 1024,
+            "buffered {written} bytes for a stalled client"
+        );
         relay.abort();
     }
 }

@@ -59,7 +59,8 @@ impl Sessions {
         // Millisecond precision, as the store keeps it: what a call returns equals what a
         // later read returns.
         let now = OffsetDateTime::now_utc();
-        now.replace_millisecond(now.millisecond()).expect("valid millisecond")
+        now.replace_millisecond(now.millisecond())
+            .expect("valid millisecond")
     }
 
     /// Creates an active session (free mode, admin API).
@@ -88,7 +89,12 @@ impl Sessions {
 
     /// Records the pending session of a checkout the server started. Its lifetime starts
     /// when the payment is confirmed ([`Sessions::activate_checkout`]).
-    pub async fn create_pending(&self, id: String, checkout_session_id: String, start_url: String) -> Result<Session, StoreError> {
+    pub async fn create_pending(
+        &self,
+        id: String,
+        checkout_session_id: String,
+        start_url: String,
+    ) -> Result<Session, StoreError> {
         let now = Self::now();
         let session = Session {
             id,
@@ -112,7 +118,13 @@ impl Sessions {
     /// A paid checkout: activates its session (creating it if the server did not start
     /// the checkout). Returns the session if this call activated it; `None` if an earlier
     /// delivery already did, or the session has ended.
-    pub async fn activate_checkout(&self, checkout_session_id: &str, payment_intent: Option<&str>, start_url: &str, ttl: time::Duration) -> Result<Option<Session>, StoreError> {
+    pub async fn activate_checkout(
+        &self,
+        checkout_session_id: &str,
+        payment_intent: Option<&str>,
+        start_url: &str,
+        ttl: time::Duration,
+    ) -> Result<Option<Session>, StoreError> {
         let now = Self::now();
         let activation = CheckoutActivation {
             new_id: new_session_id(),
@@ -131,8 +143,14 @@ impl Sessions {
     }
 
     /// Moves an active session's deadline `by` later. `None` if it is not active.
-    pub async fn extend(&self, id: &str, by: time::Duration) -> Result<Option<Session>, StoreError> {
-        let Some(session) = self.get(id).await? else { return Ok(None) };
+    pub async fn extend(
+        &self,
+        id: &str,
+        by: time::Duration,
+    ) -> Result<Option<Session>, StoreError> {
+        let Some(session) = self.get(id).await? else {
+            return Ok(None);
+        };
         if session.state != SessionState::Active {
             return Ok(None);
         }
@@ -150,8 +168,13 @@ impl Sessions {
         let Some(session) = self.store.get_session(id).await? else {
             return Ok(None);
         };
-        if session.state == SessionState::Active && session.end_at(OffsetDateTime::now_utc()).is_some() {
-            return Ok(self.end(id, SessionEnd::Expired, "time to live elapsed").await?.or(Some(session)));
+        if session.state == SessionState::Active
+            && session.end_at(OffsetDateTime::now_utc()).is_some()
+        {
+            return Ok(self
+                .end(id, SessionEnd::Expired, "time to live elapsed")
+                .await?
+                .or(Some(session)));
         }
         Ok(Some(session))
     }
@@ -162,8 +185,16 @@ impl Sessions {
 
     /// Records the end and signals it to every subscriber. Returns `None` if the session
     /// was unknown or had already ended (the first end wins).
-    async fn end(&self, id: &str, end: SessionEnd, reason: &str) -> Result<Option<Session>, StoreError> {
-        let ended = self.store.end_session(id, end, reason, OffsetDateTime::now_utc()).await?;
+    async fn end(
+        &self,
+        id: &str,
+        end: SessionEnd,
+        reason: &str,
+    ) -> Result<Option<Session>, StoreError> {
+        let ended = self
+            .store
+            .end_session(id, end, reason, OffsetDateTime::now_utc())
+            .await?;
         if ended.is_some() {
             self.signal(id, end);
             tracing::info!(session_id = %id, end = ?end, reason, "session ended");
@@ -184,7 +215,10 @@ impl Sessions {
         let mut signals = self.signals.lock().unwrap();
         // Drop senders nobody listens to any more (connections that closed).
         signals.retain(|_, tx| tx.receiver_count() > 0);
-        let rx = signals.entry(id.to_owned()).or_insert_with(|| watch::channel(None).0).subscribe();
+        let rx = signals
+            .entry(id.to_owned())
+            .or_insert_with(|| watch::channel(None).0)
+            .subscribe();
         EndSignal(rx)
     }
 
@@ -195,37 +229,61 @@ impl Sessions {
 
     /// Number of sessions with at least one live subscriber.
     pub fn subscribed_sessions(&self) -> usize {
-        self.signals.lock().unwrap().values().filter(|tx| tx.receiver_count() > 0).count()
+        self.signals
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|tx| tx.receiver_count() > 0)
+            .count()
     }
 
     fn schedule(&self, session: &Session) {
-        self.deadlines.lock().unwrap().push(Reverse((session.expires_at, session.id.clone())));
+        self.deadlines
+            .lock()
+            .unwrap()
+            .push(Reverse((session.expires_at, session.id.clone())));
         self.deadline_added.notify_one();
     }
 
     /// Expires sessions at their deadline, from the next deadline rather than a periodic
     /// sweep. Sessions that expired while the server was down are expired at once.
     /// Runs until `shutdown` resolves.
-    pub async fn run_expiry(self: Arc<Self>, shutdown: impl Future<Output = ()>) -> Result<(), StoreError> {
+    pub async fn run_expiry(
+        self: Arc<Self>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), StoreError> {
         for session in self.store.list_active_sessions().await? {
             self.schedule(&session);
         }
         tokio::pin!(shutdown);
         loop {
-            let next = self.deadlines.lock().unwrap().peek().map(|Reverse((at, _))| *at);
+            let next = self
+                .deadlines
+                .lock()
+                .unwrap()
+                .peek()
+                .map(|Reverse((at, _))| *at);
             let now = OffsetDateTime::now_utc();
             match next {
                 Some(at) if at <= now => {
                     // An extended session's old deadline is still in the heap: the store
                     // refuses an expiry before the current deadline, so it is a no-op.
                     let Reverse((_, id)) = self.deadlines.lock().unwrap().pop().expect("peeked");
-                    if let Err(e) = self.end(&id, SessionEnd::Expired, "time to live elapsed").await {
+                    if let Err(e) = self
+                        .end(&id, SessionEnd::Expired, "time to live elapsed")
+                        .await
+                    {
                         tracing::error!(session_id = %id, error = %e, "could not expire session; retrying in 1 s");
-                        self.deadlines.lock().unwrap().push(Reverse((now + time::Duration::seconds(1), id)));
+                        self.deadlines
+                            .lock()
+                            .unwrap()
+                            .push(Reverse((now + time::Duration::seconds(1), id)));
                     }
                 }
                 _ => {
-                    let wait = next.map(|at| (at - now).unsigned_abs()).unwrap_or(std::time::Duration::from_secs(3600));
+                    let wait = next
+                        .map(|at| (at - now).unsigned_abs())
+                        .unwrap_or(std::time::Duration::from_secs(3600));
                     tokio::select! {
                         _ = &mut shutdown => return Ok(()),
                         _ = self.deadline_added.notified() => {}
@@ -251,7 +309,11 @@ mod tests {
     }
 
     fn new_session(ttl_ms: i64) -> NewSession {
-        NewSession { source: SessionSource::Api, start_url: "about:blank".into(), ttl: time::Duration::milliseconds(ttl_ms) }
+        NewSession {
+            source: SessionSource::Api,
+            start_url: "about:blank".into(),
+            ttl: time::Duration::milliseconds(ttl_ms),
+        }
     }
 
     #[tokio::test]
@@ -266,7 +328,10 @@ mod tests {
         assert_eq!(revoked.state, SessionState::Revoked);
         assert_eq!(a.ended().await, SessionEnd::Revoked);
         assert_eq!(b.ended().await, SessionEnd::Revoked);
-        assert_eq!(events.recv().await.unwrap(), (s.id.clone(), SessionEnd::Revoked));
+        assert_eq!(
+            events.recv().await.unwrap(),
+            (s.id.clone(), SessionEnd::Revoked)
+        );
         // A second revoke is a no-op.
         assert!(sessions.revoke(&s.id, "again").await.unwrap().is_none());
     }
@@ -278,7 +343,9 @@ mod tests {
         let runner = tokio::spawn(sessions.clone().run_expiry(shutdown.1));
         let s = sessions.create(new_session(300)).await.unwrap();
         let mut signal = sessions.subscribe(&s.id);
-        let end = tokio::time::timeout(Duration::from_secs(3), signal.ended()).await.expect("expired in time");
+        let end = tokio::time::timeout(Duration::from_secs(3), signal.ended())
+            .await
+            .expect("expired in time");
         assert_eq!(end, SessionEnd::Expired);
         let stored = sessions.store().get_session(&s.id).await.unwrap().unwrap();
         assert_eq!(stored.state, SessionState::Expired);
@@ -292,12 +359,30 @@ mod tests {
         let (stop, shutdown) = tokio_util_free_shutdown();
         let runner = tokio::spawn(sessions.clone().run_expiry(shutdown));
         let s = sessions.create(new_session(300)).await.unwrap();
-        let extended = sessions.extend(&s.id, time::Duration::milliseconds(700)).await.unwrap().unwrap();
-        assert_eq!(extended.expires_at, s.expires_at + time::Duration::milliseconds(700));
+        let extended = sessions
+            .extend(&s.id, time::Duration::milliseconds(700))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            extended.expires_at,
+            s.expires_at + time::Duration::milliseconds(700)
+        );
         let mut signal = sessions.subscribe(&s.id);
         tokio::time::sleep(Duration::from_millis(500)).await;
-        assert_eq!(sessions.store().get_session(&s.id).await.unwrap().unwrap().state, SessionState::Active);
-        let end = tokio::time::timeout(Duration::from_secs(3), signal.ended()).await.expect("expired at the new deadline");
+        assert_eq!(
+            sessions
+                .store()
+                .get_session(&s.id)
+                .await
+                .unwrap()
+                .unwrap()
+                .state,
+            SessionState::Active
+        );
+        let end = tokio::time::timeout(Duration::from_secs(3), signal.ended())
+            .await
+            .expect("expired at the new deadline");
         assert_eq!(end, SessionEnd::Expired);
         let _ = stop.send(());
         runner.await.unwrap().unwrap();
@@ -308,7 +393,10 @@ mod tests {
         let (_dir, sessions) = sessions().await;
         let s = sessions.create(new_session(1)).await.unwrap();
         tokio::time::sleep(Duration::from_millis(20)).await;
-        assert_eq!(sessions.get(&s.id).await.unwrap().unwrap().state, SessionState::Expired);
+        assert_eq!(
+            sessions.get(&s.id).await.unwrap().unwrap().state,
+            SessionState::Expired
+        );
     }
 
     fn tokio_util_free_shutdown() -> (tokio::sync::oneshot::Sender<()>, impl Future<Output = ()>) {

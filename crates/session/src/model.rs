@@ -163,7 +163,10 @@ mod tests {
             claimed_at: None,
         };
         assert_eq!(s.end_at(now), None);
-        assert_eq!(s.end_at(now + time::Duration::seconds(10)), Some(SessionEnd::Expired));
+        assert_eq!(
+            s.end_at(now + time::Duration::seconds(10)),
+            Some(SessionEnd::Expired)
+        );
         s.state = SessionState::Revoked;
         assert_eq!(s.end_at(now), Some(SessionEnd::Revoked));
     }

@@ -27,7 +27,9 @@ pub use process::group_members;
 use process::{PieceProcess, stop_group};
 
 use crate::toolchain::{self, ToolCheck, ToolPaths};
-use crate::{DesktopError, DesktopHandle, DesktopRuntime, DesktopSpec, Piece, Progress, devtools, rfb};
+use crate::{
+    DesktopError, DesktopHandle, DesktopRuntime, DesktopSpec, Piece, Progress, devtools, rfb,
+};
 
 #[derive(Debug, Clone)]
 pub struct LocalRuntimeConfig {
@@ -58,24 +60,38 @@ impl LocalRuntime {
     /// Creates the runtime and stops whatever desktops a previous run of the server left
     /// behind (a crash, a SIGKILL): their directories name their process groups.
     pub fn new(config: LocalRuntimeConfig) -> std::io::Result<Self> {
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&config.root)?;
-        let runtime = Self { config, desktops: Mutex::default() };
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&config.root)?;
+        let runtime = Self {
+            config,
+            desktops: Mutex::default(),
+        };
         runtime.reap_stale();
         Ok(runtime)
     }
 
     fn reap_stale(&self) {
-        let Ok(entries) = std::fs::read_dir(&self.config.root) else { return };
+        let Ok(entries) = std::fs::read_dir(&self.config.root) else {
+            return;
+        };
         for entry in entries.flatten() {
             let dir = entry.path();
-            if let Some(pgid) = std::fs::read_to_string(dir.join("desktop.pgid")).ok().and_then(|s| s.trim().parse::<i32>().ok()) {
+            if let Some(pgid) = std::fs::read_to_string(dir.join("desktop.pgid"))
+                .ok()
+                .and_then(|s| s.trim().parse::<i32>().ok())
+            {
                 // Only kill the group if its leader still is our Xvnc for this directory:
                 // the pid may have been reused by an unrelated process since.
                 let cmdline = std::fs::read(format!("/proc/{pgid}/cmdline")).unwrap_or_default();
                 let ours = String::from_utf8_lossy(&cmdline).contains(&*dir.to_string_lossy());
                 if ours {
                     tracing::warn!(pgid, dir = %dir.display(), "stopping a desktop left by a previous run");
-                    let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), nix::sys::signal::Signal::SIGKILL);
+                    let _ = nix::sys::signal::killpg(
+                        nix::unistd::Pid::from_raw(pgid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
                 }
             }
             let _ = std::fs::remove_dir_all(&dir);
@@ -84,18 +100,33 @@ impl LocalRuntime {
 
     fn desktop_dir(&self, id: &str) -> Result<PathBuf, DesktopError> {
         // The id names a directory: allow nothing that could walk out of the root.
-        if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        if id.is_empty()
+            || !id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
             return Err(DesktopError::Setup(format!("invalid desktop id {id:?}")));
         }
         Ok(self.config.root.join(id))
     }
 
-    async fn launch(&self, spec: &DesktopSpec, dir: &Path, progress: Progress<'_>) -> Result<(LocalDesktop, DesktopHandle), DesktopError> {
+    async fn launch(
+        &self,
+        spec: &DesktopSpec,
+        dir: &Path,
+        progress: Progress<'_>,
+    ) -> Result<(LocalDesktop, DesktopHandle), DesktopError> {
         let setup = |what: &str, e: std::io::Error| DesktopError::Setup(format!("{what}: {e}"));
         if dir.exists() {
-            std::fs::remove_dir_all(dir).map_err(|e| setup("cannot clear the desktop directory", e))?;
+            std::fs::remove_dir_all(dir)
+                .map_err(|e| setup("cannot clear the desktop directory", e))?;
         }
-        let mkdir = |p: &Path| std::fs::DirBuilder::new().recursive(true).mode(0o700).create(p);
+        let mkdir = |p: &Path| {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(p)
+        };
         for sub in ["profile", "home", "run", "logs"] {
             mkdir(&dir.join(sub)).map_err(|e| setup("cannot create the desktop directory", e))?;
         }
@@ -108,7 +139,11 @@ impl LocalRuntime {
         }
         let deadline = Instant::now() + self.config.start_timeout;
         let tools = &self.config.tools;
-        let mut desktop = LocalDesktop { dir: dir.to_owned(), pgid: 0, processes: Vec::new() };
+        let mut desktop = LocalDesktop {
+            dir: dir.to_owned(),
+            pgid: 0,
+            processes: Vec::new(),
+        };
 
         // 1. Xvnc. `-displayfd 1` makes the X server pick a free display itself and print
         //    its number when ready, so concurrent desktops never collide. `-rfbport -1`
@@ -116,25 +151,63 @@ impl LocalRuntime {
         progress(Piece::Xvnc);
         let geometry = format!("{}x{}", spec.width, spec.height);
         let xvnc_args: Vec<String> = [
-            "-displayfd", "1", "-rfbunixpath", &socket.to_string_lossy(), "-rfbunixmode", "0600",
-            "-rfbport", "-1", "-SecurityTypes", "None", "-geometry", &geometry, "-depth", "24",
-            "-nolisten", "tcp", "-AlwaysShared", "-desktop", "livesession",
+            "-displayfd",
+            "1",
+            "-rfbunixpath",
+            &socket.to_string_lossy(),
+            "-rfbunixmode",
+            "0600",
+            "-rfbport",
+            "-1",
+            "-SecurityTypes",
+            "None",
+            "-geometry",
+            &geometry,
+            "-depth",
+            "24",
+            "-nolisten",
+            "tcp",
+            "-AlwaysShared",
+            "-desktop",
+            "livesession",
         ]
         .iter()
         .map(|s| s.to_string())
         .collect();
         let env_base = vec![
             ("HOME", dir.join("home").to_string_lossy().into_owned()),
-            ("XDG_RUNTIME_DIR", dir.join("run").to_string_lossy().into_owned()),
+            (
+                "XDG_RUNTIME_DIR",
+                dir.join("run").to_string_lossy().into_owned(),
+            ),
             ("LANG", "C.UTF-8".to_owned()),
         ];
-        let mut xvnc = PieceProcess::spawn(Piece::Xvnc, &tools.xvnc, &xvnc_args, &env_base, dir.join("logs/xvnc.log"), 0, Stdio::piped())?;
+        let mut xvnc = PieceProcess::spawn(
+            Piece::Xvnc,
+            &tools.xvnc,
+            &xvnc_args,
+            &env_base,
+            dir.join("logs/xvnc.log"),
+            0,
+            Stdio::piped(),
+        )?;
         desktop.pgid = xvnc.pid();
         let stdout = xvnc.child.stdout.take().expect("stdout is piped");
         desktop.processes.push(xvnc);
-        std::fs::write(dir.join("desktop.pgid"), desktop.pgid.to_string()).map_err(|e| setup("cannot write desktop.pgid", e))?;
+        std::fs::write(dir.join("desktop.pgid"), desktop.pgid.to_string())
+            .map_err(|e| setup("cannot write desktop.pgid", e))?;
 
-        let result = self.bring_up(spec, &mut desktop, stdout, &socket, env_base, deadline, progress).await;
+        let result = self
+            .bring_up(
+                spec,
+                &mut desktop,
+                stdout,
+                &socket,
+                env_base,
+                deadline,
+                progress,
+            )
+            .await;
         match result {
             Ok(handle) => Ok((desktop, handle)),
             Err(e) => {
@@ -160,22 +233,36 @@ impl LocalRuntime {
         let timeout = |piece: Piece, what: &str| DesktopError::PieceFailed {
             piece,
             reason: format!("{what} within {:?}", self.config.start_timeout),
-            stderr_tail: process::tail_of(&dir.join("logs").join(format!("{}.log", piece.step())), 20),
+            stderr_tail: process::tail_of(
+                &dir.join("logs").join(format!("{}.log", piece.step())),
+                20,
+            ),
         };
 
         let mut line = String::new();
-        let read = tokio::time::timeout_at(deadline, BufReader::new(xvnc_stdout).read_line(&mut line)).await;
+        let read =
+            tokio::time::timeout_at(deadline, BufReader::new(xvnc_stdout).read_line(&mut line))
+                .await;
         let display: u32 = match read {
-            Ok(Ok(n)) if n > 0 => line.trim().parse().map_err(|_| desktop.processes[0].failed(format!("printed {line:?} instead of a display number")))?,
+            Ok(Ok(n)) if n > 0 => line.trim().parse().map_err(|_| {
+                desktop.processes[0].failed(format!("printed {line:?} instead of a display number"))
+            })?,
             Ok(_) => {
                 tokio::time::sleep(Duration::from_millis(50)).await;
-                return Err(desktop.processes[0].check_running().unwrap_or_else(|| desktop.processes[0].failed("closed its output without naming a display".into())));
+                return Err(desktop.processes[0].check_running().unwrap_or_else(|| {
+                    desktop.processes[0].failed("closed its output without naming a display".into())
+                }));
             }
             Err(_) => return Err(timeout(Piece::Xvnc, "did not open a display")),
         };
         loop {
-            if let Ok(Ok(mut s)) = tokio::time::timeout(Duration::from_secs(2), UnixStream::connect(socket)).await {
-                if tokio::time::timeout(Duration::from_secs(2), rfb::read_greeting(&mut s)).await.is_ok_and(|r| r.is_ok()) {
+            if let Ok(Ok(mut s)) =
+                tokio::time::timeout(Duration::from_secs(2), UnixStream::connect(socket)).await
+            {
+                if tokio::time::timeout(Duration::from_secs(2), rfb::read_greeting(&mut s))
+                    .await
+                    .is_ok_and(|r| r.is_ok())
+                {
                     break;
                 }
             }
@@ -183,7 +270,10 @@ impl LocalRuntime {
                 return Err(e);
             }
             if Instant::now() >= deadline {
-                return Err(timeout(Piece::Xvnc, "VNC socket did not answer an RFB handshake"));
+                return Err(timeout(
+                    Piece::Xvnc,
+                    "VNC socket did not answer an RFB handshake",
+                ));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -191,7 +281,15 @@ impl LocalRuntime {
         // 2. openbox on that display.
         progress(Piece::Openbox);
         env.push(("DISPLAY", format!(":{display}")));
-        let openbox = PieceProcess::spawn(Piece::Openbox, &tools.openbox, &["--sm-disable".into()], &env, dir.join("logs/openbox.log"), desktop.pgid, Stdio::null())?;
+        let openbox = PieceProcess::spawn(
+            Piece::Openbox,
+            &tools.openbox,
+            &["--sm-disable".into()],
+            &env,
+            dir.join("logs/openbox.log"),
+            desktop.pgid,
+            Stdio::null(),
+        )?;
         desktop.processes.push(openbox);
 
         // 3. Chromium with its own profile. DevTools on an ephemeral loopback port, which
@@ -224,7 +322,15 @@ impl LocalRuntime {
             args.push("--test-type".into());
         }
         args.push(spec.start_url.clone());
-        let chromium = PieceProcess::spawn(Piece::Chromium, &tools.chromium, &args, &env, dir.join("logs/chromium.log"), desktop.pgid, Stdio::null())?;
+        let chromium = PieceProcess::spawn(
+            Piece::Chromium,
+            &tools.chromium,
+            &args,
+            &env,
+            dir.join("logs/chromium.log"),
+            desktop.pgid,
+            Stdio::null(),
+        )?;
         desktop.processes.push(chromium);
 
         let devtools = loop {
@@ -235,7 +341,10 @@ impl LocalRuntime {
             }
             if let Some(port) = devtools::active_port(&profile).await {
                 let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-                if devtools::list_targets(addr).await.is_ok_and(|t| t.iter().any(|t| t.kind == "page")) {
+                if devtools::list_targets(addr)
+                    .await
+                    .is_ok_and(|t| t.iter().any(|t| t.kind == "page"))
+                {
                     break addr;
                 }
             }
@@ -245,13 +354,23 @@ impl LocalRuntime {
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
 
-        Ok(DesktopHandle { id: spec.id.clone(), vnc_socket: socket.to_owned(), devtools, display, pgid: desktop.pgid })
+        Ok(DesktopHandle {
+            id: spec.id.clone(),
+            vnc_socket: socket.to_owned(),
+            devtools,
+            display,
+            pgid: desktop.pgid,
+        })
     }
 }
 
 #[async_trait::async_trait]
 impl DesktopRuntime for LocalRuntime {
-    async fn start(&self, spec: DesktopSpec, progress: Progress<'_>) -> Result<DesktopHandle, DesktopError> {
+    async fn start(
+        &self,
+        spec: DesktopSpec,
+        progress: Progress<'_>,
+    ) -> Result<DesktopHandle, DesktopError> {
         let dir = self.desktop_dir(&spec.id)?;
         // A desktop that is still running for this id is stopped first: one per id.
         self.stop(&spec.id).await;
@@ -270,7 +389,9 @@ impl DesktopRuntime for LocalRuntime {
     }
 
     async fn stop(&self, id: &str) {
-        let Some(mut desktop) = self.desktops.lock().await.remove(id) else { return };
+        let Some(mut desktop) = self.desktops.lock().await.remove(id) else {
+            return;
+        };
         stop_group(desktop.pgid, &mut desktop.processes, self.config.stop_grace).await;
         if let Err(e) = std::fs::remove_dir_all(&desktop.dir) {
             tracing::warn!(session_id = %id, error = %e, "could not remove the desktop directory");
@@ -286,8 +407,13 @@ impl DesktopRuntime for LocalRuntime {
 
     async fn is_alive(&self, id: &str) -> bool {
         let mut desktops = self.desktops.lock().await;
-        let Some(desktop) = desktops.get_mut(id) else { return false };
-        desktop.processes.iter_mut().all(|p| p.check_running().is_none())
+        let Some(desktop) = desktops.get_mut(id) else {
+            return false;
+        };
+        desktop
+            .processes
+            .iter_mut()
+            .all(|p| p.check_running().is_none())
     }
 
     fn check_tools(&self) -> Vec<ToolCheck> {

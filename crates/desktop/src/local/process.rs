@@ -34,7 +34,10 @@ impl PieceProcess {
         let mut cmd = Command::new(binary);
         cmd.args(args)
             .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()))
+            .env(
+                "PATH",
+                std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()),
+            )
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(stdout)
@@ -42,8 +45,15 @@ impl PieceProcess {
             .process_group(pgid)
             .kill_on_drop(true);
         let child = cmd.spawn().map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => DesktopError::MissingBinary { piece, binary: binary.to_owned() },
-            _ => DesktopError::PieceFailed { piece, reason: format!("could not start {binary}: {e}"), stderr_tail: String::new() },
+            std::io::ErrorKind::NotFound => DesktopError::MissingBinary {
+                piece,
+                binary: binary.to_owned(),
+            },
+            _ => DesktopError::PieceFailed {
+                piece,
+                reason: format!("could not start {binary}: {e}"),
+                stderr_tail: String::new(),
+            },
         })?;
         Ok(Self { piece, child, log })
     }
@@ -62,18 +72,27 @@ impl PieceProcess {
     }
 
     pub fn failed(&self, reason: String) -> DesktopError {
-        DesktopError::PieceFailed { piece: self.piece, reason, stderr_tail: tail_of(&self.log, 20) }
+        DesktopError::PieceFailed {
+            piece: self.piece,
+            reason,
+            stderr_tail: tail_of(&self.log, 20),
+        }
     }
 }
 
 /// The last `lines` lines of a log file (at most 4 KiB of it).
 pub(crate) fn tail_of(path: &Path, lines: usize) -> String {
-    let Ok(bytes) = std::fs::read(path) else { return String::new() };
+    let Ok(bytes) = std::fs::read(path) else {
+        return String::new();
+    };
     let start = bytes.len().saturating_sub(4096);
     let text = String::from_utf8_lossy(&bytes[start..]);
     // Chromium complains about the missing D-Bus on every start; that noise would push
     // the line that explains a failure out of the tail.
-    let all: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty() && !l.contains(":ERROR:dbus/")).collect();
+    let all: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.contains(":ERROR:dbus/"))
+        .collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
@@ -112,13 +131,19 @@ async fn wait_group_gone(pgid: i32, limit: Duration) {
 
 /// Pids of live (non-zombie) processes whose process group is `pgid`, read from /proc.
 pub fn group_members(pgid: i32) -> Vec<i32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
     entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
         .filter(|pid| {
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                return false;
+            };
             // Fields after the parenthesised command name: state, ppid, pgrp, ...
-            let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { return false };
+            let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+                return false;
+            };
             let mut fields = rest.split_whitespace();
             let state = fields.next();
             let pgrp = fields.nth(1).and_then(|f| f.parse::<i32>().ok());

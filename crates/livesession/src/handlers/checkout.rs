@@ -3,8 +3,10 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::State;
+use std::net::SocketAddr;
+
 use axum::extract::rejection::BytesRejection;
+use axum::extract::{ConnectInfo, State};
 use axum::http::header::{LOCATION, SET_COOKIE};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -14,14 +16,27 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::app::AppState;
-use crate::auth::{Role, TokenSource, find_access_token, same_site_request, session_cookie};
+use crate::auth::{
+    Role, TokenKind, TokenSource, find_access_token, same_site_request, session_cookies,
+};
 use crate::error::ApiError;
 
 /// `POST /api/checkout` (the landing page's form): creates a Checkout Session at Stripe and
 /// sends the browser to Stripe's payment page. The session is recorded as pending.
-pub async fn start_checkout(State(app): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+pub async fn start_checkout(
+    State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    app.limits
+        .attempt(peer.ip())
+        .map_err(|r| ApiError::rate_limited(&r))?;
     let Some(checkout) = &app.checkout else {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "checkout_off", "this server does not sell sessions"));
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "checkout_off",
+            "this server does not sell sessions",
+        ));
     };
     if !same_site_request(&headers, |o, h| app.origin_allowed(o, h)) {
         return Err(ApiError::cross_site());
@@ -35,15 +50,25 @@ pub async fn start_checkout(State(app): State<AppState>, headers: HeaderMap) -> 
         amount_cents: stripe.price_cents,
         currency: stripe.currency.clone(),
         product_name: stripe.product_name.clone(),
-        success_url: format!("{}/checkout/success?session_id={{CHECKOUT_SESSION_ID}}", app.public_url),
+        success_url: format!(
+            "{}/checkout/success?session_id={{CHECKOUT_SESSION_ID}}",
+            app.public_url
+        ),
         cancel_url: format!("{}/?checkout=cancelled", app.public_url),
     };
     let created = checkout.create(&request).await.map_err(|e| {
         tracing::error!(error = %e, "Stripe Checkout could not be created");
-        ApiError::new(StatusCode::BAD_GATEWAY, "payment_provider_error", "the payment provider is unavailable; try again in a minute")
+        ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "payment_provider_error",
+            "the payment provider is unavailable; try again in a minute",
+        )
     })?;
-    app.sessions.create_pending(reference, created.id.clone(), app.config.start_url.clone()).await?;
-    let location = HeaderValue::from_str(&created.url).map_err(|e| ApiError::internal("Stripe returned an unusable URL", e))?;
+    app.sessions
+        .create_pending(reference, created.id.clone(), app.config.start_url.clone())
+        .await?;
+    let location = HeaderValue::from_str(&created.url)
+        .map_err(|e| ApiError::internal("Stripe returned an unusable URL", e))?;
     Ok((StatusCode::SEE_OTHER, [(LOCATION, location)]).into_response())
 }
 
@@ -56,42 +81,82 @@ pub struct ClaimRequest {
 /// `POST /api/checkout/claim`: polled by the "confirming your payment" page. Once the
 /// webhook has confirmed the payment, the first browser to ask gets the session (a cookie);
 /// any other browser is told the session was already claimed.
-pub async fn claim_checkout(State(app): State<AppState>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+pub async fn claim_checkout(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
     if !same_site_request(&headers, |o, h| app.origin_allowed(o, h)) {
         return Err(ApiError::cross_site());
     }
-    let request: ClaimRequest = serde_json::from_slice(&body?)
-        .map_err(|e| ApiError::bad_request("invalid_json", format!("request body: {e}; expected {{\"checkout_session_id\": \"cs_…\"}}")))?;
+    let request: ClaimRequest = serde_json::from_slice(&body?).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_json",
+            format!("request body: {e}; expected {{\"checkout_session_id\": \"cs_…\"}}"),
+        )
+    })?;
     let pending = || (StatusCode::ACCEPTED, Json(json!({ "status": "pending" }))).into_response();
     // Unknown ids are pending too: a Payment Link's checkout is unknown until its webhook.
-    let Some(session) = app.sessions.store().find_by_checkout(&request.checkout_session_id).await? else {
+    let Some(session) = app
+        .sessions
+        .store()
+        .find_by_checkout(&request.checkout_session_id)
+        .await?
+    else {
         return Ok(pending());
     };
     let session = app.sessions.get(&session.id).await?.unwrap_or(session);
     match session.state {
         SessionState::Pending => return Ok(pending()),
         SessionState::Expired | SessionState::Revoked => {
-            return Err(ApiError::new(StatusCode::GONE, "session_ended", format!("this session has ended ({})", session.state.as_str())));
+            return Err(ApiError::new(
+                StatusCode::GONE,
+                "session_ended",
+                format!("this session has ended ({})", session.state.as_str()),
+            ));
         }
         SessionState::Active => {}
     }
-    let claimed = |cookie: Option<String>| {
-        let body = Json(json!({ "status": "claimed", "session_id": session.id, "viewer_url": format!("/s/{}", session.id) }));
-        match cookie.and_then(|c| HeaderValue::from_str(&c).ok()) {
-            Some(cookie) => (StatusCode::OK, [(SET_COOKIE, cookie)], body).into_response(),
-            None => (StatusCode::OK, body).into_response(),
+    let claimed = |cookies: &[String]| {
+        let body = Json(
+            json!({ "status": "claimed", "session_id": session.id, "viewer_url": format!("/s/{}", session.id) }),
+        );
+        let mut response = (StatusCode::OK, body).into_response();
+        for cookie in cookies.iter().filter_map(|c| HeaderValue::from_str(c).ok()) {
+            response.headers_mut().append(SET_COOKIE, cookie);
         }
+        response
     };
-    // The browser that claimed it asks again (a reload): it already holds the cookie.
+    // The browser that claimed it asks again (a reload): it holds the session's cookie,
+    // whose access token may have expired since.
     if let Some((token, TokenSource::Cookie)) = find_access_token(&headers, None, &session.id) {
-        if app.tokens.verify(&token).is_ok_and(|c| c.sid == session.id) {
-            return Ok(claimed(None));
+        if app
+            .tokens
+            .verify_ignoring_expiry(&token, TokenKind::Access)
+            .is_ok_and(|c| c.sid == session.id)
+        {
+            return Ok(claimed(&[]));
         }
     }
-    if !app.sessions.store().claim_session(&session.id, time::OffsetDateTime::now_utc()).await? {
-        return Err(ApiError::new(StatusCode::CONFLICT, "already_claimed", "this payment's session was already opened in another browser"));
+    if !app
+        .sessions
+        .store()
+        .claim_session(&session.id, time::OffsetDateTime::now_utc())
+        .await?
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "already_claimed",
+            "this payment's session was already opened in another browser",
+        ));
     }
     tracing::info!(session_id = %session.id, "paid session claimed by a browser");
-    let token = app.tokens.issue(&session.id, Role::Interactive, session.expires_at);
-    Ok(claimed(Some(session_cookie(&session.id, &token, session.expires_at, app.public_url.starts_with("https://")))))
+    let secure = app.public_url.starts_with("https://");
+    Ok(claimed(&session_cookies(
+        &app.tokens,
+        &session.id,
+        Role::Interactive,
+        session.expires_at,
+        secure,
+    )))
 }

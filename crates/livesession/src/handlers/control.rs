@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Path, Query, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
@@ -18,8 +20,9 @@ use crate::error::ApiError;
 use crate::handlers::TokenQuery;
 use crate::ws::{self, Authorized, Close, CloseCode};
 
-/// Clients send PING every 30 s; three missed ones end the connection.
-const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(90);
+/// A client that has not read what was sent for this long is dropped: the server never
+/// queues without bound for a reader that stopped.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 const SERVER_PING_INTERVAL: Duration = Duration::from_secs(30);
 const MAX_CLIENT_MESSAGE: usize = 4096;
 /// Viewers are warned this long before their session expires.
@@ -65,7 +68,11 @@ impl ServerMessage {
             DesktopStatus::Failed(e) => (e.piece().map(|p| p.step()), Some(e.to_string())),
             DesktopStatus::Ready(_) | DesktopStatus::Stopped => (None, None),
         };
-        ServerMessage::DesktopStatus { status: status.name(), step, error }
+        ServerMessage::DesktopStatus {
+            status: status.name(),
+            step,
+            error,
+        }
     }
 
     fn text(&self) -> Message {
@@ -77,21 +84,42 @@ pub async fn control_channel(
     State(app): State<AppState>,
     Path(id): Path<String>,
     Query(query): Query<TokenQuery>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
-    let upgrade = upgrade.map_err(|e| ApiError::new(e.status(), "websocket_required", e.body_text()))?;
+    let upgrade =
+        upgrade.map_err(|e| ApiError::new(e.status(), "websocket_required", e.body_text()))?;
     let upgrade = upgrade.max_message_size(MAX_CLIENT_MESSAGE);
-    let decision = ws::authorize(&app, &id, &headers, query.token.as_deref()).await;
-    Ok(ws::accept(app.0.clone(), upgrade, "control", &id, decision, |app, auth, mut socket| async move {
-        match converse(&app, auth, &mut socket).await {
-            Some(close) => {
-                tracing::info!(code = close.code.code(), reason = %close.reason, "control connection closed by the server");
-                ws::close(socket, close).await;
+    let decision = ws::authorize(&app, peer.ip(), &id, &headers, query.token.as_deref()).await;
+    Ok(ws::accept(
+        app.0.clone(),
+        upgrade,
+        "control",
+        &id,
+        decision,
+        |app, auth, mut socket| async move {
+            match converse(&app, auth, &mut socket).await {
+                Some(close) => {
+                    tracing::info!(code = close.code.code(), reason = %close.reason, "control connection closed by the server");
+                    ws::close(socket, close).await;
+                }
+                None => tracing::info!("control connection closed by the client"),
             }
-            None => tracing::info!("control connection closed by the client"),
+        },
+    ))
+}
+
+/// Sends one message; `None` if the client is gone or has stopped reading.
+async fn send(socket: &mut WebSocket, message: Message) -> Option<()> {
+    match tokio::time::timeout(SEND_TIMEOUT, socket.send(message)).await {
+        Ok(Ok(())) => Some(()),
+        Ok(Err(_)) => None,
+        Err(_) => {
+            tracing::warn!("client stopped reading; connection dropped");
+            None
         }
-    }))
+    }
 }
 
 /// When to warn about an expiry at `expires_at`: five minutes before (now, if that is past).
@@ -109,21 +137,31 @@ async fn converse(app: &App, mut auth: Authorized, socket: &mut WebSocket) -> Op
         expires_at: session.expires_at,
         server_time: OffsetDateTime::now_utc(),
     };
-    socket.send(hello.text()).await.ok()?;
+    send(socket, hello.text()).await?;
     let mut desktop = match app.desktops.watch(session) {
         Ok(rx) => rx,
         Err(e) => {
-            let failed = ServerMessage::DesktopStatus { status: "failed", step: None, error: Some(e.to_string()) };
-            let _ = socket.send(failed.text()).await;
-            return Some(Close::new(CloseCode::DesktopUnavailable, format!("desktop unavailable: {e}")));
+            let failed = ServerMessage::DesktopStatus {
+                status: "failed",
+                step: None,
+                error: Some(e.to_string()),
+            };
+            let _ = send(socket, failed.text()).await;
+            return Some(Close::new(
+                CloseCode::DesktopUnavailable,
+                format!("desktop unavailable: {e}"),
+            ));
         }
     };
     desktop.mark_changed(); // so the current status is sent first
     let mut last_sent = None;
     let mut expires_at = session.expires_at;
     let mut warned = false;
+    // Clients send PING every 30 s; by default three missed ones end the connection.
+    let heartbeat_timeout = Duration::from_secs(app.config.heartbeat_timeout);
     let mut last_heard = Instant::now();
-    let mut ping = tokio::time::interval_at(Instant::now() + SERVER_PING_INTERVAL, SERVER_PING_INTERVAL);
+    let mut ping =
+        tokio::time::interval_at(Instant::now() + SERVER_PING_INTERVAL, SERVER_PING_INTERVAL);
     loop {
         tokio::select! {
             // Session end first: a revocation also stops the desktop, and the viewer must
@@ -134,7 +172,7 @@ async fn converse(app: &App, mut auth: Authorized, socket: &mut WebSocket) -> Op
                     livesession_session::SessionEnd::Expired => "expired",
                     livesession_session::SessionEnd::Revoked => "revoked",
                 };
-                let _ = socket.send(ServerMessage::SessionEnded { reason }.text()).await;
+                let _ = send(socket, ServerMessage::SessionEnded { reason }.text()).await;
                 return Some(Close::ended(end));
             }
             _ = app.shutdown.cancelled() => return Some(Close::shutting_down()),
@@ -144,7 +182,7 @@ async fn converse(app: &App, mut auth: Authorized, socket: &mut WebSocket) -> Op
                 let text = serde_json::to_string(&message).expect("serializable");
                 // The desktop's watch may repeat a status (a start re-announces its first step).
                 if last_sent.as_ref() != Some(&text) {
-                    socket.send(Message::Text(text.clone().into())).await.ok()?;
+                    send(socket, Message::Text(text.clone().into())).await?;
                     last_sent = Some(text);
                 }
                 match status {
@@ -166,13 +204,14 @@ async fn converse(app: &App, mut auth: Authorized, socket: &mut WebSocket) -> Op
                     Message::Close(_) => return None,
                     Message::Ping(_) | Message::Pong(_) => continue,
                 };
-                socket.send(reply.text()).await.ok()?;
+                send(socket, reply.text()).await?;
             }
-            _ = tokio::time::sleep_until(last_heard + HEARTBEAT_TIMEOUT) => {
-                return Some(Close::new(CloseCode::HeartbeatTimeout, "nothing heard from the client for 90 s"));
+            _ = tokio::time::sleep_until(last_heard + heartbeat_timeout) => {
+                let reason = format!("nothing heard from the client for {} s", heartbeat_timeout.as_secs());
+                return Some(Close::new(CloseCode::HeartbeatTimeout, reason));
             }
             _ = ping.tick() => {
-                socket.send(Message::Ping(Default::default())).await.ok()?;
+                send(socket, Message::Ping(Default::default())).await?;
             }
             _ = tokio::time::sleep_until(warning_instant(expires_at)), if !warned => {
                 // The session may have been extended since this connection read it.
@@ -181,7 +220,7 @@ async fn converse(app: &App, mut auth: Authorized, socket: &mut WebSocket) -> Op
                 }
                 let left = expires_at - OffsetDateTime::now_utc();
                 if left <= EXPIRY_WARNING {
-                    socket.send(ServerMessage::SessionExpiring { seconds_left: left.whole_seconds().max(0) }.text()).await.ok()?;
+                    send(socket, ServerMessage::SessionExpiring { seconds_left: left.whole_seconds().max(0) }.text()).await?;
                     warned = true;
                 }
             }

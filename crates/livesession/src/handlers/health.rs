@@ -27,7 +27,8 @@ pub async fn readyz(State(app): State<AppState>) -> (StatusCode, Json<Value>) {
         .map(|t| json!({ "piece": t.piece.to_string(), "binary": t.binary, "fix": t.fix() }))
         .collect();
     let web_client = crate::web::novnc_present();
-    let ready = store["ok"] == true && missing.is_empty() && web_client && !app.shutdown.is_cancelled();
+    let ready =
+        store["ok"] == true && missing.is_empty() && web_client && !app.shutdown.is_cancelled();
     let body = json!({
         "status": if ready { "ready" } else { "not_ready" },
         "checks": {
@@ -38,5 +39,12 @@ pub async fn readyz(State(app): State<AppState>) -> (StatusCode, Json<Value>) {
         "desktops": app.desktops.live(),
         "connections": app.live_connections(),
     });
-    (if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, Json(body))
+    (
+        if ready {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        },
+        Json(body),
+    )
 }

@@ -6,6 +6,7 @@ pub mod health;
 pub mod pages;
 pub mod sessions;
 pub mod stripe;
+pub mod tokens;
 pub mod vnc;
 
 use serde::Deserialize;

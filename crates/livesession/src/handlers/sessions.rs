@@ -3,7 +3,9 @@
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, Query, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::header::{LOCATION, SET_COOKIE};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -11,7 +13,7 @@ use livesession_session::{NewSession, Session, SessionSource};
 use serde::{Deserialize, Serialize};
 
 use crate::app::{App, AppState};
-use crate::auth::{Role, bearer, constant_time_eq, same_site_request, session_cookie};
+use crate::auth::{Role, bearer, constant_time_eq, same_site_request, session_cookies};
 use crate::error::ApiError;
 
 pub(crate) fn require_admin(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
@@ -56,38 +58,63 @@ pub(crate) fn view(app: &App, session: Session) -> SessionView {
 /// hand the remote browser something other than a page to show.
 fn validate_start_url(url: &str) -> Result<(), ApiError> {
     let ok = url == "about:blank"
-        || ["http://", "https://"].iter().any(|s| url.len() > s.len() && url[..s.len()].eq_ignore_ascii_case(s));
+        || ["http://", "https://"]
+            .iter()
+            .any(|s| url.len() > s.len() && url[..s.len()].eq_ignore_ascii_case(s));
     if !ok || url.len() > 2048 || url.chars().any(char::is_whitespace) {
-        return Err(ApiError::bad_request("invalid_start_url", "start_url must be an http(s) URL of at most 2048 characters, or about:blank"));
+        return Err(ApiError::bad_request(
+            "invalid_start_url",
+            "start_url must be an http(s) URL of at most 2048 characters, or about:blank",
+        ));
     }
     Ok(())
 }
 
-async fn create(app: &App, source: SessionSource, request: CreateSession) -> Result<(Session, String), ApiError> {
-    let start_url = request.start_url.unwrap_or_else(|| app.config.start_url.clone());
+async fn create(
+    app: &App,
+    source: SessionSource,
+    request: CreateSession,
+) -> Result<(Session, String), ApiError> {
+    let start_url = request
+        .start_url
+        .unwrap_or_else(|| app.config.start_url.clone());
     validate_start_url(&start_url)?;
     let ttl = request.ttl_seconds.unwrap_or(app.config.session_ttl);
     if ttl == 0 || ttl > app.config.max_session_ttl {
         return Err(ApiError::bad_request(
             "invalid_ttl",
-            format!("ttl_seconds must be between 1 and {}", app.config.max_session_ttl),
+            format!(
+                "ttl_seconds must be between 1 and {}",
+                app.config.max_session_ttl
+            ),
         ));
     }
     let session = app
         .sessions
-        .create(NewSession { source, start_url, ttl: time::Duration::seconds(ttl as i64) })
+        .create(NewSession {
+            source,
+            start_url,
+            ttl: time::Duration::seconds(ttl as i64),
+        })
         .await?;
-    let token = app.tokens.issue(&session.id, Role::Interactive, session.expires_at);
+    let (token, _) = app
+        .tokens
+        .access(&session.id, Role::Interactive, session.expires_at);
     Ok((session, token))
 }
 
-pub async fn create_session(State(app): State<AppState>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+pub async fn create_session(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
     require_admin(&app, &headers)?;
     let body = body?;
     let request: CreateSession = if body.iter().all(u8::is_ascii_whitespace) {
         CreateSession::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request("invalid_json", format!("request body: {e}")))?
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request("invalid_json", format!("request body: {e}")))?
     };
     let (session, token) = create(&app, SessionSource::Api, request).await?;
     let ws_base = app.public_url.replacen("http", "ws", 1);
@@ -109,30 +136,54 @@ pub struct ListQuery {
     pub checkout_session_id: Option<String>,
 }
 
-pub async fn list_sessions(State(app): State<AppState>, headers: HeaderMap, Query(q): Query<ListQuery>) -> Result<Json<serde_json::Value>, ApiError> {
+pub async fn list_sessions(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     require_admin(&app, &headers)?;
     let store = app.sessions.store();
     let found = match &q.checkout_session_id {
         Some(cs) => store.find_by_checkout(cs).await?.into_iter().collect(),
-        None => store.list_sessions(q.limit.unwrap_or(100).clamp(1, 1000)).await?,
+        None => {
+            store
+                .list_sessions(q.limit.unwrap_or(100).clamp(1, 1000))
+                .await?
+        }
     };
     let sessions: Vec<SessionView> = found.into_iter().map(|s| view(&app, s)).collect();
     Ok(Json(serde_json::json!({ "sessions": sessions })))
 }
 
-pub async fn get_session(State(app): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<SessionView>, ApiError> {
+pub async fn get_session(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<SessionView>, ApiError> {
     require_admin(&app, &headers)?;
-    let session = app.sessions.get(&id).await?.ok_or_else(ApiError::session_not_found)?;
+    let session = app
+        .sessions
+        .get(&id)
+        .await?
+        .ok_or_else(ApiError::session_not_found)?;
     Ok(Json(view(&app, session)))
 }
 
 /// Revokes the session: its connections close with "session revoked" and its desktop
 /// is stopped before this answers. Revoking an ended session changes nothing.
-pub async fn revoke_session(State(app): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<SessionView>, ApiError> {
+pub async fn revoke_session(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<SessionView>, ApiError> {
     require_admin(&app, &headers)?;
     let session = match app.sessions.revoke(&id, "revoked by the operator").await? {
         Some(revoked) => revoked,
-        None => app.sessions.get(&id).await?.ok_or_else(ApiError::session_not_found)?,
+        None => app
+            .sessions
+            .get(&id)
+            .await?
+            .ok_or_else(ApiError::session_not_found)?,
     };
     app.desktops.stop(&id).await;
     Ok(Json(view(&app, session)))
@@ -152,35 +203,76 @@ pub async fn extend_session(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<SessionView>, ApiError> {
     require_admin(&app, &headers)?;
-    let request: ExtendSession = serde_json::from_slice(&body?)
-        .map_err(|e| ApiError::bad_request("invalid_json", format!("request body: {e}; expected {{\"seconds\": N}}")))?;
+    let request: ExtendSession = serde_json::from_slice(&body?).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_json",
+            format!("request body: {e}; expected {{\"seconds\": N}}"),
+        )
+    })?;
     if request.seconds == 0 || request.seconds > app.config.max_session_ttl {
-        return Err(ApiError::bad_request("invalid_ttl", format!("seconds must be between 1 and {}", app.config.max_session_ttl)));
+        return Err(ApiError::bad_request(
+            "invalid_ttl",
+            format!(
+                "seconds must be between 1 and {}",
+                app.config.max_session_ttl
+            ),
+        ));
     }
-    match app.sessions.extend(&id, time::Duration::seconds(request.seconds as i64)).await? {
+    match app
+        .sessions
+        .extend(&id, time::Duration::seconds(request.seconds as i64))
+        .await?
+    {
         Some(session) => Ok(Json(view(&app, session))),
         None => match app.sessions.get(&id).await? {
-            Some(s) => Err(ApiError::new(StatusCode::CONFLICT, "session_not_active", format!("the session is {}", s.state.as_str()))),
+            Some(s) => Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "session_not_active",
+                format!("the session is {}", s.state.as_str()),
+            )),
             None => Err(ApiError::session_not_found()),
         },
     }
 }
 
 /// The landing page's "Start a session" form, in free mode: creates a session, gives this
-/// browser its access token in an HttpOnly cookie, and sends it to the viewer.
-pub async fn start_free_session(State(app): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+/// browser its access and refresh cookies, and sends it to the viewer.
+pub async fn start_free_session(
+    State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    app.limits
+        .attempt(peer.ip())
+        .map_err(|r| ApiError::rate_limited(&r))?;
     if !app.config.free_mode() {
-        return Err(ApiError::forbidden("free_mode_off", "this server does not start free sessions"));
+        return Err(ApiError::forbidden(
+            "free_mode_off",
+            "this server does not start free sessions",
+        ));
     }
     if !same_site_request(&headers, |o, h| app.origin_allowed(o, h)) {
         return Err(ApiError::cross_site());
     }
-    let (session, token) = create(&app, SessionSource::Free, CreateSession::default()).await?;
-    let cookie = session_cookie(&session.id, &token, session.expires_at, app.public_url.starts_with("https://"));
+    let (session, _) = create(&app, SessionSource::Free, CreateSession::default()).await?;
     let mut response = StatusCode::SEE_OTHER.into_response();
     let headers = response.headers_mut();
-    headers.insert(LOCATION, HeaderValue::from_str(&format!("/s/{}", session.id)).expect("hex id"));
-    headers.insert(SET_COOKIE, HeaderValue::from_str(&cookie).map_err(|e| ApiError::internal("cookie", e))?);
+    headers.insert(
+        LOCATION,
+        HeaderValue::from_str(&format!("/s/{}", session.id)).expect("hex id"),
+    );
+    for cookie in session_cookies(
+        &app.tokens,
+        &session.id,
+        Role::Interactive,
+        session.expires_at,
+        app.public_url.starts_with("https://"),
+    ) {
+        headers.append(
+            SET_COOKIE,
+            HeaderValue::from_str(&cookie).map_err(|e| ApiError::internal("cookie", e))?,
+        );
+    }
     Ok(response)
 }
 
@@ -190,10 +282,22 @@ mod tests {
 
     #[test]
     fn only_web_pages_are_start_urls() {
-        for ok in ["http://127.0.0.1:9/x", "https://example.org/", "about:blank", "HTTPS://EXAMPLE.ORG"] {
+        for ok in [
+            "http://127.0.0.1:9/x",
+            "https://example.org/",
+            "about:blank",
+            "HTTPS://EXAMPLE.ORG",
+        ] {
             assert!(validate_start_url(ok).is_ok(), "{ok}");
         }
-        for bad in ["file:///etc/passwd", "javascript:alert(1)", "chrome://settings", "http://", "http://a b", ""] {
+        for bad in [
+            "file:///etc/passwd",
+            "javascript:alert(1)",
+            "chrome://settings",
+            "http://",
+            "http://a b",
+            "",
+        ] {
             assert!(validate_start_url(bad).is_err(), "{bad}");
         }
     }

@@ -13,21 +13,45 @@ use serde_json::{Value, json};
 use crate::app::{App, AppState};
 use crate::error::ApiError;
 
-pub async fn stripe_webhook(State(app): State<AppState>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<Json<Value>, ApiError> {
-    let Some(secret) = app.checkout.as_ref().and(app.config.stripe.webhook_secret.as_deref()) else {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "checkout_off", "this server does not sell sessions"));
+pub async fn stripe_webhook(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Some(secret) = app
+        .checkout
+        .as_ref()
+        .and(app.config.stripe.webhook_secret.as_deref())
+    else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "checkout_off",
+            "this server does not sell sessions",
+        ));
     };
     let body = body?;
-    let signature = headers.get("stripe-signature").and_then(|v| v.to_str().ok());
+    let signature = headers
+        .get("stripe-signature")
+        .and_then(|v| v.to_str().ok());
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    if let Err(e) = verify_signature(&body, signature, secret, app.config.stripe.webhook_tolerance as i64, now) {
+    if let Err(e) = verify_signature(
+        &body,
+        signature,
+        secret,
+        app.config.stripe.webhook_tolerance as i64,
+        now,
+    ) {
         tracing::warn!(reason = %e, "Stripe webhook refused");
         return Err(ApiError::bad_request("invalid_signature", e.to_string()));
     }
-    let event: Event = serde_json::from_slice(&body).map_err(|e| ApiError::bad_request("invalid_event", format!("event body: {e}")))?;
+    let event: Event = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request("invalid_event", format!("event body: {e}")))?;
     handle(&app, &event).await?;
     // Recorded after it was handled: if handling fails, Stripe's retry is handled again.
-    app.sessions.store().record_event(&event.id, &event.kind, time::OffsetDateTime::now_utc()).await?;
+    app.sessions
+        .store()
+        .record_event(&event.id, &event.kind, time::OffsetDateTime::now_utc())
+        .await?;
     Ok(Json(json!({ "received": true })))
 }
 
@@ -37,26 +61,47 @@ async fn handle(app: &App, event: &Event) -> Result<(), ApiError> {
     match event.kind.as_str() {
         "checkout.session.completed" | "checkout.session.async_payment_succeeded" => {
             let Some(checkout_id) = event.object_str("id") else {
-                return Err(ApiError::bad_request("invalid_event", "checkout session without an id"));
+                return Err(ApiError::bad_request(
+                    "invalid_event",
+                    "checkout session without an id",
+                ));
             };
             // `completed` also fires for delayed payment methods before the money arrives;
             // those activate on `async_payment_succeeded`.
             if event.object_str("payment_status") != Some("paid") {
-                tracing::info!(checkout_session_id = checkout_id, "checkout completed but not paid yet");
+                tracing::info!(
+                    checkout_session_id = checkout_id,
+                    "checkout completed but not paid yet"
+                );
                 return Ok(());
             }
             let ttl = time::Duration::seconds(app.config.session_ttl as i64);
             let activated = app
                 .sessions
-                .activate_checkout(checkout_id, event.object_str("payment_intent"), &app.config.start_url, ttl)
+                .activate_checkout(
+                    checkout_id,
+                    event.object_str("payment_intent"),
+                    &app.config.start_url,
+                    ttl,
+                )
                 .await?;
             if activated.is_none() {
-                tracing::info!(checkout_session_id = checkout_id, "checkout already handled");
+                tracing::info!(
+                    checkout_session_id = checkout_id,
+                    "checkout already handled"
+                );
             }
         }
         "charge.refunded" => {
-            let Some(payment_intent) = event.object_str("payment_intent") else { return Ok(()) };
-            match app.sessions.store().find_by_payment_intent(payment_intent).await? {
+            let Some(payment_intent) = event.object_str("payment_intent") else {
+                return Ok(());
+            };
+            match app
+                .sessions
+                .store()
+                .find_by_payment_intent(payment_intent)
+                .await?
+            {
                 Some(session) => {
                     app.sessions.revoke(&session.id, "payment refunded").await?;
                     app.desktops.stop(&session.id).await;

@@ -2,7 +2,9 @@
 //! `binary`) and relays RFB bytes to and from the session desktop's Unix socket.
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Path, Query, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use futures_util::{SinkExt, StreamExt, future};
@@ -21,16 +23,25 @@ pub async fn vnc_proxy(
     State(app): State<AppState>,
     Path(id): Path<String>,
     Query(query): Query<TokenQuery>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
-    let upgrade = upgrade.map_err(|e| ApiError::new(e.status(), "websocket_required", e.body_text()))?;
-    let upgrade = upgrade.protocols(["binary"]).max_message_size(MAX_CLIENT_MESSAGE);
+    let upgrade =
+        upgrade.map_err(|e| ApiError::new(e.status(), "websocket_required", e.body_text()))?;
+    let upgrade = upgrade
+        .protocols(["binary"])
+        .max_message_size(MAX_CLIENT_MESSAGE);
     // The access check runs before the upgrade and never touches the desktop.
-    let decision = ws::authorize(&app, &id, &headers, query.token.as_deref()).await;
-    Ok(ws::accept(app.0.clone(), upgrade, "vnc", &id, decision, |app, auth, socket| async move {
-        relay(&app, auth, socket).await
-    }))
+    let decision = ws::authorize(&app, peer.ip(), &id, &headers, query.token.as_deref()).await;
+    Ok(ws::accept(
+        app.0.clone(),
+        upgrade,
+        "vnc",
+        &id,
+        decision,
+        |app, auth, socket| async move { relay(&app, auth, socket).await },
+    ))
 }
 
 async fn relay(app: &App, mut auth: Authorized, mut socket: WebSocket) {
@@ -51,7 +62,14 @@ async fn relay(app: &App, mut auth: Authorized, mut socket: WebSocket) {
         Err(e) => {
             tracing::warn!(error = %e, "desktop VNC socket refused the connection");
             app.desktops.lost(&id, &handle).await;
-            return ws::close(socket, Close::new(CloseCode::DesktopUnavailable, "desktop unavailable: its VNC server is gone")).await;
+            return ws::close(
+                socket,
+                Close::new(
+                    CloseCode::DesktopUnavailable,
+                    "desktop unavailable: its VNC server is gone",
+                ),
+            )
+            .await;
         }
     };
 
@@ -75,18 +93,32 @@ async fn relay(app: &App, mut auth: Authorized, mut socket: WebSocket) {
             _ = app.shutdown.cancelled() => Close::shutting_down(),
         }
     };
-    let (end, moved) = pump(upstream, &mut to_client, &mut from_client, &PumpConfig::default(), stop).await;
+    let (end, moved) = pump(
+        upstream,
+        &mut to_client,
+        &mut from_client,
+        &PumpConfig::default(),
+        stop,
+    )
+    .await;
     drop((to_client, from_client));
     let close = match end {
         PumpEnd::Stopped(close) => Some(close),
         PumpEnd::ClientClosed => None,
         PumpEnd::UpstreamClosed | PumpEnd::UpstreamError(_) => {
             app.desktops.lost(&id, &handle).await;
-            Some(Close::new(CloseCode::DesktopUnavailable, "desktop unavailable: its VNC server closed the connection"))
+            Some(Close::new(
+                CloseCode::DesktopUnavailable,
+                "desktop unavailable: its VNC server closed the connection",
+            ))
         }
     };
-    tracing::info!(to_client_bytes = moved.to_client, to_upstream_bytes = moved.to_upstream,
-        close_code = close.as_ref().map(|c| c.code.code()), "vnc connection closed");
+    tracing::info!(
+        to_client_bytes = moved.to_client,
+        to_upstream_bytes = moved.to_upstream,
+        close_code = close.as_ref().map(|c| c.code.code()),
+        "vnc connection closed"
+    );
     if let Some(close) = close {
         ws::close(socket, close).await;
     }

@@ -7,16 +7,37 @@ use crate::support::{ADMIN, TestServer};
 #[tokio::test]
 async fn sessions_are_created_listed_fetched_and_revoked() {
     let server = TestServer::start(&[]).await;
-    let created = server.create_session(json!({ "start_url": "http://127.0.0.1:9/x", "ttl_seconds": 600 })).await;
+    let created = server
+        .create_session(json!({ "start_url": "http://127.0.0.1:9/x", "ttl_seconds": 600 }))
+        .await;
     let id = created["id"].as_str().unwrap();
     assert_eq!(id.len(), 32);
-    for key in ["expires_at", "token", "viewer_url", "vnc_url", "control_url"] {
-        assert!(created[key].as_str().is_some_and(|s| !s.is_empty()), "{key} in {created}");
+    for key in [
+        "expires_at",
+        "token",
+        "viewer_url",
+        "vnc_url",
+        "control_url",
+    ] {
+        assert!(
+            created[key].as_str().is_some_and(|s| !s.is_empty()),
+            "{key} in {created}"
+        );
     }
     assert_eq!(created["viewer_url"], format!("{}/s/{id}", server.base));
-    assert_eq!(created["vnc_url"], format!("ws://{}/api/sessions/{id}/vnc", server.addr));
-    assert_eq!(created["control_url"], format!("ws://{}/api/sessions/{id}/control", server.addr));
-    let expires = time::OffsetDateTime::parse(created["expires_at"].as_str().unwrap(), &time::format_description::well_known::Rfc3339).unwrap();
+    assert_eq!(
+        created["vnc_url"],
+        format!("ws://{}/api/sessions/{id}/vnc", server.addr)
+    );
+    assert_eq!(
+        created["control_url"],
+        format!("ws://{}/api/sessions/{id}/control", server.addr)
+    );
+    let expires = time::OffsetDateTime::parse(
+        created["expires_at"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
     let ttl = (expires - time::OffsetDateTime::now_utc()).whole_seconds();
     assert!((590..=600).contains(&ttl), "ttl {ttl}");
 
@@ -27,10 +48,25 @@ async fn sessions_are_created_listed_fetched_and_revoked() {
     assert_eq!(fetched["desktop"], "stopped");
 
     // An empty body takes the defaults.
-    let response = server.http.post(server.url("/api/sessions")).bearer_auth(ADMIN).send().await.unwrap();
+    let response = server
+        .http
+        .post(server.url("/api/sessions"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 201);
 
-    let list: Value = server.http.get(server.url("/api/sessions")).bearer_auth(ADMIN).send().await.unwrap().json().await.unwrap();
+    let list: Value = server
+        .http
+        .get(server.url("/api/sessions"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(list["sessions"].as_array().unwrap().len(), 2);
 
     let revoked = server.revoke(id).await;
@@ -44,7 +80,12 @@ async fn sessions_are_created_listed_fetched_and_revoked() {
 async fn error_of(response: reqwest::Response) -> (u16, String) {
     let status = response.status().as_u16();
     let body: Value = response.json().await.expect("errors are JSON");
-    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
     (status, body["error"]["code"].as_str().unwrap().to_owned())
 }
 
@@ -52,23 +93,77 @@ async fn error_of(response: reqwest::Response) -> (u16, String) {
 async fn bad_requests_get_json_errors_with_the_right_status() {
     let server = TestServer::start(&["--max-body-bytes", "1024"]).await;
     let post = |body: String, token: &str| {
-        server.http.post(server.url("/api/sessions")).bearer_auth(token).header("content-type", "application/json").body(body).send()
+        server
+            .http
+            .post(server.url("/api/sessions"))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
     };
-    assert_eq!(error_of(post("{}".into(), "wrong").await.unwrap()).await, (401, "unauthorized".into()));
-    let no_auth = server.http.get(server.url("/api/sessions")).send().await.unwrap();
+    assert_eq!(
+        error_of(post("{}".into(), "wrong").await.unwrap()).await,
+        (401, "unauthorized".into())
+    );
+    let no_auth = server
+        .http
+        .get(server.url("/api/sessions"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(error_of(no_auth).await, (401, "unauthorized".into()));
-    assert_eq!(error_of(post("{not json".into(), ADMIN).await.unwrap()).await, (400, "invalid_json".into()));
-    assert_eq!(error_of(post(r#"{"surprise": 1}"#.into(), ADMIN).await.unwrap()).await, (400, "invalid_json".into()));
-    assert_eq!(error_of(post(r#"{"start_url": "file:///etc/passwd"}"#.into(), ADMIN).await.unwrap()).await, (400, "invalid_start_url".into()));
-    assert_eq!(error_of(post(r#"{"ttl_seconds": 0}"#.into(), ADMIN).await.unwrap()).await, (400, "invalid_ttl".into()));
-    let big = format!(r#"{{"start_url": "http://127.0.0.1/{}"}}"#, "a".repeat(4096));
-    assert_eq!(error_of(post(big, ADMIN).await.unwrap()).await, (413, "body_too_large".into()));
-    let missing = server.http.get(server.url("/api/sessions/0123")).bearer_auth(ADMIN).send().await.unwrap();
+    assert_eq!(
+        error_of(post("{not json".into(), ADMIN).await.unwrap()).await,
+        (400, "invalid_json".into())
+    );
+    assert_eq!(
+        error_of(post(r#"{"surprise": 1}"#.into(), ADMIN).await.unwrap()).await,
+        (400, "invalid_json".into())
+    );
+    assert_eq!(
+        error_of(
+            post(r#"{"start_url": "file:///etc/passwd"}"#.into(), ADMIN)
+                .await
+                .unwrap()
+        )
+        .await,
+        (400, "invalid_start_url".into())
+    );
+    assert_eq!(
+        error_of(post(r#"{"ttl_seconds": 0}"#.into(), ADMIN).await.unwrap()).await,
+        (400, "invalid_ttl".into())
+    );
+    let big = format!(
+        r#"{{"start_url": "http://127.0.0.1/{}"}}"#,
+        "a".repeat(4096)
+    );
+    assert_eq!(
+        error_of(post(big, ADMIN).await.unwrap()).await,
+        (413, "body_too_large".into())
+    );
+    let missing = server
+        .http
+        .get(server.url("/api/sessions/0123"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(error_of(missing).await, (404, "session_not_found".into()));
-    let missing = server.http.delete(server.url("/api/sessions/0123")).bearer_auth(ADMIN).send().await.unwrap();
+    let missing = server
+        .http
+        .delete(server.url("/api/sessions/0123"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(error_of(missing).await, (404, "session_not_found".into()));
     // A plain GET of a WebSocket endpoint is told what it needs.
-    let plain = server.http.get(server.url("/api/sessions/0123/vnc")).send().await.unwrap();
+    let plain = server
+        .http
+        .get(server.url("/api/sessions/0123/vnc"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(error_of(plain).await.1, "websocket_required");
     server.stop().await;
 }
@@ -76,47 +171,112 @@ async fn bad_requests_get_json_errors_with_the_right_status() {
 #[tokio::test]
 async fn free_mode_starts_a_session_from_the_landing_page_with_a_cookie() {
     let server = TestServer::start(&[]).await;
-    let info: Value = server.http.get(server.url("/api/info")).send().await.unwrap().json().await.unwrap();
+    let info: Value = server
+        .http
+        .get(server.url("/api/info"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(info["free_mode"], true);
     let landing = server.http.get(server.url("/")).send().await.unwrap();
     assert_eq!(landing.status(), 200);
-    assert!(landing.headers()["content-security-policy"].to_str().unwrap().contains("script-src 'self'"));
+    assert!(
+        landing.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("script-src 'self'")
+    );
     assert!(landing.text().await.unwrap().contains("Start a session"));
 
-    let no_redirect = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-    let started = no_redirect.post(server.url("/start")).header("origin", server.base.as_str()).send().await.unwrap();
+    let no_redirect = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let started = no_redirect
+        .post(server.url("/start"))
+        .header("origin", server.base.as_str())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(started.status(), 303);
     let location = started.headers()["location"].to_str().unwrap().to_owned();
-    let id = location.strip_prefix("/s/").expect("redirect to the viewer");
+    let id = location
+        .strip_prefix("/s/")
+        .expect("redirect to the viewer");
     let cookie = started.headers()["set-cookie"].to_str().unwrap();
     assert!(cookie.starts_with(&format!("ls_{id}=")), "{cookie}");
-    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax") && cookie.contains("Path=/"), "{cookie}");
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax") && cookie.contains("Path=/"),
+        "{cookie}"
+    );
     assert_eq!(server.get_session(id).await["source"], "free");
 
     // Another site's form cannot start sessions.
-    let cross = no_redirect.post(server.url("/start")).header("origin", "http://evil.example").send().await.unwrap();
+    let cross = no_redirect
+        .post(server.url("/start"))
+        .header("origin", "http://evil.example")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(error_of(cross).await, (403, "cross_site".into()));
-    let cross = no_redirect.post(server.url("/start")).header("sec-fetch-site", "cross-site").send().await.unwrap();
+    let cross = no_redirect
+        .post(server.url("/start"))
+        .header("sec-fetch-site", "cross-site")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(error_of(cross).await, (403, "cross_site".into()));
-    let sandboxed = no_redirect.post(server.url("/start")).header("origin", "null").send().await.unwrap();
+    let sandboxed = no_redirect
+        .post(server.url("/start"))
+        .header("origin", "null")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(error_of(sandboxed).await, (403, "cross_site".into()));
     // What Chromium sends for our own form.
-    let ours = no_redirect.post(server.url("/start")).header("origin", "null").header("sec-fetch-site", "same-origin").send().await.unwrap();
+    let ours = no_redirect
+        .post(server.url("/start"))
+        .header("origin", "null")
+        .header("sec-fetch-site", "same-origin")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ours.status(), 303);
 
     // The viewer page and noVNC are served from the same origin.
     let viewer = server.http.get(server.url(&location)).send().await.unwrap();
     assert_eq!(viewer.status(), 200);
-    let rfb = server.http.get(server.url("/vendor/novnc/core/rfb.js")).send().await.unwrap();
+    let rfb = server
+        .http
+        .get(server.url("/vendor/novnc/core/rfb.js"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(rfb.status(), 200);
-    assert!(rfb.headers()["content-type"].to_str().unwrap().contains("javascript"));
+    assert!(
+        rfb.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .contains("javascript")
+    );
     server.stop().await;
 }
 
 #[tokio::test]
 async fn free_mode_can_be_turned_off() {
     let server = TestServer::start(&["--free-mode", "false"]).await;
-    let info: Value = server.http.get(server.url("/api/info")).send().await.unwrap().json().await.unwrap();
+    let info: Value = server
+        .http
+        .get(server.url("/api/info"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(info["free_mode"], false);
     let started = server.http.post(server.url("/start")).send().await.unwrap();
     assert_eq!(error_of(started).await, (403, "free_mode_off".into()));
@@ -126,7 +286,15 @@ async fn free_mode_can_be_turned_off() {
 #[tokio::test]
 async fn health_and_readiness_answer_json() {
     let server = TestServer::start(&[]).await;
-    let health: Value = server.http.get(server.url("/healthz")).send().await.unwrap().json().await.unwrap();
+    let health: Value = server
+        .http
+        .get(server.url("/healthz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(health["status"], "ok");
     let ready = server.readyz().await;
     assert_eq!(ready["status"], "ready", "{ready}");
@@ -143,6 +311,9 @@ async fn health_and_readiness_answer_json() {
     let ready: Value = response.json().await.unwrap();
     let missing = &ready["checks"]["desktop_tools"]["missing"][0];
     assert_eq!(missing["piece"], "Xvnc");
-    assert_eq!(missing["fix"], "apt-get install -y tigervnc-standalone-server");
+    assert_eq!(
+        missing["fix"],
+        "apt-get install -y tigervnc-standalone-server"
+    );
     server.stop().await;
 }

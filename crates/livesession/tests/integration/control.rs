@@ -10,7 +10,11 @@ use crate::support::{TestServer, Ws, close_of, ws_connect};
 
 async fn next_json(ws: &mut Ws) -> Value {
     loop {
-        let message = tokio::time::timeout(Duration::from_secs(60), ws.next()).await.expect("a message in time").unwrap().unwrap();
+        let message = tokio::time::timeout(Duration::from_secs(60), ws.next())
+            .await
+            .expect("a message in time")
+            .unwrap()
+            .unwrap();
         match message {
             Message::Text(text) => return serde_json::from_str(&text).unwrap(),
             Message::Ping(_) | Message::Pong(_) => continue,
@@ -23,8 +27,16 @@ async fn next_json(ws: &mut Ws) -> Value {
 async fn the_control_channel_reports_progress_answers_pings_and_ends_with_the_session() {
     let server = TestServer::start(&[]).await;
     let created = server.create_session(json!({})).await;
-    let (id, token) = (created["id"].as_str().unwrap(), created["token"].as_str().unwrap());
-    let mut ws = ws_connect(&server, &format!("/api/sessions/{id}/control?token={token}"), &[]).await;
+    let (id, token) = (
+        created["id"].as_str().unwrap(),
+        created["token"].as_str().unwrap(),
+    );
+    let mut ws = ws_connect(
+        &server,
+        &format!("/api/sessions/{id}/control?token={token}"),
+        &[],
+    )
+    .await;
 
     let hello = next_json(&mut ws).await;
     assert_eq!(hello["type"], "CONNECTED");
@@ -43,11 +55,19 @@ async fn the_control_channel_reports_progress_answers_pings_and_ends_with_the_se
             other => panic!("unexpected desktop status {other}: {status}"),
         }
     }
-    assert!(!steps.is_empty() && steps.iter().all(|s| ["xvnc", "openbox", "chromium"].contains(&s.as_str())), "{steps:?}");
+    assert!(
+        !steps.is_empty()
+            && steps
+                .iter()
+                .all(|s| ["xvnc", "openbox", "chromium"].contains(&s.as_str())),
+        "{steps:?}"
+    );
 
     ws.send(Message::text(r#"{"type":"PING"}"#)).await.unwrap();
     assert_eq!(next_json(&mut ws).await, json!({ "type": "PONG" }));
-    ws.send(Message::text(r#"{"type":"SHUTDOWN_EVERYTHING"}"#)).await.unwrap();
+    ws.send(Message::text(r#"{"type":"SHUTDOWN_EVERYTHING"}"#))
+        .await
+        .unwrap();
     assert_eq!(next_json(&mut ws).await["type"], "ERROR");
     ws.send(Message::text("not even json")).await.unwrap();
     assert_eq!(next_json(&mut ws).await["type"], "ERROR");
@@ -55,8 +75,14 @@ async fn the_control_channel_reports_progress_answers_pings_and_ends_with_the_se
     assert_eq!(next_json(&mut ws).await["type"], "ERROR");
 
     server.revoke(id).await;
-    assert_eq!(next_json(&mut ws).await, json!({ "type": "SESSION_ENDED", "reason": "revoked" }));
-    assert_eq!(close_of(&mut ws, Duration::from_secs(5)).await, (4008, "session revoked".into()));
+    assert_eq!(
+        next_json(&mut ws).await,
+        json!({ "type": "SESSION_ENDED", "reason": "revoked" })
+    );
+    assert_eq!(
+        close_of(&mut ws, Duration::from_secs(5)).await,
+        (4008, "session revoked".into())
+    );
     server.stop().await;
 }
 
@@ -64,8 +90,16 @@ async fn the_control_channel_reports_progress_answers_pings_and_ends_with_the_se
 async fn a_desktop_that_cannot_start_is_reported_by_piece_and_closed_with_4010() {
     let server = TestServer::start(&["--chromium", "/nonexistent/chromium"]).await;
     let created = server.create_session(json!({})).await;
-    let (id, token) = (created["id"].as_str().unwrap(), created["token"].as_str().unwrap());
-    let mut ws = ws_connect(&server, &format!("/api/sessions/{id}/control?token={token}"), &[]).await;
+    let (id, token) = (
+        created["id"].as_str().unwrap(),
+        created["token"].as_str().unwrap(),
+    );
+    let mut ws = ws_connect(
+        &server,
+        &format!("/api/sessions/{id}/control?token={token}"),
+        &[],
+    )
+    .await;
     assert_eq!(next_json(&mut ws).await["type"], "CONNECTED");
     let failed = loop {
         let status = next_json(&mut ws).await;
@@ -74,13 +108,24 @@ async fn a_desktop_that_cannot_start_is_reported_by_piece_and_closed_with_4010()
         }
     };
     assert_eq!(failed["step"], "chromium");
-    assert!(failed["error"].as_str().unwrap().contains("apt-get install -y chromium"), "{failed}");
+    assert!(
+        failed["error"]
+            .as_str()
+            .unwrap()
+            .contains("apt-get install -y chromium"),
+        "{failed}"
+    );
     let (code, reason) = close_of(&mut ws, Duration::from_secs(5)).await;
     assert_eq!(code, 4010);
     assert!(reason.contains("Chromium"), "{reason}");
 
     // The VNC proxy says the same, by piece.
-    let mut vnc = ws_connect(&server, &format!("/api/sessions/{id}/vnc?token={token}"), &[]).await;
+    let mut vnc = ws_connect(
+        &server,
+        &format!("/api/sessions/{id}/vnc?token={token}"),
+        &[],
+    )
+    .await;
     let (code, reason) = close_of(&mut vnc, Duration::from_secs(30)).await;
     assert_eq!(code, 4010);
     assert!(reason.contains("Chromium"), "{reason}");

@@ -5,6 +5,7 @@ mod api;
 mod control;
 mod doctor;
 mod lifecycle;
+mod limits;
 mod processes;
 mod support;
 mod vnc;

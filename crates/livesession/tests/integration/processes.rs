@@ -14,7 +14,9 @@ fn processes_mentioning(needle: &str) -> Vec<i32> {
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
         .filter(|pid| {
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let zombie = stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z'));
+            let zombie = stat
+                .rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('Z'));
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             !zombie && String::from_utf8_lossy(&cmdline).contains(needle)
         })
@@ -23,31 +25,64 @@ fn processes_mentioning(needle: &str) -> Vec<i32> {
 
 async fn start_desktop(server: &TestServer) -> (String, i32) {
     let created = server.create_session(json!({})).await;
-    let (id, token) = (created["id"].as_str().unwrap().to_owned(), created["token"].as_str().unwrap());
-    let ws = ws_connect(server, &format!("/api/sessions/{id}/vnc?token={token}"), &[]).await;
+    let (id, token) = (
+        created["id"].as_str().unwrap().to_owned(),
+        created["token"].as_str().unwrap(),
+    );
+    let ws = ws_connect(
+        server,
+        &format!("/api/sessions/{id}/vnc?token={token}"),
+        &[],
+    )
+    .await;
     drop(rfb_over_ws(ws).await);
     let pgid = server.desktop_pgid(&id);
     let members = group_members(pgid);
-    assert!(members.len() >= 3, "Xvnc, openbox and Chromium run in the desktop's group: {members:?}");
+    assert!(
+        members.len() >= 3,
+        "Xvnc, openbox and Chromium run in the desktop's group: {members:?}"
+    );
     (id, pgid)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoking_a_session_and_stopping_the_server_leave_no_process_behind() {
     let server = TestServer::start(&[]).await;
-    let data = server.data.path().canonicalize().unwrap().to_string_lossy().into_owned();
+    let data = server
+        .data
+        .path()
+        .canonicalize()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
 
     let (first, first_group) = start_desktop(&server).await;
     let (_second, second_group) = start_desktop(&server).await;
     assert!(!processes_mentioning(&data).is_empty());
 
     server.revoke(&first).await;
-    assert!(group_members(first_group).is_empty(), "the revoked session's processes are gone");
-    assert!(!server.desktop_dir(&first).exists(), "its private directory is removed");
-    assert!(!group_members(second_group).is_empty(), "the other session's desktop still runs");
+    assert!(
+        group_members(first_group).is_empty(),
+        "the revoked session's processes are gone"
+    );
+    assert!(
+        !server.desktop_dir(&first).exists(),
+        "its private directory is removed"
+    );
+    assert!(
+        !group_members(second_group).is_empty(),
+        "the other session's desktop still runs"
+    );
 
     server.stop().await;
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(group_members(second_group).is_empty(), "server shutdown stops every desktop");
-    assert_eq!(processes_mentioning(&data), Vec::<i32>::new(), "no process mentions the data directory");
+    assert!(
+        group_members(second_group).is_empty(),
+        "server shutdown stops every desktop"
+    );
+    assert_eq!(
+        processes_mentioning(&data),
+        Vec::<i32>::new(),
+        "no process mentions the data directory"
+    );
 }

@@ -132,7 +132,14 @@ impl TestServer {
     /// Starts a server on 127.0.0.1:0 with a fresh data directory; `args` are extra
     /// `serve` flags.
     pub async fn start(args: &[&str]) -> Self {
-        Self::start_in(tempfile::Builder::new().prefix("ls").tempdir_in("/tmp").unwrap(), args).await
+        Self::start_in(
+            tempfile::Builder::new()
+                .prefix("ls")
+                .tempdir_in("/tmp")
+                .unwrap(),
+            args,
+        )
+        .await
     }
 
     /// Starts a server on an existing data directory (a restart).
@@ -141,7 +148,9 @@ impl TestServer {
         livesession_billing::install_tls_provider();
         let mut argv = vec!["serve", "--admin-token", ADMIN, "--listen", "127.0.0.1:0"];
         argv.extend_from_slice(args);
-        let mut config = ConfigFromArgs::try_parse_from(argv).expect("valid test config").config;
+        let mut config = ConfigFromArgs::try_parse_from(argv)
+            .expect("valid test config")
+            .config;
         config.data_dir = data.path().to_owned();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -172,34 +181,69 @@ impl TestServer {
 
     /// `POST /api/sessions` as the admin; asserts 201 and returns the body.
     pub async fn create_session(&self, body: Value) -> Value {
-        let response = self.http.post(self.url("/api/sessions")).bearer_auth(ADMIN).json(&body).send().await.unwrap();
+        let response = self
+            .http
+            .post(self.url("/api/sessions"))
+            .bearer_auth(ADMIN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.status(), 201, "create session");
         response.json().await.unwrap()
     }
 
     pub async fn get_session(&self, id: &str) -> Value {
-        let response = self.http.get(self.url(&format!("/api/sessions/{id}"))).bearer_auth(ADMIN).send().await.unwrap();
+        let response = self
+            .http
+            .get(self.url(&format!("/api/sessions/{id}")))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.status(), 200);
         response.json().await.unwrap()
     }
 
     pub async fn revoke(&self, id: &str) -> Value {
-        let response = self.http.delete(self.url(&format!("/api/sessions/{id}"))).bearer_auth(ADMIN).send().await.unwrap();
+        let response = self
+            .http
+            .delete(self.url(&format!("/api/sessions/{id}")))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.status(), 200, "revoke");
         response.json().await.unwrap()
     }
 
     pub async fn readyz(&self) -> Value {
-        self.http.get(self.url("/readyz")).send().await.unwrap().json().await.unwrap()
+        self.http
+            .get(self.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
     }
 
     pub fn desktop_dir(&self, id: &str) -> std::path::PathBuf {
-        self.data.path().canonicalize().unwrap().join("desktops").join(id)
+        self.data
+            .path()
+            .canonicalize()
+            .unwrap()
+            .join("desktops")
+            .join(id)
     }
 
     /// The process group of a running session desktop, from the file the runtime keeps.
     pub fn desktop_pgid(&self, id: &str) -> i32 {
-        std::fs::read_to_string(self.desktop_dir(id).join("desktop.pgid")).unwrap().trim().parse().unwrap()
+        std::fs::read_to_string(self.desktop_dir(id).join("desktop.pgid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
     }
 
     /// Stops the server the way a signal would and waits for it to finish. Returns the
@@ -207,25 +251,34 @@ impl TestServer {
     pub async fn stop(mut self) -> tempfile::TempDir {
         let _ = self.shutdown.take().unwrap().send(());
         let task = self.task.take().unwrap();
-        tokio::time::timeout(Duration::from_secs(30), task).await.expect("server stopped in time").unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(30), task)
+            .await
+            .expect("server stopped in time")
+            .unwrap()
+            .unwrap();
         self.data
     }
 }
 
 // ---------------------------------------------------------------- WebSocket clients
 
-pub type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+pub type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// Opens a WebSocket to `path` on the server with extra request headers.
 pub async fn ws_connect(server: &TestServer, path: &str, headers: &[(&str, &str)]) -> Ws {
-    let mut request = format!("ws://{}{path}", server.addr).into_client_request().unwrap();
+    let mut request = format!("ws://{}{path}", server.addr)
+        .into_client_request()
+        .unwrap();
     for (k, v) in headers {
         request.headers_mut().insert(
             axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
             axum::http::HeaderValue::from_str(v).unwrap(),
         );
     }
-    let (ws, _response) = tokio_tungstenite::connect_async(request).await.expect("websocket handshake");
+    let (ws, _response) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("websocket handshake");
     ws
 }
 
@@ -234,7 +287,9 @@ pub async fn close_of(ws: &mut Ws, limit: Duration) -> (u16, String) {
     let read = async {
         while let Some(message) = ws.next().await {
             match message {
-                Ok(Message::Close(Some(frame))) => return (u16::from(frame.code), frame.reason.to_string()),
+                Ok(Message::Close(Some(frame))) => {
+                    return (u16::from(frame.code), frame.reason.to_string());
+                }
                 Ok(Message::Close(None)) => return (1005, String::new()),
                 Ok(_) => {}
                 Err(e) => return (1006, e.to_string()),
@@ -242,7 +297,9 @@ pub async fn close_of(ws: &mut Ws, limit: Duration) -> (u16, String) {
         }
         (1006, "stream ended".into())
     };
-    tokio::time::timeout(limit, read).await.expect("server closed the connection in time")
+    tokio::time::timeout(limit, read)
+        .await
+        .expect("server closed the connection in time")
 }
 
 /// An RFB client speaking through the VNC proxy: the WebSocket is bridged to an
@@ -264,7 +321,14 @@ pub async fn rfb_over_ws(ws: Ws) -> RfbClient<DuplexStream> {
                 _ => Inbound::Ignored,
             })
         });
-        pump(theirs, &mut tx, &mut rx, &PumpConfig::default(), std::future::pending::<()>()).await;
+        pump(
+            theirs,
+            &mut tx,
+            &mut rx,
+            &PumpConfig::default(),
+            std::future::pending::<()>(),
+        )
+        .await;
     });
     tokio::time::timeout(Duration::from_secs(90), RfbClient::handshake(ours))
         .await
@@ -273,12 +337,20 @@ pub async fn rfb_over_ws(ws: Ws) -> RfbClient<DuplexStream> {
 }
 
 /// Requests frames until `share` of the screen is `rgb`; returns the share reached.
-pub async fn wait_for_colour(rfb: &mut RfbClient<DuplexStream>, rgb: (u8, u8, u8), share: f64, limit: Duration) -> f64 {
+pub async fn wait_for_colour(
+    rfb: &mut RfbClient<DuplexStream>,
+    rgb: (u8, u8, u8),
+    share: f64,
+    limit: Duration,
+) -> f64 {
     let deadline = tokio::time::Instant::now() + limit;
     let mut seen = 0.0;
     while tokio::time::Instant::now() < deadline {
         rfb.request_update(false).await.unwrap();
-        tokio::time::timeout(Duration::from_secs(10), rfb.read_update()).await.expect("a frame in time").unwrap();
+        tokio::time::timeout(Duration::from_secs(10), rfb.read_update())
+            .await
+            .expect("a frame in time")
+            .unwrap();
         seen = rfb.share_of_colour(rgb, 8);
         if seen >= share {
             break;

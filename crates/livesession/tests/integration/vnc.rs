@@ -4,27 +4,41 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::support::{PageServer, TestServer, close_of, logs, rfb_over_ws, wait_for_colour, ws_connect};
+use crate::support::{
+    PageServer, TestServer, close_of, logs, rfb_over_ws, wait_for_colour, ws_connect,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frames_show_the_page_and_keys_reach_it_through_the_proxy() {
     let page = PageServer::start().await;
     let server = TestServer::start(&[]).await;
-    let created = server.create_session(json!({ "start_url": page.url })).await;
+    let created = server
+        .create_session(json!({ "start_url": page.url }))
+        .await;
     let id = created["id"].as_str().unwrap();
     let token = created["token"].as_str().unwrap();
 
     // The token in the query string, as noVNC sends it.
-    let ws = ws_connect(&server, &format!("/api/sessions/{id}/vnc?token={token}"), &[("Sec-WebSocket-Protocol", "binary")]).await;
+    let ws = ws_connect(
+        &server,
+        &format!("/api/sessions/{id}/vnc?token={token}"),
+        &[("Sec-WebSocket-Protocol", "binary")],
+    )
+    .await;
     let mut rfb = rfb_over_ws(ws).await;
     assert_eq!((rfb.width, rfb.height), (1280, 720));
     let share = wait_for_colour(&mut rfb, (255, 0, 255), 0.5, Duration::from_secs(30)).await;
-    assert!(share >= 0.5, "the test page is drawn: {share:.2} of the screen is magenta");
+    assert!(
+        share >= 0.5,
+        "the test page is drawn: {share:.2} of the screen is magenta"
+    );
 
     // Click into the page's input, then type.
     rfb.click(300, 140).await.unwrap();
     rfb.type_text("hello livesession").await.unwrap();
-    let typed = page.wait_typed("hello livesession", Duration::from_secs(20)).await;
+    let typed = page
+        .wait_typed("hello livesession", Duration::from_secs(20))
+        .await;
     assert_eq!(typed.as_deref(), Some("hello livesession"));
 
     let session = server.get_session(id).await;
@@ -33,9 +47,15 @@ async fn frames_show_the_page_and_keys_reach_it_through_the_proxy() {
 
     // Tokens never reach the log, though one travelled in a request line.
     let log = logs();
-    assert!(log.contains(&format!("\"path\":\"/api/sessions/{id}/vnc\"")), "the request was logged");
+    assert!(
+        log.contains(&format!("\"path\":\"/api/sessions/{id}/vnc\"")),
+        "the request was logged"
+    );
     assert!(!log.contains(token), "the access token appears in the log");
-    assert!(log.contains(&format!("\"session_id\":\"{id}\"")), "log lines carry the session id");
+    assert!(
+        log.contains(&format!("\"session_id\":\"{id}\"")),
+        "log lines carry the session id"
+    );
     drop(rfb);
     server.stop().await;
 }
@@ -44,10 +64,17 @@ async fn frames_show_the_page_and_keys_reach_it_through_the_proxy() {
 fn forge(server: &TestServer, sid: &str, exp_offset: i64) -> String {
     use base64::Engine;
     let key = std::fs::read_to_string(server.data.path().join("secrets/signing.key")).unwrap();
-    let key = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(key.trim()).unwrap();
+    let key = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(key.trim())
+        .unwrap();
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let claims = json!({ "sid": sid, "role": "interactive", "iat": now, "exp": now + exp_offset, "aud": "livesession" });
-    jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &jsonwebtoken::EncodingKey::from_secret(&key)).unwrap()
+    let claims = json!({ "sid": sid, "role": "interactive", "typ": "access", "iat": now, "exp": now + exp_offset, "aud": "livesession" });
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(&key),
+    )
+    .unwrap()
 }
 
 #[tokio::test]
@@ -64,31 +91,91 @@ async fn refused_connections_get_a_code_and_a_reason_and_never_start_a_desktop()
     let cookie_a_for_b = format!("ls_{b_id}={a_token}");
 
     let cases: Vec<(String, Vec<(&str, &str)>, u16, &str)> = vec![
-        (format!("/api/sessions/{b_id}/vnc"), vec![], 4001, "token is required"),
-        (format!("/api/sessions/{b_id}/vnc?token=garbage"), vec![], 4002, "invalid"),
-        (format!("/api/sessions/{b_id}/vnc?token={a_token}"), vec![], 4002, "another session"),
-        (format!("/api/sessions/{b_id}/vnc"), vec![("Authorization", bearer_a.as_str())], 4002, "another session"),
-        (format!("/api/sessions/{b_id}/vnc"), vec![("Cookie", cookie_a_for_b.as_str())], 4002, "another session"),
-        (format!("/api/sessions/{b_id}/control?token={a_token}"), vec![], 4002, "another session"),
-        (format!("/api/sessions/{a_id}/vnc?token={expired_token}"), vec![], 4003, "expired"),
-        (format!("/api/sessions/{unknown}/vnc?token={unknown_token}"), vec![], 4005, "not found"),
-        (format!("/api/sessions/{a_id}/vnc?token={a_token}"), vec![("Origin", "http://evil.example")], 4004, "origin"),
+        (
+            format!("/api/sessions/{b_id}/vnc"),
+            vec![],
+            4001,
+            "token is required",
+        ),
+        (
+            format!("/api/sessions/{b_id}/vnc?token=garbage"),
+            vec![],
+            4002,
+            "invalid",
+        ),
+        (
+            format!("/api/sessions/{b_id}/vnc?token={a_token}"),
+            vec![],
+            4002,
+            "another session",
+        ),
+        (
+            format!("/api/sessions/{b_id}/vnc"),
+            vec![("Authorization", bearer_a.as_str())],
+            4002,
+            "another session",
+        ),
+        (
+            format!("/api/sessions/{b_id}/vnc"),
+            vec![("Cookie", cookie_a_for_b.as_str())],
+            4002,
+            "another session",
+        ),
+        (
+            format!("/api/sessions/{b_id}/control?token={a_token}"),
+            vec![],
+            4002,
+            "another session",
+        ),
+        (
+            format!("/api/sessions/{a_id}/vnc?token={expired_token}"),
+            vec![],
+            4003,
+            "expired",
+        ),
+        (
+            format!("/api/sessions/{unknown}/vnc?token={unknown_token}"),
+            vec![],
+            4005,
+            "not found",
+        ),
+        (
+            format!("/api/sessions/{a_id}/vnc?token={a_token}"),
+            vec![("Origin", "http://evil.example")],
+            4004,
+            "origin",
+        ),
     ];
     for (path, headers, code, reason) in cases {
         let mut ws = ws_connect(&server, &path, &headers).await;
         let (got_code, got_reason) = close_of(&mut ws, Duration::from_secs(5)).await;
         assert_eq!(got_code, code, "{path} {headers:?}: {got_reason}");
-        assert!(got_reason.contains(reason), "{path}: reason {got_reason:?} should mention {reason:?}");
+        assert!(
+            got_reason.contains(reason),
+            "{path}: reason {got_reason:?} should mention {reason:?}"
+        );
     }
 
     // Ended sessions say how they ended.
     server.revoke(b_id).await;
     let b_token = b["token"].as_str().unwrap();
-    let mut ws = ws_connect(&server, &format!("/api/sessions/{b_id}/vnc?token={b_token}"), &[]).await;
-    assert_eq!(close_of(&mut ws, Duration::from_secs(5)).await, (4008, "session revoked".into()));
+    let mut ws = ws_connect(
+        &server,
+        &format!("/api/sessions/{b_id}/vnc?token={b_token}"),
+        &[],
+    )
+    .await;
+    assert_eq!(
+        close_of(&mut ws, Duration::from_secs(5)).await,
+        (4008, "session revoked".into())
+    );
     let short = server.create_session(json!({ "ttl_seconds": 1 })).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let path = format!("/api/sessions/{}/vnc?token={}", short["id"].as_str().unwrap(), short["token"].as_str().unwrap());
+    let path = format!(
+        "/api/sessions/{}/vnc?token={}",
+        short["id"].as_str().unwrap(),
+        short["token"].as_str().unwrap()
+    );
     let mut ws = ws_connect(&server, &path, &[]).await;
     let (code, _) = close_of(&mut ws, Duration::from_secs(5)).await;
     // The token expires with the session: either answer tells the client to stop.
@@ -98,7 +185,11 @@ async fn refused_connections_get_a_code_and_a_reason_and_never_start_a_desktop()
     assert_eq!(server.readyz().await["desktops"], 0);
     assert_eq!(server.get_session(a_id).await["desktop"], "stopped");
     let desktops = server.data.path().join("desktops");
-    assert_eq!(std::fs::read_dir(&desktops).unwrap().count(), 0, "no desktop directory was created");
+    assert_eq!(
+        std::fs::read_dir(&desktops).unwrap().count(),
+        0,
+        "no desktop directory was created"
+    );
     server.stop().await;
 }
 
@@ -106,17 +197,34 @@ async fn refused_connections_get_a_code_and_a_reason_and_never_start_a_desktop()
 async fn revoking_closes_live_connections_with_the_reason() {
     let server = TestServer::start(&[]).await;
     let created = server.create_session(json!({})).await;
-    let (id, token) = (created["id"].as_str().unwrap(), created["token"].as_str().unwrap());
+    let (id, token) = (
+        created["id"].as_str().unwrap(),
+        created["token"].as_str().unwrap(),
+    );
     let cookie = format!("ls_{id}={token}");
     let origin = server.base.clone();
     // The viewer's way: cookie and same-origin Origin.
-    let ws = ws_connect(&server, &format!("/api/sessions/{id}/vnc"), &[("Cookie", cookie.as_str()), ("Origin", origin.as_str())]).await;
+    let ws = ws_connect(
+        &server,
+        &format!("/api/sessions/{id}/vnc"),
+        &[("Cookie", cookie.as_str()), ("Origin", origin.as_str())],
+    )
+    .await;
     let rfb = rfb_over_ws(ws).await;
     drop(rfb);
-    let mut ws = ws_connect(&server, &format!("/api/sessions/{id}/vnc"), &[("Authorization", &format!("Bearer {token}"))]).await;
+    let mut ws = ws_connect(
+        &server,
+        &format!("/api/sessions/{id}/vnc"),
+        &[("Authorization", &format!("Bearer {token}"))],
+    )
+    .await;
     // Wait for the first RFB bytes, so the relay is running.
     use futures_util::StreamExt;
-    let first = tokio::time::timeout(Duration::from_secs(30), ws.next()).await.unwrap().unwrap().unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(30), ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert!(first.is_binary());
     let started = std::time::Instant::now();
     server.revoke(id).await;

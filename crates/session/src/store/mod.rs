@@ -47,18 +47,36 @@ pub trait SessionStore: Send + Sync + 'static {
         at: OffsetDateTime,
     ) -> Result<Option<Session>, StoreError>;
     /// Extends an active session's deadline. `None` if it is not active.
-    async fn set_expiry(&self, id: &str, expires_at: OffsetDateTime) -> Result<Option<Session>, StoreError>;
-    async fn find_by_checkout(&self, checkout_session_id: &str) -> Result<Option<Session>, StoreError>;
-    async fn find_by_payment_intent(&self, payment_intent: &str) -> Result<Option<Session>, StoreError>;
+    async fn set_expiry(
+        &self,
+        id: &str,
+        expires_at: OffsetDateTime,
+    ) -> Result<Option<Session>, StoreError>;
+    async fn find_by_checkout(
+        &self,
+        checkout_session_id: &str,
+    ) -> Result<Option<Session>, StoreError>;
+    async fn find_by_payment_intent(
+        &self,
+        payment_intent: &str,
+    ) -> Result<Option<Session>, StoreError>;
     /// Activates the session of a paid checkout in one statement: the pending session the
     /// server created for it, or a new one (a checkout the server did not start, such as a
     /// Payment Link). Returns the session if this call activated it; `None` if it was
     /// already active or had ended. The unique checkout id makes concurrent calls safe.
-    async fn activate_checkout(&self, activation: &CheckoutActivation) -> Result<Option<Session>, StoreError>;
+    async fn activate_checkout(
+        &self,
+        activation: &CheckoutActivation,
+    ) -> Result<Option<Session>, StoreError>;
     /// Marks a session claimed by a browser; `false` if it already was.
     async fn claim_session(&self, id: &str, at: OffsetDateTime) -> Result<bool, StoreError>;
     /// Records a Stripe event id; `false` if it was already recorded.
-    async fn record_event(&self, event_id: &str, kind: &str, at: OffsetDateTime) -> Result<bool, StoreError>;
+    async fn record_event(
+        &self,
+        event_id: &str,
+        kind: &str,
+        at: OffsetDateTime,
+    ) -> Result<bool, StoreError>;
     /// A cheap round trip, for `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;
 }

@@ -2,7 +2,9 @@ use std::path::Path;
 use std::str::FromStr;
 
 use sqlx::Row;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+};
 use time::OffsetDateTime;
 
 use super::{CheckoutActivation, SessionStore, StoreError};
@@ -22,7 +24,10 @@ impl SqliteStore {
             // WAL lets /readyz and the API read while a write is in flight.
             .journal_mode(SqliteJournalMode::Wal)
             .busy_timeout(std::time::Duration::from_secs(5));
-        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
         sqlx::migrate!("migrations/sqlite").run(&pool).await?;
         Ok(Self { pool })
     }
@@ -57,47 +62,66 @@ fn session_from_row(row: &SqliteRow) -> Result<Session, StoreError> {
         start_url: row.try_get("start_url")?,
         created_at: from_millis(row.try_get("created_at")?)?,
         expires_at: from_millis(row.try_get("expires_at")?)?,
-        ended_at: row.try_get::<Option<i64>, _>("ended_at")?.map(from_millis).transpose()?,
+        ended_at: row
+            .try_get::<Option<i64>, _>("ended_at")?
+            .map(from_millis)
+            .transpose()?,
         end_reason: row.try_get("end_reason")?,
         checkout_session_id: row.try_get("checkout_session_id")?,
         payment_intent: row.try_get("payment_intent")?,
-        activated_at: row.try_get::<Option<i64>, _>("activated_at")?.map(from_millis).transpose()?,
-        claimed_at: row.try_get::<Option<i64>, _>("claimed_at")?.map(from_millis).transpose()?,
+        activated_at: row
+            .try_get::<Option<i64>, _>("activated_at")?
+            .map(from_millis)
+            .transpose()?,
+        claimed_at: row
+            .try_get::<Option<i64>, _>("claimed_at")?
+            .map(from_millis)
+            .transpose()?,
     })
 }
 
 #[async_trait::async_trait]
 impl SessionStore for SqliteStore {
     async fn insert_session(&self, s: &Session) -> Result<(), StoreError> {
-        sqlx::query(concat!("INSERT INTO sessions (", columns!(), ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"))
-            .bind(&s.id)
-            .bind(s.state.as_str())
-            .bind(s.source.as_str())
-            .bind(&s.start_url)
-            .bind(millis(s.created_at))
-            .bind(millis(s.expires_at))
-            .bind(s.ended_at.map(millis))
-            .bind(&s.end_reason)
-            .bind(&s.checkout_session_id)
-            .bind(&s.payment_intent)
-            .bind(s.activated_at.map(millis))
-            .bind(s.claimed_at.map(millis))
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(concat!(
+            "INSERT INTO sessions (",
+            columns!(),
+            ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        ))
+        .bind(&s.id)
+        .bind(s.state.as_str())
+        .bind(s.source.as_str())
+        .bind(&s.start_url)
+        .bind(millis(s.created_at))
+        .bind(millis(s.expires_at))
+        .bind(s.ended_at.map(millis))
+        .bind(&s.end_reason)
+        .bind(&s.checkout_session_id)
+        .bind(&s.payment_intent)
+        .bind(s.activated_at.map(millis))
+        .bind(s.claimed_at.map(millis))
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
     async fn get_session(&self, id: &str) -> Result<Option<Session>, StoreError> {
-        let row = sqlx::query(concat!("SELECT ", columns!(), " FROM sessions WHERE id = ?"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            columns!(),
+            " FROM sessions WHERE id = ?"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
         row.as_ref().map(session_from_row).transpose()
     }
 
     async fn list_sessions(&self, limit: u32) -> Result<Vec<Session>, StoreError> {
         let rows = sqlx::query(concat!(
-            "SELECT ", columns!(), " FROM sessions ORDER BY created_at DESC, id LIMIT ?"
+            "SELECT ",
+            columns!(),
+            " FROM sessions ORDER BY created_at DESC, id LIMIT ?"
         ))
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
@@ -107,7 +131,9 @@ impl SessionStore for SqliteStore {
 
     async fn list_active_sessions(&self) -> Result<Vec<Session>, StoreError> {
         let rows = sqlx::query(concat!(
-            "SELECT ", columns!(), " FROM sessions WHERE state = 'active' ORDER BY expires_at"
+            "SELECT ",
+            columns!(),
+            " FROM sessions WHERE state = 'active' ORDER BY expires_at"
         ))
         .fetch_all(&self.pool)
         .await?;
@@ -124,7 +150,8 @@ impl SessionStore for SqliteStore {
         // One statement, guarded by state, so concurrent ends cannot both win.
         let row = sqlx::query(concat!(
             "UPDATE sessions SET state = ?, ended_at = ?, end_reason = ? \
-             WHERE id = ? AND state = 'active' AND (? = 'revoked' OR expires_at <= ?) RETURNING ", columns!()
+             WHERE id = ? AND state = 'active' AND (? = 'revoked' OR expires_at <= ?) RETURNING ",
+            columns!()
         ))
         .bind(end.state().as_str())
         .bind(millis(at))
@@ -137,9 +164,14 @@ impl SessionStore for SqliteStore {
         row.as_ref().map(session_from_row).transpose()
     }
 
-    async fn set_expiry(&self, id: &str, expires_at: OffsetDateTime) -> Result<Option<Session>, StoreError> {
+    async fn set_expiry(
+        &self,
+        id: &str,
+        expires_at: OffsetDateTime,
+    ) -> Result<Option<Session>, StoreError> {
         let row = sqlx::query(concat!(
-            "UPDATE sessions SET expires_at = ? WHERE id = ? AND state = 'active' RETURNING ", columns!()
+            "UPDATE sessions SET expires_at = ? WHERE id = ? AND state = 'active' RETURNING ",
+            columns!()
         ))
         .bind(millis(expires_at))
         .bind(id)
@@ -148,23 +180,40 @@ impl SessionStore for SqliteStore {
         row.as_ref().map(session_from_row).transpose()
     }
 
-    async fn find_by_checkout(&self, checkout_session_id: &str) -> Result<Option<Session>, StoreError> {
-        let row = sqlx::query(concat!("SELECT ", columns!(), " FROM sessions WHERE checkout_session_id = ?"))
-            .bind(checkout_session_id)
-            .fetch_optional(&self.pool)
-            .await?;
+    async fn find_by_checkout(
+        &self,
+        checkout_session_id: &str,
+    ) -> Result<Option<Session>, StoreError> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            columns!(),
+            " FROM sessions WHERE checkout_session_id = ?"
+        ))
+        .bind(checkout_session_id)
+        .fetch_optional(&self.pool)
+        .await?;
         row.as_ref().map(session_from_row).transpose()
     }
 
-    async fn find_by_payment_intent(&self, payment_intent: &str) -> Result<Option<Session>, StoreError> {
-        let row = sqlx::query(concat!("SELECT ", columns!(), " FROM sessions WHERE payment_intent = ? LIMIT 1"))
-            .bind(payment_intent)
-            .fetch_optional(&self.pool)
-            .await?;
+    async fn find_by_payment_intent(
+        &self,
+        payment_intent: &str,
+    ) -> Result<Option<Session>, StoreError> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            columns!(),
+            " FROM sessions WHERE payment_intent = ? LIMIT 1"
+        ))
+        .bind(payment_intent)
+        .fetch_optional(&self.pool)
+        .await?;
         row.as_ref().map(session_from_row).transpose()
     }
 
-    async fn activate_checkout(&self, a: &CheckoutActivation) -> Result<Option<Session>, StoreError> {
+    async fn activate_checkout(
+        &self,
+        a: &CheckoutActivation,
+    ) -> Result<Option<Session>, StoreError> {
         // Insert, or flip the pending row to active; a row that is already active or has
         // ended is left alone and nothing is returned.
         let row = sqlx::query(concat!(
@@ -190,15 +239,21 @@ impl SessionStore for SqliteStore {
     }
 
     async fn claim_session(&self, id: &str, at: OffsetDateTime) -> Result<bool, StoreError> {
-        let done = sqlx::query("UPDATE sessions SET claimed_at = ? WHERE id = ? AND claimed_at IS NULL")
-            .bind(millis(at))
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
+        let done =
+            sqlx::query("UPDATE sessions SET claimed_at = ? WHERE id = ? AND claimed_at IS NULL")
+                .bind(millis(at))
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
         Ok(done.rows_affected() == 1)
     }
 
-    async fn record_event(&self, event_id: &str, kind: &str, at: OffsetDateTime) -> Result<bool, StoreError> {
+    async fn record_event(
+        &self,
+        event_id: &str,
+        kind: &str,
+        at: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
         let done = sqlx::query("INSERT INTO stripe_events (id, type, received_at) VALUES (?, ?, ?) ON CONFLICT (id) DO NOTHING")
             .bind(event_id)
             .bind(kind)
@@ -261,14 +316,23 @@ mod tests {
         let s = session(60);
         store.insert_session(&s).await.unwrap();
         let at = OffsetDateTime::now_utc();
-        let ended = store.end_session(&s.id, SessionEnd::Revoked, "by test", at).await.unwrap();
+        let ended = store
+            .end_session(&s.id, SessionEnd::Revoked, "by test", at)
+            .await
+            .unwrap();
         let ended = ended.expect("active session ends");
         assert_eq!(ended.state, SessionState::Revoked);
         assert_eq!(ended.end_reason.as_deref(), Some("by test"));
         assert!(ended.ended_at.is_some());
-        let again = store.end_session(&s.id, SessionEnd::Expired, "late", at).await.unwrap();
+        let again = store
+            .end_session(&s.id, SessionEnd::Expired, "late", at)
+            .await
+            .unwrap();
         assert_eq!(again, None);
-        assert_eq!(store.get_session(&s.id).await.unwrap().unwrap().state, SessionState::Revoked);
+        assert_eq!(
+            store.get_session(&s.id).await.unwrap().unwrap().state,
+            SessionState::Revoked
+        );
         assert!(store.list_active_sessions().await.unwrap().is_empty());
     }
 
@@ -291,7 +355,12 @@ mod tests {
         let tasks: Vec<_> = (0..50)
             .map(|_| {
                 let store = store.clone();
-                tokio::spawn(async move { store.activate_checkout(&activation("cs_race")).await.unwrap() })
+                tokio::spawn(async move {
+                    store
+                        .activate_checkout(&activation("cs_race"))
+                        .await
+                        .unwrap()
+                })
             })
             .collect();
         let mut activated = 0;
@@ -299,10 +368,25 @@ mod tests {
             activated += t.await.unwrap().is_some() as usize;
         }
         assert_eq!(activated, 1, "exactly one delivery activates");
-        assert_eq!(store.list_sessions(100).await.unwrap().len(), 1, "exactly one row");
+        assert_eq!(
+            store.list_sessions(100).await.unwrap().len(),
+            1,
+            "exactly one row"
+        );
         let s = store.find_by_checkout("cs_race").await.unwrap().unwrap();
-        assert_eq!((s.state, s.source), (SessionState::Active, SessionSource::Checkout));
-        assert_eq!(store.find_by_payment_intent("pi_1").await.unwrap().unwrap().id, s.id);
+        assert_eq!(
+            (s.state, s.source),
+            (SessionState::Active, SessionSource::Checkout)
+        );
+        assert_eq!(
+            store
+                .find_by_payment_intent("pi_1")
+                .await
+                .unwrap()
+                .unwrap()
+                .id,
+            s.id
+        );
     }
 
     #[tokio::test]
@@ -315,13 +399,36 @@ mod tests {
         pending.checkout_session_id = Some("cs_p".into());
         pending.activated_at = None;
         store.insert_session(&pending).await.unwrap();
-        let active = store.activate_checkout(&activation("cs_p")).await.unwrap().expect("activated");
+        let active = store
+            .activate_checkout(&activation("cs_p"))
+            .await
+            .unwrap()
+            .expect("activated");
         assert_eq!(active.id, pending.id);
         assert_eq!(active.state, SessionState::Active);
         assert!(active.activated_at.is_some());
-        store.end_session(&active.id, SessionEnd::Revoked, "refund", OffsetDateTime::now_utc()).await.unwrap().unwrap();
-        assert!(store.activate_checkout(&activation("cs_p")).await.unwrap().is_none(), "a retried event cannot revive it");
-        assert_eq!(store.get_session(&pending.id).await.unwrap().unwrap().state, SessionState::Revoked);
+        store
+            .end_session(
+                &active.id,
+                SessionEnd::Revoked,
+                "refund",
+                OffsetDateTime::now_utc(),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            store
+                .activate_checkout(&activation("cs_p"))
+                .await
+                .unwrap()
+                .is_none(),
+            "a retried event cannot revive it"
+        );
+        assert_eq!(
+            store.get_session(&pending.id).await.unwrap().unwrap().state,
+            SessionState::Revoked
+        );
     }
 
     #[tokio::test]
@@ -333,14 +440,46 @@ mod tests {
         let now = OffsetDateTime::now_utc();
         assert!(store.claim_session(&s.id, now).await.unwrap());
         assert!(!store.claim_session(&s.id, now).await.unwrap());
-        assert!(store.record_event("evt_1", "checkout.session.completed", now).await.unwrap());
-        assert!(!store.record_event("evt_1", "checkout.session.completed", now).await.unwrap());
+        assert!(
+            store
+                .record_event("evt_1", "checkout.session.completed", now)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .record_event("evt_1", "checkout.session.completed", now)
+                .await
+                .unwrap()
+        );
         // Not yet due: an expiry is refused; after the deadline it applies.
-        assert!(store.end_session(&s.id, SessionEnd::Expired, "ttl", now).await.unwrap().is_none());
+        assert!(
+            store
+                .end_session(&s.id, SessionEnd::Expired, "ttl", now)
+                .await
+                .unwrap()
+                .is_none()
+        );
         let later = s.expires_at + time::Duration::seconds(1);
-        let extended = store.set_expiry(&s.id, later + time::Duration::hours(1)).await.unwrap().unwrap();
+        let extended = store
+            .set_expiry(&s.id, later + time::Duration::hours(1))
+            .await
+            .unwrap()
+            .unwrap();
         assert!(extended.expires_at > later);
-        assert!(store.end_session(&s.id, SessionEnd::Expired, "ttl", later).await.unwrap().is_none());
-        assert!(store.end_session(&s.id, SessionEnd::Expired, "ttl", extended.expires_at).await.unwrap().is_some());
+        assert!(
+            store
+                .end_session(&s.id, SessionEnd::Expired, "ttl", later)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            store
+                .end_session(&s.id, SessionEnd::Expired, "ttl", extended.expires_at)
+                .await
+                .unwrap()
+                .is_some()
+        );
     }
 }

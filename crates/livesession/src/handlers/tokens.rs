@@ -1,0 +1,127 @@
+//! `POST /api/sessions/{id}/token`: a fresh short-lived access token for a session.
+//!
+//! Browsers present their refresh cookie (and get both cookies renewed, so their
+//! WebSockets authenticate by cookie and no token appears in a URL); agents present a
+//! still-valid access token; operators present the admin token.
+
+use axum::Json;
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::header::SET_COOKIE;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use livesession_session::SessionState;
+use serde_json::json;
+
+use crate::app::AppState;
+use crate::auth::{
+    Role, TokenError, TokenKind, bearer, constant_time_eq, cookie, refresh_cookie_name,
+    same_site_request, session_cookies,
+};
+use crate::error::ApiError;
+
+pub async fn issue_token(
+    State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    app.limits
+        .attempt(peer.ip())
+        .map_err(|r| ApiError::rate_limited(&r))?;
+    let unauthorized =
+        |code: &'static str, message: &str| ApiError::new(StatusCode::UNAUTHORIZED, code, message);
+    let role = if let Some(presented) = bearer(&headers) {
+        if constant_time_eq(presented.as_bytes(), app.admin_token.as_bytes()) {
+            Role::Interactive
+        } else {
+            match app.tokens.verify(presented, TokenKind::Access) {
+                Ok(claims) if claims.sid == id => claims.role,
+                Ok(_) => {
+                    return Err(unauthorized(
+                        "token_invalid",
+                        "the token is for another session",
+                    ));
+                }
+                Err(TokenError::Expired) => {
+                    return Err(unauthorized(
+                        "token_expired",
+                        "the access token expired; refresh with the refresh cookie",
+                    ));
+                }
+                Err(TokenError::Invalid) => {
+                    return Err(unauthorized("token_invalid", "the token is invalid"));
+                }
+            }
+        }
+    } else if let Some(refresh) = cookie(&headers, &refresh_cookie_name(&id)) {
+        // A cookie is sent by the browser on its own: only our own pages may use it.
+        if !same_site_request(&headers, |o, h| app.origin_allowed(o, h)) {
+            return Err(ApiError::cross_site());
+        }
+        match app.tokens.verify(refresh, TokenKind::Refresh) {
+            Ok(claims) if claims.sid == id => claims.role,
+            Ok(_) | Err(TokenError::Invalid) => {
+                return Err(unauthorized(
+                    "token_invalid",
+                    "the refresh cookie is invalid",
+                ));
+            }
+            Err(TokenError::Expired) => {
+                return Err(unauthorized("token_expired", "the refresh cookie expired"));
+            }
+        }
+    } else {
+        return Err(unauthorized(
+            "auth_required",
+            "a refresh cookie or a bearer token is required",
+        ));
+    };
+
+    let session = app
+        .sessions
+        .get(&id)
+        .await?
+        .ok_or_else(ApiError::session_not_found)?;
+    match session.state {
+        SessionState::Active => {}
+        SessionState::Pending => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "session_not_active",
+                "the session's payment is not confirmed yet",
+            ));
+        }
+        SessionState::Expired | SessionState::Revoked => {
+            return Err(ApiError::new(
+                StatusCode::GONE,
+                "session_ended",
+                format!("the session has ended ({})", session.state.as_str()),
+            ));
+        }
+    }
+    let (token, expires_at) = app.tokens.access(&session.id, role, session.expires_at);
+    let body = json!({
+        "token": token,
+        "expires_at": expires_at.format(&time::format_description::well_known::Rfc3339).expect("formattable"),
+        "session_expires_at": session.expires_at.format(&time::format_description::well_known::Rfc3339).expect("formattable"),
+    });
+    let mut response = (StatusCode::OK, Json(body)).into_response();
+    response
+        .headers_mut()
+        .insert("cache-control", HeaderValue::from_static("no-store"));
+    for cookie in session_cookies(
+        &app.tokens,
+        &session.id,
+        role,
+        session.expires_at,
+        app.public_url.starts_with("https://"),
+    ) {
+        response.headers_mut().append(
+            SET_COOKIE,
+            HeaderValue::from_str(&cookie).map_err(|e| ApiError::internal("cookie", e))?,
+        );
+    }
+    Ok(response)
+}
