@@ -101,6 +101,9 @@ class LogTail {
  * Start `livesession serve` on a free loopback port with a fresh data
  * directory and wait until /healthz answers 200.
  *
+ * `env` adds to (or overrides) the server's environment, e.g. the
+ * LIVESESSION_STRIPE_* settings the payment tests pass.
+ *
  * @param {{startUrl: string, env?: Record<string,string>}} opts
  */
 export async function startServer({ startUrl, env = {} }) {
@@ -156,6 +159,11 @@ export async function startServer({ startUrl, env = {} }) {
     /** fetch() against the server; `path` is relative to baseUrl. */
     request(urlPath, init = {}) {
       return fetch(new URL(urlPath, baseUrl), { redirect: 'manual', ...init });
+    },
+
+    /** request() with the admin bearer token. */
+    admin(urlPath, init = {}) {
+      return server.request(urlPath, { ...init, headers: { Authorization: `Bearer ${adminToken}`, ...(init.headers ?? {}) } });
     },
 
     /** SIGTERM, wait up to 10 s, then SIGKILL; removes the data dir. */

@@ -82,13 +82,16 @@ describe('viewer', { timeout: 300_000 }, () => {
         assert.ok(sessionId, 'session id in viewer URL');
         // The viewer authenticates with the cookie from the start form, which
         // page scripts must not be able to read.
-        const cookies = await context.cookies(server.baseUrl);
+        // All of this fresh context's cookies: the server scopes them to the session's paths.
+        const cookies = await context.cookies();
         assert.ok(cookies.length > 0, 'the start form set a cookie');
         assert.ok(cookies.every((c) => c.httpOnly), `cookies are HttpOnly: ${cookies.map((c) => c.name).join(', ')}`);
 
         await waitForState(page, 'connected', 60_000);
         assert.equal(await page.locator('#status').textContent(), 'connected');
-        assert.ok(pages.state.loads >= 1, 'the session Chromium loaded the typing page');
+        // "connected" means the screen is live; the session's Chromium may
+        // still be loading its first page.
+        await waitFor(() => pages.state.loads >= 1, { timeoutMs: 30_000, what: 'the session Chromium to load the typing page' });
 
         // The remote page is magenta: once enough of the canvas is, the
         // desktop is really being drawn in our viewer.

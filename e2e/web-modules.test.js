@@ -9,6 +9,8 @@ import { Backoff } from '../web/static/backoff.js';
 import { CLOSE_CODES, describe as describeCode, isFinal } from '../web/static/closecodes.js';
 import { retryAfterMs } from '../web/static/control.js';
 import { formatDuration } from '../web/static/ui.js';
+import { formatPrice, minorUnitDigits } from '../web/static/price.js';
+import { checkoutSessionIdFromSearch, claimOnce, errorRetryDelayMs, interpretClaim, retryAfterHeaderMs, safeViewerUrl } from '../web/static/claim.js';
 
 describe('Backoff', () => {
   test('ceilings double from 3 s to a 30 s cap', () => {
@@ -86,4 +88,86 @@ test('formatDuration', () => {
   assert.equal(formatDuration(30_000), 'less than a minute');
   assert.equal(formatDuration(5 * 60_000), '5 min');
   assert.equal(formatDuration(24 * 3_600_000 - 60_000), '23 h 59 min');
+});
+
+describe('prices', () => {
+  test('amounts are in the currency\'s smallest unit, as Stripe counts it', () => {
+    assert.equal(formatPrice(100, 'usd', 'en-US'), '$1.00');
+    assert.equal(formatPrice(250, 'eur', 'en-US'), '€2.50');
+    assert.equal(formatPrice(1999, 'USD', 'en-US'), '$19.99');
+    assert.equal(formatPrice(500, 'jpy', 'en-US'), '¥500');
+    assert.match(formatPrice(1500, 'kwd', 'en-US'), /^KWD\s1\.500$/);
+    assert.equal(minorUnitDigits('isk'), 2, 'ISK is sent in hundredths');
+  });
+
+  test('the browser\'s locale decides the format', () => {
+    assert.match(formatPrice(100, 'eur', 'de-DE'), /^1,00\s€$/);
+  });
+
+  test('an unknown currency code still shows the amount', () => {
+    assert.equal(formatPrice(100, 'not a currency', 'en-US'), '1.00 NOT A CURRENCY');
+  });
+});
+
+describe('checkout success page', () => {
+  const origin = 'http://127.0.0.1:8080';
+
+  test('the Checkout Session id comes from ?session_id= and looks like one', () => {
+    assert.equal(checkoutSessionIdFromSearch('?session_id=cs_test_a1B2c3'), 'cs_test_a1B2c3');
+    assert.equal(checkoutSessionIdFromSearch('?session_id=cs_live_X'), 'cs_live_X');
+    assert.equal(checkoutSessionIdFromSearch(''), null);
+    assert.equal(checkoutSessionIdFromSearch('?session_id={CHECKOUT_SESSION_ID}'), null, 'an unfilled placeholder');
+    assert.equal(checkoutSessionIdFromSearch('?session_id=pi_123'), null);
+    assert.equal(checkoutSessionIdFromSearch('?session_id=cs_test_1%22%3E'), null);
+  });
+
+  test('only a same-origin /s/ page is followed', () => {
+    assert.equal(safeViewerUrl('/s/abc', origin), '/s/abc');
+    assert.equal(safeViewerUrl(`${origin}/s/abc`, origin), '/s/abc');
+    assert.equal(safeViewerUrl('https://evil.example/s/abc', origin), null);
+    assert.equal(safeViewerUrl('//evil.example/s/abc', origin), null);
+    assert.equal(safeViewerUrl('javascript:alert(1)', origin), null);
+    assert.equal(safeViewerUrl('/api/sessions', origin), null);
+    assert.equal(safeViewerUrl(undefined, origin), null);
+  });
+
+  test('each claim answer', () => {
+    assert.deepEqual(interpretClaim(202, { status: 'pending' }, origin), { kind: 'pending' });
+    assert.deepEqual(interpretClaim(200, { status: 'claimed', session_id: 'abc', viewer_url: '/s/abc' }, origin), { kind: 'claimed', viewerUrl: '/s/abc' });
+    assert.equal(interpretClaim(200, { status: 'claimed', viewer_url: 'https://evil.example/' }, origin).kind, 'error');
+    const taken = interpretClaim(409, { error: { code: 'already_claimed', message: 'claimed elsewhere' } }, origin);
+    assert.equal(taken.kind, 'already-claimed');
+    assert.equal(taken.message, 'claimed elsewhere');
+    assert.equal(interpretClaim(410, { error: { code: 'session_ended', message: 'revoked' } }, origin).kind, 'ended');
+    const failed = interpretClaim(500, { error: { code: 'internal', message: 'something failed' } }, origin);
+    assert.deepEqual(failed, { kind: 'error', code: 'internal', message: 'something failed' });
+    assert.match(interpretClaim(502, null, origin).message, /502/);
+  });
+
+  test('retry delays after errors grow to 15 s; Retry-After is honoured', () => {
+    assert.deepEqual([1, 2, 3, 4, 5, 10].map(errorRetryDelayMs), [2_000, 4_000, 8_000, 15_000, 15_000, 15_000]);
+    assert.equal(retryAfterHeaderMs('3'), 3_000);
+    assert.equal(retryAfterHeaderMs(null), 0);
+    assert.equal(retryAfterHeaderMs('Wed, 21 Oct 2015 07:28:00 GMT'), 0);
+  });
+
+  test('claimOnce posts the id as JSON with same-origin credentials, and never throws', async () => {
+    let seen;
+    const fetchFn = async (url, init) => {
+      seen = { url, ...init };
+      return new Response(JSON.stringify({ status: 'pending' }), { status: 202, headers: { 'Content-Type': 'application/json' } });
+    };
+    assert.deepEqual(await claimOnce('cs_test_1', { fetchFn, origin }), { kind: 'pending', retryAfterMs: 0 });
+    assert.equal(seen.url, '/api/checkout/claim');
+    assert.equal(seen.method, 'POST');
+    assert.equal(seen.credentials, 'same-origin');
+    assert.equal(seen.headers['Content-Type'], 'application/json');
+    assert.deepEqual(JSON.parse(seen.body), { checkout_session_id: 'cs_test_1' });
+
+    const down = await claimOnce('cs_test_1', { fetchFn: async () => { throw new TypeError('fetch failed'); }, origin });
+    assert.equal(down.kind, 'error');
+    const html = await claimOnce('cs_test_1', { fetchFn: async () => new Response('<h1>Bad gateway</h1>', { status: 502, headers: { 'Retry-After': '5' } }), origin });
+    assert.equal(html.kind, 'error');
+    assert.equal(html.retryAfterMs, 5_000);
+  });
 });

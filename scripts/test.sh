@@ -11,7 +11,7 @@ apt_install "${RUNTIME_PACKAGES[@]}" build-essential pkg-config procps
 ensure_node
 ensure_rust
 install_web_client
-echo "==> npm ci (end-to-end tests: playwright-core)"
+echo "==> npm ci (end-to-end tests: playwright-core, stripe)"
 npm ci --prefix e2e --no-audit --no-fund --loglevel=error
 
 echo "==> cargo test"

@@ -1,5 +1,8 @@
-// Landing page: asks the server how it runs and shows either the free-mode
-// start form or the note that sessions come from the operator.
+// Landing page: asks the server how it runs and shows what a visitor can do
+// there: buy a session (Stripe Checkout), start one for free (free mode), both,
+// or neither (sessions come from the operator).
+
+import { formatPrice } from './price.js';
 
 async function loadInfo() {
   const res = await fetch('/api/info', { headers: { Accept: 'application/json' } });
@@ -11,10 +14,31 @@ function show(id) {
   document.getElementById(id).hidden = false;
 }
 
+/** Fill in the checkout offer; false if the server's price is unusable. */
+function showCheckout(price) {
+  if (!price || !Number.isFinite(Number(price.amount_cents)) || typeof price.currency !== 'string') {
+    console.warn('[livesession] checkout is on but the server sent no usable price:', price);
+    return false;
+  }
+  const text = formatPrice(price.amount_cents, price.currency);
+  document.getElementById('price').textContent = text;
+  document.getElementById('product-name').textContent = price.product || 'Live browser session';
+  document.getElementById('buy').textContent = `Buy a session — ${text}`;
+  show('checkout');
+  return true;
+}
+
 async function main() {
+  // Stripe sends the buyer back here with ?checkout=cancelled from its page.
+  const params = new URLSearchParams(location.search);
+  if (params.get('checkout') === 'cancelled') show('checkout-cancelled');
+
   try {
     const info = await loadInfo();
-    show(info.free_mode === true ? 'free-mode' : 'operator-mode');
+    const paid = info.checkout === true && showCheckout(info.price);
+    const free = info.free_mode === true;
+    if (free) show('free-mode');
+    if (!paid && !free) show('operator-mode');
     if (info.name && info.version) {
       document.getElementById('version').textContent = `${info.name} ${info.version}`;
     }
@@ -28,15 +52,20 @@ async function main() {
   }
 }
 
-// Disable the button once pressed: a second click would start a second session.
-document.querySelector('#free-mode form').addEventListener('submit', (ev) => {
-  ev.submitter?.setAttribute('disabled', '');
-});
+// Disable a button once pressed: a second click would start a second session
+// (or a second checkout).
+for (const form of document.querySelectorAll('#free-mode form, #checkout form')) {
+  form.addEventListener('submit', (ev) => {
+    ev.submitter?.setAttribute('disabled', '');
+  });
+}
 
 main();
 
-// Coming back with the Back button restores the page from the cache with the
-// button still disabled.
+// Coming back with the Back button (from Stripe's page, say) restores the
+// page from the cache with the buttons still disabled.
 window.addEventListener('pageshow', () => {
-  document.querySelector('#free-mode button')?.removeAttribute('disabled');
+  for (const button of document.querySelectorAll('#free-mode button, #checkout button')) {
+    button.removeAttribute('disabled');
+  }
 });

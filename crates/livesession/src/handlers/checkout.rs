@@ -11,14 +11,12 @@ use axum::http::header::{LOCATION, SET_COOKIE};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use livesession_billing::CheckoutRequest;
-use livesession_session::{SessionState, new_session_id};
+use livesession_session::{Session, SessionState, new_session_id};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::app::AppState;
-use crate::auth::{
-    Role, TokenKind, TokenSource, find_access_token, same_site_request, session_cookies,
-};
+use crate::app::{App, AppState};
+use crate::auth::{Role, TokenKind, cookie, same_site_request, session_cookies};
 use crate::error::ApiError;
 
 /// `POST /api/checkout` (the landing page's form): creates a Checkout Session at Stripe and
@@ -127,15 +125,22 @@ pub async fn claim_checkout(
         }
         response
     };
-    // The browser that claimed it asks again (a reload): it holds the session's cookie,
-    // whose access token may have expired since.
-    if let Some((token, TokenSource::Cookie)) = find_access_token(&headers, None, &session.id) {
+    let secure = app.public_url.starts_with("https://");
+    // The browser that claimed it asks again (a reload of the success page): it holds the
+    // claim cookie, scoped to this endpoint, and gets its session cookies renewed.
+    let claim_cookie = format!("lsc_{}", session.id);
+    if let Some(proof) = cookie(&headers, &claim_cookie) {
         if app
             .tokens
-            .verify_ignoring_expiry(&token, TokenKind::Access)
+            .verify_ignoring_expiry(proof, TokenKind::Refresh)
             .is_ok_and(|c| c.sid == session.id)
         {
-            return Ok(claimed(&[]));
+            return Ok(claimed(&browser_cookies(
+                &app,
+                &session,
+                &claim_cookie,
+                secure,
+            )));
         }
     }
     if !app
@@ -151,12 +156,32 @@ pub async fn claim_checkout(
         ));
     }
     tracing::info!(session_id = %session.id, "paid session claimed by a browser");
-    let secure = app.public_url.starts_with("https://");
-    Ok(claimed(&session_cookies(
+    Ok(claimed(&browser_cookies(
+        &app,
+        &session,
+        &claim_cookie,
+        secure,
+    )))
+}
+
+/// The session's access and refresh cookies, plus the claim cookie that lets this browser
+/// claim again.
+fn browser_cookies(app: &App, session: &Session, claim_cookie: &str, secure: bool) -> Vec<String> {
+    let mut cookies = session_cookies(
         &app.tokens,
         &session.id,
         Role::Interactive,
         session.expires_at,
         secure,
-    )))
+    )
+    .to_vec();
+    let max_age = (session.expires_at - time::OffsetDateTime::now_utc())
+        .whole_seconds()
+        .max(0);
+    let proof = app
+        .tokens
+        .refresh(&session.id, Role::Interactive, session.expires_at);
+    let secure = if secure { "; Secure" } else { "" };
+    cookies.push(format!("{claim_cookie}={proof}; Path=/api/checkout/claim; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}"));
+    cookies
 }
