@@ -15,6 +15,7 @@ use time::OffsetDateTime;
 use tokio::time::Instant;
 
 use crate::app::{App, AppState};
+use crate::auth::{TokenError, TokenKind};
 use crate::desktops::DesktopStatus;
 use crate::error::ApiError;
 use crate::handlers::TokenQuery;
@@ -39,6 +40,10 @@ pub enum ServerMessage {
         server_time: OffsetDateTime,
     },
     Pong,
+    AuthOk {
+        #[serde(with = "time::serde::rfc3339")]
+        expires_at: OffsetDateTime,
+    },
     DesktopStatus {
         status: &'static str,
         step: Option<&'static str>,
@@ -59,6 +64,11 @@ pub enum ServerMessage {
 #[serde(tag = "type", rename_all = "SCREAMING_SNAKE_CASE")]
 enum ClientMessage {
     Ping,
+    /// A fresh access token for this session, so the connection outlives the one it
+    /// was opened with.
+    Auth {
+        token: String,
+    },
 }
 
 impl ServerMessage {
@@ -124,8 +134,19 @@ async fn send(socket: &mut WebSocket, message: Message) -> Option<()> {
 
 /// When to warn about an expiry at `expires_at`: five minutes before (now, if that is past).
 fn warning_instant(expires_at: OffsetDateTime) -> Instant {
-    let until = expires_at - EXPIRY_WARNING - OffsetDateTime::now_utc();
-    Instant::now() + until.try_into().unwrap_or(Duration::ZERO)
+    instant_of(expires_at - EXPIRY_WARNING)
+}
+
+/// The monotonic instant of a wall-clock time (now, if it is past).
+fn instant_of(at: OffsetDateTime) -> Instant {
+    Instant::now()
+        + (at - OffsetDateTime::now_utc())
+            .try_into()
+            .unwrap_or(Duration::ZERO)
+}
+
+fn claims_expiry(claims: &crate::auth::AccessClaims) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp(claims.exp).unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
 /// Runs the conversation; returns the close to send, or `None` if the client went away.
@@ -157,6 +178,8 @@ async fn converse(app: &App, mut auth: Authorized, socket: &mut WebSocket) -> Op
     let mut last_sent = None;
     let mut expires_at = session.expires_at;
     let mut warned = false;
+    // The connection lives as long as its access token; AUTH messages renew it.
+    let mut token_expires_at = claims_expiry(&auth.claims);
     // Clients send PING every 30 s; by default three missed ones end the connection.
     let heartbeat_timeout = Duration::from_secs(app.config.heartbeat_timeout);
     let mut last_heard = Instant::now();
@@ -198,6 +221,15 @@ async fn converse(app: &App, mut auth: Authorized, socket: &mut WebSocket) -> Op
                 let reply = match message {
                     Message::Text(text) => match serde_json::from_str::<ClientMessage>(&text) {
                         Ok(ClientMessage::Ping) => ServerMessage::Pong,
+                        Ok(ClientMessage::Auth { token }) => match app.tokens.verify(&token, TokenKind::Access) {
+                            Ok(claims) if claims.sid == auth.session.id => {
+                                token_expires_at = claims_expiry(&claims);
+                                ServerMessage::AuthOk { expires_at: token_expires_at }
+                            }
+                            Ok(_) => ServerMessage::Error { message: "AUTH: the token is for another session".into() },
+                            Err(TokenError::Expired) => ServerMessage::Error { message: "AUTH: the token has expired".into() },
+                            Err(TokenError::Invalid) => ServerMessage::Error { message: "AUTH: the token is invalid".into() },
+                        },
                         Err(_) => ServerMessage::Error { message: "unknown or malformed message; see docs/protocol.md".into() },
                     },
                     Message::Binary(_) => ServerMessage::Error { message: "binary messages are not part of this protocol".into() },
@@ -205,6 +237,9 @@ async fn converse(app: &App, mut auth: Authorized, socket: &mut WebSocket) -> Op
                     Message::Ping(_) | Message::Pong(_) => continue,
                 };
                 send(socket, reply.text()).await?;
+            }
+            _ = tokio::time::sleep_until(instant_of(token_expires_at)) => {
+                return Some(Close::new(CloseCode::TokenExpired, "access token expired"));
             }
             _ = tokio::time::sleep_until(last_heard + heartbeat_timeout) => {
                 let reason = format!("nothing heard from the client for {} s", heartbeat_timeout.as_secs());

@@ -311,3 +311,79 @@ async fn two_hundred_control_connections_hold_for_a_minute() {
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_control_connection_lives_as_long_as_its_token_unless_renewed_with_auth() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let server = TestServer::start(&["--access-token-ttl", "3"]).await;
+    let created = server.create_session(json!({})).await;
+    let (id, token) = (
+        created["id"].as_str().unwrap(),
+        created["token"].as_str().unwrap(),
+    );
+    let path = format!("/api/sessions/{id}/control?token={token}");
+    let mut lapsing = ws_connect(&server, &path, &[]).await;
+    let mut renewed = ws_connect(&server, &path, &[]).await;
+
+    // Renew one of them with a fresh token over the channel (minted later, so it ends later).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let fresh: Value = server
+        .http
+        .post(server.url(&format!("/api/sessions/{id}/token")))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let auth = json!({ "type": "AUTH", "token": fresh["token"] }).to_string();
+    renewed.send(Message::text(auth)).await.unwrap();
+    let mut auth_ok = false;
+    while !auth_ok {
+        let message = tokio::time::timeout(Duration::from_secs(10), renewed.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let Message::Text(text) = message {
+            let v: Value = serde_json::from_str(&text).unwrap();
+            assert_ne!(v["type"], "ERROR", "{v}");
+            auth_ok = v["type"] == "AUTH_OK";
+        }
+    }
+    // A token for another session, or garbage, is answered with ERROR and changes nothing.
+    renewed
+        .send(Message::text(r#"{"type":"AUTH","token":"nope"}"#))
+        .await
+        .unwrap();
+
+    let (code, reason) = close_of(&mut lapsing, Duration::from_secs(10)).await;
+    assert_eq!((code, reason.as_str()), (4003, "access token expired"));
+    // The renewed one is still open after the first token's end...
+    renewed
+        .send(Message::text(r#"{"type":"PING"}"#))
+        .await
+        .unwrap();
+    let mut saw_pong = false;
+    let mut saw_error = false;
+    while !saw_pong {
+        let message = tokio::time::timeout(Duration::from_secs(2), renewed.next())
+            .await
+            .expect("still open")
+            .unwrap()
+            .unwrap();
+        if let Message::Text(text) = message {
+            saw_pong |= text.contains("\"PONG\"");
+            saw_error |= text.contains("\"ERROR\"");
+        }
+    }
+    assert!(saw_error, "the bad AUTH was answered with ERROR");
+    // ...until its renewed token ends too.
+    assert_eq!(
+        close_of(&mut renewed, Duration::from_secs(10)).await.0,
+        4003
+    );
+    server.stop().await;
+}
