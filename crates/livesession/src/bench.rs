@@ -149,14 +149,27 @@ pub async fn run(soak: &ControlSoak) -> Result<SoakReport, String> {
             return Err(format!("creating a session answered {}", response.status()));
         }
         let created: Value = response.json().await.map_err(|e| e.to_string())?;
+        let token = created["token"].as_str().unwrap_or_default().to_owned();
         sessions.push((
+            created["id"].as_str().unwrap_or_default().to_owned(),
             created["control_url"]
                 .as_str()
                 .unwrap_or_default()
                 .to_owned(),
-            created["token"].as_str().unwrap_or_default().to_owned(),
+            tokio::sync::watch::channel(token).0,
         ));
     }
+    // Like a real client, renew access tokens before they end and hand them to every
+    // connection (which sends AUTH), so runs longer than a token's life hold.
+    let renewal = tokio::spawn(renew_tokens(
+        http.clone(),
+        base.clone(),
+        soak.admin_token.clone(),
+        sessions
+            .iter()
+            .map(|(id, _, tx)| (id.clone(), tx.clone()))
+            .collect(),
+    ));
     let port = reqwest::Url::parse(&base)
         .ok()
         .and_then(|u| u.port_or_known_default());
@@ -177,7 +190,8 @@ pub async fn run(soak: &ControlSoak) -> Result<SoakReport, String> {
     let mut tasks = Vec::new();
     let gap = Duration::from_secs_f64(1.0 / soak.open_rate.max(0.1));
     for i in 0..soak.connections {
-        let (url, token) = &sessions[i % sessions.len()];
+        let (_, url, tokens) = &sessions[i % sessions.len()];
+        let token = tokens.borrow().clone();
         let mut request = url
             .as_str()
             .into_client_request()
@@ -194,6 +208,7 @@ pub async fn run(soak: &ControlSoak) -> Result<SoakReport, String> {
                     shared.clone(),
                     soak.ping_interval,
                     end,
+                    tokens.subscribe(),
                 )));
             }
             Err(e) => {
@@ -213,6 +228,7 @@ pub async fn run(soak: &ControlSoak) -> Result<SoakReport, String> {
     for t in tasks {
         let _ = t.await;
     }
+    renewal.abort();
     let mut latencies = std::mem::take(&mut *shared.latencies.lock().await);
     latencies.sort_by(f64::total_cmp);
     report.pongs = latencies.len();
@@ -226,14 +242,63 @@ pub async fn run(soak: &ControlSoak) -> Result<SoakReport, String> {
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-/// Holds one connection until `end`, sending PING on schedule and timing each PONG.
-async fn hold(mut ws: Ws, shared: Arc<Shared>, interval: Duration, end: tokio::time::Instant) {
+/// Renews each session's access token at half its remaining life.
+async fn renew_tokens(
+    http: reqwest::Client,
+    base: String,
+    admin_token: String,
+    sessions: Vec<(String, tokio::sync::watch::Sender<String>)>,
+) {
+    loop {
+        let mut next = Duration::from_secs(300);
+        for (id, tx) in &sessions {
+            let response = http
+                .post(format!("{base}/api/sessions/{id}/token"))
+                .bearer_auth(&admin_token)
+                .send()
+                .await;
+            let Ok(body) = async { response?.json::<Value>().await }.await else {
+                continue;
+            };
+            let (Some(token), Some(expires)) =
+                (body["token"].as_str(), body["expires_at"].as_str())
+            else {
+                continue;
+            };
+            tx.send_replace(token.to_owned());
+            if let Ok(at) =
+                time::OffsetDateTime::parse(expires, &time::format_description::well_known::Rfc3339)
+            {
+                let half: time::Duration = (at - time::OffsetDateTime::now_utc()) / 2;
+                let half: Duration = half.try_into().unwrap_or(Duration::from_secs(1));
+                next = next.min(half.max(Duration::from_secs(1)));
+            }
+        }
+        tokio::time::sleep(next).await;
+    }
+}
+
+/// Holds one connection until `end`, sending PING on schedule, timing each PONG, and
+/// sending AUTH whenever the session's token is renewed.
+async fn hold(
+    mut ws: Ws,
+    shared: Arc<Shared>,
+    interval: Duration,
+    end: tokio::time::Instant,
+    mut tokens: tokio::sync::watch::Receiver<String>,
+) {
     let mut ping = tokio::time::interval(interval);
     let mut sent: Option<Instant> = None;
     let mut latencies = Vec::new();
     let outcome = loop {
         tokio::select! {
             _ = tokio::time::sleep_until(end) => break None,
+            Ok(()) = tokens.changed() => {
+                let auth = serde_json::json!({ "type": "AUTH", "token": *tokens.borrow_and_update() }).to_string();
+                if ws.send(Message::text(auth)).await.is_err() {
+                    break Some("send failed".to_owned());
+                }
+            }
             _ = ping.tick() => {
                 if ws.send(Message::text(r#"{"type":"PING"}"#)).await.is_err() {
                     break Some("send failed".to_owned());

@@ -269,6 +269,9 @@ async fn two_hundred_control_connections_hold_for_a_minute() {
         "1000",
         "--connect-burst",
         "1000",
+        // Tokens end every 20 s: the soak renews them with AUTH, as a real client does.
+        "--access-token-ttl",
+        "20",
     ])
     .await;
     let soak = livesession::bench::ControlSoak {
