@@ -7,4 +7,4 @@ mod webhook;
 pub use checkout::{
     CheckoutClient, CheckoutError, CheckoutRequest, CreatedCheckout, install_tls_provider,
 };
-pub use webhook::{Event, SignatureError, verify_signature};
+pub use webhook::{Event, SignatureError, signature_header, verify_signature};

@@ -74,12 +74,26 @@ impl App {
     }
 
     /// Whether `origin` (an Origin header value) may open a WebSocket or post a form here.
+    ///
+    /// Allowed: the public URL's origin, the configured extra origins, and the request's
+    /// own origin when it names this machine (`localhost`, `127.0.0.1`, `[::1]`) — a
+    /// newcomer may open either name. Any other host that merely equals the `Host`
+    /// header is refused: that is what a DNS-rebinding page looks like.
     pub fn origin_allowed(&self, origin: &str, host: Option<&str>) -> bool {
         let origin = origin.trim_end_matches('/');
+        let loopback_host = |h: &str| {
+            let name = h.rsplit_once(':').map_or(h, |(name, _)| name);
+            matches!(name, "localhost" | "127.0.0.1" | "[::1]")
+        };
         origin == self.public_url
-            || self.config.allowed_origins.iter().any(|o| o.trim_end_matches('/') == origin)
-            // Same origin as the request itself (whatever name the browser used for us).
-            || host.is_some_and(|h| origin.split_once("://").is_some_and(|(_, rest)| rest == h))
+            || self
+                .config
+                .allowed_origins
+                .iter()
+                .any(|o| o.trim_end_matches('/') == origin)
+            || host.is_some_and(|h| {
+                loopback_host(h) && origin.split_once("://").is_some_and(|(_, rest)| rest == h)
+            })
     }
 }
 
@@ -192,9 +206,22 @@ pub async fn launch(
     // Session ends (expiry, revocation) stop the session's desktop.
     let mut ended = app.sessions.ended_events();
     let desktops = app.desktops.clone();
+    let sessions = app.sessions.clone();
     let cleanup = tokio::spawn(async move {
-        while let Ok((id, _)) = ended.recv().await {
-            desktops.stop(&id).await;
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            match ended.recv().await {
+                Ok((id, _)) => desktops.stop(&id).await,
+                // Ends arrived faster than desktops stopped: sweep instead of giving up.
+                Err(RecvError::Lagged(missed)) => {
+                    tracing::warn!(
+                        missed,
+                        "desktop cleanup fell behind; sweeping ended sessions"
+                    );
+                    desktops.stop_ended(&sessions).await;
+                }
+                Err(RecvError::Closed) => break,
+            }
         }
     });
     let expiry = tokio::spawn(

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use livesession_desktop::{DesktopError, DesktopHandle, DesktopRuntime, DesktopSpec, Piece};
-use livesession_session::Session;
+use livesession_session::{EndSignal, Session};
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
@@ -105,15 +105,23 @@ impl Desktops {
 
     /// Follows a session's desktop, starting it if it is neither starting nor running
     /// (a failed desktop is started again).
+    ///
+    /// `end` is the asking connection's end signal: a session that has ended never starts
+    /// a desktop. (The end is signalled before the desktop cleanup runs, so either this
+    /// sees it, or the cleanup removes the slot and the start stops what it made.)
     pub fn watch(
         self: &Arc<Self>,
         session: &Session,
+        end: &EndSignal,
     ) -> Result<watch::Receiver<DesktopStatus>, Unavailable> {
         let mut slots = self.slots.lock().unwrap();
-        if let Some(slot) = slots.get(&session.id) {
-            if slot.status.borrow().is_live() {
-                return Ok(slot.status.subscribe());
-            }
+        if end.is_ended() {
+            return Err(Unavailable::Stopped);
+        }
+        if let Some(slot) = slots.get(&session.id)
+            && slot.status.borrow().is_live()
+        {
+            return Ok(slot.status.subscribe());
         }
         let live = slots
             .values()
@@ -193,12 +201,10 @@ impl Desktops {
         }
     }
 
-    /// Waits until the session's desktop is ready, starting it if needed.
+    /// Waits until the desktop followed by `rx` (from [`Desktops::watch`]) is ready.
     pub async fn ready(
-        self: &Arc<Self>,
-        session: &Session,
+        mut rx: watch::Receiver<DesktopStatus>,
     ) -> Result<Arc<DesktopHandle>, Unavailable> {
-        let mut rx = self.watch(session)?;
         loop {
             match rx.borrow_and_update().clone() {
                 DesktopStatus::Ready(handle) => return Ok(handle),
@@ -230,6 +236,17 @@ impl Desktops {
             slot.status.send_replace(DesktopStatus::Stopped);
         }
         self.runtime.stop(id).await;
+    }
+
+    /// Stops the desktop of every session that is no longer active.
+    pub async fn stop_ended(&self, sessions: &livesession_session::Sessions) {
+        let ids: Vec<String> = self.slots.lock().unwrap().keys().cloned().collect();
+        for id in ids {
+            let active = matches!(sessions.get(&id).await, Ok(Some(s)) if s.state == livesession_session::SessionState::Active);
+            if !active {
+                self.stop(&id).await;
+            }
+        }
     }
 
     pub async fn stop_all(&self) {

@@ -106,19 +106,20 @@ fn truncate_reason(reason: &str) -> &str {
     &reason[..end]
 }
 
-/// Sends the close frame and waits briefly for the client's answer.
+/// Sends the close frame and waits briefly for the client's answer. Bounded in time:
+/// a client that stopped reading cannot hold the connection (or shutdown) open.
 pub async fn close(mut socket: WebSocket, close: Close) {
-    if socket.send(close.frame()).await.is_ok() {
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(3), async {
+        if socket.send(close.frame()).await.is_ok() {
             use futures_util::StreamExt;
             while let Some(Ok(m)) = socket.next().await {
                 if matches!(m, Message::Close(_)) {
                     break;
                 }
             }
-        })
-        .await;
-    }
+        }
+    })
+    .await;
 }
 
 /// Completes the upgrade and runs `serve` for an authorized connection, or closes a

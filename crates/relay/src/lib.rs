@@ -127,10 +127,13 @@ where
         PumpEnd::ClientClosed
     };
 
+    // `stop` first: when a stop and the upstream's end come together (a session ends and
+    // its desktop is stopped), the stop is the reason the client should hear.
     let end = tokio::select! {
+        biased;
+        value = stop => PumpEnd::Stopped(value),
         end = to_client => end,
         end = to_upstream => end,
-        value = stop => PumpEnd::Stopped(value),
     };
     (
         end,

@@ -15,6 +15,11 @@ use crate::store::{CheckoutActivation, SessionStore, StoreError};
 pub struct EndSignal(watch::Receiver<Option<SessionEnd>>);
 
 impl EndSignal {
+    /// Whether the session has ended already (without waiting).
+    pub fn is_ended(&self) -> bool {
+        self.0.borrow().is_some()
+    }
+
     /// Waits until the session ends. If the `Sessions` that issued it is dropped (the
     /// server is going away), this waits forever; shutdown has its own signal.
     pub async fn ended(&mut self) -> SessionEnd {
@@ -148,13 +153,7 @@ impl Sessions {
         id: &str,
         by: time::Duration,
     ) -> Result<Option<Session>, StoreError> {
-        let Some(session) = self.get(id).await? else {
-            return Ok(None);
-        };
-        if session.state != SessionState::Active {
-            return Ok(None);
-        }
-        let extended = self.store.set_expiry(id, session.expires_at + by).await?;
+        let extended = self.store.extend_session(id, by).await?;
         if let Some(s) = &extended {
             self.schedule(s);
             tracing::info!(session_id = %id, expires_at = %s.expires_at, "session extended");

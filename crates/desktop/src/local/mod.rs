@@ -82,11 +82,15 @@ impl LocalRuntime {
                 .ok()
                 .and_then(|s| s.trim().parse::<i32>().ok())
             {
-                // Only kill the group if its leader still is our Xvnc for this directory:
-                // the pid may have been reused by an unrelated process since.
-                let cmdline = std::fs::read(format!("/proc/{pgid}/cmdline")).unwrap_or_default();
-                let ours = String::from_utf8_lossy(&cmdline).contains(&*dir.to_string_lossy());
-                if ours {
+                // Only kill the group if one of its members is ours for this directory
+                // (Xvnc names the socket in it, Chromium its profile): the group's pids may
+                // have been reused by unrelated processes since. The leader may be gone
+                // while its group lives on.
+                let mentions_dir = |pid: i32| {
+                    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                    String::from_utf8_lossy(&cmdline).contains(&*dir.to_string_lossy())
+                };
+                if group_members(pgid).into_iter().any(mentions_dir) {
                     tracing::warn!(pgid, dir = %dir.display(), "stopping a desktop left by a previous run");
                     let _ = nix::sys::signal::killpg(
                         nix::unistd::Pid::from_raw(pgid),

@@ -81,9 +81,13 @@ pub struct ClaimRequest {
 /// any other browser is told the session was already claimed.
 pub async fn claim_checkout(
     State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    app.limits
+        .attempt(peer.ip())
+        .map_err(|r| ApiError::rate_limited(&r))?;
     if !same_site_request(&headers, |o, h| app.origin_allowed(o, h)) {
         return Err(ApiError::cross_site());
     }

@@ -100,7 +100,15 @@ pub async fn control_channel(
 ) -> Result<Response, ApiError> {
     let upgrade =
         upgrade.map_err(|e| ApiError::new(e.status(), "websocket_required", e.body_text()))?;
-    let upgrade = upgrade.max_message_size(MAX_CLIENT_MESSAGE);
+    // Control messages are small: small buffers keep an idle connection cheap (the
+    // default 128 KiB each way dominated memory per connection), and a write buffer cap
+    // bounds what a client that does not read can make the server hold.
+    let upgrade = upgrade
+        .max_message_size(MAX_CLIENT_MESSAGE)
+        .max_frame_size(MAX_CLIENT_MESSAGE)
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .max_write_buffer_size(64 * 1024);
     let decision = ws::authorize(&app, peer.ip(), &id, &headers, query.token.as_deref()).await;
     Ok(ws::accept(
         app.0.clone(),
@@ -159,7 +167,7 @@ async fn converse(app: &App, mut auth: Authorized, socket: &mut WebSocket) -> Op
         server_time: OffsetDateTime::now_utc(),
     };
     send(socket, hello.text()).await?;
-    let mut desktop = match app.desktops.watch(session) {
+    let mut desktop = match app.desktops.watch(session, &auth.end) {
         Ok(rx) => rx,
         Err(e) => {
             let failed = ServerMessage::DesktopStatus {
@@ -210,7 +218,7 @@ async fn converse(app: &App, mut auth: Authorized, socket: &mut WebSocket) -> Op
                 }
                 match status {
                     // Closing lets the client retry with backoff, which starts a new desktop.
-                    DesktopStatus::Failed(e) => return Some(Close::new(CloseCode::DesktopUnavailable, format!("desktop failed: {e}"))),
+                    DesktopStatus::Failed(e) => return Some(Close::new(CloseCode::DesktopUnavailable, format!("desktop unavailable: {e}"))),
                     DesktopStatus::Stopped => return Some(Close::new(CloseCode::DesktopUnavailable, "desktop stopped")),
                     DesktopStatus::Starting(_) | DesktopStatus::Ready(_) => {}
                 }
@@ -238,7 +246,10 @@ async fn converse(app: &App, mut auth: Authorized, socket: &mut WebSocket) -> Op
                 };
                 send(socket, reply.text()).await?;
             }
-            _ = tokio::time::sleep_until(instant_of(token_expires_at)) => {
+            // A token that ends with the session (token times are whole seconds) leaves
+            // the close to the session's end, which says "expired" rather than "token expired".
+            _ = tokio::time::sleep_until(instant_of(token_expires_at)),
+                if token_expires_at + time::Duration::seconds(1) < expires_at => {
                 return Some(Close::new(CloseCode::TokenExpired, "access token expired"));
             }
             _ = tokio::time::sleep_until(last_heard + heartbeat_timeout) => {

@@ -58,9 +58,12 @@ pub(crate) fn view(app: &App, session: Session) -> SessionView {
 /// hand the remote browser something other than a page to show.
 fn validate_start_url(url: &str) -> Result<(), ApiError> {
     let ok = url == "about:blank"
-        || ["http://", "https://"]
-            .iter()
-            .any(|s| url.len() > s.len() && url[..s.len()].eq_ignore_ascii_case(s));
+        || ["http://", "https://"].iter().any(|scheme| {
+            url.len() > scheme.len()
+                && url
+                    .get(..scheme.len())
+                    .is_some_and(|p| p.eq_ignore_ascii_case(scheme))
+        });
     if !ok || url.len() > 2048 || url.chars().any(char::is_whitespace) {
         return Err(ApiError::bad_request(
             "invalid_start_url",
@@ -291,6 +294,7 @@ mod tests {
             assert!(validate_start_url(ok).is_ok(), "{ok}");
         }
         for bad in [
+            "http:/é/x",
             "file:///etc/passwd",
             "javascript:alert(1)",
             "chrome://settings",

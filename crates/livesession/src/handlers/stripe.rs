@@ -55,6 +55,22 @@ pub async fn stripe_webhook(
     Ok(Json(json!({ "received": true })))
 }
 
+/// Whether a paid checkout bought a session: one the server started (our reference in
+/// its metadata), or one at our price and currency (a Payment Link for the product).
+/// Other purchases on the same Stripe account are not ours to turn into sessions.
+fn sells_a_session(app: &App, event: &Event) -> bool {
+    let object = &event.data.object;
+    let ours = object["metadata"]["livesession_ref"]
+        .as_str()
+        .is_some_and(|r| !r.is_empty());
+    let price = &app.config.stripe;
+    let same_price = object["amount_total"].as_u64() == Some(price.price_cents)
+        && object["currency"]
+            .as_str()
+            .is_some_and(|c| c.eq_ignore_ascii_case(&price.currency));
+    ours || same_price
+}
+
 async fn handle(app: &App, event: &Event) -> Result<(), ApiError> {
     let span = tracing::info_span!("stripe_event", event_id = %event.id, event_type = %event.kind);
     let _enter = span.enter();
@@ -75,15 +91,28 @@ async fn handle(app: &App, event: &Event) -> Result<(), ApiError> {
                 );
                 return Ok(());
             }
+            if !sells_a_session(app, event) {
+                tracing::info!(
+                    checkout_session_id = checkout_id,
+                    "paid checkout for something else on this Stripe account; ignored"
+                );
+                return Ok(());
+            }
+            let payment_intent = event.object_str("payment_intent");
+            // Stripe does not order deliveries: a refund may have arrived first.
+            if let Some(pi) = payment_intent {
+                if app.sessions.store().is_refunded(pi).await? {
+                    tracing::info!(
+                        checkout_session_id = checkout_id,
+                        "payment already refunded; no session"
+                    );
+                    return Ok(());
+                }
+            }
             let ttl = time::Duration::seconds(app.config.session_ttl as i64);
             let activated = app
                 .sessions
-                .activate_checkout(
-                    checkout_id,
-                    event.object_str("payment_intent"),
-                    &app.config.start_url,
-                    ttl,
-                )
+                .activate_checkout(checkout_id, payment_intent, &app.config.start_url, ttl)
                 .await?;
             if activated.is_none() {
                 tracing::info!(
@@ -96,6 +125,15 @@ async fn handle(app: &App, event: &Event) -> Result<(), ApiError> {
             let Some(payment_intent) = event.object_str("payment_intent") else {
                 return Ok(());
             };
+            // A partial refund leaves the purchase standing.
+            if event.data.object.get("refunded").and_then(|v| v.as_bool()) != Some(true) {
+                tracing::info!(payment_intent, "partial refund; session kept");
+                return Ok(());
+            }
+            app.sessions
+                .store()
+                .record_refund(payment_intent, time::OffsetDateTime::now_utc())
+                .await?;
             match app
                 .sessions
                 .store()
@@ -106,7 +144,10 @@ async fn handle(app: &App, event: &Event) -> Result<(), ApiError> {
                     app.sessions.revoke(&session.id, "payment refunded").await?;
                     app.desktops.stop(&session.id).await;
                 }
-                None => tracing::warn!(payment_intent, "refund for a payment without a session"),
+                None => tracing::info!(
+                    payment_intent,
+                    "refund for a payment without a session (yet); recorded"
+                ),
             }
         }
         _ => tracing::debug!("event type not used; acknowledged"),

@@ -12,6 +12,7 @@ use livesession_relay::{Inbound, Outbound, PumpConfig, PumpEnd, pump};
 use tokio::net::UnixStream;
 
 use crate::app::{App, AppState};
+use crate::desktops::{Desktops, Unavailable};
 use crate::error::ApiError;
 use crate::handlers::TokenQuery;
 use crate::ws::{self, Authorized, Close, CloseCode};
@@ -48,14 +49,25 @@ async fn relay(app: &App, mut auth: Authorized, mut socket: WebSocket) {
     let id = auth.session.id.clone();
     tracing::info!(role = ?auth.claims.role, "vnc connection opened");
 
+    let unavailable = |e: Unavailable| {
+        Close::new(
+            CloseCode::DesktopUnavailable,
+            format!("desktop unavailable: {e}"),
+        )
+    };
+    let status = match app.desktops.watch(&auth.session, &auth.end) {
+        Ok(status) => status,
+        Err(e) => return ws::close(socket, unavailable(e)).await,
+    };
     // Wait for the desktop, unless the session ends or the server stops first.
     let handle = tokio::select! {
-        ready = app.desktops.ready(&auth.session) => match ready {
-            Ok(handle) => handle,
-            Err(e) => return ws::close(socket, Close::new(CloseCode::DesktopUnavailable, format!("desktop unavailable: {e}"))).await,
-        },
+        biased;
         end = auth.end.ended() => return ws::close(socket, Close::ended(end)).await,
         _ = app.shutdown.cancelled() => return ws::close(socket, Close::shutting_down()).await,
+        ready = Desktops::ready(status) => match ready {
+            Ok(handle) => handle,
+            Err(e) => return ws::close(socket, unavailable(e)).await,
+        },
     };
     let upstream = match UnixStream::connect(&handle.vnc_socket).await {
         Ok(s) => s,
@@ -105,6 +117,10 @@ async fn relay(app: &App, mut auth: Authorized, mut socket: WebSocket) {
     let close = match end {
         PumpEnd::Stopped(close) => Some(close),
         PumpEnd::ClientClosed => None,
+        // The session ended and its desktop went away: say why the session ended.
+        PumpEnd::UpstreamClosed | PumpEnd::UpstreamError(_) if auth.end.is_ended() => {
+            Some(Close::ended(auth.end.ended().await))
+        }
         PumpEnd::UpstreamClosed | PumpEnd::UpstreamError(_) => {
             app.desktops.lost(&id, &handle).await;
             Some(Close::new(

@@ -6,6 +6,7 @@ mod control;
 mod doctor;
 mod lifecycle;
 mod limits;
+mod payments;
 mod processes;
 mod support;
 mod vnc;

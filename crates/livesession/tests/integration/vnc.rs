@@ -145,6 +145,16 @@ async fn refused_connections_get_a_code_and_a_reason_and_never_start_a_desktop()
             4004,
             "origin",
         ),
+        // A DNS-rebinding page: its Origin matches the Host it sent, but names no host of ours.
+        (
+            format!("/api/sessions/{a_id}/vnc?token={a_token}"),
+            vec![
+                ("Origin", "http://rebind.example"),
+                ("Host", "rebind.example"),
+            ],
+            4004,
+            "origin",
+        ),
     ];
     for (path, headers, code, reason) in cases {
         let mut ws = ws_connect(&server, &path, &headers).await;

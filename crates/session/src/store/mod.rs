@@ -36,9 +36,10 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Most recent first.
     async fn list_sessions(&self, limit: u32) -> Result<Vec<Session>, StoreError>;
     async fn list_active_sessions(&self) -> Result<Vec<Session>, StoreError>;
-    /// Ends an active session. Returns the updated session, or `None` when no active
-    /// session has that id (unknown, or already ended: the first end wins). An expiry
-    /// only applies once the session's deadline has passed (it may have been extended).
+    /// Ends an active session (a revocation also ends a pending one). Returns the updated
+    /// session, or `None` when no such session has that id (unknown, or already ended: the
+    /// first end wins). An expiry only applies once the session's deadline has passed (it
+    /// may have been extended).
     async fn end_session(
         &self,
         id: &str,
@@ -46,12 +47,19 @@ pub trait SessionStore: Send + Sync + 'static {
         reason: &str,
         at: OffsetDateTime,
     ) -> Result<Option<Session>, StoreError>;
-    /// Extends an active session's deadline. `None` if it is not active.
-    async fn set_expiry(
+    /// Moves an active session's deadline later by `by`, atomically. `None` if it is not active.
+    async fn extend_session(
         &self,
         id: &str,
-        expires_at: OffsetDateTime,
+        by: time::Duration,
     ) -> Result<Option<Session>, StoreError>;
+    /// Records a full refund of a payment; returns whether it was new.
+    async fn record_refund(
+        &self,
+        payment_intent: &str,
+        at: OffsetDateTime,
+    ) -> Result<bool, StoreError>;
+    async fn is_refunded(&self, payment_intent: &str) -> Result<bool, StoreError>;
     async fn find_by_checkout(
         &self,
         checkout_session_id: &str,

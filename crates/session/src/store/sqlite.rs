@@ -150,7 +150,8 @@ impl SessionStore for SqliteStore {
         // One statement, guarded by state, so concurrent ends cannot both win.
         let row = sqlx::query(concat!(
             "UPDATE sessions SET state = ?, ended_at = ?, end_reason = ? \
-             WHERE id = ? AND state = 'active' AND (? = 'revoked' OR expires_at <= ?) RETURNING ",
+             WHERE id = ? AND (state = 'active' OR (state = 'pending' AND ? = 'revoked')) \
+             AND (? = 'revoked' OR expires_at <= ?) RETURNING ",
             columns!()
         ))
         .bind(end.state().as_str())
@@ -158,26 +159,47 @@ impl SessionStore for SqliteStore {
         .bind(reason)
         .bind(id)
         .bind(end.state().as_str())
+        .bind(end.state().as_str())
         .bind(millis(at))
         .fetch_optional(&self.pool)
         .await?;
         row.as_ref().map(session_from_row).transpose()
     }
 
-    async fn set_expiry(
+    async fn extend_session(
         &self,
         id: &str,
-        expires_at: OffsetDateTime,
+        by: time::Duration,
     ) -> Result<Option<Session>, StoreError> {
         let row = sqlx::query(concat!(
-            "UPDATE sessions SET expires_at = ? WHERE id = ? AND state = 'active' RETURNING ",
-            columns!()
+            "UPDATE sessions SET expires_at = expires_at + ? WHERE id = ? AND state = 'active' RETURNING ", columns!()
         ))
-        .bind(millis(expires_at))
+        .bind(by.whole_milliseconds() as i64)
         .bind(id)
         .fetch_optional(&self.pool)
         .await?;
         row.as_ref().map(session_from_row).transpose()
+    }
+
+    async fn record_refund(
+        &self,
+        payment_intent: &str,
+        at: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query("INSERT INTO refunded_payments (payment_intent, refunded_at) VALUES (?, ?) ON CONFLICT DO NOTHING")
+            .bind(payment_intent)
+            .bind(millis(at))
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn is_refunded(&self, payment_intent: &str) -> Result<bool, StoreError> {
+        let row = sqlx::query("SELECT 1 FROM refunded_payments WHERE payment_intent = ?")
+            .bind(payment_intent)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.is_some())
     }
 
     async fn find_by_checkout(
@@ -425,6 +447,43 @@ mod tests {
                 .is_none(),
             "a retried event cannot revive it"
         );
+        assert!(
+            store
+                .record_refund("pi_1", OffsetDateTime::now_utc())
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .record_refund("pi_1", OffsetDateTime::now_utc())
+                .await
+                .unwrap()
+        );
+        assert!(
+            store.is_refunded("pi_1").await.unwrap() && !store.is_refunded("pi_2").await.unwrap()
+        );
+        // A pending session can be revoked; its payment can then no longer activate it.
+        let mut abandoned = session(60);
+        abandoned.state = SessionState::Pending;
+        abandoned.checkout_session_id = Some("cs_q".into());
+        store.insert_session(&abandoned).await.unwrap();
+        let revoked = store
+            .end_session(
+                &abandoned.id,
+                SessionEnd::Revoked,
+                "operator",
+                OffsetDateTime::now_utc(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(revoked.unwrap().state, SessionState::Revoked);
+        assert!(
+            store
+                .activate_checkout(&activation("cs_q"))
+                .await
+                .unwrap()
+                .is_none()
+        );
         assert_eq!(
             store.get_session(&pending.id).await.unwrap().unwrap().state,
             SessionState::Revoked
@@ -462,11 +521,11 @@ mod tests {
         );
         let later = s.expires_at + time::Duration::seconds(1);
         let extended = store
-            .set_expiry(&s.id, later + time::Duration::hours(1))
+            .extend_session(&s.id, time::Duration::hours(1))
             .await
             .unwrap()
             .unwrap();
-        assert!(extended.expires_at > later);
+        assert_eq!(extended.expires_at, s.expires_at + time::Duration::hours(1));
         assert!(
             store
                 .end_session(&s.id, SessionEnd::Expired, "ttl", later)
