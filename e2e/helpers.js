@@ -104,16 +104,20 @@ class LogTail {
  * `env` adds to (or overrides) the server's environment, e.g. the
  * LIVESESSION_STRIPE_* settings the payment tests pass.
  *
- * @param {{startUrl: string, env?: Record<string,string>}} opts
+ * `port`, `dataDir` and `adminToken` start it again where an earlier server
+ * (stopped with `stop({keepData: true})`) left off: same address, same
+ * database and secrets.
+ *
+ * @param {{startUrl: string, env?: Record<string,string>, port?: number, dataDir?: string, adminToken?: string}} opts
  */
-export async function startServer({ startUrl, env = {} }) {
+export async function startServer({ startUrl, env = {}, port: fixedPort, dataDir: existingDataDir, adminToken: fixedAdminToken }) {
   const bin = process.env.LIVESESSION_BIN ?? path.join(REPO_ROOT, 'target/debug/livesession');
   if (!existsSync(bin)) {
     throw new Error(`server binary not found at ${bin}: run \`cargo build -p livesession\` first (or set LIVESESSION_BIN)`);
   }
-  const port = await freePort();
-  const dataDir = await mkdtemp(path.join(os.tmpdir(), 'livesession-e2e-'));
-  const adminToken = randomBytes(32).toString('hex');
+  const port = fixedPort ?? (await freePort());
+  const dataDir = existingDataDir ?? (await mkdtemp(path.join(os.tmpdir(), 'livesession-e2e-')));
+  const adminToken = fixedAdminToken ?? randomBytes(32).toString('hex');
   const baseUrl = `http://127.0.0.1:${port}`;
   const logs = new LogTail();
 
@@ -166,8 +170,8 @@ export async function startServer({ startUrl, env = {} }) {
       return server.request(urlPath, { ...init, headers: { Authorization: `Bearer ${adminToken}`, ...(init.headers ?? {}) } });
     },
 
-    /** SIGTERM, wait up to 10 s, then SIGKILL; removes the data dir. */
-    async stop() {
+    /** SIGTERM, wait up to 10 s, then SIGKILL; removes the data dir unless `keepData`. */
+    async stop({ keepData = false } = {}) {
       if (exitStatus === null) {
         child.kill('SIGTERM');
         const killed = await Promise.race([exited, sleep(10_000).then(() => null)]);
@@ -177,7 +181,7 @@ export async function startServer({ startUrl, env = {} }) {
           await exited;
         }
       }
-      await rm(dataDir, { recursive: true, force: true });
+      if (!keepData) await rm(dataDir, { recursive: true, force: true });
       return exitStatus;
     },
   };

@@ -547,7 +547,9 @@ describe('payments', { timeout: 900_000 }, () => {
         await waitForState(page, 'confirming', 5_000);
         for (let i = 0; i < 200; i += 1) {
           await page.clock.runFor(1_000);
-          await sleep(20);
+          // Each page second is one claim, and claims share the address's
+          // attempt budget (10/s sustained): stay well under it.
+          await sleep(150);
           if (await page.evaluate(() => document.body.dataset.state !== 'confirming')) break;
         }
         const shown = await page.evaluate(() => ({ ...document.body.dataset, text: document.body.innerText }));

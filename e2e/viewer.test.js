@@ -134,11 +134,19 @@ describe('viewer', { timeout: 300_000 }, () => {
   });
 
   test('admin API: token link connects, revocation ends the viewer for good', async (t) => {
-    const { page, diagnostics } = await openPage(t);
+    const { context, page, diagnostics } = await openPage(t);
     let wsCreated = 0;
+    const wsUrls = [];
     page.on('websocket', (ws) => {
       wsCreated += 1;
+      wsUrls.push(ws.url());
       console.info(`[e2e] websocket #${wsCreated}: ${ws.url().replace(/token=[^&]+/, 'token=…')}`);
+    });
+    const tokenRequests = [];
+    page.on('request', async (req) => {
+      if (req.method() === 'POST' && /\/api\/sessions\/[^/]+\/token$/.test(new URL(req.url()).pathname)) {
+        tokenRequests.push({ url: req.url(), authorization: await req.headerValue('authorization') });
+      }
     });
 
     await withDiagnostics(
@@ -164,10 +172,22 @@ describe('viewer', { timeout: 300_000 }, () => {
         await page.goto(`${viewerUrl}#token=${session.token}`);
 
         await waitForState(page, 'connected', 60_000);
-        // The token left the address bar and lives in this tab's storage.
+        // The token left the address bar, was exchanged once (Bearer) for the
+        // session's HttpOnly cookies, and is kept nowhere in the page.
         assert.equal(new URL(page.url()).hash, '', 'token fragment removed from the URL');
-        const stored = await page.evaluate((id) => sessionStorage.getItem(`livesession.token.${id}`), session.id);
-        assert.equal(stored, session.token, 'token kept in sessionStorage');
+        assert.ok(tokenRequests.length >= 1, 'the viewer called the token endpoint');
+        assert.equal(tokenRequests[0].authorization, `Bearer ${session.token}`, 'the link token was exchanged with a Bearer header');
+        assert.ok(tokenRequests.slice(1).every((r) => !r.authorization), 'later token requests use the refresh cookie only');
+        const storage = await page.evaluate(() => JSON.stringify({ ...sessionStorage }) + JSON.stringify({ ...localStorage }));
+        assert.ok(!storage.includes(session.token), 'the token is not kept in web storage');
+        const cookies = await context.cookies(server.baseUrl + `/api/sessions/${session.id}/token`);
+        const names = cookies.map((c) => c.name).sort();
+        assert.deepEqual(names, [`ls_${session.id}`, `lsr_${session.id}`], 'the exchange set both session cookies');
+        assert.ok(cookies.every((c) => c.httpOnly), 'the session cookies are HttpOnly');
+        assert.ok(wsUrls.length >= 2, `control and VNC sockets opened (${wsUrls.length})`);
+        for (const url of wsUrls) {
+          assert.ok(!/[?&]token=/.test(url) && !url.includes(session.token), `no token in the WebSocket URL ${url.replace(session.token, '…')}`);
+        }
 
         const del = await server.request(`/api/sessions/${encodeURIComponent(session.id)}`, { method: 'DELETE', headers: auth });
         assert.ok(del.status >= 200 && del.status < 300, `DELETE /api/sessions/{id}: ${del.status} ${await del.text()}`);
@@ -189,7 +209,7 @@ describe('viewer', { timeout: 300_000 }, () => {
         assert.equal(wsCreated, before, 'no WebSocket opened after revocation');
         assert.equal(await page.evaluate(() => document.body.dataset.state), 'ended');
 
-        // The token went to the server in WebSocket URLs; it must not have
+        // The token went to the server once (the exchange); it must not
         // come back out in its logs.
         assert.ok(!server.output().includes(session.token), 'the access token does not appear in the server log');
       },

@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 
 import { Backoff } from '../web/static/backoff.js';
-import { CLOSE_CODES, describe as describeCode, isFinal } from '../web/static/closecodes.js';
+import { CLOSE_CODES, action, describe as describeCode, isFinal } from '../web/static/closecodes.js';
 import { retryAfterMs } from '../web/static/control.js';
 import { formatDuration } from '../web/static/ui.js';
 import { formatPrice, minorUnitDigits } from '../web/static/price.js';
@@ -60,13 +60,16 @@ describe('Backoff', () => {
 });
 
 describe('close codes', () => {
-  // 4001 and 4003 are final until the viewer can refresh its token (no refresh endpoint yet).
-  test('only 4001-4005, 4007 and 4008 are final', () => {
+  test('4002, 4004, 4005, 4007 and 4008 stop; 4001 and 4003 refresh the token once; the rest retry', () => {
     const final = Object.keys(CLOSE_CODES).map(Number).filter(isFinal);
-    assert.deepEqual(final, [4001, 4002, 4003, 4004, 4005, 4007, 4008]);
-    for (const code of [1000, 1001, 1006, 1011, 4006, 4009, 4010, 4011]) {
+    assert.deepEqual(final, [4002, 4004, 4005, 4007, 4008]);
+    for (const code of [1000, 1001, 1006, 1011, 4006, 4009, 4010, 4011, 4900]) {
       assert.equal(isFinal(code), false, `${code} is retried`);
+      assert.equal(action(code), 'retry', `${code} is retried with backoff`);
     }
+    assert.equal(action(4001), 'refresh');
+    assert.equal(action(4003), 'refresh');
+    for (const code of final) assert.equal(action(code), 'stop');
   });
 
   test('every code has a label', () => {

@@ -1,6 +1,8 @@
-// Where this viewer's session lives: its id, its credentials and its URLs.
+// Where this viewer's session lives: its id, a token handed over in a link,
+// and its WebSocket URLs.
 
-const TOKEN_KEY_PREFIX = 'livesession.token.';
+// Earlier viewers kept a link's token in sessionStorage under this prefix.
+const LEGACY_TOKEN_KEY_PREFIX = 'livesession.token.';
 
 /** The session id: the last non-empty segment of `/s/{id}`. */
 export function sessionIdFromPath(pathname = location.pathname) {
@@ -14,41 +16,34 @@ export function sessionIdFromPath(pathname = location.pathname) {
 }
 
 /**
- * The access token for `id`, if this tab has one.
- *
- * An operator hands out links like `/s/{id}#token=…`. The fragment never
- * reaches the server, so it is safe to carry the token, but it should not stay
- * in the address bar where it is shown, bookmarked and copied along with the
- * link: move it to sessionStorage (this tab only, gone when the tab closes)
- * and strip the fragment. Without a token the viewer relies on the HttpOnly
- * cookie set by the free-mode start form, which the browser sends by itself.
+ * The access token of a `/s/{id}#token=…` link, removed from the address bar
+ * at once (where it would be shown, bookmarked and copied along with the
+ * link). The fragment never reaches the server. The caller exchanges the
+ * token once at the token endpoint, which gives this browser the session's
+ * cookies; the token is not stored anywhere, so a reload (which has no
+ * fragment any more) resumes with the cookies.
  */
-export function takeToken(id) {
-  const key = TOKEN_KEY_PREFIX + id;
-  const fragment = new URLSearchParams(location.hash.replace(/^#/, ''));
-  const fromHash = fragment.get('token');
-  if (fromHash) {
-    try {
-      sessionStorage.setItem(key, fromHash);
-    } catch {
-      // Storage can be disabled; the token then lives only in this page.
-    }
-    fragment.delete('token');
-    const rest = fragment.toString();
-    history.replaceState(history.state, '', location.pathname + location.search + (rest ? '#' + rest : ''));
-    return fromHash;
-  }
+export function takeFragmentToken(id) {
   try {
-    return sessionStorage.getItem(key);
+    sessionStorage.removeItem(LEGACY_TOKEN_KEY_PREFIX + id);
   } catch {
-    return null;
+    // Storage can be disabled; then nothing was stored either.
   }
+  const fragment = new URLSearchParams(location.hash.replace(/^#/, ''));
+  const token = fragment.get('token');
+  if (!token) return null;
+  fragment.delete('token');
+  const rest = fragment.toString();
+  history.replaceState(history.state, '', location.pathname + location.search + (rest ? '#' + rest : ''));
+  return token;
 }
 
-/** Same-origin WebSocket URL for one of the session's channels ("control", "vnc"). */
-export function channelUrl(id, channel, token) {
+/**
+ * Same-origin WebSocket URL for one of the session's channels ("control",
+ * "vnc"). It never carries a token: the browser sends the session's
+ * `ls_<id>` cookie with the upgrade.
+ */
+export function channelUrl(id, channel) {
   const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
-  let url = `${scheme}//${location.host}/api/sessions/${encodeURIComponent(id)}/${channel}`;
-  if (token) url += '?token=' + encodeURIComponent(token);
-  return url;
+  return `${scheme}//${location.host}/api/sessions/${encodeURIComponent(id)}/${channel}`;
 }

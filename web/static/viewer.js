@@ -1,24 +1,36 @@
 // The session viewer: ties the control channel (what the desktop is doing,
 // why connections end) to the noVNC connection (the screen itself).
 //
-// Flow: open the control channel → the server starts the desktop and reports
-// DESKTOP_STATUS steps → on "ready" open RFB. Either socket can drop; the
-// control channel reconnects with backoff and, once it reports "ready" again,
-// RFB is reopened if it is not connected. A final close code (revoked,
-// expired, …) or SESSION_ENDED stops everything for good.
+// Auth: a `#token=…` link is taken out of the address bar at once and
+// exchanged at POST /api/sessions/{id}/token (Authorization: Bearer), which
+// gives this browser the session's HttpOnly cookies; from then on the token
+// endpoint is called with the refresh cookie, and both WebSockets
+// authenticate with the access cookie: no token is ever put into a URL. A
+// reload resumes the same session with the cookies.
+//
+// Flow: ControlClient (control.js) gets a token, opens the control channel,
+// keeps it up (PING, proactive AUTH before the token ends, backoff) → the
+// server starts the desktop and reports DESKTOP_STATUS steps → on "ready"
+// open RFB. Either socket can drop; the control channel reconnects with
+// backoff and, once it reports "ready" again, RFB is reopened if it is not
+// connected. RFB has its own backoff while the control channel is up and the
+// desktop ready; a 4003/4001 on RFB refreshes the token (the endpoint renews
+// the cookie) and reconnects once. A final close code (revoked, expired, …),
+// SESSION_ENDED, or a refused refresh stops everything for good.
 
 import { Backoff } from './backoff.js';
 import { describe, hint, isFinal } from './closecodes.js';
-import { ControlChannel, retryAfterMs } from './control.js';
-import { channelUrl, sessionIdFromPath, takeToken } from './session.js';
+import { ControlClient, isAuthClose, retryAfterMs } from './control.js';
+import { channelUrl, sessionIdFromPath, takeFragmentToken } from './session.js';
+import { sessionTokenProvider } from './tokens.js';
 import { ViewerUi } from './ui.js';
 import { VncConnection } from './vnc.js';
 
 const STEP_LABELS = { xvnc: 'Xvnc', openbox: 'openbox', chromium: 'Chromium' };
-// SESSION_ENDED reasons and the close codes that carry the same news.
-const ENDED_CODE = { expired: 4007, revoked: 4008 };
 // An RFB connection that lasted this long resets the RFB backoff.
 const VNC_STABLE_MS = 30_000;
+// The access cookie must be good for at least this long when RFB connects.
+const VNC_MIN_TOKEN_MS = 2_000;
 
 const log = (...args) => console.info('[livesession]', ...args);
 
@@ -29,44 +41,82 @@ function main() {
     ui.setState('failed', 'no session id in this address');
     return;
   }
-  // The token (if any) stays in this closure and in sessionStorage; it is
-  // never logged and never put back into the address bar.
-  const token = takeToken(id);
-  log(`viewer for session ${id}; auth by ${token ? 'token' : 'cookie'}`);
+  // A link's token leaves the address bar before anything else happens. It
+  // is never logged, stored or put into a URL.
+  const linkToken = takeFragmentToken(id);
+  log(`viewer for session ${id}; auth by ${linkToken ? 'link token, exchanged for cookies' : 'cookie'}`);
 
-  const control = new ControlChannel(() => channelUrl(id, 'control', token));
+  const control = new ControlClient({
+    sessionId: id,
+    refreshToken: sessionTokenProvider(id, { initialToken: linkToken }),
+    url: () => channelUrl(id, 'control'),
+  });
   const vnc = new VncConnection(document.getElementById('screen'));
   const vncBackoff = new Backoff();
   let vncRetryTimer = null;
   let vncConnectedAt = 0;
+  let vncAuthRetried = false; // one refresh-then-reconnect per refusal
+  let vncPreparing = false; // fetching a fresh cookie before connecting
   let desktop = null; // last DESKTOP_STATUS status
   let desktopError = null; // text of the last "failed" status, until the next start
   let ended = false;
 
-  const connectVnc = () => {
+  document.body.dataset.control = control.state;
+  control.addEventListener('state', (ev) => {
+    document.body.dataset.control = ev.detail.state;
+  });
+
+  const connectVnc = async ({ refresh = false } = {}) => {
     clearTimeout(vncRetryTimer);
     vncRetryTimer = null;
     // Without an open control channel reporting "ready" there is nothing to
     // connect to yet; the next "ready" calls this again.
-    if (ended || vnc.busy || !control.isOpen || desktop !== 'ready') return;
+    if (ended || vnc.busy || vncPreparing || !control.isConnected || desktop !== 'ready') return;
+    vncPreparing = true;
+    try {
+      // The upgrade authenticates with the access cookie: make sure it is
+      // fresh (the token endpoint renews it).
+      if (refresh) await control.refreshAuth('expired');
+      else await control.ensureToken(VNC_MIN_TOKEN_MS);
+    } catch (err) {
+      vncPreparing = false;
+      log(`vnc: could not renew access: ${err.message}`);
+      if (ended) return;
+      // Refused for good: the control channel meets the same refusal when its
+      // token ends and stops the page; asking again here would not help.
+      if (err.final) ui.setState('failed', `screen: access refused (${err.message})`);
+      else scheduleVnc(`screen: ${err.message}`);
+      return;
+    }
+    vncPreparing = false;
+    if (ended || vnc.busy || !control.isConnected || desktop !== 'ready') return;
     log('vnc: connecting');
     ui.setState('connecting', 'connecting to the desktop');
-    vnc.connect(channelUrl(id, 'vnc', token));
+    vnc.connect(channelUrl(id, 'vnc'));
   };
 
-  /** Stop for good and say why: `code` is the final close code behind it. */
-  const end = (code, text = code ? describe(code) : 'session ended') => {
+  const scheduleVnc = (what, code = null, reason = '') => {
+    const delay = Math.max(vncBackoff.next(), retryAfterMs(code, reason));
+    log(`vnc: reconnecting in ${delay} ms`);
+    ui.reconnecting(delay, what);
+    vncRetryTimer = setTimeout(() => connectVnc(), delay);
+  };
+
+  /**
+   * Stop for good and say why: `code` is the final close code behind it.
+   * `leaveControl`: the control client stops by itself (after SESSION_ENDED
+   * the server closes it with the reason code, which is then shown).
+   */
+  const end = (code, text = code ? describe(code) : 'session ended', notice = hint(code), { leaveControl = false } = {}) => {
     if (ended) return;
     ended = true;
     log(`ended: ${text}`);
     clearTimeout(vncRetryTimer);
     ui.setState('ended', text);
-    ui.notice(hint(code));
+    ui.notice(notice);
     ui.stopExpiry();
-    // Leave the control socket to the server, which closes it with the
-    // reason code; ControlChannel will not reconnect after a final code or
-    // SESSION_ENDED, and closes it itself if the server does not.
-    if (!control.ended) control.stop();
+    // The session is over for this page: drop the auth state too.
+    if (!leaveControl && control.state !== 'stopped') control.forceDisconnect();
     vnc.disconnect();
   };
 
@@ -74,12 +124,22 @@ function main() {
 
   control.addEventListener('connecting', (ev) => {
     log(`control: connecting (attempt ${ev.detail.attempt})`);
+    if (ended) return;
     if (desktopError) ui.setState('failed', `${desktopError}; retrying…`);
     else if (!vnc.connected) ui.setState('connecting', 'connecting');
   });
 
   control.addEventListener('open', () => {
     log('control: open');
+  });
+
+  control.addEventListener('token', (ev) => {
+    const at = ev.detail.expiresAt ? new Date(ev.detail.expiresAt).toISOString() : 'unknown';
+    log(`access renewed (${ev.detail.reason}); token ends at ${at}`);
+  });
+
+  control.addEventListener('autherror', (ev) => {
+    console.warn('[livesession] control: renewing access failed:', ev.detail.message);
   });
 
   control.addEventListener('message', (ev) => {
@@ -94,13 +154,23 @@ function main() {
         break;
       case 'PONG':
         break;
+      case 'AUTH_OK':
+        log(`control: access renewed until ${msg.expires_at}`);
+        break;
+      case 'SESSION_EXPIRING':
+        log(`control: session ends in ${msg.seconds_left} s`);
+        if (!ended) ui.notice(`This session ends in ${Math.max(1, Math.round(msg.seconds_left / 60))} min.`);
+        break;
       case 'SESSION_ENDED':
         log(`control: session ended (${msg.reason})`);
-        end(ENDED_CODE[msg.reason] ?? null);
+        {
+          const code = { expired: 4007, revoked: 4008 }[msg.reason] ?? null;
+          end(code, code ? describe(code) : 'session ended', hint(code), { leaveControl: true });
+        }
         break;
       case 'ERROR':
         console.warn('[livesession] control: server error:', msg.message);
-        ui.notice(`Server: ${msg.message}`);
+        if (!/^AUTH\b/.test(msg.message ?? '')) ui.notice(`Server: ${msg.message}`);
         break;
       default:
         log(`control: ignoring message type ${msg.type}`);
@@ -121,6 +191,7 @@ function main() {
       }
       case 'ready':
         desktopError = null;
+        vncAuthRetried = false;
         ui.notice('');
         if (vnc.connected) ui.setState('connected', 'connected');
         else connectVnc();
@@ -140,16 +211,16 @@ function main() {
   };
 
   control.addEventListener('close', (ev) => {
-    const { code, reason, final, retryInMs } = ev.detail;
-    log(`control: closed ${code} ${reason || describe(code)}`);
+    const { code, reason, final, refresh, retryInMs } = ev.detail;
+    log(`control: closed ${code} ${reason || describe(code)}${refresh ? '; renewing access, then reconnecting once' : ''}`);
     ui.lastClose('control', code, reason);
     // What the desktop does now is unknown until the next DESKTOP_STATUS.
     desktop = null;
     clearTimeout(vncRetryTimer);
     vncRetryTimer = null;
-    if (ended) return;
-    if (final) {
-      end(isFinal(code) ? code : null);
+    if (ended || final) return; // "stopped" follows for final closes
+    if (refresh) {
+      if (!vnc.connected) ui.setState('connecting', 'renewing access');
     } else if (retryInMs !== null) {
       log(`control: reconnecting in ${retryInMs} ms`);
       if (desktopError) {
@@ -164,11 +235,48 @@ function main() {
     }
   });
 
+  control.addEventListener('refresherror', (ev) => {
+    const { message, status, final, retryInMs } = ev.detail;
+    log(`control: getting access failed (${status || 'network'}): ${message}`);
+    if (ended || final) return;
+    ui.reconnecting(retryInMs, status ? `server answered ${status}` : 'server unreachable');
+  });
+
+  control.addEventListener('stopped', (ev) => {
+    const { source, code, reason, status, errorCode, message } = ev.detail;
+    log(`control: stopped (${source}${code ? ` ${code}` : ''}${status ? ` HTTP ${status}` : ''})`);
+    if (ended) return;
+    if (source === 'refresh') {
+      endAfterRefusedRefresh(status, errorCode, message);
+    } else if (code !== null && isAuthClose(code)) {
+      end(code, `access refused: ${reason || describe(code)}`);
+    } else {
+      end(isFinal(code) ? code : null, code ? describe(code) : message);
+    }
+  });
+
+  /** The token endpoint refused: say what that means for this page. */
+  const endAfterRefusedRefresh = (status, errorCode, message) => {
+    if (status === 410) {
+      const code = /revoked/i.test(message) ? 4008 : /expired/i.test(message) ? 4007 : null;
+      end(code, code ? describe(code) : 'session ended');
+    } else if (status === 404) {
+      end(4005);
+    } else if (status === 401) {
+      end(null, `access refused: ${message}`, hint(errorCode === 'token_expired' ? 4003 : 4001));
+    } else if (status === 403) {
+      end(4004, `access refused: ${message}`);
+    } else {
+      end(null, `access refused: ${message}`, '');
+    }
+  };
+
   // --- VNC -----------------------------------------------------------
 
   vnc.addEventListener('connect', () => {
     log('vnc: connected');
     vncConnectedAt = Date.now();
+    vncAuthRetried = false;
     ui.setScreenLive(true);
     ui.setState('connected', 'connected');
     vnc.focus();
@@ -189,12 +297,21 @@ function main() {
     }
     if (vncConnectedAt && Date.now() - vncConnectedAt >= VNC_STABLE_MS) vncBackoff.reset();
     vncConnectedAt = 0;
-    if (control.isOpen && desktop === 'ready') {
+    if (code !== null && isAuthClose(code)) {
+      if (vncAuthRetried) {
+        // Refused again with a fresh cookie: stop trying the screen; the
+        // control channel, which meets the same refusal, decides the rest.
+        ui.setState('failed', `screen: access refused (${code} ${reason || describe(code)})`);
+        return;
+      }
+      vncAuthRetried = true;
+      log('vnc: access refused; renewing it, then reconnecting once');
+      connectVnc({ refresh: true });
+      return;
+    }
+    if (control.isConnected && desktop === 'ready') {
       // Only the screen dropped: retry it on its own backoff.
-      const delay = Math.max(vncBackoff.next(), retryAfterMs(code, reason));
-      log(`vnc: reconnecting in ${delay} ms`);
-      ui.reconnecting(delay, 'screen disconnected');
-      vncRetryTimer = setTimeout(connectVnc, delay);
+      scheduleVnc('screen disconnected', code, reason);
     } else if (ui.state === 'connected' || ui.state === 'connecting') {
       // The control channel is down or the desktop not ready: it drives the
       // reconnect and reopens RFB when the desktop reports "ready" again.
@@ -212,21 +329,28 @@ function main() {
     document.title = `${ev.detail.name} — livesession`;
   });
 
-  // --- user controls ---------------------------------------------------
+  // --- user controls and page events ----------------------------------
+
+  const retryVncNow = () => {
+    if (vncRetryTimer !== null) connectVnc();
+  };
 
   document.getElementById('retry-now').addEventListener('click', () => {
-    if (vncRetryTimer !== null) connectVnc();
+    retryVncNow();
     control.retryNow();
   });
 
-  // Coming back online is the moment to retry, not whenever the timer fires.
+  // The control client reconnects by itself on these; the screen too.
   window.addEventListener('online', () => {
     log('browser is online again');
-    control.retryNow();
+    retryVncNow();
+  });
+  document.addEventListener('visibilitychange', () => {
+    if (document.visibilityState === 'visible') retryVncNow();
   });
 
   ui.setState('connecting', 'connecting');
-  control.start();
+  control.connect();
 }
 
 main();

@@ -4,8 +4,9 @@
 // We open the WebSocket ourselves and hand it to RFB (a documented form of its
 // second argument) instead of passing the URL: that way we can listen for the
 // socket's CloseEvent and learn *why* the server closed it (4008 revoked,
-// 4010 desktop unavailable, …) — noVNC only reports "clean" or not. It also
-// keeps the URL, which may carry the access token, out of noVNC's own logs.
+// 4010 desktop unavailable, …) — noVNC only reports "clean" or not. The URL
+// carries no token: the browser sends the session's access cookie with the
+// upgrade (the viewer renews it at the token endpoint first).
 //
 // Events (CustomEvent, payload in `detail`):
 //   connect     {}

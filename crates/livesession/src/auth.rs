@@ -97,6 +97,9 @@ impl Tokens {
         session_expires_at: OffsetDateTime,
     ) -> (String, OffsetDateTime) {
         let expires_at = (OffsetDateTime::now_utc() + self.access_ttl).min(session_expires_at);
+        // JWT times are whole seconds: report the time the token really ends.
+        let expires_at =
+            OffsetDateTime::from_unix_timestamp(expires_at.unix_timestamp()).expect("in range");
         (
             self.sign(session_id, role, TokenKind::Access, expires_at),
             expires_at,
@@ -289,7 +292,7 @@ mod tests {
 
         // Never beyond the session's end.
         let soon = OffsetDateTime::now_utc() + time::Duration::seconds(30);
-        assert_eq!(tokens.access("s1", Role::View, soon).1, soon);
+        assert_eq!(tokens.access("s1", Role::View, soon).1.unix_timestamp(), soon.unix_timestamp());
         let past = OffsetDateTime::now_utc() - time::Duration::seconds(5);
         assert_eq!(
             tokens

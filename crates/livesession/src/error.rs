@@ -31,13 +31,10 @@ impl ApiError {
             crate::limits::Refused::Rate(after) => after.as_secs().max(1),
             _ => 30,
         };
+        let message = format!("too many requests from this address; retry in {retry_after} s");
         Self {
             retry_after: Some(retry_after),
-            ..Self::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                refused.to_string(),
-            )
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)
         }
     }
 
