@@ -292,7 +292,10 @@ mod tests {
 
         // Never beyond the session's end.
         let soon = OffsetDateTime::now_utc() + time::Duration::seconds(30);
-        assert_eq!(tokens.access("s1", Role::View, soon).1.unix_timestamp(), soon.unix_timestamp());
+        assert_eq!(
+            tokens.access("s1", Role::View, soon).1.unix_timestamp(),
+            soon.unix_timestamp()
+        );
         let past = OffsetDateTime::now_utc() - time::Duration::seconds(5);
         assert_eq!(
             tokens

@@ -225,8 +225,17 @@ impl Desktops {
             let slots = self.slots.lock().unwrap();
             slots.get(id).is_some_and(|s| matches!(&*s.status.borrow(), DesktopStatus::Ready(h) if Arc::ptr_eq(h, handle)))
         };
-        if is_current && !self.runtime.is_alive(id).await {
-            tracing::warn!(session_id = %id, "desktop stopped unexpectedly");
+        if is_current {
+            self.forget_if_dead(id).await;
+        }
+    }
+
+    /// Before a connection joins a "ready" desktop: if one of its pieces has exited (the
+    /// user closed Chromium's window, a crash), stop what is left so a fresh one starts.
+    pub async fn forget_if_dead(&self, id: &str) {
+        let ready = matches!(self.status(id), DesktopStatus::Ready(_));
+        if ready && !self.runtime.is_alive(id).await {
+            tracing::warn!(session_id = %id, "desktop stopped unexpectedly; a new one will start");
             self.stop(id).await;
         }
     }

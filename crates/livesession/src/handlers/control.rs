@@ -167,6 +167,7 @@ async fn converse(app: &App, mut auth: Authorized, socket: &mut WebSocket) -> Op
         server_time: OffsetDateTime::now_utc(),
     };
     send(socket, hello.text()).await?;
+    app.desktops.forget_if_dead(&session.id).await;
     let mut desktop = match app.desktops.watch(session, &auth.end) {
         Ok(rx) => rx,
         Err(e) => {

@@ -55,6 +55,7 @@ async fn relay(app: &App, mut auth: Authorized, mut socket: WebSocket) {
             format!("desktop unavailable: {e}"),
         )
     };
+    app.desktops.forget_if_dead(&id).await;
     let status = match app.desktops.watch(&auth.session, &auth.end) {
         Ok(status) => status,
         Err(e) => return ws::close(socket, unavailable(e)).await,

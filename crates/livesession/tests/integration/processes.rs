@@ -86,3 +86,56 @@ async fn revoking_a_session_and_stopping_the_server_leave_no_process_behind() {
         "no process mentions the data directory"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_desktop_whose_chromium_was_closed_is_replaced_on_the_next_connection() {
+    let server = TestServer::start(&[]).await;
+    let (id, group) = start_desktop(&server).await;
+    // Close the browser, as a user closing its only window would (the browser process,
+    // not a renderer: it is the one without `--type=`).
+    let browser = group_members(group)
+        .into_iter()
+        .find(|pid| {
+            let cmdline = String::from_utf8_lossy(
+                &std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default(),
+            )
+            .into_owned();
+            cmdline.contains("--user-data-dir") && !cmdline.contains("--type=")
+        })
+        .expect("Chromium's browser process");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(browser),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let token: serde_json::Value = server
+        .http
+        .post(server.url(&format!("/api/sessions/{id}/token")))
+        .bearer_auth(crate::support::ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ws = ws_connect(
+        &server,
+        &format!(
+            "/api/sessions/{id}/vnc?token={}",
+            token["token"].as_str().unwrap()
+        ),
+        &[],
+    )
+    .await;
+    drop(rfb_over_ws(ws).await);
+    let new_group = server.desktop_pgid(&id);
+    assert_ne!(new_group, group, "a fresh desktop was started");
+    assert!(
+        group_members(group).is_empty(),
+        "the broken desktop's processes are gone"
+    );
+    assert!(group_members(new_group).len() >= 3);
+    server.stop().await;
+}
