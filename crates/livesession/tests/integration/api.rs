@@ -214,28 +214,24 @@ async fn free_mode_starts_a_session_from_the_landing_page_with_a_cookie() {
     );
     assert_eq!(server.get_session(id).await["source"], "free");
 
-    // Another site's form cannot start sessions.
-    let cross = no_redirect
-        .post(server.url("/start"))
-        .header("origin", "http://evil.example")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(error_of(cross).await, (403, "cross_site".into()));
-    let cross = no_redirect
-        .post(server.url("/start"))
-        .header("sec-fetch-site", "cross-site")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(error_of(cross).await, (403, "cross_site".into()));
-    let sandboxed = no_redirect
-        .post(server.url("/start"))
-        .header("origin", "null")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(error_of(sandboxed).await, (403, "cross_site".into()));
+    // Another site's form (or a sandboxed frame, which sends `Origin: null`) cannot start sessions.
+    for (header, value) in [
+        ("origin", "http://evil.example"),
+        ("sec-fetch-site", "cross-site"),
+        ("origin", "null"),
+    ] {
+        let cross = no_redirect
+            .post(server.url("/start"))
+            .header(header, value)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            error_of(cross).await,
+            (403, "cross_site".into()),
+            "{header}: {value}"
+        );
+    }
     // What Chromium sends for our own form.
     let ours = no_redirect
         .post(server.url("/start"))

@@ -313,17 +313,8 @@ async fn a_control_connection_lives_as_long_as_its_token_unless_renewed_with_aut
 
     // Renew one of them with a fresh token over the channel (minted later, so it ends later).
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let fresh: Value = server
-        .http
-        .post(server.url(&format!("/api/sessions/{id}/token")))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let auth = json!({ "type": "AUTH", "token": fresh["token"] }).to_string();
+    let fresh = server.mint_token(id).await;
+    let auth = json!({ "type": "AUTH", "token": fresh }).to_string();
     renewed.send(Message::text(auth)).await.unwrap();
     let mut auth_ok = false;
     while !auth_ok {

@@ -110,22 +110,10 @@ async fn a_desktop_whose_chromium_was_closed_is_replaced_on_the_next_connection(
     .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let token: serde_json::Value = server
-        .http
-        .post(server.url(&format!("/api/sessions/{id}/token")))
-        .bearer_auth(crate::support::ADMIN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let token = server.mint_token(&id).await;
     let ws = ws_connect(
         &server,
-        &format!(
-            "/api/sessions/{id}/vnc?token={}",
-            token["token"].as_str().unwrap()
-        ),
+        &format!("/api/sessions/{id}/vnc?token={token}"),
         &[],
     )
     .await;

@@ -217,6 +217,20 @@ impl TestServer {
         response.json().await.unwrap()
     }
 
+    /// A fresh access token for a session, minted with the admin token.
+    pub async fn mint_token(&self, id: &str) -> String {
+        let response = self
+            .http
+            .post(self.url(&format!("/api/sessions/{id}/token")))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "mint a token");
+        let body: Value = response.json().await.unwrap();
+        body["token"].as_str().unwrap().to_owned()
+    }
+
     pub async fn readyz(&self) -> Value {
         self.http
             .get(self.url("/readyz"))
