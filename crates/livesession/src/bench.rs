@@ -307,11 +307,10 @@ async fn hold(
             }
             message = ws.next() => match message {
                 Some(Ok(Message::Text(text))) => {
-                    if text.contains("\"PONG\"") {
-                        if let Some(at) = sent.take() {
+                    if text.contains("\"PONG\"")
+                        && let Some(at) = sent.take() {
                             latencies.push(at.elapsed().as_secs_f64() * 1000.0);
                         }
-                    }
                 }
                 Some(Ok(Message::Close(frame))) => {
                     break Some(frame.map(|f| format!("closed {} {}", u16::from(f.code), f.reason)).unwrap_or_else(|| "closed".into()));

@@ -25,7 +25,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the server.
-    Serve(ServeConfig),
+    Serve(Box<ServeConfig>),
     /// Check that this machine can run desktops: binaries, data directory, a throwaway desktop.
     Doctor(DesktopArgs),
     /// Manage sessions on a running server.
@@ -139,7 +139,7 @@ pub fn main() -> ExitCode {
             Command::Serve(mut config) => {
                 logging::init(cli.common.log_format);
                 config.data_dir.clone_from(&cli.common.data_dir);
-                serve(config).await
+                serve(*config).await
             }
             Command::Doctor(desktop) => {
                 if doctor::run(&cli.common.data_dir, &desktop).await {

@@ -262,13 +262,11 @@ impl LocalRuntime {
         loop {
             if let Ok(Ok(mut s)) =
                 tokio::time::timeout(Duration::from_secs(2), UnixStream::connect(socket)).await
-            {
-                if tokio::time::timeout(Duration::from_secs(2), rfb::read_greeting(&mut s))
+                && tokio::time::timeout(Duration::from_secs(2), rfb::read_greeting(&mut s))
                     .await
                     .is_ok_and(|r| r.is_ok())
-                {
-                    break;
-                }
+            {
+                break;
             }
             if let Some(e) = desktop.processes[0].check_running() {
                 return Err(e);

@@ -133,19 +133,18 @@ pub async fn claim_checkout(
     // The browser that claimed it asks again (a reload of the success page): it holds the
     // claim cookie, scoped to this endpoint, and gets its session cookies renewed.
     let claim_cookie = format!("lsc_{}", session.id);
-    if let Some(proof) = cookie(&headers, &claim_cookie) {
-        if app
+    if let Some(proof) = cookie(&headers, &claim_cookie)
+        && app
             .tokens
             .verify_ignoring_expiry(proof, TokenKind::Refresh)
             .is_ok_and(|c| c.sid == session.id)
-        {
-            return Ok(claimed(&browser_cookies(
-                &app,
-                &session,
-                &claim_cookie,
-                secure,
-            )));
-        }
+    {
+        return Ok(claimed(&browser_cookies(
+            &app,
+            &session,
+            &claim_cookie,
+            secure,
+        )));
     }
     if !app
         .sessions

@@ -100,14 +100,14 @@ async fn handle(app: &App, event: &Event) -> Result<(), ApiError> {
             }
             let payment_intent = event.object_str("payment_intent");
             // Stripe does not order deliveries: a refund may have arrived first.
-            if let Some(pi) = payment_intent {
-                if app.sessions.store().is_refunded(pi).await? {
-                    tracing::info!(
-                        checkout_session_id = checkout_id,
-                        "payment already refunded; no session"
-                    );
-                    return Ok(());
-                }
+            if let Some(pi) = payment_intent
+                && app.sessions.store().is_refunded(pi).await?
+            {
+                tracing::info!(
+                    checkout_session_id = checkout_id,
+                    "payment already refunded; no session"
+                );
+                return Ok(());
             }
             let ttl = time::Duration::seconds(app.config.session_ttl as i64);
             let activated = app
