@@ -154,12 +154,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RfbClient<S> {
         Ok(bytes)
     }
 
-    /// The colour at (x, y) as (r, g, b).
-    pub fn pixel(&self, x: u16, y: u16) -> (u8, u8, u8) {
-        let v = self.framebuffer[y as usize * self.width as usize + x as usize];
-        ((v >> 16) as u8, (v >> 8) as u8, v as u8)
-    }
-
     /// Share of pixels, 0.0..=1.0, within `tolerance` of `rgb` on every channel.
     pub fn share_of_colour(&self, rgb: (u8, u8, u8), tolerance: u8) -> f64 {
         let close = |a: u8, b: u8| a.abs_diff(b) <= tolerance;

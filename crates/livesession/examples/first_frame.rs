@@ -12,22 +12,10 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use livesession::bench::{percentile, pss_kib};
 use livesession_desktop::group_members;
 use serde_json::json;
 use support::{PageServer, TestServer, rfb_over_ws, ws_connect};
-
-/// Proportional set size of a process, in KiB.
-fn pss_kib(pid: i32) -> Option<u64> {
-    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
-    rollup
-        .lines()
-        .find_map(|l| l.strip_prefix("Pss:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
 
 #[tokio::main]
 async fn main() {
@@ -82,7 +70,7 @@ async fn main() {
                     .trim()
                     .to_owned();
                 let entry = by_process.entry(name).or_default();
-                entry.0 += pss_kib(pid).unwrap_or(0);
+                entry.0 += pss_kib(pid as u32).unwrap_or(0);
                 entry.1 += 1;
             }
             let total: u64 = by_process.values().map(|(kib, _)| kib).sum();

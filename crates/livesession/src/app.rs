@@ -73,6 +73,11 @@ impl App {
         }
     }
 
+    /// Cookies are `Secure` when browsers reach us over TLS.
+    pub fn secure_cookies(&self) -> bool {
+        self.public_url.starts_with("https://")
+    }
+
     /// Whether `origin` (an Origin header value) may open a WebSocket or post a form here.
     ///
     /// Allowed: the public URL's origin, the configured extra origins, and the request's

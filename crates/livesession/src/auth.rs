@@ -197,32 +197,58 @@ pub fn find_access_token(
     cookie(headers, &cookie_name(session_id)).map(|t| (t.to_owned(), TokenSource::Cookie))
 }
 
+/// A `Set-Cookie` value: HttpOnly (page scripts never see it), SameSite=Lax, Secure when
+/// served over TLS, kept until `until`.
+pub fn cookie_header(
+    name: &str,
+    value: &str,
+    path: &str,
+    until: OffsetDateTime,
+    secure: bool,
+) -> String {
+    let max_age = (until - OffsetDateTime::now_utc()).whole_seconds().max(0);
+    let secure = if secure { "; Secure" } else { "" };
+    format!("{name}={value}; Path={path}; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}")
+}
+
+/// Appends `Set-Cookie` headers.
+pub fn set_cookies(headers: &mut HeaderMap, cookies: &[String]) {
+    // Names are hex ids and values base64url tokens: always valid header values.
+    for cookie in cookies
+        .iter()
+        .filter_map(|c| axum::http::HeaderValue::from_str(c).ok())
+    {
+        headers.append(axum::http::header::SET_COOKIE, cookie);
+    }
+}
+
 /// The two cookies that give a browser a session: the access token for its WebSockets
 /// (`Path=/api/sessions/<id>`) and the refresh token for its token endpoint only. Both
-/// HttpOnly (page scripts never see them), SameSite=Lax, Secure over TLS, and kept as long
-/// as the session lives: an expired access token inside is answered with "token expired",
-/// which tells the client to refresh.
+/// live as long as the session: an expired access token inside is answered with "token
+/// expired", which tells the client to refresh.
 pub fn session_cookies(
     tokens: &Tokens,
     session_id: &str,
     role: Role,
     session_expires_at: OffsetDateTime,
     secure: bool,
-) -> [String; 2] {
-    let max_age = (session_expires_at - OffsetDateTime::now_utc())
-        .whole_seconds()
-        .max(0);
-    let secure = if secure { "; Secure" } else { "" };
+) -> Vec<String> {
     let (access, _) = tokens.access(session_id, role, session_expires_at);
     let refresh = tokens.refresh(session_id, role, session_expires_at);
-    [
-        format!(
-            "{}={access}; Path=/api/sessions/{session_id}; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}",
-            cookie_name(session_id)
+    vec![
+        cookie_header(
+            &cookie_name(session_id),
+            &access,
+            &format!("/api/sessions/{session_id}"),
+            session_expires_at,
+            secure,
         ),
-        format!(
-            "{}={refresh}; Path=/api/sessions/{session_id}/token; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}",
-            refresh_cookie_name(session_id)
+        cookie_header(
+            &refresh_cookie_name(session_id),
+            &refresh,
+            &format!("/api/sessions/{session_id}/token"),
+            session_expires_at,
+            secure,
         ),
     ]
 }

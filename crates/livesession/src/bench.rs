@@ -120,7 +120,8 @@ pub fn pid_listening_on(port: u16) -> Option<u32> {
         })
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+/// The `p` quantile (0.0..=1.0) of sorted values; 0 for none.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }

@@ -54,13 +54,6 @@ impl CloseCode {
     pub fn code(self) -> u16 {
         self as u16
     }
-
-    pub fn for_end(end: SessionEnd) -> Self {
-        match end {
-            SessionEnd::Expired => CloseCode::SessionExpired,
-            SessionEnd::Revoked => CloseCode::SessionRevoked,
-        }
-    }
 }
 
 /// A close the server makes: a code and a human-readable reason.

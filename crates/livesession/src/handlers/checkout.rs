@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, State};
-use axum::http::header::{LOCATION, SET_COOKIE};
+use axum::http::header::LOCATION;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use livesession_billing::CheckoutRequest;
@@ -16,7 +16,9 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::app::{App, AppState};
-use crate::auth::{Role, TokenKind, cookie, same_site_request, session_cookies};
+use crate::auth::{
+    Role, TokenKind, cookie, cookie_header, same_site_request, session_cookies, set_cookies,
+};
 use crate::error::ApiError;
 
 /// `POST /api/checkout` (the landing page's form): creates a Checkout Session at Stripe and
@@ -124,12 +126,9 @@ pub async fn claim_checkout(
             json!({ "status": "claimed", "session_id": session.id, "viewer_url": format!("/s/{}", session.id) }),
         );
         let mut response = (StatusCode::OK, body).into_response();
-        for cookie in cookies.iter().filter_map(|c| HeaderValue::from_str(c).ok()) {
-            response.headers_mut().append(SET_COOKIE, cookie);
-        }
+        set_cookies(response.headers_mut(), cookies);
         response
     };
-    let secure = app.public_url.starts_with("https://");
     // The browser that claimed it asks again (a reload of the success page): it holds the
     // claim cookie, scoped to this endpoint, and gets its session cookies renewed.
     let claim_cookie = format!("lsc_{}", session.id);
@@ -139,12 +138,7 @@ pub async fn claim_checkout(
             .verify_ignoring_expiry(proof, TokenKind::Refresh)
             .is_ok_and(|c| c.sid == session.id)
     {
-        return Ok(claimed(&browser_cookies(
-            &app,
-            &session,
-            &claim_cookie,
-            secure,
-        )));
+        return Ok(claimed(&browser_cookies(&app, &session, &claim_cookie)));
     }
     if !app
         .sessions
@@ -159,32 +153,29 @@ pub async fn claim_checkout(
         ));
     }
     tracing::info!(session_id = %session.id, "paid session claimed by a browser");
-    Ok(claimed(&browser_cookies(
-        &app,
-        &session,
-        &claim_cookie,
-        secure,
-    )))
+    Ok(claimed(&browser_cookies(&app, &session, &claim_cookie)))
 }
 
 /// The session's access and refresh cookies, plus the claim cookie that lets this browser
 /// claim again.
-fn browser_cookies(app: &App, session: &Session, claim_cookie: &str, secure: bool) -> Vec<String> {
+fn browser_cookies(app: &App, session: &Session, claim_cookie: &str) -> Vec<String> {
+    let secure = app.secure_cookies();
     let mut cookies = session_cookies(
         &app.tokens,
         &session.id,
         Role::Interactive,
         session.expires_at,
         secure,
-    )
-    .to_vec();
-    let max_age = (session.expires_at - time::OffsetDateTime::now_utc())
-        .whole_seconds()
-        .max(0);
+    );
     let proof = app
         .tokens
         .refresh(&session.id, Role::Interactive, session.expires_at);
-    let secure = if secure { "; Secure" } else { "" };
-    cookies.push(format!("{claim_cookie}={proof}; Path=/api/checkout/claim; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}"));
+    cookies.push(cookie_header(
+        claim_cookie,
+        &proof,
+        "/api/checkout/claim",
+        session.expires_at,
+        secure,
+    ));
     cookies
 }

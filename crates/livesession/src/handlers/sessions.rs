@@ -6,14 +6,16 @@ use axum::extract::rejection::BytesRejection;
 use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, Path, Query, State};
-use axum::http::header::{LOCATION, SET_COOKIE};
+use axum::http::header::LOCATION;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use livesession_session::{NewSession, Session, SessionSource};
 use serde::{Deserialize, Serialize};
 
 use crate::app::{App, AppState};
-use crate::auth::{Role, bearer, constant_time_eq, same_site_request, session_cookies};
+use crate::auth::{
+    Role, bearer, constant_time_eq, same_site_request, session_cookies, set_cookies,
+};
 use crate::error::ApiError;
 
 pub(crate) fn require_admin(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
@@ -264,18 +266,16 @@ pub async fn start_free_session(
         LOCATION,
         HeaderValue::from_str(&format!("/s/{}", session.id)).expect("hex id"),
     );
-    for cookie in session_cookies(
-        &app.tokens,
-        &session.id,
-        Role::Interactive,
-        session.expires_at,
-        app.public_url.starts_with("https://"),
-    ) {
-        headers.append(
-            SET_COOKIE,
-            HeaderValue::from_str(&cookie).map_err(|e| ApiError::internal("cookie", e))?,
-        );
-    }
+    set_cookies(
+        headers,
+        &session_cookies(
+            &app.tokens,
+            &session.id,
+            Role::Interactive,
+            session.expires_at,
+            app.secure_cookies(),
+        ),
+    );
     Ok(response)
 }
 

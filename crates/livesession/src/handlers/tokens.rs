@@ -8,7 +8,6 @@ use axum::Json;
 use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, Path, State};
-use axum::http::header::SET_COOKIE;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use livesession_session::SessionState;
@@ -17,7 +16,7 @@ use serde_json::json;
 use crate::app::AppState;
 use crate::auth::{
     Role, TokenError, TokenKind, bearer, constant_time_eq, cookie, refresh_cookie_name,
-    same_site_request, session_cookies,
+    same_site_request, session_cookies, set_cookies,
 };
 use crate::error::ApiError;
 
@@ -111,17 +110,13 @@ pub async fn issue_token(
     response
         .headers_mut()
         .insert("cache-control", HeaderValue::from_static("no-store"));
-    for cookie in session_cookies(
+    let cookies = session_cookies(
         &app.tokens,
         &session.id,
         role,
         session.expires_at,
-        app.public_url.starts_with("https://"),
-    ) {
-        response.headers_mut().append(
-            SET_COOKIE,
-            HeaderValue::from_str(&cookie).map_err(|e| ApiError::internal("cookie", e))?,
-        );
-    }
+        app.secure_cookies(),
+    );
+    set_cookies(response.headers_mut(), &cookies);
     Ok(response)
 }
