@@ -8,6 +8,9 @@ mod lifecycle;
 mod model;
 pub mod store;
 
-pub use lifecycle::{EndSignal, Sessions};
-pub use model::{NewSession, Session, SessionEnd, SessionSource, SessionState, new_session_id};
+pub use lifecycle::{EndSignal, LinkSignal, Sessions};
+pub use model::{
+    LinkRole, NewSession, Session, SessionEnd, SessionSource, SessionState, ViewerLink,
+    link_secret_hash, new_link_secret, new_session_id,
+};
 pub use store::{CheckoutActivation, SessionStore, StoreError};

@@ -8,7 +8,10 @@ use std::sync::{Arc, Mutex};
 use time::OffsetDateTime;
 use tokio::sync::{Notify, broadcast, watch};
 
-use crate::model::{NewSession, Session, SessionEnd, SessionSource, SessionState, new_session_id};
+use crate::model::{
+    LinkRole, NewSession, Session, SessionEnd, SessionSource, SessionState, ViewerLink,
+    link_secret_hash, new_link_secret, new_session_id,
+};
 use crate::store::{CheckoutActivation, SessionStore, StoreError};
 
 /// A live connection's view of its session's end: resolves once, when the session ends.
@@ -34,10 +37,43 @@ impl EndSignal {
     }
 }
 
+/// A live connection's view of the viewer link it was opened through: resolves when the
+/// link is revoked. A connection opened without a link holds one that never resolves.
+pub struct LinkSignal(Option<watch::Receiver<bool>>);
+
+impl LinkSignal {
+    /// For a connection that did not come through a viewer link.
+    pub fn none() -> Self {
+        Self(None)
+    }
+
+    /// Whether the link has been revoked already (without waiting).
+    pub fn is_revoked(&self) -> bool {
+        self.0.as_ref().is_some_and(|rx| *rx.borrow())
+    }
+
+    /// Waits until the link is revoked; forever for a connection without a link.
+    pub async fn revoked(&mut self) {
+        if let Some(rx) = &mut self.0 {
+            loop {
+                if *rx.borrow_and_update() {
+                    return;
+                }
+                if rx.changed().await.is_err() {
+                    break;
+                }
+            }
+        }
+        std::future::pending::<()>().await;
+    }
+}
+
 pub struct Sessions {
     store: Arc<dyn SessionStore>,
     /// One sender per session that has live subscribers.
     signals: Mutex<HashMap<String, watch::Sender<Option<SessionEnd>>>>,
+    /// One sender per viewer link that has live subscribers.
+    link_signals: Mutex<HashMap<String, watch::Sender<bool>>>,
     /// Every end, for the parts of the server that clean up after a session (desktops).
     ended: broadcast::Sender<(String, SessionEnd)>,
     /// Deadlines of active sessions, earliest first, read by [`Sessions::run_expiry`].
@@ -50,6 +86,7 @@ impl Sessions {
         Arc::new(Self {
             store,
             signals: Mutex::default(),
+            link_signals: Mutex::default(),
             ended: broadcast::channel(256).0,
             deadlines: Mutex::default(),
             deadline_added: Notify::new(),
@@ -236,6 +273,63 @@ impl Sessions {
             .count()
     }
 
+    /// Creates a viewer link for a session (the caller checks that the session is
+    /// active). Returns the link and its secret; only the secret's hash is stored, so this
+    /// is the one time the secret is known.
+    pub async fn create_link(
+        &self,
+        session_id: &str,
+        role: LinkRole,
+        label: Option<String>,
+    ) -> Result<(ViewerLink, String), StoreError> {
+        let link = ViewerLink {
+            id: new_session_id(),
+            session_id: session_id.to_owned(),
+            role,
+            label,
+            created_at: Self::now(),
+            revoked_at: None,
+        };
+        let secret = new_link_secret();
+        self.store
+            .create_link(&link, &link_secret_hash(&secret))
+            .await?;
+        tracing::info!(session_id, link_id = %link.id, role = role.as_str(), "viewer link created");
+        Ok((link, secret))
+    }
+
+    /// Revokes a session's viewer link and signals it to every connection opened through
+    /// it. `None` if the session has no such link. Revoking a revoked link changes nothing.
+    pub async fn revoke_link(
+        &self,
+        session_id: &str,
+        link_id: &str,
+    ) -> Result<Option<ViewerLink>, StoreError> {
+        let revoked = self
+            .store
+            .revoke_link(session_id, link_id, Self::now())
+            .await?;
+        if revoked.is_some() {
+            if let Some(tx) = self.link_signals.lock().unwrap().remove(link_id) {
+                tx.send_replace(true);
+            }
+            tracing::info!(session_id, link_id, "viewer link revoked");
+        }
+        Ok(revoked)
+    }
+
+    /// Subscribes to a viewer link's revocation. Subscribe *before* checking the link in
+    /// the store: a revocation recorded after the check then still reaches the subscriber.
+    pub fn subscribe_link(&self, link_id: &str) -> LinkSignal {
+        let mut signals = self.link_signals.lock().unwrap();
+        signals.retain(|_, tx| tx.receiver_count() > 0);
+        let rx = signals
+            .entry(link_id.to_owned())
+            .or_insert_with(|| watch::channel(false).0)
+            .subscribe();
+        LinkSignal(Some(rx))
+    }
+
     fn schedule(&self, session: &Session) {
         self.deadlines
             .lock()
@@ -333,6 +427,71 @@ mod tests {
         );
         // A second revoke is a no-op.
         assert!(sessions.revoke(&s.id, "again").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn revoking_a_link_reaches_its_subscribers_only() {
+        let (_dir, sessions) = sessions().await;
+        let s = sessions.create(new_session(60_000)).await.unwrap();
+        let (view, secret) = sessions
+            .create_link(&s.id, LinkRole::View, Some("a".into()))
+            .await
+            .unwrap();
+        let (other, _) = sessions
+            .create_link(&s.id, LinkRole::Interactive, None)
+            .await
+            .unwrap();
+        assert_eq!(
+            sessions
+                .store()
+                .find_link_by_secret_hash(&link_secret_hash(&secret))
+                .await
+                .unwrap()
+                .unwrap()
+                .id,
+            view.id
+        );
+        let mut a = sessions.subscribe_link(&view.id);
+        let mut b = sessions.subscribe_link(&view.id);
+        let mut c = sessions.subscribe_link(&other.id);
+        let mut none = LinkSignal::none();
+        assert!(
+            sessions
+                .revoke_link("another session", &view.id)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(!a.is_revoked());
+        let revoked = sessions
+            .revoke_link(&s.id, &view.id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(revoked.revoked_at.is_some());
+        tokio::time::timeout(Duration::from_secs(1), a.revoked())
+            .await
+            .expect("signalled");
+        tokio::time::timeout(Duration::from_secs(1), b.revoked())
+            .await
+            .expect("signalled");
+        assert!(a.is_revoked());
+        assert!(!c.is_revoked());
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), c.revoked())
+                .await
+                .is_err()
+        );
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), none.revoked())
+                .await
+                .is_err()
+        );
+        // The session itself goes on.
+        assert_eq!(
+            sessions.get(&s.id).await.unwrap().unwrap().state,
+            SessionState::Active
+        );
     }
 
     #[tokio::test]

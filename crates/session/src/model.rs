@@ -1,4 +1,5 @@
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use sha2::Digest;
 use time::OffsetDateTime;
 
 /// Where a session came from: recorded so operators can tell free, API and paid sessions apart.
@@ -132,6 +133,62 @@ pub fn new_session_id() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// What a viewer link lets its holder do: drive the desktop, or only watch it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkRole {
+    Interactive,
+    View,
+}
+
+impl LinkRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LinkRole::Interactive => "interactive",
+            LinkRole::View => "view",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "interactive" => Some(LinkRole::Interactive),
+            "view" => Some(LinkRole::View),
+            _ => None,
+        }
+    }
+}
+
+/// An extra way into a session: a link with its own role, revocable on its own. The
+/// link's secret is not part of it: only a hash of the secret is stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ViewerLink {
+    pub id: String,
+    pub session_id: String,
+    pub role: LinkRole,
+    pub label: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub revoked_at: Option<OffsetDateTime>,
+}
+
+/// A viewer link's secret: 256 bits from the OS RNG, hex encoded. Shown once, never stored.
+pub fn new_link_secret() -> String {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).expect("the OS random number generator is unavailable");
+    hex(&bytes)
+}
+
+/// What the store keeps of a link's secret: its SHA-256, hex encoded. The secret has 256
+/// random bits, so an unsalted hash cannot be reversed; a copy of the database opens nothing.
+pub fn link_secret_hash(secret: &str) -> String {
+    hex(&sha2::Sha256::digest(secret.as_bytes()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,6 +200,23 @@ mod tests {
         assert_eq!(a.len(), 32);
         assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn link_secrets_are_random_and_only_their_hash_is_kept() {
+        let secret = new_link_secret();
+        assert_eq!(secret.len(), 64);
+        assert!(secret.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(secret, new_link_secret());
+        let hash = link_secret_hash(&secret);
+        assert_eq!(hash.len(), 64);
+        assert_ne!(hash, secret);
+        assert_eq!(hash, link_secret_hash(&secret));
+        // SHA-256 of "abc", the standard test vector.
+        assert_eq!(
+            link_secret_hash("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@ mod sqlite;
 
 pub use sqlite::SqliteStore;
 
-use crate::model::{Session, SessionEnd};
+use crate::model::{Session, SessionEnd, ViewerLink};
 use time::OffsetDateTime;
 
 /// What `activate_checkout` needs: the session to insert if none exists for the checkout.
@@ -85,6 +85,24 @@ pub trait SessionStore: Send + Sync + 'static {
         kind: &str,
         at: OffsetDateTime,
     ) -> Result<bool, StoreError>;
+    /// Records a new viewer link with the SHA-256 of its secret (never the secret).
+    async fn create_link(&self, link: &ViewerLink, secret_hash: &str) -> Result<(), StoreError>;
+    /// A session's viewer links, revoked ones included, oldest first.
+    async fn list_links(&self, session_id: &str) -> Result<Vec<ViewerLink>, StoreError>;
+    async fn get_link(&self, link_id: &str) -> Result<Option<ViewerLink>, StoreError>;
+    /// Revokes a link of this session; the first revocation's time is kept. Returns the
+    /// link (revoked), or `None` if the session has no such link.
+    async fn revoke_link(
+        &self,
+        session_id: &str,
+        link_id: &str,
+        at: OffsetDateTime,
+    ) -> Result<Option<ViewerLink>, StoreError>;
+    /// The link whose secret hashes to this, revoked or not.
+    async fn find_link_by_secret_hash(
+        &self,
+        secret_hash: &str,
+    ) -> Result<Option<ViewerLink>, StoreError>;
     /// A cheap round trip, for `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;
 }
