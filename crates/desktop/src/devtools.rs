@@ -1,20 +1,11 @@
-//! Just enough of Chromium's DevTools HTTP endpoint to know a desktop is ready.
+//! Just enough of Chromium's DevTools HTTP endpoint to know a desktop is ready. The
+//! endpoint is reached through the desktop's `devtools.sock`.
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
-/// Reads the port Chromium chose for `--remote-debugging-port=0` from the file it writes
-/// into its profile directory.
-pub async fn active_port(profile_dir: &Path) -> Option<u16> {
-    let text = tokio::fs::read_to_string(profile_dir.join("DevToolsActivePort"))
-        .await
-        .ok()?;
-    text.lines().next()?.trim().parse().ok()
-}
+use tokio::net::UnixStream;
 
 /// One DevTools target, as `/json/list` describes it.
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -29,15 +20,17 @@ pub struct Target {
 }
 
 /// `GET /json/list`. A loopback-only, one-request HTTP/1.1 exchange: not worth a client crate.
-pub async fn list_targets(addr: SocketAddr) -> std::io::Result<Vec<Target>> {
-    let body = get(addr, "/json/list").await?;
+pub async fn list_targets(socket: &Path) -> std::io::Result<Vec<Target>> {
+    let body = get(socket, "/json/list").await?;
     serde_json::from_slice(&body).map_err(std::io::Error::other)
 }
 
-async fn get(addr: SocketAddr, path: &str) -> std::io::Result<Vec<u8>> {
+async fn get(socket: &Path, path: &str) -> std::io::Result<Vec<u8>> {
     let exchange = async {
-        let mut stream = TcpStream::connect(addr).await?;
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        let mut stream = UnixStream::connect(socket).await?;
+        // DevTools accepts only an IP address or "localhost" as Host.
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
         stream.write_all(request.as_bytes()).await?;
         // Chromium keeps the connection open despite `Connection: close`, so read by
         // Content-Length rather than to the end of the stream.

@@ -5,6 +5,7 @@
 //! processes on this machine; later runtimes (pods, microVMs) implement the same trait.
 
 pub mod devtools;
+pub mod egress;
 mod local;
 pub mod rfb;
 pub mod toolchain;
@@ -12,7 +13,11 @@ pub mod toolchain;
 use std::fmt;
 use std::path::PathBuf;
 
-pub use local::{LocalRuntime, LocalRuntimeConfig, group_members};
+pub use local::{
+    Cgroups, LocalRuntime, LocalRuntimeConfig, ResourceLimits, group_members, is_root, members,
+    pidns_of,
+    sandbox,
+};
 pub use toolchain::{ToolCheck, ToolPaths};
 
 /// One of the programs a desktop is made of. Errors name the piece that failed.
@@ -21,17 +26,33 @@ pub enum Piece {
     Xvnc,
     Openbox,
     Chromium,
+    /// socat: relays DevTools (and forwarded host ports) across the sandbox's wall.
+    Socat,
+    /// bubblewrap: the sandbox.
+    Bubblewrap,
+    /// slirp4netns and ip: outbound network for sandboxes that may use it.
+    Network,
 }
 
 impl Piece {
-    pub const ALL: [Piece; 3] = [Piece::Xvnc, Piece::Openbox, Piece::Chromium];
+    pub const ALL: [Piece; 6] = [
+        Piece::Xvnc,
+        Piece::Openbox,
+        Piece::Chromium,
+        Piece::Socat,
+        Piece::Bubblewrap,
+        Piece::Network,
+    ];
 
-    /// Lower-case name used in progress reports (`DESKTOP_STATUS.step`).
+    /// Lower-case name used in progress reports (`DESKTOP_STATUS.step`) and log files.
     pub fn step(self) -> &'static str {
         match self {
             Piece::Xvnc => "xvnc",
             Piece::Openbox => "openbox",
             Piece::Chromium => "chromium",
+            Piece::Socat => "devtools",
+            Piece::Bubblewrap => "sandbox",
+            Piece::Network => "network",
         }
     }
 
@@ -41,6 +62,9 @@ impl Piece {
             Piece::Xvnc => "tigervnc-standalone-server",
             Piece::Openbox => "openbox",
             Piece::Chromium => "chromium",
+            Piece::Socat => "socat",
+            Piece::Bubblewrap => "bubblewrap",
+            Piece::Network => "slirp4netns iproute2",
         }
     }
 }
@@ -51,6 +75,9 @@ impl fmt::Display for Piece {
             Piece::Xvnc => "Xvnc",
             Piece::Openbox => "openbox",
             Piece::Chromium => "Chromium",
+            Piece::Socat => "socat",
+            Piece::Bubblewrap => "bubblewrap",
+            Piece::Network => "slirp4netns",
         })
     }
 }
@@ -71,12 +98,15 @@ pub struct DesktopHandle {
     pub id: String,
     /// The VNC server's Unix socket (no TCP port is ever opened).
     pub vnc_socket: PathBuf,
-    /// Chromium's DevTools HTTP/WebSocket endpoint, on loopback.
-    pub devtools: std::net::SocketAddr,
+    /// Chromium's DevTools HTTP/WebSocket endpoint, relayed to a Unix socket (inside a
+    /// sandbox, Chromium's loopback is the desktop's own).
+    pub devtools_socket: PathBuf,
     /// The X display number, e.g. 3 for `:3`.
     pub display: u32,
-    /// The process group of all the desktop's processes.
+    /// The process group of the desktop's first process.
     pub pgid: i32,
+    /// The inode of a sandboxed desktop's PID namespace, which holds all its processes.
+    pub pidns: Option<u64>,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]

@@ -13,6 +13,10 @@ pub struct ToolPaths {
     pub xvnc: String,
     pub openbox: String,
     pub chromium: String,
+    pub socat: String,
+    pub bwrap: String,
+    pub slirp4netns: String,
+    pub ip: String,
 }
 
 impl Default for ToolPaths {
@@ -21,6 +25,10 @@ impl Default for ToolPaths {
             xvnc: "Xvnc".into(),
             openbox: "openbox".into(),
             chromium: "chromium".into(),
+            socat: "socat".into(),
+            bwrap: "bwrap".into(),
+            slirp4netns: "slirp4netns".into(),
+            ip: "ip".into(),
         }
     }
 }
@@ -31,6 +39,9 @@ impl ToolPaths {
             Piece::Xvnc => &self.xvnc,
             Piece::Openbox => &self.openbox,
             Piece::Chromium => &self.chromium,
+            Piece::Socat => &self.socat,
+            Piece::Bubblewrap => &self.bwrap,
+            Piece::Network => &self.slirp4netns,
         }
     }
 }
@@ -74,8 +85,8 @@ pub fn find_binary(binary: &str) -> Option<PathBuf> {
 }
 
 /// Checks presence only: cheap enough for `/readyz`.
-pub fn locate(paths: &ToolPaths) -> Vec<ToolCheck> {
-    Piece::ALL
+pub fn locate(paths: &ToolPaths, pieces: &[Piece]) -> Vec<ToolCheck> {
+    let mut checks: Vec<ToolCheck> = pieces
         .iter()
         .map(|&piece| {
             let binary = paths.binary(piece).to_owned();
@@ -86,12 +97,20 @@ pub fn locate(paths: &ToolPaths) -> Vec<ToolCheck> {
                 version: None,
             }
         })
-        .collect()
+        .collect();
+    // The network piece is two programs; a missing `ip` is reported as the piece missing.
+    if let Some(net) = checks.iter_mut().find(|c| c.piece == Piece::Network)
+        && find_binary(&paths.ip).is_none()
+    {
+        net.path = None;
+        net.binary = format!("{} and {}", paths.slirp4netns, paths.ip);
+    }
+    checks
 }
 
 /// Checks presence and asks each binary for its version (for `doctor`).
-pub async fn check_versions(paths: &ToolPaths) -> Vec<ToolCheck> {
-    let mut checks = locate(paths);
+pub async fn check_versions(paths: &ToolPaths, pieces: &[Piece]) -> Vec<ToolCheck> {
+    let mut checks = locate(paths, pieces);
     for check in &mut checks {
         if let Some(path) = &check.path {
             check.version = version_of(check.piece, path).await;
@@ -103,7 +122,8 @@ pub async fn check_versions(paths: &ToolPaths) -> Vec<ToolCheck> {
 async fn version_of(piece: Piece, path: &Path) -> Option<String> {
     let arg = match piece {
         Piece::Xvnc => "-version",
-        Piece::Openbox | Piece::Chromium => "--version",
+        Piece::Socat => "-V",
+        _ => "--version",
     };
     let out = tokio::process::Command::new(path)
         .arg(arg)
@@ -125,6 +145,9 @@ async fn version_of(piece: Piece, path: &Path) -> Option<String> {
         Piece::Xvnc => "TigerVNC",
         Piece::Openbox => "Openbox",
         Piece::Chromium => "Chromium",
+        Piece::Socat => "socat version",
+        Piece::Bubblewrap => "bubblewrap",
+        Piece::Network => "slirp4netns version",
     };
     text.lines()
         .map(str::trim)
@@ -142,7 +165,7 @@ mod tests {
             xvnc: "/nonexistent/Xvnc".into(),
             ..ToolPaths::default()
         };
-        let checks = locate(&paths);
+        let checks = locate(&paths, &Piece::ALL);
         let xvnc = checks.iter().find(|c| c.piece == Piece::Xvnc).unwrap();
         assert!(!xvnc.found());
         assert_eq!(xvnc.fix(), "apt-get install -y tigervnc-standalone-server");

@@ -4,19 +4,28 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use livesession_desktop::rfb::RfbClient;
+use livesession_desktop::egress::EgressPolicy;
 use livesession_desktop::{
-    DesktopError, DesktopRuntime, DesktopSpec, LocalRuntime, LocalRuntimeConfig, Piece, ToolPaths,
-    group_members,
+    DesktopError, DesktopRuntime, DesktopSpec, LocalRuntime, LocalRuntimeConfig, Piece,
+    ResourceLimits, ToolPaths, members,
 };
 
-fn runtime(root: &std::path::Path, tools: ToolPaths) -> LocalRuntime {
-    LocalRuntime::new(LocalRuntimeConfig {
+fn config(root: &std::path::Path, tools: ToolPaths) -> LocalRuntimeConfig {
+    LocalRuntimeConfig {
         root: root.to_owned(),
         tools,
         start_timeout: Duration::from_secs(60),
         stop_grace: Duration::from_secs(3),
-    })
-    .unwrap()
+        sandbox: true,
+        egress: EgressPolicy::default(),
+        host_ports: Vec::new(),
+        limits: ResourceLimits::default(),
+        uid_base: 2_000_000_000,
+    }
+}
+
+fn runtime(root: &std::path::Path, tools: ToolPaths) -> LocalRuntime {
+    LocalRuntime::new(config(root, tools)).unwrap()
 }
 
 fn spec(id: &str, url: &str) -> DesktopSpec {
@@ -45,10 +54,10 @@ async fn a_desktop_starts_draws_its_page_and_stops_without_leftovers() {
     );
     assert!(handle.vnc_socket.starts_with(root.path().join("a1")));
     assert!(rt.is_alive("a1").await);
-    let members = group_members(handle.pgid);
+    let procs = members(handle.pgid, handle.pidns);
     assert!(
-        members.len() >= 3,
-        "Xvnc, openbox and Chromium share one group: {members:?}"
+        procs.len() >= 5,
+        "bubblewrap, the supervisor, Xvnc, openbox and Chromium: {procs:?}"
     );
 
     // Read frames until the page's colour covers most of the screen.
@@ -76,7 +85,7 @@ async fn a_desktop_starts_draws_its_page_and_stops_without_leftovers() {
 
     rt.stop("a1").await;
     assert!(
-        group_members(handle.pgid).is_empty(),
+        members(handle.pgid, handle.pidns).is_empty(),
         "no process of the desktop is left"
     );
     assert!(
@@ -87,7 +96,7 @@ async fn a_desktop_starts_draws_its_page_and_stops_without_leftovers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_desktops_get_distinct_displays() {
+async fn concurrent_desktops_are_separate() {
     let root = tempfile::tempdir().unwrap();
     let rt = runtime(root.path(), ToolPaths::default());
     let (a, b) = tokio::join!(
@@ -95,10 +104,11 @@ async fn concurrent_desktops_get_distinct_displays() {
         rt.start(spec("c2", "about:blank"), &|_| {})
     );
     let (a, b) = (a.unwrap(), b.unwrap());
-    assert_ne!(a.display, b.display);
+    assert_ne!(a.vnc_socket, b.vnc_socket);
     assert_ne!(a.pgid, b.pgid);
+    assert_ne!(a.pidns, b.pidns, "each desktop has its own PID namespace");
     rt.stop_all().await;
-    assert!(group_members(a.pgid).is_empty() && group_members(b.pgid).is_empty());
+    assert!(members(a.pgid, a.pidns).is_empty() && members(b.pgid, b.pidns).is_empty());
 }
 
 #[tokio::test]

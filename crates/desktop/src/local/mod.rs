@@ -1,35 +1,48 @@
-//! The local runtime: each desktop is Xvnc + openbox + Chromium as processes on this
-//! machine, in one process group, with a private directory under the runtime's root:
+//! The local runtime: each desktop is Xvnc + openbox + Chromium on this machine, started
+//! by a small supervisor script (`launcher.sh`) inside a bubblewrap sandbox of its own,
+//! with a private directory under the runtime's root:
 //!
 //! ```text
-//! <root>/<session id>/        mode 0700
-//!   vnc.sock                  Xvnc's RFB socket (mode 0600; no TCP port is opened)
-//!   profile/                  Chromium's user data dir
-//!   home/ run/                HOME and XDG_RUNTIME_DIR of the desktop's processes
-//!   logs/{xvnc,openbox,chromium}.log
-//!   desktop.pgid              lets a restarted server find and stop what a crash left
+//! <root>/<session id>/        the server's; mode 0711 (0700 unsandboxed)
+//!   home/                     the desktop's HOME (Chromium's profile in home/profile)
+//!   run/                      vnc.sock, devtools.sock, display, exit, logs/<piece>.log
+//!   etc/                      the desktop's generated /etc/hosts and /etc/resolv.conf
+//!   desktop.pgid desktop.pidns   let a restarted server find and stop what a crash left
 //! ```
+//!
+//! `home/` and `run/` belong to the desktop's own host uid (one per desktop, from
+//! `uid_base`, when the server runs as root) and are the only host paths it can write.
 
+mod cgroup;
+mod forward;
 mod process;
+pub mod sandbox;
 
-use std::collections::HashMap;
-use std::os::unix::fs::DirBuilderExt;
+use std::collections::{BTreeSet, HashMap};
+use std::ffi::OsString;
+use std::net::Ipv4Addr;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::UnixStream;
+use tokio::process::{Child, Command};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-pub use process::group_members;
-use process::{PieceProcess, stop_group};
+pub use cgroup::{Cgroups, ResourceLimits};
+pub use process::{group_members, members, pidns_of};
+use process::stop_desktop;
+use sandbox::{Confinement, DesktopDirs};
 
+use crate::egress::{EgressMode, EgressPolicy, SLIRP_DNS};
 use crate::toolchain::{self, ToolCheck, ToolPaths};
 use crate::{
     DesktopError, DesktopHandle, DesktopRuntime, DesktopSpec, Piece, Progress, devtools, rfb,
 };
+
+const LAUNCHER: &str = include_str!("launcher.sh");
 
 #[derive(Debug, Clone)]
 pub struct LocalRuntimeConfig {
@@ -40,17 +53,36 @@ pub struct LocalRuntimeConfig {
     pub start_timeout: Duration,
     /// How long processes get between SIGTERM and SIGKILL.
     pub stop_grace: Duration,
+    /// Run each desktop in its own bubblewrap sandbox (namespaces, private mounts).
+    pub sandbox: bool,
+    /// What a sandboxed desktop's network reaches.
+    pub egress: EgressPolicy,
+    /// Host loopback ports a sandboxed desktop may reach (on the same port of its own
+    /// loopback): for an operator's local web app, and for tests' page servers.
+    pub host_ports: Vec<u16>,
+    pub limits: ResourceLimits,
+    /// First host uid for desktops when the server runs as root: desktop n runs as
+    /// `uid_base + n`, so no two desktops share a uid and none shares the server's.
+    pub uid_base: u32,
 }
 
 struct LocalDesktop {
     dir: PathBuf,
     pgid: i32,
-    processes: Vec<PieceProcess>,
+    pidns: Option<u64>,
+    /// The sandbox's outer bubblewrap (or the unsandboxed supervisor), once started.
+    supervisor: Option<Child>,
+    uid_slot: Option<u32>,
+    cgroup: Option<cgroup::DesktopCgroup>,
+    network: Option<Child>,
+    forwards: Vec<tokio::task::JoinHandle<()>>,
 }
 
 pub struct LocalRuntime {
     config: LocalRuntimeConfig,
+    cgroups: Option<Cgroups>,
     desktops: Mutex<HashMap<String, LocalDesktop>>,
+    uid_slots: std::sync::Mutex<BTreeSet<u32>>,
 }
 
 // Unix socket paths are limited to 108 bytes including the terminating NUL.
@@ -60,16 +92,44 @@ impl LocalRuntime {
     /// Creates the runtime and stops whatever desktops a previous run of the server left
     /// behind (a crash, a SIGKILL): their directories name their process groups.
     pub fn new(config: LocalRuntimeConfig) -> std::io::Result<Self> {
+        let shared = config.sandbox && is_root();
         std::fs::DirBuilder::new()
             .recursive(true)
-            .mode(0o700)
+            .mode(if shared { 0o711 } else { 0o700 })
             .create(&config.root)?;
+        if shared {
+            // Only traversal: other users cannot list which sessions exist.
+            std::fs::set_permissions(&config.root, std::fs::Permissions::from_mode(0o711))?;
+            if let Err(blocking) = sandbox::traversable_by_others(&config.root) {
+                return Err(std::io::Error::other(format!(
+                    "desktops run as unprivileged users, which cannot reach {} because {} is not \
+                     searchable by others (chmod o+x it, or use a data directory elsewhere)",
+                    config.root.display(),
+                    blocking.display()
+                )));
+            }
+        }
+        let cgroups = config.limits.any().then(Cgroups::detect);
+        if let Some(Cgroups::Unavailable(reason)) = &cgroups {
+            tracing::warn!(%reason, "desktops run without memory and CPU limits");
+        }
         let runtime = Self {
             config,
+            cgroups,
             desktops: Mutex::default(),
+            uid_slots: Default::default(),
         };
         runtime.reap_stale();
         Ok(runtime)
+    }
+
+    /// Whether per-desktop limits are enforced, and if not, why.
+    pub fn limits_status(&self) -> Result<(), String> {
+        match &self.cgroups {
+            None => Ok(()),
+            Some(Cgroups::Unavailable(reason)) => Err(reason.clone()),
+            Some(_) => Ok(()),
+        }
     }
 
     fn reap_stale(&self) {
@@ -78,24 +138,27 @@ impl LocalRuntime {
         };
         for entry in entries.flatten() {
             let dir = entry.path();
-            if let Some(pgid) = std::fs::read_to_string(dir.join("desktop.pgid"))
-                .ok()
-                .and_then(|s| s.trim().parse::<i32>().ok())
-            {
-                // Only kill the group if one of its members is ours for this directory
-                // (Xvnc names the socket in it, Chromium its profile): the group's pids may
-                // have been reused by unrelated processes since. The leader may be gone
-                // while its group lives on.
-                let mentions_dir = |pid: i32| {
+            let read = |name: &str| std::fs::read_to_string(dir.join(name)).ok();
+            if let Some(pgid) = read("desktop.pgid").and_then(|s| s.trim().parse::<i32>().ok()) {
+                // Only kill the group if one of its members is ours for this directory (its
+                // command line names it): the pids may have been reused since.
+                let mentions_dir = |pid: &i32| {
                     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
                     String::from_utf8_lossy(&cmdline).contains(&*dir.to_string_lossy())
                 };
-                if group_members(pgid).into_iter().any(mentions_dir) {
+                let pidns = read("desktop.pidns").and_then(|s| s.trim().parse::<u64>().ok());
+                if group_members(pgid).iter().any(mentions_dir) {
                     tracing::warn!(pgid, dir = %dir.display(), "stopping a desktop left by a previous run");
                     let _ = nix::sys::signal::killpg(
                         nix::unistd::Pid::from_raw(pgid),
                         nix::sys::signal::Signal::SIGKILL,
                     );
+                    for pid in pidns.map(|ns| members(0, Some(ns))).unwrap_or_default() {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                    }
                 }
             }
             let _ = std::fs::remove_dir_all(&dir);
@@ -114,192 +177,127 @@ impl LocalRuntime {
         Ok(self.config.root.join(id))
     }
 
+    fn take_uid_slot(&self) -> Option<u32> {
+        if !(self.config.sandbox && is_root()) {
+            return None;
+        }
+        let mut slots = self.uid_slots.lock().expect("uid slots");
+        let slot = (0..).find(|s| !slots.contains(s)).expect("a free slot");
+        slots.insert(slot);
+        Some(slot)
+    }
+
+    fn release(&self, desktop: &mut LocalDesktop) {
+        for f in desktop.forwards.drain(..) {
+            f.abort();
+        }
+        if let Some(cgroup) = desktop.cgroup.take() {
+            cgroup.remove();
+        }
+        if let Some(slot) = desktop.uid_slot.take() {
+            self.uid_slots.lock().expect("uid slots").remove(&slot);
+        }
+    }
+
     async fn launch(
         &self,
         spec: &DesktopSpec,
         dir: &Path,
         progress: Progress<'_>,
     ) -> Result<(LocalDesktop, DesktopHandle), DesktopError> {
-        let setup = |what: &str, e: std::io::Error| DesktopError::Setup(format!("{what}: {e}"));
         if dir.exists() {
-            std::fs::remove_dir_all(dir)
-                .map_err(|e| setup("cannot clear the desktop directory", e))?;
+            std::fs::remove_dir_all(dir).map_err(|e| {
+                DesktopError::Setup(format!("cannot clear the desktop directory: {e}"))
+            })?;
         }
-        let mkdir = |p: &Path| {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(p)
+        let uid_slot = self.take_uid_slot();
+        let uid = uid_slot.map(|s| self.config.uid_base + s);
+        let dirs = DesktopDirs {
+            home: dir.join("home"),
+            run: dir.join("run"),
+            etc: dir.join("etc"),
         };
-        for sub in ["profile", "home", "run", "logs"] {
-            mkdir(&dir.join(sub)).map_err(|e| setup("cannot create the desktop directory", e))?;
-        }
-        let socket = dir.join("vnc.sock");
-        if socket.as_os_str().len() > MAX_SOCKET_PATH {
-            return Err(DesktopError::Setup(format!(
-                "the VNC socket path {} is longer than {MAX_SOCKET_PATH} bytes; use a shorter data directory",
-                socket.display()
-            )));
-        }
-        let deadline = Instant::now() + self.config.start_timeout;
-        let tools = &self.config.tools;
         let mut desktop = LocalDesktop {
             dir: dir.to_owned(),
             pgid: 0,
-            processes: Vec::new(),
+            pidns: None,
+            supervisor: None,
+            uid_slot,
+            cgroup: None,
+            network: None,
+            forwards: Vec::new(),
         };
-
-        // 1. Xvnc. `-displayfd 1` makes the X server pick a free display itself and print
-        //    its number when ready, so concurrent desktops never collide. `-rfbport -1`
-        //    disables the TCP listener: the Unix socket in the private dir is the only way in.
-        progress(Piece::Xvnc);
-        let geometry = format!("{}x{}", spec.width, spec.height);
-        let xvnc_args: Vec<String> = [
-            "-displayfd",
-            "1",
-            "-rfbunixpath",
-            &socket.to_string_lossy(),
-            "-rfbunixmode",
-            "0600",
-            "-rfbport",
-            "-1",
-            "-SecurityTypes",
-            "None",
-            "-geometry",
-            &geometry,
-            "-depth",
-            "24",
-            "-nolisten",
-            "tcp",
-            "-AlwaysShared",
-            "-desktop",
-            "livesession",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let env_base = vec![
-            ("HOME", dir.join("home").to_string_lossy().into_owned()),
-            (
-                "XDG_RUNTIME_DIR",
-                dir.join("run").to_string_lossy().into_owned(),
-            ),
-            ("LANG", "C.UTF-8".to_owned()),
-        ];
-        let mut xvnc = PieceProcess::spawn(
-            Piece::Xvnc,
-            &tools.xvnc,
-            &xvnc_args,
-            &env_base,
-            dir.join("logs/xvnc.log"),
-            0,
-            Stdio::piped(),
-        )?;
-        desktop.pgid = xvnc.pid();
-        let stdout = xvnc.child.stdout.take().expect("stdout is piped");
-        desktop.processes.push(xvnc);
-        std::fs::write(dir.join("desktop.pgid"), desktop.pgid.to_string())
-            .map_err(|e| setup("cannot write desktop.pgid", e))?;
-
-        let result = self
-            .bring_up(
-                spec,
-                &mut desktop,
-                stdout,
-                &socket,
-                env_base,
-                deadline,
-                progress,
-            )
-            .await;
+        let result = self.bring_up(spec, &dirs, uid, &mut desktop, progress).await;
         match result {
             Ok(handle) => Ok((desktop, handle)),
             Err(e) => {
-                stop_group(desktop.pgid, &mut desktop.processes, self.config.stop_grace).await;
+                self.stop_processes(&mut desktop).await;
+                self.release(&mut desktop);
                 Err(e)
             }
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
+    fn make_dirs(&self, dirs: &DesktopDirs, dir: &Path, uid: Option<u32>) -> std::io::Result<()> {
+        let mkdir = |p: &Path, mode: u32| {
+            std::fs::DirBuilder::new().recursive(true).mode(mode).create(p)?;
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+        };
+        mkdir(dir, if uid.is_some() { 0o711 } else { 0o700 })?;
+        for d in [&dirs.home, &dirs.run, &dirs.run.join("logs"), &dirs.run.join("xdg")] {
+            mkdir(d, 0o700)?;
+            if let Some(uid) = uid {
+                std::os::unix::fs::chown(d, Some(uid), Some(uid))?;
+            }
+        }
+        mkdir(&dirs.etc, 0o755)?;
+        let dns = (self.config.egress.mode == EgressMode::Internet).then_some(SLIRP_DNS);
+        for (name, text) in sandbox::etc_files(dns) {
+            std::fs::write(dirs.etc.join(name), text)?;
+            std::fs::set_permissions(dirs.etc.join(name), std::fs::Permissions::from_mode(0o644))?;
+        }
+        Ok(())
+    }
+
     async fn bring_up(
         &self,
         spec: &DesktopSpec,
+        dirs: &DesktopDirs,
+        uid: Option<u32>,
         desktop: &mut LocalDesktop,
-        xvnc_stdout: tokio::process::ChildStdout,
-        socket: &Path,
-        mut env: Vec<(&'static str, String)>,
-        deadline: Instant,
         progress: Progress<'_>,
     ) -> Result<DesktopHandle, DesktopError> {
+        let setup = |what: &str, e: std::io::Error| DesktopError::Setup(format!("{what}: {e}"));
+        let sandboxed = self.config.sandbox;
         let dir = desktop.dir.clone();
-        let tools = &self.config.tools;
-        let timeout = |piece: Piece, what: &str| DesktopError::PieceFailed {
-            piece,
-            reason: format!("{what} within {:?}", self.config.start_timeout),
-            stderr_tail: process::tail_of(
-                &dir.join("logs").join(format!("{}.log", piece.step())),
-                20,
-            ),
-        };
-
-        let mut line = String::new();
-        let read =
-            tokio::time::timeout_at(deadline, BufReader::new(xvnc_stdout).read_line(&mut line))
-                .await;
-        let display: u32 = match read {
-            Ok(Ok(n)) if n > 0 => line.trim().parse().map_err(|_| {
-                desktop.processes[0].failed(format!("printed {line:?} instead of a display number"))
-            })?,
-            Ok(_) => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                return Err(desktop.processes[0].check_running().unwrap_or_else(|| {
-                    desktop.processes[0].failed("closed its output without naming a display".into())
-                }));
+        self.make_dirs(dirs, &dir, uid)
+            .map_err(|e| setup("cannot create the desktop directory", e))?;
+        for socket in ["vnc.sock", "devtools.sock"] {
+            let path = dirs.run.join(socket);
+            if path.as_os_str().len() > MAX_SOCKET_PATH {
+                return Err(DesktopError::Setup(format!(
+                    "the socket path {} is longer than {MAX_SOCKET_PATH} bytes; use a shorter data directory",
+                    path.display()
+                )));
             }
-            Err(_) => return Err(timeout(Piece::Xvnc, "did not open a display")),
-        };
-        loop {
-            if let Ok(Ok(mut s)) =
-                tokio::time::timeout(Duration::from_secs(2), UnixStream::connect(socket)).await
-                && tokio::time::timeout(Duration::from_secs(2), rfb::read_greeting(&mut s))
-                    .await
-                    .is_ok_and(|r| r.is_ok())
-            {
-                break;
-            }
-            if let Some(e) = desktop.processes[0].check_running() {
-                return Err(e);
-            }
-            if Instant::now() >= deadline {
-                return Err(timeout(
-                    Piece::Xvnc,
-                    "VNC socket did not answer an RFB handshake",
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        let tools = &self.config.tools;
+        let binary = |piece: Piece| -> Result<String, DesktopError> {
+            let name = tools.binary(piece);
+            toolchain::find_binary(name)
+                .map(|p| p.to_string_lossy().into_owned())
+                .ok_or(DesktopError::MissingBinary { piece, binary: name.to_owned() })
+        };
+        let bwrap = if sandboxed { Some(binary(Piece::Bubblewrap)?) } else { None };
 
-        // 2. openbox on that display.
-        progress(Piece::Openbox);
-        env.push(("DISPLAY", format!(":{display}")));
-        let openbox = PieceProcess::spawn(
-            Piece::Openbox,
-            &tools.openbox,
-            &["--sm-disable".into()],
-            &env,
-            dir.join("logs/openbox.log"),
-            desktop.pgid,
-            Stdio::null(),
-        )?;
-        desktop.processes.push(openbox);
-
-        // 3. Chromium with its own profile. DevTools on an ephemeral loopback port, which
-        //    Chromium writes to <profile>/DevToolsActivePort.
-        progress(Piece::Chromium);
-        let profile = dir.join("profile");
-        let mut args: Vec<String> = vec![
-            format!("--user-data-dir={}", profile.display()),
+        // Paths as the desktop sees them.
+        let (run, home) = if sandboxed {
+            (PathBuf::from(sandbox::RUN), PathBuf::from(sandbox::HOME))
+        } else {
+            (dirs.run.clone(), dirs.home.clone())
+        };
+        let mut chromium_args: Vec<String> = vec![
+            format!("--user-data-dir={}", home.join("profile").display()),
             "--remote-debugging-address=127.0.0.1".into(),
             "--remote-debugging-port=0".into(),
             format!("--window-size={},{}", spec.width, spec.height),
@@ -317,53 +315,326 @@ impl LocalRuntime {
             "--disable-search-engine-choice-screen".into(),
             "--hide-crash-restore-bubble".into(),
         ];
-        if nix::unistd::geteuid().is_root() {
-            // Chromium refuses to run as root with its sandbox; the desktop's own isolation
-            // has to come from outside it. `--test-type` hides the warning bar about it.
-            args.push("--no-sandbox".into());
-            args.push("--test-type".into());
+        if !sandboxed && is_root() {
+            // Chromium refuses to run as root with its own sandbox. Inside ours it runs as
+            // an unprivileged user and keeps its sandbox.
+            chromium_args.push("--no-sandbox".into());
+            chromium_args.push("--test-type".into());
         }
-        args.push(spec.start_url.clone());
-        let chromium = PieceProcess::spawn(
-            Piece::Chromium,
-            &tools.chromium,
-            &args,
-            &env,
-            dir.join("logs/chromium.log"),
-            desktop.pgid,
-            Stdio::null(),
-        )?;
-        desktop.processes.push(chromium);
+        chromium_args.push(spec.start_url.replace('\n', "%0A"));
+        let host_ports: Vec<String> = if sandboxed {
+            self.config.host_ports.iter().map(u16::to_string).collect()
+        } else {
+            Vec::new()
+        };
+        let mut env: Vec<(&str, String)> = vec![
+            ("PATH", "/usr/bin:/bin".into()),
+            ("LANG", "C.UTF-8".into()),
+            ("HOME", home.to_string_lossy().into_owned()),
+            ("XDG_RUNTIME_DIR", run.join("xdg").to_string_lossy().into_owned()),
+            ("LS_RUN", run.to_string_lossy().into_owned()),
+            ("LS_LOGS", run.join("logs").to_string_lossy().into_owned()),
+            ("LS_PROFILE", home.join("profile").to_string_lossy().into_owned()),
+            ("LS_GEOMETRY", format!("{}x{}", spec.width, spec.height)),
+            ("LS_XVNC", binary(Piece::Xvnc)?),
+            ("LS_OPENBOX", binary(Piece::Openbox)?),
+            ("LS_CHROMIUM", binary(Piece::Chromium)?),
+            ("LS_SOCAT", binary(Piece::Socat)?),
+            ("LS_CHROMIUM_ARGS", chromium_args.join("\n")),
+            ("LS_HOST_PORTS", host_ports.join(" ")),
+        ];
+        let internet = sandboxed && self.config.egress.mode == EgressMode::Internet;
+        if internet {
+            env.push(("LS_WAIT_NET", "1".into()));
+        }
 
-        let devtools = loop {
-            for p in desktop.processes.iter_mut() {
-                if let Some(e) = p.check_running() {
+        // Per-desktop limits, where the host allows them.
+        if let Some(cgroups) = self.cgroups.as_ref().filter(|c| !matches!(c, Cgroups::Unavailable(_))) {
+            let id = dir.file_name().unwrap_or_default().to_string_lossy();
+            desktop.cgroup = Some(
+                cgroups
+                    .create(&id, &self.config.limits)
+                    .map_err(|e| setup("cannot create the desktop's cgroup", e))?,
+            );
+        }
+        let confinement = Confinement {
+            uid,
+            cgroup_procs: desktop.cgroup.as_ref().map(|c| c.procs_files()).unwrap_or_default(),
+        };
+        let argv = sandbox::command(bwrap.as_deref(), dirs, &confinement, LAUNCHER);
+        progress(Piece::Xvnc);
+        let supervisor = spawn(&argv, &env, &dir.join("supervisor.log"))?;
+        desktop.pgid = supervisor.id().map(|p| p as i32).unwrap_or(0);
+        desktop.supervisor = Some(supervisor);
+        std::fs::write(dir.join("desktop.pgid"), desktop.pgid.to_string())
+            .map_err(|e| setup("cannot write desktop.pgid", e))?;
+
+        let deadline = Instant::now() + self.config.start_timeout;
+        let failed = |desktop: &mut LocalDesktop| exit_error(desktop, &dirs.run, &dir);
+        if sandboxed {
+            // The namespace's first process: its PID namespace holds the whole desktop.
+            let inner = loop {
+                if let Some(pid) = sandbox_init(desktop.pgid) {
+                    break pid;
+                }
+                if let Some(e) = failed(desktop) {
                     return Err(e);
                 }
-            }
-            if let Some(port) = devtools::active_port(&profile).await {
-                let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-                if devtools::list_targets(addr)
-                    .await
-                    .is_ok_and(|t| t.iter().any(|t| t.kind == "page"))
-                {
-                    break addr;
+                if Instant::now() >= deadline {
+                    return Err(self.timeout(Piece::Bubblewrap, &dir, "did not start the sandbox"));
                 }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            };
+            desktop.pidns = pidns_of(inner).filter(|ns| Some(*ns) != pidns_of(std::process::id() as i32));
+            if let Some(ns) = desktop.pidns {
+                std::fs::write(dir.join("desktop.pidns"), ns.to_string())
+                    .map_err(|e| setup("cannot write desktop.pidns", e))?;
+            }
+            if internet {
+                desktop.network = Some(self.connect_network(inner, desktop.pgid, &dirs.run, deadline).await?);
+            }
+            for port in &self.config.host_ports {
+                let socket = dirs.run.join(format!("hostport-{port}.sock"));
+                desktop.forwards.push(
+                    forward::host_port(&socket, *port, uid)
+                        .map_err(|e| setup("cannot open a host port forward", e))?,
+                );
+            }
+        }
+
+        // Xvnc writes its display number once it accepts clients; then the RFB socket.
+        let display = loop {
+            if let Some(d) = std::fs::read_to_string(dirs.run.join("display"))
+                .ok()
+                .and_then(|s| s.trim().parse::<u32>().ok())
+            {
+                break d;
+            }
+            if let Some(e) = failed(desktop) {
+                return Err(e);
             }
             if Instant::now() >= deadline {
-                return Err(timeout(Piece::Chromium, "DevTools did not list a page"));
+                return Err(self.timeout(Piece::Xvnc, &dir, "did not open a display"));
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
         };
+        progress(Piece::Openbox);
+        let socket = dirs.run.join("vnc.sock");
+        loop {
+            if let Ok(Ok(mut s)) =
+                tokio::time::timeout(Duration::from_secs(2), UnixStream::connect(&socket)).await
+                && tokio::time::timeout(Duration::from_secs(2), rfb::read_greeting(&mut s))
+                    .await
+                    .is_ok_and(|r| r.is_ok())
+            {
+                break;
+            }
+            if let Some(e) = failed(desktop) {
+                return Err(e);
+            }
+            if Instant::now() >= deadline {
+                return Err(self.timeout(Piece::Xvnc, &dir, "VNC socket did not answer an RFB handshake"));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+
+        progress(Piece::Chromium);
+        let devtools_socket = dirs.run.join("devtools.sock");
+        loop {
+            if devtools::list_targets(&devtools_socket)
+                .await
+                .is_ok_and(|t| t.iter().any(|t| t.kind == "page"))
+            {
+                break;
+            }
+            if let Some(e) = failed(desktop) {
+                return Err(e);
+            }
+            if Instant::now() >= deadline {
+                return Err(self.timeout(Piece::Chromium, &dir, "DevTools did not list a page"));
+            }
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
 
         Ok(DesktopHandle {
             id: spec.id.clone(),
-            vnc_socket: socket.to_owned(),
-            devtools,
+            vnc_socket: socket,
+            devtools_socket,
             display,
             pgid: desktop.pgid,
+            pidns: desktop.pidns,
         })
     }
+
+    fn timeout(&self, piece: Piece, dir: &Path, what: &str) -> DesktopError {
+        DesktopError::PieceFailed {
+            piece,
+            reason: format!("{what} within {:?}", self.config.start_timeout),
+            stderr_tail: process::tail_of(&log_of(dir, piece), 20),
+        }
+    }
+
+    /// Gives a sandbox outbound access through slirp4netns, then adds the policy's routes
+    /// inside its namespace before Chromium is allowed to start.
+    async fn connect_network(
+        &self,
+        inner: i32,
+        pgid: i32,
+        run: &Path,
+        deadline: Instant,
+    ) -> Result<Child, DesktopError> {
+        let tools = &self.config.tools;
+        let failed = |reason: String| DesktopError::PieceFailed {
+            piece: Piece::Network,
+            reason,
+            stderr_tail: process::tail_of(&run.join("logs/network.log"), 20),
+        };
+        let log = std::fs::File::create(run.join("logs/network.log"))
+            .map_err(|e| DesktopError::Setup(format!("cannot create the network log: {e}")))?;
+        let mut slirp = Command::new(&tools.slirp4netns)
+            .args(["--configure", "--mtu=65520", "--disable-host-loopback", "--enable-seccomp"])
+            .arg(inner.to_string())
+            .arg("tap0")
+            .env_clear()
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .process_group(pgid)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| failed(format!("could not start {}: {e}", tools.slirp4netns)))?;
+        // Up once the namespace has a default route.
+        let route_file = format!("/proc/{inner}/net/route");
+        loop {
+            let routes = std::fs::read_to_string(&route_file).unwrap_or_default();
+            if routes.lines().skip(1).any(|l| l.split_whitespace().nth(1) == Some("00000000")) {
+                break;
+            }
+            if let Ok(Some(status)) = slirp.try_wait() {
+                return Err(failed(format!("exited early ({status})")));
+            }
+            if Instant::now() >= deadline {
+                return Err(failed("did not configure the network in time".into()));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let policy = &self.config.egress;
+        let mut commands: Vec<Vec<String>> = policy
+            .routes(&host_addresses())
+            .iter()
+            .map(|r| r.ip_args())
+            .collect();
+        if !policy.keeps_default_route() {
+            commands.push(["route", "del", "default"].map(str::to_owned).to_vec());
+        }
+        for args in commands {
+            let out = Command::new("nsenter")
+                .arg(format!("--net=/proc/{inner}/ns/net"))
+                .arg("--")
+                .arg(&tools.ip)
+                .args(&args)
+                .env_clear()
+                .stdin(Stdio::null())
+                .output()
+                .await
+                .map_err(|e| failed(format!("could not run {}: {e}", tools.ip)))?;
+            if !out.status.success() {
+                return Err(failed(format!(
+                    "ip {} failed: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )));
+            }
+        }
+        std::fs::write(run.join("net-ready"), "")
+            .map_err(|e| DesktopError::Setup(format!("cannot signal the network: {e}")))?;
+        Ok(slirp)
+    }
+
+    async fn stop_processes(&self, desktop: &mut LocalDesktop) {
+        if let Some(supervisor) = desktop.supervisor.as_mut() {
+            stop_desktop(desktop.pgid, desktop.pidns, supervisor, self.config.stop_grace).await;
+        }
+        if let Some(mut network) = desktop.network.take() {
+            let _ = network.kill().await;
+        }
+    }
+}
+
+/// Whether the server runs as root (desktops then run as uids of their own).
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+fn log_of(dir: &Path, piece: Piece) -> PathBuf {
+    match piece {
+        Piece::Bubblewrap => dir.join("supervisor.log"),
+        _ => dir.join("run/logs").join(format!("{}.log", piece.step())),
+    }
+}
+
+/// Spawns the desktop's first process with a clean environment (the server's own
+/// variables, which may hold secrets, never reach the desktop), as the leader of a new
+/// process group.
+fn spawn(argv: &[OsString], env: &[(&str, String)], log: &Path) -> Result<Child, DesktopError> {
+    let stderr = std::fs::File::create(log)
+        .map_err(|e| DesktopError::Setup(format!("cannot create {}: {e}", log.display())))?;
+    Command::new(&argv[0])
+        .args(&argv[1..])
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| DesktopError::Setup(format!("could not start {:?}: {e}", argv[0])))
+}
+
+/// The sandbox's first process (bubblewrap's child in the new PID namespace).
+fn sandbox_init(outer: i32) -> Option<i32> {
+    let children = std::fs::read_to_string(format!("/proc/{outer}/task/{outer}/children")).ok()?;
+    children.split_whitespace().next()?.parse().ok()
+}
+
+/// If the desktop has stopped: the error naming the piece that exited, from the
+/// supervisor's `exit` file, or bubblewrap's own complaint.
+fn exit_error(desktop: &mut LocalDesktop, run: &Path, dir: &Path) -> Option<DesktopError> {
+    let status = match desktop.supervisor.as_mut()?.try_wait() {
+        Ok(None) => return None,
+        Ok(Some(status)) => status,
+        Err(e) => return Some(DesktopError::Setup(format!("cannot wait for the desktop: {e}"))),
+    };
+    let exit = std::fs::read_to_string(run.join("exit")).unwrap_or_default();
+    let mut words = exit.split_whitespace();
+    let piece = match words.next() {
+        Some("xvnc") => Piece::Xvnc,
+        Some("openbox") => Piece::Openbox,
+        Some("chromium") => Piece::Chromium,
+        Some("devtools") => Piece::Socat,
+        _ => Piece::Bubblewrap,
+    };
+    let reason = match words.next() {
+        Some(code) => format!("exited early (exit status {code})"),
+        None => format!("the desktop's supervisor exited ({status})"),
+    };
+    Some(DesktopError::PieceFailed {
+        piece,
+        reason,
+        stderr_tail: process::tail_of(&log_of(dir, piece), 20),
+    })
+}
+
+/// The host's own IPv4 addresses: a desktop with internet access must not reach services
+/// bound to them.
+fn host_addresses() -> Vec<Ipv4Addr> {
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
+        return Vec::new();
+    };
+    addrs
+        .filter_map(|a| a.address?.as_sockaddr_in().map(|s| s.ip()))
+        .collect()
 }
 
 #[async_trait::async_trait]
@@ -385,6 +656,7 @@ impl DesktopRuntime for LocalRuntime {
             }
         };
         tracing::info!(session_id = %spec.id, display = handle.display, pgid = handle.pgid,
+            sandboxed = self.config.sandbox,
             elapsed_ms = started.elapsed().as_millis() as u64, "desktop ready");
         self.desktops.lock().await.insert(spec.id, desktop);
         Ok(handle)
@@ -394,7 +666,8 @@ impl DesktopRuntime for LocalRuntime {
         let Some(mut desktop) = self.desktops.lock().await.remove(id) else {
             return;
         };
-        stop_group(desktop.pgid, &mut desktop.processes, self.config.stop_grace).await;
+        self.stop_processes(&mut desktop).await;
+        self.release(&mut desktop);
         if let Err(e) = std::fs::remove_dir_all(&desktop.dir) {
             tracing::warn!(session_id = %id, error = %e, "could not remove the desktop directory");
         }
@@ -413,12 +686,26 @@ impl DesktopRuntime for LocalRuntime {
             return false;
         };
         desktop
-            .processes
-            .iter_mut()
-            .all(|p| p.check_running().is_none())
+            .supervisor
+            .as_mut()
+            .is_some_and(|s| matches!(s.try_wait(), Ok(None)))
     }
 
     fn check_tools(&self) -> Vec<ToolCheck> {
-        toolchain::locate(&self.config.tools)
+        toolchain::locate(&self.config.tools, &self.config.needed_pieces())
+    }
+}
+
+impl LocalRuntimeConfig {
+    /// The programs this configuration runs.
+    pub fn needed_pieces(&self) -> Vec<Piece> {
+        let mut pieces = vec![Piece::Xvnc, Piece::Openbox, Piece::Chromium, Piece::Socat];
+        if self.sandbox {
+            pieces.push(Piece::Bubblewrap);
+            if self.egress.mode == EgressMode::Internet {
+                pieces.push(Piece::Network);
+            }
+        }
+        pieces
     }
 }

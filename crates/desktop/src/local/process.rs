@@ -1,84 +1,13 @@
-//! Processes of one desktop: spawned into one process group, stderr kept in a log file
-//! whose tail goes into errors, stopped with SIGTERM then SIGKILL.
+//! Finding and stopping a desktop's processes: its process group (the supervisor and, when
+//! not sandboxed, everything it starts) and its PID namespace (everything inside the
+//! sandbox, which runs in a session of its own).
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::Path;
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use tokio::process::{Child, Command};
-
-use crate::{DesktopError, Piece};
-
-pub(crate) struct PieceProcess {
-    pub piece: Piece,
-    pub child: Child,
-    pub log: PathBuf,
-}
-
-impl PieceProcess {
-    /// Spawns `piece` with a clean environment (the server's own variables, which may hold
-    /// secrets, never reach the desktop). `pgid` 0 makes it the leader of a new group.
-    pub fn spawn(
-        piece: Piece,
-        binary: &str,
-        args: &[String],
-        env: &[(&str, String)],
-        log: PathBuf,
-        pgid: i32,
-        stdout: Stdio,
-    ) -> Result<Self, DesktopError> {
-        let stderr = std::fs::File::create(&log)
-            .map_err(|e| DesktopError::Setup(format!("cannot create {}: {e}", log.display())))?;
-        let mut cmd = Command::new(binary);
-        cmd.args(args)
-            .env_clear()
-            .env(
-                "PATH",
-                std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()),
-            )
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr)
-            .process_group(pgid)
-            .kill_on_drop(true);
-        let child = cmd.spawn().map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => DesktopError::MissingBinary {
-                piece,
-                binary: binary.to_owned(),
-            },
-            _ => DesktopError::PieceFailed {
-                piece,
-                reason: format!("could not start {binary}: {e}"),
-                stderr_tail: String::new(),
-            },
-        })?;
-        Ok(Self { piece, child, log })
-    }
-
-    pub fn pid(&self) -> i32 {
-        self.child.id().map(|p| p as i32).unwrap_or(0)
-    }
-
-    /// `Some(error)` if the process has exited (a desktop piece must keep running).
-    pub fn check_running(&mut self) -> Option<DesktopError> {
-        match self.child.try_wait() {
-            Ok(None) => None,
-            Ok(Some(status)) => Some(self.failed(format!("exited early ({status})"))),
-            Err(e) => Some(self.failed(format!("cannot be waited for: {e}"))),
-        }
-    }
-
-    pub fn failed(&self, reason: String) -> DesktopError {
-        DesktopError::PieceFailed {
-            piece: self.piece,
-            reason,
-            stderr_tail: tail_of(&self.log, 20),
-        }
-    }
-}
+use tokio::process::Child;
 
 /// The last `lines` lines of a log file (at most 4 KiB of it).
 pub(crate) fn tail_of(path: &Path, lines: usize) -> String {
@@ -96,37 +25,65 @@ pub(crate) fn tail_of(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// Stops a whole process group: SIGTERM, up to `grace` for the direct children to exit,
-/// then SIGKILL for whatever is left (including grandchildren such as Chromium's
-/// renderers, which share the group).
-pub(crate) async fn stop_group(pgid: i32, children: &mut [PieceProcess], grace: Duration) {
-    if pgid <= 0 {
-        return;
+/// Stops a desktop: SIGTERM to its group, up to `grace` for the supervisor to exit, then
+/// SIGKILL for whatever is left, until no process of the group or of the sandbox's PID
+/// namespace remains (killed grandchildren are reaped by init, which takes a moment).
+pub(crate) async fn stop_desktop(pgid: i32, pidns: Option<u64>, child: &mut Child, grace: Duration) {
+    if pgid > 0 {
+        let _ = killpg(Pid::from_raw(pgid), Signal::SIGTERM);
     }
-    let group = Pid::from_raw(pgid);
-    let _ = killpg(group, Signal::SIGTERM);
-    let all_exited = async {
-        for p in children.iter_mut() {
-            let _ = p.child.wait().await;
+    let _ = tokio::time::timeout(grace, child.wait()).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        if pgid > 0 {
+            let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
         }
-    };
-    let _ = tokio::time::timeout(grace, all_exited).await;
-    // Always SIGKILL the group: grandchildren may outlive their parents.
-    let _ = killpg(group, Signal::SIGKILL);
-    for p in children.iter_mut() {
-        let _ = p.child.wait().await;
-    }
-    wait_group_gone(pgid, Duration::from_secs(2)).await;
-}
-
-/// Waits until no process is left in the group (killed grandchildren are reaped by init,
-/// which takes a moment).
-async fn wait_group_gone(pgid: i32, limit: Duration) {
-    let deadline = tokio::time::Instant::now() + limit;
-    while !group_members(pgid).is_empty() && tokio::time::Instant::now() < deadline {
-        let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+        let left = members(pgid, pidns);
+        for pid in &left {
+            let _ = nix::sys::signal::kill(Pid::from_raw(*pid), Signal::SIGKILL);
+        }
+        let _ = child.try_wait();
+        if left.is_empty() || tokio::time::Instant::now() >= deadline {
+            break;
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let _ = child.wait().await;
+}
+
+/// Live processes of a desktop: those in process group `pgid` and, for a sandboxed
+/// desktop, those in the PID namespace with inode `pidns`.
+pub fn members(pgid: i32, pidns: Option<u64>) -> Vec<i32> {
+    let mut pids = group_members(pgid);
+    if let Some(ns) = pidns {
+        pids.extend(
+            live_pids()
+                .filter(|pid| pidns_of(*pid) == Some(ns))
+                .filter(|pid| !pids.contains(pid))
+                .collect::<Vec<_>>(),
+        );
+    }
+    pids
+}
+
+/// The inode of a process's PID namespace.
+pub fn pidns_of(pid: i32) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/{pid}/ns/pid")).ok().map(|m| m.ino())
+}
+
+fn live_pids() -> impl Iterator<Item = i32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| state_of(*pid).is_some_and(|s| s != "Z"))
+}
+
+fn state_of(pid: i32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    rest.split_whitespace().next().map(str::to_owned)
 }
 
 /// Pids of live (non-zombie) processes whose process group is `pgid`, read from /proc.

@@ -1,0 +1,70 @@
+# The desktop's supervisor: starts Xvnc, openbox, Chromium and the DevTools relay, and
+# exits as soon as any of them exits, writing which one to "$LS_RUN/exit". Under the
+# sandbox it is the namespace's first program, so its exit ends every process in it.
+#
+# Run as `bash -c "$script" livesession-desktop` with a clean environment:
+#   LS_RUN       sockets and status files: vnc.sock, devtools.sock, display, exit
+#   LS_LOGS      one <piece>.log per piece (stderr)
+#   LS_PROFILE   Chromium's user data dir
+#   LS_GEOMETRY  e.g. 1280x720
+#   LS_XVNC LS_OPENBOX LS_CHROMIUM LS_SOCAT   the binaries
+#   LS_CHROMIUM_ARGS   Chromium's arguments, one per line (the start URL last)
+#   LS_WAIT_NET  if set, Chromium waits for "$LS_RUN/net-ready" (the gateway writes it
+#                once the network namespace's routes are in place)
+#   LS_HOST_PORTS  loopback ports of the host forwarded into the desktop, space-separated;
+#                each is relayed to "$LS_RUN/hostport-<port>.sock", served by the gateway
+set -u
+declare -A piece=()
+
+ended() {
+    printf '%s %s\n' "$1" "$2" > "$LS_RUN/exit.tmp" && mv "$LS_RUN/exit.tmp" "$LS_RUN/exit"
+    kill -TERM "${!piece[@]}" 2>/dev/null
+    exit 1
+}
+
+# Waits until file $1 is non-empty while checking that pid $2 is alive.
+wait_for() {
+    until [ -s "$1" ]; do
+        kill -0 "$2" 2>/dev/null || { wait "$2"; ended "${piece[$2]}" "$?"; }
+        sleep 0.02
+    done
+}
+
+# Xvnc picks a free display itself and writes its number to fd 3 once it accepts clients.
+# -rfbport -1: no TCP listener; the Unix socket is the only way in.
+"$LS_XVNC" -displayfd 3 3>"$LS_RUN/display" \
+    -rfbunixpath "$LS_RUN/vnc.sock" -rfbunixmode 0600 -rfbport -1 -SecurityTypes None \
+    -geometry "$LS_GEOMETRY" -depth 24 -nolisten tcp -AlwaysShared -desktop livesession \
+    2>"$LS_LOGS/xvnc.log" &
+piece[$!]=xvnc
+xvnc=$!
+wait_for "$LS_RUN/display" "$xvnc"
+export DISPLAY=":$(head -n1 "$LS_RUN/display")"
+
+"$LS_OPENBOX" --sm-disable 2>"$LS_LOGS/openbox.log" &
+piece[$!]=openbox
+
+if [ -n "${LS_WAIT_NET:-}" ]; then
+    until [ -e "$LS_RUN/net-ready" ]; do sleep 0.02; done
+fi
+mapfile -t chromium_args <<< "$LS_CHROMIUM_ARGS"
+"$LS_CHROMIUM" "${chromium_args[@]}" 2>"$LS_LOGS/chromium.log" &
+piece[$!]=chromium
+chromium=$!
+
+# DevTools listens on an ephemeral port of the desktop's own loopback; the gateway reaches
+# it through a Unix socket in $LS_RUN.
+wait_for "$LS_PROFILE/DevToolsActivePort" "$chromium"
+devtools_port=$(head -n1 "$LS_PROFILE/DevToolsActivePort")
+"$LS_SOCAT" UNIX-LISTEN:"$LS_RUN/devtools.sock",fork,mode=0600 TCP:127.0.0.1:"$devtools_port" \
+    2>"$LS_LOGS/devtools.log" &
+piece[$!]=devtools
+
+for port in ${LS_HOST_PORTS:-}; do
+    "$LS_SOCAT" TCP-LISTEN:"$port",bind=127.0.0.1,fork,reuseaddr \
+        UNIX-CONNECT:"$LS_RUN/hostport-$port.sock" 2>>"$LS_LOGS/devtools.log" &
+    piece[$!]=devtools
+done
+
+wait -n -p dead
+ended "${piece[$dead]:-unknown}" "$?"
