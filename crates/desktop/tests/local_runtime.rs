@@ -1,13 +1,13 @@
 //! The local runtime against the real Xvnc, openbox and Chromium.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use livesession_desktop::rfb::RfbClient;
-use livesession_desktop::egress::EgressPolicy;
+use livesession_desktop::egress::{EgressMode, EgressPolicy};
 use livesession_desktop::{
-    DesktopError, DesktopRuntime, DesktopSpec, LocalRuntime, LocalRuntimeConfig, Piece,
-    ResourceLimits, ToolPaths, members,
+    Cgroups, DesktopError, DesktopHandle, DesktopRuntime, DesktopSpec, LocalRuntime,
+    LocalRuntimeConfig, Piece, ResourceLimits, ToolPaths, members,
 };
 
 fn config(root: &std::path::Path, tools: ToolPaths) -> LocalRuntimeConfig {
@@ -174,4 +174,211 @@ async fn a_piece_that_dies_is_named_with_its_stderr() {
         .unwrap_err();
     assert_eq!(err.piece(), Some(Piece::Xvnc), "{err:?}");
     assert!(err.stderr_tail().is_some_and(|t| !t.is_empty()), "{err:?}");
+}
+
+// ------------------------------------------------------------------ the sandbox's walls
+
+/// Runs `script` with bash inside a sandboxed desktop's mount and network namespaces.
+async fn inside(handle: &DesktopHandle, script: &str) -> std::process::Output {
+    let pid = *members(0, handle.pidns)
+        .first()
+        .expect("the desktop has processes in its PID namespace");
+    tokio::process::Command::new("nsenter")
+        .arg(format!("--target={pid}"))
+        .args(["--mount", "--net", "--", "/bin/bash", "-c", script])
+        .output()
+        .await
+        .unwrap()
+}
+
+/// A loopback listener that counts the connections it accepts and keeps what they send.
+async fn listener() -> (u16, Arc<Mutex<Vec<String>>>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut c, _)) = l.accept().await {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let mut buf = String::new();
+                let _ = tokio::io::AsyncReadExt::read_to_string(&mut c, &mut buf).await;
+                s.lock().unwrap().push(buf);
+            });
+        }
+    });
+    (port, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_desktop_sees_neither_the_data_directory_nor_another_desktop() {
+    // The layout of a real server: secrets and the database beside the desktops' root.
+    let data = tempfile::tempdir().unwrap();
+    std::fs::write(data.path().join("secrets"), "top secret").unwrap();
+    let root = data.path().join("desktops");
+    let rt = runtime(&root, ToolPaths::default());
+    let (a, b) = tokio::join!(
+        rt.start(spec("iso-a", "about:blank"), &|_| {}),
+        rt.start(spec("iso-b", "about:blank"), &|_| {})
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    std::fs::write(root.join("iso-b/home/b-only"), "b's file").unwrap();
+
+    let data_dir = data.path().display();
+    let b_home = root.join("iso-b/home");
+    let out = inside(
+        &a,
+        &format!(
+            "for p in {data_dir} {data_dir}/secrets {b_home} {b_home}/b-only /etc/shadow /root {self_exe}; do \
+               if [ -e \"$p\" ]; then echo \"VISIBLE $p\"; fi; done; \
+             ls /; echo home:; ls -a /home/desktop; echo run:; ls /run/desktop",
+            b_home = b_home.display(),
+            self_exe = std::env::current_exe().unwrap().display(),
+        ),
+    )
+    .await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(!text.contains("VISIBLE"), "visible from inside desktop A:\n{text}");
+    assert!(text.contains("profile"), "A's own home is there: {text}");
+    assert!(text.contains("vnc.sock"), "A's run directory is there: {text}");
+    assert!(!text.contains("work") && !text.contains("srv\n"), "only system directories: {text}");
+
+    // Each desktop runs as a uid of its own, never root, when the server is root.
+    let uid_of = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .map(|u| u.split_whitespace().next().unwrap().parse::<u32>().unwrap())
+            .unwrap()
+    };
+    let uids = |h: &DesktopHandle| -> std::collections::BTreeSet<u32> {
+        members(0, h.pidns).into_iter().map(uid_of).collect()
+    };
+    if livesession_desktop::is_root() {
+        let (ua, ub) = (uids(&a), uids(&b));
+        assert!(!ua.contains(&0) && !ub.contains(&0), "{ua:?} {ub:?}");
+        assert!(ua.is_disjoint(&ub), "desktops share a uid: {ua:?} {ub:?}");
+    }
+    rt.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_egress_a_desktop_reaches_only_the_host_ports_it_was_given() {
+    let (open_port, open_seen) = listener().await;
+    let (closed_port, closed_seen) = listener().await;
+    let root = tempfile::tempdir().unwrap();
+    let rt = LocalRuntime::new(LocalRuntimeConfig {
+        host_ports: vec![open_port],
+        ..config(root.path(), ToolPaths::default())
+    })
+    .unwrap();
+    let h = rt.start(spec("net-a", "about:blank"), &|_| {}).await.unwrap();
+    let out = inside(
+        &h,
+        &format!(
+            "(exec 3<>/dev/tcp/127.0.0.1/{closed_port} && echo LEAKED >&3) 2>/dev/null && echo closed-reached; \
+             (exec 3<>/dev/tcp/127.0.0.1/{open_port} && echo hello-from-desktop >&3) && echo open-reached; \
+             ip -o addr 2>/dev/null | grep -v ' lo ' | grep inet || echo no-interfaces"
+        ),
+    )
+    .await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("open-reached"), "{text}");
+    assert!(!text.contains("closed-reached"), "{text}");
+    assert!(text.contains("no-interfaces"), "only loopback inside: {text}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while open_seen.lock().unwrap().is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(*open_seen.lock().unwrap(), vec!["hello-from-desktop\n".to_owned()]);
+    assert!(closed_seen.lock().unwrap().is_empty(), "the other listener saw a connection");
+    rt.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_internet_egress_the_blocked_ranges_are_prohibited_routes() {
+    // Only the configuration is checked: no packet is sent anywhere.
+    let root = tempfile::tempdir().unwrap();
+    let rt = LocalRuntime::new(LocalRuntimeConfig {
+        egress: EgressPolicy {
+            mode: EgressMode::Internet,
+            allow: vec![],
+            deny: vec!["198.51.100.0/24".parse().unwrap()],
+        },
+        ..config(root.path(), ToolPaths::default())
+    })
+    .unwrap();
+    let h = rt.start(spec("net-i", "about:blank"), &|_| {}).await.unwrap();
+    let out = inside(&h, "ip route show; cat /etc/resolv.conf").await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    for line in [
+        "default via 10.0.2.2 dev tap0",
+        "prohibit 127.0.0.0/8",
+        "prohibit 10.0.0.0/8",
+        "prohibit 169.254.0.0/16",
+        "prohibit 172.16.0.0/12",
+        "prohibit 192.168.0.0/16",
+        "prohibit 198.51.100.0/24",
+        "nameserver 10.0.2.3",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in:\n{text}");
+    }
+    rt.stop_all().await;
+    assert!(members(h.pgid, h.pidns).is_empty(), "slirp4netns and the desktop are gone");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_desktop_runs_inside_its_cgroup_limits_where_the_host_allows() {
+    let root = tempfile::tempdir().unwrap();
+    let limits = ResourceLimits {
+        memory_bytes: Some(1536 * 1024 * 1024),
+        cpus: Some(1.5),
+        pids: Some(3000),
+    };
+    let rt = LocalRuntime::new(LocalRuntimeConfig {
+        limits,
+        ..config(root.path(), ToolPaths::default())
+    })
+    .unwrap();
+    if let Err(reason) = rt.limits_status() {
+        // Not a pass: this host cannot enforce limits, which doctor reports; fail loudly
+        // where they are expected (CI runs as root with writable cgroups).
+        panic!("cgroup limits unavailable here: {reason}");
+    }
+    let h = rt.start(spec("cg-1", "about:blank"), &|_| {}).await.unwrap();
+    let pid = members(0, h.pidns)[0];
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let memory = match Cgroups::detect() {
+        Cgroups::V1 { memory, .. } => {
+            let rel = cgroups
+                .lines()
+                .find_map(|l| l.split_once(":memory:").map(|(_, p)| p.to_owned()))
+                .unwrap();
+            assert!(rel.ends_with("/livesession/desktop-cg-1"), "{rel}");
+            let dir = memory.join("desktop-cg-1");
+            assert_eq!(
+                std::fs::read_to_string(dir.join("memory.limit_in_bytes")).unwrap().trim(),
+                (1536u64 * 1024 * 1024).to_string()
+            );
+            dir
+        }
+        Cgroups::V2 { parent } => {
+            let dir = parent.join("desktop-cg-1");
+            assert_eq!(
+                std::fs::read_to_string(dir.join("memory.max")).unwrap().trim(),
+                (1536u64 * 1024 * 1024).to_string()
+            );
+            assert_eq!(std::fs::read_to_string(dir.join("cpu.max")).unwrap().trim(), "150000 100000");
+            dir
+        }
+        Cgroups::Unavailable(r) => panic!("{r}"),
+    };
+    let procs = std::fs::read_to_string(memory.join("cgroup.procs")).unwrap();
+    for p in members(0, h.pidns) {
+        assert!(procs.lines().any(|l| l == p.to_string()), "{p} is not in the cgroup: {procs}");
+    }
+    rt.stop_all().await;
+    assert!(!memory.exists(), "the cgroup is removed with the desktop");
 }

@@ -54,7 +54,7 @@ pub(crate) async fn stop_desktop(pgid: i32, pidns: Option<u64>, child: &mut Chil
 /// Live processes of a desktop: those in process group `pgid` and, for a sandboxed
 /// desktop, those in the PID namespace with inode `pidns`.
 pub fn members(pgid: i32, pidns: Option<u64>) -> Vec<i32> {
-    let mut pids = group_members(pgid);
+    let mut pids = if pgid > 0 { group_members(pgid) } else { Vec::new() };
     if let Some(ns) = pidns {
         pids.extend(
             live_pids()
