@@ -15,8 +15,10 @@ use tokio_util::task::TaskTracker;
 use crate::auth::Tokens;
 use crate::config::ServeConfig;
 use crate::desktops::Desktops;
-use crate::limits::{ConnectionLimits, LimitsConfig};
-use crate::{router, secrets};
+use crate::limits::{ConnectionLimits, LimitsConfig, Rate};
+use crate::proxy::ClientInfo;
+use crate::security::PolicyHeaders;
+use crate::{router, secrets, tls};
 
 pub struct App {
     pub config: ServeConfig,
@@ -29,6 +31,10 @@ pub struct App {
     pub limits: Arc<ConnectionLimits>,
     /// Scheme, host and port browsers use to reach us, without a trailing slash.
     pub public_url: String,
+    /// Built-in TLS, when `--tls-cert`/`--tls-key` are set.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// CSP (with the configured frame-ancestors) and the other security headers.
+    pub policy_headers: PolicyHeaders,
     /// Cancelled when the server begins to shut down: live connections close with
     /// "server shutting down" and new ones are refused.
     pub shutdown: CancellationToken,
@@ -73,9 +79,17 @@ impl App {
         }
     }
 
-    /// Cookies are `Secure` when browsers reach us over TLS.
+    /// Cookies are `Secure` when browsers reach us over TLS: the public URL is https, or
+    /// we serve TLS ourselves.
     pub fn secure_cookies(&self) -> bool {
-        self.public_url.starts_with("https://")
+        self.public_url.starts_with("https://") || self.tls.is_some()
+    }
+
+    /// Whether cookies set in answer to this request are `Secure`: as
+    /// [`App::secure_cookies`], or the request came over TLS (a trusted proxy's
+    /// `X-Forwarded-Proto: https`).
+    pub fn secure_cookies_for(&self, client: &ClientInfo) -> bool {
+        self.secure_cookies() || client.https
     }
 
     /// Whether `origin` (an Origin header value) may open a WebSocket or post a form here.
@@ -104,6 +118,22 @@ impl App {
 
 /// Builds the application: data directory, secrets, store, desktop runtime.
 pub async fn build(config: ServeConfig, local_addr: SocketAddr) -> Result<Arc<App>, StartupError> {
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(tls::load(cert, key).map_err(startup)?),
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(startup(
+                "--tls-cert (LIVESESSION_TLS_CERT) needs --tls-key (LIVESESSION_TLS_KEY), \
+                 the certificate's private key",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(startup(
+                "--tls-key (LIVESESSION_TLS_KEY) needs --tls-cert (LIVESESSION_TLS_CERT), \
+                 the certificate it belongs to",
+            ));
+        }
+    };
     std::fs::create_dir_all(&config.data_dir).map_err(|e| {
         startup(format!(
             "cannot create data directory {}: {e}",
@@ -167,7 +197,10 @@ pub async fn build(config: ServeConfig, local_addr: SocketAddr) -> Result<Arc<Ap
         .public_url
         .clone()
         .map(|u| u.trim_end_matches('/').to_owned())
-        .unwrap_or_else(|| format!("http://{local_addr}"));
+        .unwrap_or_else(|| {
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            format!("{scheme}://{local_addr}")
+        });
     Ok(Arc::new(App {
         sessions: Sessions::new(store),
         desktops: Desktops::new(
@@ -185,10 +218,15 @@ pub async fn build(config: ServeConfig, local_addr: SocketAddr) -> Result<Arc<Ap
         limits: ConnectionLimits::new(LimitsConfig {
             per_ip: config.max_connections_per_ip,
             per_session: config.max_connections_per_session,
-            attempts_per_second: config.connect_rate.max(0.01),
-            attempt_burst: config.connect_burst.max(1.0),
+            connect: Rate::new(config.connect_rate, config.connect_burst),
+            create: Rate::new(config.create_rate, config.create_burst),
+            checkout: Rate::new(config.checkout_rate, config.checkout_burst),
+            token: Rate::new(config.token_rate, config.token_burst),
+            webhook_failures: Rate::new(config.webhook_failure_rate, config.webhook_failure_burst),
         }),
         public_url,
+        tls,
+        policy_headers: PolicyHeaders::new(&config.frame_ancestors),
         shutdown: CancellationToken::new(),
         tasks,
         connections: AtomicUsize::new(0),
@@ -235,23 +273,38 @@ pub async fn launch(
             .run_expiry(app.shutdown.clone().cancelled_owned()),
     );
 
-    tracing::info!(listen = %local_addr, public_url = %app.public_url, free_mode = app.config.free_mode(), checkout = app.checkout.is_some(), "livesession listening");
+    tracing::info!(listen = %local_addr, public_url = %app.public_url, tls = app.tls.is_some(),
+        trusted_proxies = app.config.trusted_proxies.len(), free_mode = app.config.free_mode(),
+        checkout = app.checkout.is_some(), "livesession listening");
     let token = app.shutdown.clone();
-    // No Nagle: a VNC update or a keystroke goes out at once instead of waiting for more.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::warn!(error = %e, "could not set TCP_NODELAY");
-        }
-    });
-    let serve = axum::serve(
-        listener,
-        router::router(state).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
+    let service = router::router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let graceful = async move {
         shutdown.await;
         token.cancel();
-    });
-    let result = serve.await;
+    };
+    let result = match app.tls.clone() {
+        None => {
+            // No Nagle: a VNC update or a keystroke goes out at once instead of waiting for more.
+            let listener = listener.tap_io(|tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::warn!(error = %e, "could not set TCP_NODELAY");
+                }
+            });
+            axum::serve(listener, service)
+                .with_graceful_shutdown(graceful)
+                .await
+        }
+        // The TLS listener sets TCP_NODELAY itself; `tap_io` is what gives handlers the
+        // peer's address (`ConnectInfo`) for a listener of our own.
+        Some(acceptor) => {
+            axum::serve(
+                tls::TlsListener::new(listener, acceptor, local_addr).tap_io(|_| {}),
+                service,
+            )
+            .with_graceful_shutdown(graceful)
+            .await
+        }
+    };
     app.shutdown.cancel();
     tracing::info!("shutting down: closing connections and stopping desktops");
     app.tasks.close();

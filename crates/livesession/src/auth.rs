@@ -254,9 +254,11 @@ pub fn session_cookies(
 }
 
 /// Whether a cookie-authenticated or state-changing browser request comes from one of
-/// our own pages. `Sec-Fetch-Site` is set by the browser and cannot be forged by a page,
-/// so it decides when present; otherwise the Origin must be ours (`null`, as sandboxed
-/// frames send, is not).
+/// our own pages (the CSRF check; `security::csrf` applies it to every route).
+/// `Sec-Fetch-Site` is set by the browser and cannot be forged by a page: `same-origin`
+/// or `none` (typed in the address bar) pass. Otherwise the Origin must be one we allow
+/// (`null`, as sandboxed frames and some redirects send, never is). A request with
+/// neither header is not a browser's (curl, Stripe, an agent) and passes.
 pub fn same_site_request(
     headers: &HeaderMap,
     origin_allowed: impl Fn(&str, Option<&str>) -> bool,
@@ -266,9 +268,15 @@ pub fn same_site_request(
             .get(name)
             .and_then(|v: &axum::http::HeaderValue| v.to_str().ok())
     };
-    match header("sec-fetch-site") {
-        Some(site) => site == "same-origin" || site == "none",
-        None => header("origin").is_none_or(|o| origin_allowed(o, header("host"))),
+    let site = header("sec-fetch-site");
+    if matches!(site, Some("same-origin" | "none")) {
+        return true;
+    }
+    match header("origin") {
+        Some(origin) => origin != "null" && origin_allowed(origin, header("host")),
+        // A browser that says cross-site or same-site always sends an Origin on a
+        // state-changing request; without one, refuse rather than guess.
+        None => site.is_none(),
     }
 }
 
@@ -371,6 +379,38 @@ mod tests {
             find_access_token(&h, Some("q"), "s1"),
             Some(("hdr".into(), TokenSource::Header))
         );
+    }
+
+    #[test]
+    fn same_site_requests_are_told_by_fetch_metadata_then_origin() {
+        let ours = |o: &str, _: Option<&str>| o == "https://ours.example";
+        let check = |pairs: &[(&'static str, &'static str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.insert(*k, HeaderValue::from_static(v));
+            }
+            same_site_request(&h, ours)
+        };
+        assert!(check(&[]), "not a browser: curl, Stripe");
+        assert!(check(&[("sec-fetch-site", "same-origin")]));
+        assert!(check(&[("sec-fetch-site", "none")]));
+        assert!(check(&[
+            ("sec-fetch-site", "same-origin"),
+            ("origin", "null")
+        ]));
+        assert!(check(&[("origin", "https://ours.example")]));
+        assert!(check(&[
+            ("sec-fetch-site", "cross-site"),
+            ("origin", "https://ours.example")
+        ]));
+        assert!(!check(&[("sec-fetch-site", "cross-site")]));
+        assert!(!check(&[("sec-fetch-site", "same-site")]));
+        assert!(!check(&[("origin", "https://evil.example")]));
+        assert!(!check(&[("origin", "null")]));
+        assert!(!check(&[
+            ("sec-fetch-site", "cross-site"),
+            ("origin", "https://evil.example")
+        ]));
     }
 
     #[test]

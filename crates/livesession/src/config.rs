@@ -120,13 +120,43 @@ pub struct ServeConfig {
         default_value_t = 20
     )]
     pub max_connections_per_session: usize,
-    /// Connection attempts (WebSockets, session starts, token refreshes) per second per
-    /// client address, sustained.
+    /// WebSocket connection attempts per second per client address, sustained.
     #[arg(long, env = "LIVESESSION_CONNECT_RATE", default_value_t = 10.0)]
     pub connect_rate: f64,
-    /// Attempts a client address may make in a burst before the rate applies.
+    /// WebSocket connection attempts a client address may make in a burst.
     #[arg(long, env = "LIVESESSION_CONNECT_BURST", default_value_t = 40.0)]
     pub connect_burst: f64,
+    /// Session creations (`POST /api/sessions`, free-mode `POST /start`) per second per
+    /// client address, sustained.
+    #[arg(long, env = "LIVESESSION_CREATE_RATE", default_value_t = 1.0)]
+    pub create_rate: f64,
+    /// Session creations a client address may make in a burst.
+    #[arg(long, env = "LIVESESSION_CREATE_BURST", default_value_t = 20.0)]
+    pub create_burst: f64,
+    /// Checkout starts and claims (`POST /api/checkout`, `POST /api/checkout/claim`) per
+    /// second per client address, sustained.
+    #[arg(long, env = "LIVESESSION_CHECKOUT_RATE", default_value_t = 2.0)]
+    pub checkout_rate: f64,
+    /// Checkout requests a client address may make in a burst.
+    #[arg(long, env = "LIVESESSION_CHECKOUT_BURST", default_value_t = 30.0)]
+    pub checkout_burst: f64,
+    /// Token requests (`POST /api/sessions/{id}/token`) per second per client address.
+    #[arg(long, env = "LIVESESSION_TOKEN_RATE", default_value_t = 5.0)]
+    pub token_rate: f64,
+    /// Token requests a client address may make in a burst.
+    #[arg(long, env = "LIVESESSION_TOKEN_BURST", default_value_t = 30.0)]
+    pub token_burst: f64,
+    /// Stripe webhook requests with a bad signature per second per client address;
+    /// beyond it they get 429. Correctly signed deliveries are never limited.
+    #[arg(long, env = "LIVESESSION_WEBHOOK_FAILURE_RATE", default_value_t = 1.0)]
+    pub webhook_failure_rate: f64,
+    /// Badly signed webhook requests a client address may make in a burst.
+    #[arg(
+        long,
+        env = "LIVESESSION_WEBHOOK_FAILURE_BURST",
+        default_value_t = 20.0
+    )]
+    pub webhook_failure_burst: f64,
     /// Seconds without any message from a control-channel client before it is closed (4006).
     #[arg(long, env = "LIVESESSION_HEARTBEAT_TIMEOUT", default_value_t = 90)]
     pub heartbeat_timeout: u64,
@@ -136,6 +166,25 @@ pub struct ServeConfig {
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "LIVESESSION_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,
+    /// Largest request head (URL and headers together) accepted, in bytes; larger ones
+    /// get 431.
+    #[arg(long, env = "LIVESESSION_MAX_HEADER_BYTES", default_value_t = 16 * 1024)]
+    pub max_header_bytes: usize,
+    /// Reverse proxies whose `X-Forwarded-For`/`-Proto`/`-Host` headers are believed,
+    /// comma-separated addresses or CIDR ranges (e.g. `127.0.0.1,10.0.0.0/8`). From any
+    /// other peer those headers are ignored.
+    #[arg(long, env = "LIVESESSION_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<crate::proxy::Cidr>,
+    /// Who may show our pages in a frame (CSP frame-ancestors): 'none', 'self', or
+    /// origins such as https://portal.example.com, separated by commas or spaces.
+    #[arg(long, env = "LIVESESSION_FRAME_ANCESTORS", default_value = "'none'")]
+    pub frame_ancestors: crate::security::FrameAncestors,
+    /// Serve HTTPS with this certificate chain (PEM). Needs --tls-key.
+    #[arg(long, env = "LIVESESSION_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM: PKCS#8, RSA or EC). Needs --tls-cert.
+    #[arg(long, env = "LIVESESSION_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
     #[command(flatten)]
     pub desktop: DesktopArgs,
     #[command(flatten)]

@@ -27,10 +27,7 @@ impl ApiError {
     }
 
     pub fn rate_limited(refused: &crate::limits::Refused) -> Self {
-        let retry_after = match refused {
-            crate::limits::Refused::Rate(after) => after.as_secs().max(1),
-            _ => 30,
-        };
+        let retry_after = refused.retry_after();
         let message = format!("too many requests from this address; retry in {retry_after} s");
         Self {
             retry_after: Some(retry_after),
@@ -54,9 +51,10 @@ impl ApiError {
         Self::new(StatusCode::FORBIDDEN, code, message)
     }
 
+    /// A state-changing browser request from another site's page (CSRF).
     pub fn cross_site() -> Self {
         Self::forbidden(
-            "cross_site",
+            "cross_site_request",
             "this request must come from this server's own pages",
         )
     }
@@ -96,6 +94,71 @@ impl From<axum::extract::rejection::BytesRejection> for ApiError {
         };
         ApiError::new(status, code, e.body_text())
     }
+}
+
+/// `Query<T>` whose rejection is our JSON error (`400 invalid_query`), not axum's plain text.
+pub struct ApiQuery<T>(pub T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for ApiQuery<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(q)| ApiQuery(q))
+            .map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))
+    }
+}
+
+/// Turns a plain-text (or empty) error response — an extractor's rejection, the router's
+/// 404 or 405 — into the JSON error shape, so every error a client sees has one shape.
+pub async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let plain = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_none_or(|v| v.as_bytes().starts_with(b"text/plain"));
+    if !(status.is_client_error() || status.is_server_error()) || !plain {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    // Rejection texts are short; anything longer is cut rather than held.
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text).trim().to_owned();
+    let code = match status {
+        StatusCode::BAD_REQUEST if text.starts_with("Failed to deserialize query string") => {
+            "invalid_query"
+        }
+        StatusCode::BAD_REQUEST => "bad_request",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::UNPROCESSABLE_ENTITY => "invalid_request",
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "headers_too_large",
+        s if s.is_server_error() => "internal",
+        _ => "bad_request",
+    };
+    let message = if text.is_empty() || status.is_server_error() {
+        status.canonical_reason().unwrap_or("error").to_owned()
+    } else {
+        text
+    };
+    let mut rebuilt = ApiError::new(status, code, message).into_response();
+    // Keep what the original said beyond its body (`Allow` on a 405, for one).
+    for (name, value) in &parts.headers {
+        if name != axum::http::header::CONTENT_TYPE && name != axum::http::header::CONTENT_LENGTH {
+            rebuilt.headers_mut().append(name, value.clone());
+        }
+    }
+    rebuilt
 }
 
 impl IntoResponse for ApiError {

@@ -16,8 +16,11 @@ mod error;
 mod handlers;
 mod limits;
 pub mod logging;
+pub mod proxy;
 mod router;
 mod secrets;
+pub mod security;
+mod tls;
 mod web;
 mod ws;
 

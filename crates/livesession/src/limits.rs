@@ -1,6 +1,13 @@
 //! Connection limits: how many WebSockets one client address and one session may hold,
-//! and how fast one address may open them. A refused connection is closed with 4009 and a
-//! reason that says when to retry.
+//! and how fast one address may open them or call the endpoints that cost something
+//! (session creation, checkout, token refresh, failed webhook signatures). A refused
+//! WebSocket is closed with 4009 and a reason that says when to retry; a refused HTTP
+//! request gets 429 with `Retry-After`.
+//!
+//! "One address" is the client's address as [`crate::proxy`] decides it (behind a trusted
+//! proxy, from `X-Forwarded-For`), IPv4-mapped IPv6 folded to IPv4, and IPv6 grouped by
+//! /64: one subscriber usually holds a whole /64, and per-address limits that a client
+//! escapes by changing its interface identifier would limit nothing.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -11,10 +18,61 @@ use std::time::{Duration, Instant};
 pub struct LimitsConfig {
     pub per_ip: usize,
     pub per_session: usize,
-    /// Connection attempts per second per address, sustained.
-    pub attempts_per_second: f64,
-    /// Attempts an address may make at once before the rate applies.
-    pub attempt_burst: f64,
+    /// WebSocket connection attempts.
+    pub connect: Rate,
+    /// `POST /api/sessions` and the free-mode `POST /start`.
+    pub create: Rate,
+    /// `POST /api/checkout` and `POST /api/checkout/claim`.
+    pub checkout: Rate,
+    /// `POST /api/sessions/{id}/token`.
+    pub token: Rate,
+    /// Stripe webhook deliveries whose signature fails (verified ones are never limited).
+    pub webhook_failures: Rate,
+}
+
+/// A token bucket's size: `per_second` sustained, `burst` at once.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    pub per_second: f64,
+    pub burst: f64,
+}
+
+impl Rate {
+    /// A usable rate: at least one attempt per 100 s, bursts of at least one.
+    pub fn new(per_second: f64, burst: f64) -> Self {
+        Self {
+            per_second: if per_second.is_finite() {
+                per_second.max(0.01)
+            } else {
+                0.01
+            },
+            burst: if burst.is_finite() {
+                burst.max(1.0)
+            } else {
+                1.0
+            },
+        }
+    }
+}
+
+/// What a rate limit counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateClass {
+    Connect,
+    Create,
+    Checkout,
+    Token,
+    WebhookFailure,
+}
+
+/// The key limits are counted under: IPv4-mapped addresses as IPv4, IPv6 by its /64.
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from(
+            u128::from(v6) & !((1u128 << 64) - 1),
+        )),
+        v4 => v4,
+    }
 }
 
 #[derive(Default)]
@@ -28,10 +86,58 @@ struct Bucket {
     updated: Instant,
 }
 
+/// Token buckets per client address for one class of requests.
+pub struct RateLimiter {
+    rate: Rate,
+    buckets: Mutex<HashMap<IpAddr, Bucket>>,
+}
+
+impl RateLimiter {
+    pub fn new(rate: Rate) -> Self {
+        Self {
+            rate,
+            buckets: Mutex::default(),
+        }
+    }
+
+    /// Counts one attempt from `ip`; refused with the time until one is allowed again.
+    pub fn attempt(&self, ip: IpAddr) -> Result<(), Refused> {
+        let now = Instant::now();
+        let Rate { per_second, burst } = self.rate;
+        let mut buckets = self.buckets.lock().unwrap();
+        if buckets.len() > 10_000 {
+            // Forget addresses whose bucket has refilled: they would start full anyway.
+            buckets.retain(|_, b| {
+                b.tokens + now.duration_since(b.updated).as_secs_f64() * per_second < burst
+            });
+        }
+        let bucket = buckets.entry(client_key(ip)).or_insert(Bucket {
+            tokens: burst,
+            updated: now,
+        });
+        bucket.tokens = (bucket.tokens
+            + now.duration_since(bucket.updated).as_secs_f64() * per_second)
+            .min(burst);
+        bucket.updated = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Refused::Rate(Duration::from_secs_f64(
+                ((1.0 - bucket.tokens) / per_second).max(1.0),
+            )))
+        }
+    }
+}
+
 pub struct ConnectionLimits {
     config: LimitsConfig,
     counts: Mutex<Counts>,
-    buckets: Mutex<HashMap<IpAddr, Bucket>>,
+    connect: RateLimiter,
+    create: RateLimiter,
+    checkout: RateLimiter,
+    token: RateLimiter,
+    webhook_failures: RateLimiter,
 }
 
 /// Why a connection was refused, for the 4009 close reason.
@@ -49,7 +155,7 @@ impl std::fmt::Display for Refused {
             Refused::Rate(after) => write!(
                 f,
                 "too many connection attempts; retry in {} s",
-                after.as_secs().max(1)
+                Refused::seconds(*after)
             ),
             Refused::PerIp(n) => write!(
                 f,
@@ -59,6 +165,21 @@ impl std::fmt::Display for Refused {
                 f,
                 "too many connections to this session (limit {n}); retry in 30 s"
             ),
+        }
+    }
+}
+
+impl Refused {
+    /// Whole seconds to wait, rounded up, at least one.
+    pub fn seconds(after: Duration) -> u64 {
+        (after.as_secs_f64().ceil() as u64).max(1)
+    }
+
+    /// Seconds until a retry may succeed (`Retry-After`).
+    pub fn retry_after(&self) -> u64 {
+        match self {
+            Refused::Rate(after) => Refused::seconds(*after),
+            Refused::PerIp(_) | Refused::PerSession(_) => 30,
         }
     }
 }
@@ -92,40 +213,34 @@ impl ConnectionLimits {
         Arc::new(Self {
             config,
             counts: Mutex::default(),
-            buckets: Mutex::default(),
+            connect: RateLimiter::new(config.connect),
+            create: RateLimiter::new(config.create),
+            checkout: RateLimiter::new(config.checkout),
+            token: RateLimiter::new(config.token),
+            webhook_failures: RateLimiter::new(config.webhook_failures),
         })
     }
 
-    /// Counts one connection attempt from `ip` (token bucket).
+    /// Counts one WebSocket connection attempt from `ip` (token bucket).
     pub fn attempt(&self, ip: IpAddr) -> Result<(), Refused> {
-        let now = Instant::now();
-        let (rate, burst) = (self.config.attempts_per_second, self.config.attempt_burst);
-        let mut buckets = self.buckets.lock().unwrap();
-        if buckets.len() > 10_000 {
-            // Forget addresses whose bucket has refilled: they would start full anyway.
-            buckets.retain(|_, b| {
-                b.tokens + now.duration_since(b.updated).as_secs_f64() * rate < burst
-            });
+        self.check(RateClass::Connect, ip)
+    }
+
+    /// Counts one request of `class` from `ip`.
+    pub fn check(&self, class: RateClass, ip: IpAddr) -> Result<(), Refused> {
+        match class {
+            RateClass::Connect => &self.connect,
+            RateClass::Create => &self.create,
+            RateClass::Checkout => &self.checkout,
+            RateClass::Token => &self.token,
+            RateClass::WebhookFailure => &self.webhook_failures,
         }
-        let bucket = buckets.entry(ip).or_insert(Bucket {
-            tokens: burst,
-            updated: now,
-        });
-        bucket.tokens =
-            (bucket.tokens + now.duration_since(bucket.updated).as_secs_f64() * rate).min(burst);
-        bucket.updated = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(Refused::Rate(Duration::from_secs_f64(
-                ((1.0 - bucket.tokens) / rate).max(1.0),
-            )))
-        }
+        .attempt(ip)
     }
 
     /// Takes a place for a connection from `ip` to `session`.
     pub fn acquire(self: &Arc<Self>, ip: IpAddr, session: &str) -> Result<ConnectionSlot, Refused> {
+        let ip = client_key(ip);
         let mut counts = self.counts.lock().unwrap();
         if counts.by_ip.get(&ip).copied().unwrap_or(0) >= self.config.per_ip {
             return Err(Refused::PerIp(self.config.per_ip));
@@ -148,11 +263,15 @@ mod tests {
     use super::*;
 
     fn limits(per_ip: usize, per_session: usize) -> Arc<ConnectionLimits> {
+        let rate = Rate::new(2.0, 3.0);
         ConnectionLimits::new(LimitsConfig {
             per_ip,
             per_session,
-            attempts_per_second: 2.0,
-            attempt_burst: 3.0,
+            connect: rate,
+            create: Rate::new(1.0, 1.0),
+            checkout: rate,
+            token: rate,
+            webhook_failures: rate,
         })
     }
 
@@ -190,5 +309,42 @@ mod tests {
         );
         std::thread::sleep(Duration::from_millis(600));
         assert!(l.attempt(ip).is_ok(), "the bucket refills");
+    }
+
+    #[test]
+    fn classes_have_their_own_buckets() {
+        let l = limits(10, 10);
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        l.check(RateClass::Create, ip).unwrap();
+        let Err(refused) = l.check(RateClass::Create, ip) else {
+            panic!("a burst of one")
+        };
+        assert_eq!(refused.retry_after(), 1);
+        for class in [RateClass::Connect, RateClass::Checkout, RateClass::Token] {
+            assert!(l.check(class, ip).is_ok(), "{class:?} is counted apart");
+        }
+    }
+
+    #[test]
+    fn ipv6_counts_by_its_slash_64_and_mapped_ipv4_as_ipv4() {
+        let l = limits(1, 10);
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        let _held = l.acquire(a, "s").unwrap();
+        assert_eq!(l.acquire(b, "s").err(), Some(Refused::PerIp(1)));
+        assert!(l.acquire(other, "s").is_ok());
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(client_key(mapped), v4);
+        let _v4 = l.acquire(v4, "t").unwrap();
+        assert_eq!(l.acquire(mapped, "t").err(), Some(Refused::PerIp(1)));
+    }
+
+    #[test]
+    fn retry_times_round_up() {
+        assert_eq!(Refused::seconds(Duration::from_millis(1500)), 2);
+        assert_eq!(Refused::seconds(Duration::from_millis(10)), 1);
+        assert_eq!(Refused::PerIp(3).retry_after(), 30);
     }
 }

@@ -40,13 +40,19 @@ pub async fn log_request(request: Request, next: Next) -> Response {
     let method = request.method().clone();
     // The path only, never the query string.
     let path = request.uri().path().to_owned();
+    // The client as `proxy::client_info` decided it (behind a trusted proxy, not the proxy).
+    let client = request
+        .extensions()
+        .get::<crate::proxy::ClientInfo>()
+        .map(|c| c.ip.to_string())
+        .unwrap_or_default();
     let response = next.run(request).await;
     let status = response.status().as_u16();
     let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
     if status >= 500 {
-        tracing::error!(%method, %path, status, elapsed_ms, "request");
+        tracing::error!(%method, %path, status, elapsed_ms, %client, "request");
     } else {
-        tracing::info!(%method, %path, status, elapsed_ms, "request");
+        tracing::info!(%method, %path, status, elapsed_ms, %client, "request");
     }
     response
 }

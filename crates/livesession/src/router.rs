@@ -1,14 +1,33 @@
-//! Every route, in one place.
+//! Every route, in one place, and the layers every request passes through.
+//!
+//! Route audit (method, path → who may call it, CSRF, rate limit, body limit):
+//! - `GET /api/info`, `/`, `/s/{id}`, `/checkout/success`, `/static/…`, `/vendor/…`,
+//!   `/healthz`, `/readyz`: anyone; read-only.
+//! - `POST /api/sessions`: admin bearer; create limit; `--max-body-bytes`.
+//! - `GET /api/sessions`, `GET|DELETE /api/sessions/{id}`, `POST …/extend`: admin bearer
+//!   (a header, never a cookie, so not forgeable cross-site); body limit.
+//! - `POST /api/sessions/{id}/token`: refresh cookie (CSRF-checked) or bearer; token limit.
+//! - `POST /start`: free mode, CSRF-checked; create limit.
+//! - `POST /api/checkout`, `POST /api/checkout/claim` (claim cookie): CSRF-checked;
+//!   checkout limit; body limit.
+//! - `POST /api/stripe/webhook`: Stripe's signature; failed signatures limited per
+//!   address; its own 1 MiB body limit.
+//! - `GET /api/sessions/{id}/vnc|control`: WebSockets; Origin checked (4004), connect
+//!   limit and per-address/per-session caps (4009) in `ws::authorize`.
+//!
+//! Layers, outermost first: [`proxy::client_info`] (who the client is), the request log,
+//! [`security::security_headers`] (on every response, errors included),
+//! [`security::header_limit`] (431), [`error::json_errors`] (rejections as JSON), and
+//! [`security::csrf`] (cross-site state-changing requests refused), so no route can be
+//! added without them.
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::HeaderValue;
-use axum::http::header::{CONTENT_SECURITY_POLICY, REFERRER_POLICY, X_CONTENT_TYPE_OPTIONS};
 use axum::routing::{get, post};
 
 use crate::app::AppState;
 use crate::handlers::{checkout, control, health, pages, sessions, stripe, tokens, vnc};
-use crate::logging;
+use crate::{error, logging, proxy, security};
 
 const STRIPE_WEBHOOK_MAX_BODY: usize = 1 << 20;
 
@@ -46,28 +65,19 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(health::readyz));
 
     let max_body = state.config.max_body_bytes;
+    use axum::middleware::{from_fn, from_fn_with_state, map_response};
     api.merge(pages)
         .merge(health)
         .layer(DefaultBodyLimit::max(max_body))
         .merge(webhook)
-        .layer(axum::middleware::map_response(security_headers))
-        .layer(axum::middleware::from_fn(logging::log_request))
+        .layer(from_fn_with_state(state.clone(), security::csrf))
+        .layer(map_response(error::json_errors))
+        .layer(from_fn_with_state(state.clone(), security::header_limit))
+        .layer(from_fn_with_state(
+            state.clone(),
+            security::security_headers,
+        ))
+        .layer(from_fn(logging::log_request))
+        .layer(from_fn_with_state(state.clone(), proxy::client_info))
         .with_state(state)
-}
-
-/// Same-origin everything: scripts, styles, WebSockets; no framing by other sites.
-async fn security_headers(mut response: axum::response::Response) -> axum::response::Response {
-    let h = response.headers_mut();
-    h.insert(
-        CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; \
-             connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
-        ),
-    );
-    h.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    // `same-origin`, not `no-referrer`: under `no-referrer` Chromium sends `Origin: null`
-    // on our own form posts, which the CSRF check must then refuse.
-    h.insert(REFERRER_POLICY, HeaderValue::from_static("same-origin"));
-    response
 }

@@ -3,10 +3,9 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use std::net::SocketAddr;
 
+use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{ConnectInfo, State};
 use axum::http::header::LOCATION;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -16,20 +15,20 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::app::{App, AppState};
-use crate::auth::{
-    Role, TokenKind, cookie, cookie_header, same_site_request, session_cookies, set_cookies,
-};
+use crate::auth::{Role, TokenKind, cookie, cookie_header, session_cookies, set_cookies};
 use crate::error::ApiError;
+use crate::limits::RateClass;
+use crate::proxy::ClientInfo;
 
 /// `POST /api/checkout` (the landing page's form): creates a Checkout Session at Stripe and
-/// sends the browser to Stripe's payment page. The session is recorded as pending.
+/// sends the browser to Stripe's payment page. The session is recorded as pending. Only
+/// our own pages may post it (the CSRF layer, `security::csrf`).
 pub async fn start_checkout(
     State(app): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    client: ClientInfo,
 ) -> Result<Response, ApiError> {
     app.limits
-        .attempt(peer.ip())
+        .check(RateClass::Checkout, client.ip)
         .map_err(|r| ApiError::rate_limited(&r))?;
     let Some(checkout) = &app.checkout else {
         return Err(ApiError::new(
@@ -38,9 +37,6 @@ pub async fn start_checkout(
             "this server does not sell sessions",
         ));
     };
-    if !same_site_request(&headers, |o, h| app.origin_allowed(o, h)) {
-        return Err(ApiError::cross_site());
-    }
     let stripe = &app.config.stripe;
     // The pending session's id is our reference: Stripe echoes it back, and as the
     // idempotency key it keeps a retried request from creating a second checkout.
@@ -57,7 +53,12 @@ pub async fn start_checkout(
         cancel_url: format!("{}/?checkout=cancelled", app.public_url),
     };
     let created = checkout.create(&request).await.map_err(|e| {
-        tracing::error!(error = %e, "Stripe Checkout could not be created");
+        // Stripe's error messages may quote the key they were given: never log it.
+        let error = match app.config.stripe.secret_key.as_deref() {
+            Some(key) if !key.is_empty() => e.to_string().replace(key, "[redacted]"),
+            _ => e.to_string(),
+        };
+        tracing::error!(%error, "Stripe Checkout could not be created");
         ApiError::new(
             StatusCode::BAD_GATEWAY,
             "payment_provider_error",
@@ -83,16 +84,13 @@ pub struct ClaimRequest {
 /// any other browser is told the session was already claimed.
 pub async fn claim_checkout(
     State(app): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    client: ClientInfo,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     app.limits
-        .attempt(peer.ip())
+        .check(RateClass::Checkout, client.ip)
         .map_err(|r| ApiError::rate_limited(&r))?;
-    if !same_site_request(&headers, |o, h| app.origin_allowed(o, h)) {
-        return Err(ApiError::cross_site());
-    }
     let request: ClaimRequest = serde_json::from_slice(&body?).map_err(|e| {
         ApiError::bad_request(
             "invalid_json",
@@ -138,7 +136,12 @@ pub async fn claim_checkout(
             .verify_ignoring_expiry(proof, TokenKind::Refresh)
             .is_ok_and(|c| c.sid == session.id)
     {
-        return Ok(claimed(&browser_cookies(&app, &session, &claim_cookie)));
+        return Ok(claimed(&browser_cookies(
+            &app,
+            &session,
+            &claim_cookie,
+            app.secure_cookies_for(&client),
+        )));
     }
     if !app
         .sessions
@@ -153,13 +156,17 @@ pub async fn claim_checkout(
         ));
     }
     tracing::info!(session_id = %session.id, "paid session claimed by a browser");
-    Ok(claimed(&browser_cookies(&app, &session, &claim_cookie)))
+    Ok(claimed(&browser_cookies(
+        &app,
+        &session,
+        &claim_cookie,
+        app.secure_cookies_for(&client),
+    )))
 }
 
 /// The session's access and refresh cookies, plus the claim cookie that lets this browser
 /// claim again.
-fn browser_cookies(app: &App, session: &Session, claim_cookie: &str) -> Vec<String> {
-    let secure = app.secure_cookies();
+fn browser_cookies(app: &App, session: &Session, claim_cookie: &str, secure: bool) -> Vec<String> {
     let mut cookies = session_cookies(
         &app.tokens,
         &session.id,

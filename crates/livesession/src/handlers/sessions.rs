@@ -3,9 +3,8 @@
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use std::net::SocketAddr;
 
-use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::header::LOCATION;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -13,10 +12,10 @@ use livesession_session::{NewSession, Session, SessionSource};
 use serde::{Deserialize, Serialize};
 
 use crate::app::{App, AppState};
-use crate::auth::{
-    Role, bearer, constant_time_eq, same_site_request, session_cookies, set_cookies,
-};
-use crate::error::ApiError;
+use crate::auth::{Role, bearer, constant_time_eq, session_cookies, set_cookies};
+use crate::error::{ApiError, ApiQuery};
+use crate::limits::RateClass;
+use crate::proxy::ClientInfo;
 
 pub(crate) fn require_admin(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
     match bearer(headers) {
@@ -110,9 +109,14 @@ async fn create(
 
 pub async fn create_session(
     State(app): State<AppState>,
+    client: ClientInfo,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    // Counted before the token is checked: guessing tokens is limited too.
+    app.limits
+        .check(RateClass::Create, client.ip)
+        .map_err(|r| ApiError::rate_limited(&r))?;
     require_admin(&app, &headers)?;
     let body = body?;
     let request: CreateSession = if body.iter().all(u8::is_ascii_whitespace) {
@@ -144,7 +148,7 @@ pub struct ListQuery {
 pub async fn list_sessions(
     State(app): State<AppState>,
     headers: HeaderMap,
-    Query(q): Query<ListQuery>,
+    ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     require_admin(&app, &headers)?;
     let store = app.sessions.store();
@@ -241,23 +245,20 @@ pub async fn extend_session(
 }
 
 /// The landing page's "Start a session" form, in free mode: creates a session, gives this
-/// browser its access and refresh cookies, and sends it to the viewer.
+/// browser its access and refresh cookies, and sends it to the viewer. Only our own pages
+/// may post it (the CSRF layer, `security::csrf`).
 pub async fn start_free_session(
     State(app): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    client: ClientInfo,
 ) -> Result<Response, ApiError> {
     app.limits
-        .attempt(peer.ip())
+        .check(RateClass::Create, client.ip)
         .map_err(|r| ApiError::rate_limited(&r))?;
     if !app.config.free_mode() {
         return Err(ApiError::forbidden(
             "free_mode_off",
             "this server does not start free sessions",
         ));
-    }
-    if !same_site_request(&headers, |o, h| app.origin_allowed(o, h)) {
-        return Err(ApiError::cross_site());
     }
     let (session, _) = create(&app, SessionSource::Free, CreateSession::default()).await?;
     let mut response = StatusCode::SEE_OTHER.into_response();
@@ -273,7 +274,7 @@ pub async fn start_free_session(
             &session.id,
             Role::Interactive,
             session.expires_at,
-            app.secure_cookies(),
+            app.secure_cookies_for(&client),
         ),
     );
     Ok(response)

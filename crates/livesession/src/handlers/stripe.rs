@@ -12,9 +12,12 @@ use serde_json::{Value, json};
 
 use crate::app::{App, AppState};
 use crate::error::ApiError;
+use crate::limits::RateClass;
+use crate::proxy::ClientInfo;
 
 pub async fn stripe_webhook(
     State(app): State<AppState>,
+    client: ClientInfo,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
@@ -41,7 +44,12 @@ pub async fn stripe_webhook(
         app.config.stripe.webhook_tolerance as i64,
         now,
     ) {
-        tracing::warn!(reason = %e, "Stripe webhook refused");
+        // Only failures are counted: a correctly signed delivery is never limited, so an
+        // attacker sharing Stripe's path cannot make us refuse Stripe.
+        if let Err(refused) = app.limits.check(RateClass::WebhookFailure, client.ip) {
+            return Err(ApiError::rate_limited(&refused));
+        }
+        tracing::warn!(reason = %e, client = %client.ip, "Stripe webhook refused");
         return Err(ApiError::bad_request("invalid_signature", e.to_string()));
     }
     let event: Event = serde_json::from_slice(&body)

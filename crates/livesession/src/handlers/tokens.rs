@@ -5,9 +5,8 @@
 //! still-valid access token; operators present the admin token.
 
 use axum::Json;
-use std::net::SocketAddr;
 
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use livesession_session::SessionState;
@@ -16,18 +15,20 @@ use serde_json::json;
 use crate::app::AppState;
 use crate::auth::{
     Role, TokenError, TokenKind, bearer, constant_time_eq, cookie, refresh_cookie_name,
-    same_site_request, session_cookies, set_cookies,
+    session_cookies, set_cookies,
 };
 use crate::error::ApiError;
+use crate::limits::RateClass;
+use crate::proxy::ClientInfo;
 
 pub async fn issue_token(
     State(app): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    client: ClientInfo,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     app.limits
-        .attempt(peer.ip())
+        .check(RateClass::Token, client.ip)
         .map_err(|r| ApiError::rate_limited(&r))?;
     let unauthorized =
         |code: &'static str, message: &str| ApiError::new(StatusCode::UNAUTHORIZED, code, message);
@@ -55,10 +56,8 @@ pub async fn issue_token(
             }
         }
     } else if let Some(refresh) = cookie(&headers, &refresh_cookie_name(&id)) {
-        // A cookie is sent by the browser on its own: only our own pages may use it.
-        if !same_site_request(&headers, |o, h| app.origin_allowed(o, h)) {
-            return Err(ApiError::cross_site());
-        }
+        // A cookie is sent by the browser on its own: the CSRF layer (`security::csrf`)
+        // has already refused this request unless it came from our own pages.
         match app.tokens.verify(refresh, TokenKind::Refresh) {
             Ok(claims) if claims.sid == id => claims.role,
             Ok(_) | Err(TokenError::Invalid) => {
@@ -115,7 +114,7 @@ pub async fn issue_token(
         &session.id,
         role,
         session.expires_at,
-        app.secure_cookies(),
+        app.secure_cookies_for(&client),
     );
     set_cookies(response.headers_mut(), &cookies);
     Ok(response)

@@ -228,7 +228,7 @@ async fn free_mode_starts_a_session_from_the_landing_page_with_a_cookie() {
             .unwrap();
         assert_eq!(
             error_of(cross).await,
-            (403, "cross_site".into()),
+            (403, "cross_site_request".into()),
             "{header}: {value}"
         );
     }

@@ -3,6 +3,7 @@
 
 mod api;
 mod control;
+mod defences;
 mod doctor;
 mod lifecycle;
 mod limits;

@@ -144,6 +144,37 @@ impl TestServer {
 
     /// Starts a server on an existing data directory (a restart).
     pub async fn start_in(data: tempfile::TempDir, args: &[&str]) -> Self {
+        livesession_billing::install_tls_provider();
+        Self::launch(data, args, "http", reqwest::Client::new()).await
+    }
+
+    /// Starts a server with built-in TLS from these PEM texts (written into its data
+    /// directory); `http` trusts that certificate and no other.
+    pub async fn start_tls(cert_pem: &str, key_pem: &str, args: &[&str]) -> Self {
+        let data = tempfile::Builder::new()
+            .prefix("ls")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let (cert, key) = (data.path().join("cert.pem"), data.path().join("key.pem"));
+        std::fs::write(&cert, cert_pem).unwrap();
+        std::fs::write(&key, key_pem).unwrap();
+        let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+        let mut argv = vec!["--tls-cert", cert, "--tls-key", key];
+        argv.extend_from_slice(args);
+        livesession_billing::install_tls_provider();
+        let http = reqwest::Client::builder()
+            .tls_certs_only([reqwest::Certificate::from_pem(cert_pem.as_bytes()).unwrap()])
+            .build()
+            .unwrap();
+        Self::launch(data, &argv, "https", http).await
+    }
+
+    async fn launch(
+        data: tempfile::TempDir,
+        args: &[&str],
+        scheme: &str,
+        http: reqwest::Client,
+    ) -> Self {
         install_logging();
         livesession_billing::install_tls_provider();
         let mut argv = vec!["serve", "--admin-token", ADMIN, "--listen", "127.0.0.1:0"];
@@ -160,9 +191,9 @@ impl TestServer {
         }));
         let server = Self {
             addr,
-            base: format!("http://{addr}"),
+            base: format!("{scheme}://{addr}"),
             data,
-            http: reqwest::Client::new(),
+            http,
             shutdown: Some(tx),
             task: Some(task),
         };
