@@ -120,6 +120,9 @@ export async function startServer({ startUrl, env = {}, port: fixedPort, dataDir
   const adminToken = fixedAdminToken ?? randomBytes(32).toString('hex');
   const baseUrl = `http://127.0.0.1:${port}`;
   const logs = new LogTail();
+  // Desktops are sandboxed and reach nothing of this machine unless told: let them open
+  // the test's own page server (and only it).
+  const hostPorts = /^http:\/\/127\.0\.0\.1:(\d+)\//.exec(startUrl)?.[1];
 
   const child = spawn(bin, ['serve'], {
     cwd: dataDir,
@@ -130,6 +133,7 @@ export async function startServer({ startUrl, env = {}, port: fixedPort, dataDir
       LIVESESSION_ADMIN_TOKEN: adminToken,
       LIVESESSION_START_URL: startUrl,
       LIVESESSION_LOG_FORMAT: 'json',
+      ...(hostPorts ? { LIVESESSION_DESKTOP_HOST_PORTS: hostPorts } : {}),
       ...env,
     },
     stdio: ['ignore', 'pipe', 'pipe'],

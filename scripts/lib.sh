@@ -18,7 +18,7 @@ apt_install() {
 }
 
 # The desktop toolchain (Xvnc, openbox, Chromium, fonts) and what builds the server.
-RUNTIME_PACKAGES=(tigervnc-standalone-server openbox chromium fonts-dejavu-core ca-certificates)
+RUNTIME_PACKAGES=(tigervnc-standalone-server openbox chromium fonts-dejavu-core ca-certificates socat bubblewrap slirp4netns iproute2 util-linux)
 
 ensure_node() {
   command -v npm >/dev/null 2>&1 || apt_install nodejs npm

@@ -13,7 +13,6 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use livesession::bench::{percentile, pss_kib};
-use livesession_desktop::group_members;
 use serde_json::json;
 use support::{PageServer, TestServer, rfb_over_ws, ws_connect};
 
@@ -24,7 +23,12 @@ async fn main() {
         .and_then(|a| a.parse().ok())
         .unwrap_or(5);
     let page = PageServer::start().await;
-    let server = TestServer::start(&[]).await;
+    let args = page.server_args();
+    let mut flags: Vec<&str> = vec![&args[0], &args[1]];
+    // `first_frame -- N --sandbox false` measures the unsandboxed desktop for comparison.
+    let extra: Vec<String> = std::env::args().skip(2).collect();
+    flags.extend(extra.iter().map(String::as_str));
+    let server = TestServer::start(&flags).await;
     let mut times = Vec::new();
     for run in 0..runs {
         let started = Instant::now();
@@ -64,7 +68,7 @@ async fn main() {
             // Let the desktop settle, then weigh it.
             tokio::time::sleep(Duration::from_secs(5)).await;
             let mut by_process: BTreeMap<String, (u64, usize)> = BTreeMap::new();
-            for pid in group_members(server.desktop_pgid(&id)) {
+            for pid in server.desktop_procs(&id).members() {
                 let name = std::fs::read_to_string(format!("/proc/{pid}/comm"))
                     .unwrap_or_default()
                     .trim()

@@ -2,12 +2,13 @@
 //! `docs/config.md` is the operator's copy of this file; keep the two in step.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
 use clap::{ArgAction, Args, ValueEnum};
-use livesession_desktop::ToolPaths;
+use livesession_desktop::egress::{Cidr, EgressMode, EgressPolicy};
+use livesession_desktop::{LocalRuntimeConfig, ResourceLimits, ToolPaths};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -51,9 +52,52 @@ pub struct DesktopArgs {
     pub openbox: String,
     #[arg(long, env = "LIVESESSION_CHROMIUM", default_value = "chromium")]
     pub chromium: String,
+    /// socat, which relays Chromium's DevTools out of the desktop.
+    #[arg(long, env = "LIVESESSION_SOCAT", default_value = "socat")]
+    pub socat: String,
+    /// bubblewrap, the desktops' sandbox.
+    #[arg(long, env = "LIVESESSION_BWRAP", default_value = "bwrap")]
+    pub bwrap: String,
+    /// slirp4netns, the user-mode network stack of desktops with `--egress internet`.
+    #[arg(long, env = "LIVESESSION_SLIRP4NETNS", default_value = "slirp4netns")]
+    pub slirp4netns: String,
     /// Seconds a desktop may take to become ready.
     #[arg(long, env = "LIVESESSION_DESKTOP_START_TIMEOUT", default_value_t = 60)]
     pub desktop_start_timeout: u64,
+    /// Run each desktop in its own bubblewrap sandbox (user, PID, IPC, network
+    /// namespaces; no view of the data directory or other desktops). Turning it off lets
+    /// a session's browser read this machine's files: only for hosts without user namespaces.
+    #[arg(long, env = "LIVESESSION_SANDBOX", default_value_t = true, action = ArgAction::Set)]
+    pub sandbox: bool,
+    /// What a desktop's browser can reach: `none` (only itself) or `internet` (through
+    /// slirp4netns, never the host's loopback, private ranges or link-local/metadata).
+    #[arg(long, env = "LIVESESSION_EGRESS", default_value = "none")]
+    pub egress: EgressMode,
+    /// With `--egress internet`: the only destinations allowed (IPv4 addresses or CIDRs);
+    /// a listed private address is allowed even though its range is blocked.
+    #[arg(long, env = "LIVESESSION_EGRESS_ALLOW", value_delimiter = ',')]
+    pub egress_allow: Vec<Cidr>,
+    /// With `--egress internet`: destinations refused on top of the built-in blocked ranges.
+    #[arg(long, env = "LIVESESSION_EGRESS_DENY", value_delimiter = ',')]
+    pub egress_deny: Vec<Cidr>,
+    /// Ports of this machine's loopback that every desktop's browser may open, as
+    /// http://127.0.0.1:PORT (e.g. a local web app under test). Nothing else of the host
+    /// is reachable.
+    #[arg(long, env = "LIVESESSION_DESKTOP_HOST_PORTS", value_delimiter = ',')]
+    pub desktop_host_ports: Vec<u16>,
+    /// Memory limit per desktop in MiB (cgroups; 0 for none).
+    #[arg(long, env = "LIVESESSION_DESKTOP_MEMORY_MIB", default_value_t = 2048)]
+    pub desktop_memory_mib: u64,
+    /// CPU limit per desktop in cores, e.g. 1.5 (cgroups; 0 for none).
+    #[arg(long, env = "LIVESESSION_DESKTOP_CPUS", default_value_t = 1.0)]
+    pub desktop_cpus: f64,
+    /// Limit on processes and threads per desktop (cgroups; 0 for none).
+    #[arg(long, env = "LIVESESSION_DESKTOP_PIDS_MAX", default_value_t = 4096)]
+    pub desktop_pids_max: u64,
+    /// When the server runs as root, desktop n runs as host uid BASE+n: a uid range no
+    /// account on this machine uses.
+    #[arg(long, env = "LIVESESSION_SANDBOX_UID_BASE", default_value_t = 2_000_000_000)]
+    pub sandbox_uid_base: u32,
 }
 
 impl DesktopArgs {
@@ -62,12 +106,67 @@ impl DesktopArgs {
             xvnc: self.xvnc.clone(),
             openbox: self.openbox.clone(),
             chromium: self.chromium.clone(),
+            socat: self.socat.clone(),
+            bwrap: self.bwrap.clone(),
+            slirp4netns: self.slirp4netns.clone(),
+            ..ToolPaths::default()
         }
     }
 
     pub fn start_timeout(&self) -> Duration {
         Duration::from_secs(self.desktop_start_timeout)
     }
+
+    /// Where desktops' directories go; see [`desktops_root`].
+    pub fn desktops_root(&self, data_dir: &Path) -> PathBuf {
+        desktops_root(data_dir, self.sandbox)
+    }
+
+    /// The local runtime's configuration, with its desktops' directories under `root`.
+    pub fn runtime_config(&self, root: PathBuf, stop_grace: Duration) -> LocalRuntimeConfig {
+        let nonzero = |v: u64| (v > 0).then_some(v);
+        LocalRuntimeConfig {
+            root,
+            tools: self.tools(),
+            start_timeout: self.start_timeout(),
+            stop_grace,
+            sandbox: self.sandbox,
+            egress: EgressPolicy {
+                mode: self.egress,
+                allow: self.egress_allow.clone(),
+                deny: self.egress_deny.clone(),
+            },
+            host_ports: self.desktop_host_ports.clone(),
+            limits: ResourceLimits {
+                memory_bytes: nonzero(self.desktop_memory_mib).map(|m| m * 1024 * 1024),
+                cpus: (self.desktop_cpus > 0.0).then_some(self.desktop_cpus),
+                pids: nonzero(self.desktop_pids_max),
+            },
+            uid_base: self.sandbox_uid_base,
+        }
+    }
+}
+
+/// Where desktops' directories go: `<data dir>/desktops`, unless sandboxed desktops run
+/// as other users (the server is root) and cannot reach it (e.g. a data directory under
+/// /root, or a 0700 one); then a directory under /run named after the data directory.
+pub fn desktops_root(data_dir: &Path, sandbox: bool) -> PathBuf {
+    let inside = data_dir.join("desktops");
+    if !sandbox
+        || !livesession_desktop::is_root()
+        || livesession_desktop::sandbox::traversable_by_others(data_dir).is_ok()
+    {
+        return inside;
+    }
+    // FNV-1a: stable across runs, so a restart finds what a crash left.
+    let hash = data_dir
+        .as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+        });
+    PathBuf::from(format!("/run/livesession/desktops-{hash:016x}"))
 }
 
 #[derive(Debug, Clone, Args)]

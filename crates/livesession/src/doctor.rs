@@ -6,9 +6,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use livesession_desktop::rfb::RfbClient;
-use livesession_desktop::{
-    DesktopRuntime, DesktopSpec, LocalRuntime, LocalRuntimeConfig, toolchain,
-};
+use livesession_desktop::{DesktopRuntime, DesktopSpec, LocalRuntime, toolchain};
 
 use crate::config::DesktopArgs;
 
@@ -22,7 +20,10 @@ pub async fn run(data_dir: &Path, desktop: &DesktopArgs) -> bool {
     let mut ok = true;
 
     say("Desktop toolchain:");
-    let checks = toolchain::check_versions(&desktop.tools()).await;
+    let pieces = desktop
+        .runtime_config(data_dir.to_owned(), Duration::ZERO)
+        .needed_pieces();
+    let checks = toolchain::check_versions(&desktop.tools(), &pieces).await;
     for check in &checks {
         match &check.path {
             Some(path) => say(format!(
@@ -91,20 +92,29 @@ async fn throwaway_desktop(data_dir: &Path, args: &DesktopArgs) -> Result<String
         .canonicalize()
         .map_err(|e| e.to_string())?
         .join("doctor");
-    let runtime = LocalRuntime::new(LocalRuntimeConfig {
-        root: root.clone(),
-        tools: args.tools(),
-        start_timeout: args.start_timeout(),
-        stop_grace: Duration::from_secs(3),
-    })
-    .map_err(|e| format!("cannot create {}: {e}", root.display()))?;
+    let root = args.desktops_root(&root);
+    let runtime = LocalRuntime::new(args.runtime_config(root.clone(), Duration::from_secs(3)))
+        .map_err(|e| format!("cannot create {}: {e}", root.display()))?;
+    match runtime.limits_status() {
+        Ok(()) if args.runtime_config(root.clone(), Duration::ZERO).limits.any() => {
+            say("  ok       per-desktop memory, CPU and process limits (cgroups)")
+        }
+        Ok(()) => say("  note     per-desktop limits are turned off"),
+        Err(reason) => say(format!(
+            "  warning  desktops will run without memory and CPU limits: {reason}"
+        )),
+    }
     let spec = DesktopSpec {
         id: "doctor".into(),
         width: args.desktop_size.width,
         height: args.desktop_size.height,
         start_url: "about:blank".into(),
     };
-    say("  starting Xvnc, openbox and Chromium…");
+    say(if args.sandbox {
+        "  starting Xvnc, openbox and Chromium in a bubblewrap sandbox…"
+    } else {
+        "  starting Xvnc, openbox and Chromium WITHOUT a sandbox (--sandbox false)…"
+    });
     let started = Instant::now();
     let result = async {
         let handle = runtime

@@ -153,6 +153,12 @@ pub fn bwrap_args(dirs: &DesktopDirs) -> Vec<String> {
             a.extend(["--ro-bind".into(), path.clone(), path]);
         }
     }
+    // Fontconfig's caches: without them every Chromium start rebuilds them in its home.
+    for dir in ["/var/cache/fontconfig"] {
+        if Path::new(dir).is_dir() {
+            a.extend(["--ro-bind".into(), dir.into(), dir.into()]);
+        }
+    }
     for file in ["hosts", "resolv.conf"] {
         a.extend([
             "--ro-bind".into(),
@@ -256,6 +262,7 @@ mod tests {
         for (src, dest) in &ro {
             assert!(
                 src == "/usr" || src.starts_with("/etc/") || src.starts_with("/srv/ls/desktops/abc/etc/")
+                    || src == "/var/cache/fontconfig"
                     || ["/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"].contains(&src.as_str()),
                 "unexpected read-only mount {src} -> {dest}"
             );

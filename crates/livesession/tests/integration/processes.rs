@@ -2,10 +2,9 @@
 
 use std::time::Duration;
 
-use livesession_desktop::group_members;
 use serde_json::json;
 
-use crate::support::{TestServer, rfb_over_ws, ws_connect};
+use crate::support::{DesktopProcs, TestServer, rfb_over_ws, ws_connect};
 
 /// Live processes whose command line mentions `needle` (e.g. a data directory).
 fn processes_mentioning(needle: &str) -> Vec<i32> {
@@ -23,7 +22,7 @@ fn processes_mentioning(needle: &str) -> Vec<i32> {
         .collect()
 }
 
-async fn start_desktop(server: &TestServer) -> (String, i32) {
+async fn start_desktop(server: &TestServer) -> (String, DesktopProcs) {
     let created = server.create_session(json!({})).await;
     let (id, token) = (
         created["id"].as_str().unwrap().to_owned(),
@@ -36,8 +35,8 @@ async fn start_desktop(server: &TestServer) -> (String, i32) {
     )
     .await;
     drop(rfb_over_ws(ws).await);
-    let pgid = server.desktop_pgid(&id);
-    let members = group_members(pgid);
+    let pgid = server.desktop_procs(&id);
+    let members = pgid.members();
     assert!(
         members.len() >= 3,
         "Xvnc, openbox and Chromium run in the desktop's group: {members:?}"
@@ -48,13 +47,8 @@ async fn start_desktop(server: &TestServer) -> (String, i32) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoking_a_session_and_stopping_the_server_leave_no_process_behind() {
     let server = TestServer::start(&[]).await;
-    let data = server
-        .data
-        .path()
-        .canonicalize()
-        .unwrap()
-        .to_string_lossy()
-        .into_owned();
+    // The sandbox's outer process names the desktops' directories on its command line.
+    let data = server.desktops_root().to_string_lossy().into_owned();
 
     let (first, first_group) = start_desktop(&server).await;
     let (_second, second_group) = start_desktop(&server).await;
@@ -62,7 +56,7 @@ async fn revoking_a_session_and_stopping_the_server_leave_no_process_behind() {
 
     server.revoke(&first).await;
     assert!(
-        group_members(first_group).is_empty(),
+        first_group.members().is_empty(),
         "the revoked session's processes are gone"
     );
     assert!(
@@ -70,20 +64,20 @@ async fn revoking_a_session_and_stopping_the_server_leave_no_process_behind() {
         "its private directory is removed"
     );
     assert!(
-        !group_members(second_group).is_empty(),
+        !second_group.members().is_empty(),
         "the other session's desktop still runs"
     );
 
     server.stop().await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(
-        group_members(second_group).is_empty(),
+        second_group.members().is_empty(),
         "server shutdown stops every desktop"
     );
     assert_eq!(
         processes_mentioning(&data),
         Vec::<i32>::new(),
-        "no process mentions the data directory"
+        "no process mentions the desktops' directory"
     );
 }
 
@@ -93,7 +87,7 @@ async fn a_desktop_whose_chromium_was_closed_is_replaced_on_the_next_connection(
     let (id, group) = start_desktop(&server).await;
     // Close the browser, as a user closing its only window would (the browser process,
     // not a renderer: it is the one without `--type=`).
-    let browser = group_members(group)
+    let browser = group.members()
         .into_iter()
         .find(|pid| {
             let cmdline = String::from_utf8_lossy(
@@ -118,12 +112,12 @@ async fn a_desktop_whose_chromium_was_closed_is_replaced_on_the_next_connection(
     )
     .await;
     drop(rfb_over_ws(ws).await);
-    let new_group = server.desktop_pgid(&id);
+    let new_group = server.desktop_procs(&id);
     assert_ne!(new_group, group, "a fresh desktop was started");
     assert!(
-        group_members(group).is_empty(),
+        group.members().is_empty(),
         "the broken desktop's processes are gone"
     );
-    assert!(group_members(new_group).len() >= 3);
+    assert!(new_group.members().len() >= 5);
     server.stop().await;
 }

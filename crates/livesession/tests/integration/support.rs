@@ -63,6 +63,9 @@ fn install_logging() {
 /// that reports every change back to this server.
 pub struct PageServer {
     pub url: String,
+    /// The page's port; a sandboxed desktop reaches it only when the server is started
+    /// with `--desktop-host-ports <port>` (see [`PageServer::server_args`]).
+    pub port: u16,
     /// Every value the page reported (its requests may arrive out of order).
     typed: Arc<Mutex<Vec<String>>>,
 }
@@ -74,6 +77,12 @@ const PAGE: &str = r#"<!doctype html><html><head><title>livesession test page</t
 const t = document.getElementById('t');
 t.addEventListener('input', () => fetch('/typed?value=' + encodeURIComponent(t.value)));
 window.addEventListener('load', () => t.focus());
+// ?probe=URL (repeatable): try to reach each URL from inside the desktop and report
+// "probe <url> reached|blocked" the same way as typed text.
+for (const url of new URLSearchParams(location.search).getAll('probe')) {
+  const report = (r) => fetch('/typed?value=' + encodeURIComponent('probe ' + url + ' ' + r));
+  fetch(url, { mode: 'no-cors', cache: 'no-store' }).then(() => report('reached'), () => report('blocked'));
+}
 </script></body></html>"#;
 
 impl PageServer {
@@ -90,9 +99,20 @@ impl PageServer {
             )
             .with_state(typed.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/page", listener.local_addr().unwrap());
+        let port = listener.local_addr().unwrap().port();
+        let url = format!("http://127.0.0.1:{port}/page");
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        Self { url, typed }
+        Self { url, port, typed }
+    }
+
+    /// Every value the page has reported so far.
+    pub fn reports(&self) -> Vec<String> {
+        self.typed.lock().unwrap().clone()
+    }
+
+    /// The `serve` flags that let desktops open this page.
+    pub fn server_args(&self) -> [String; 2] {
+        ["--desktop-host-ports".into(), self.port.to_string()]
     }
 
     /// Waits until the page reports `expected` as its input's value; returns the longest
@@ -110,6 +130,19 @@ impl PageServer {
 }
 
 // ---------------------------------------------------------------- the server
+
+/// How to find a desktop's processes: its process group and its sandbox's PID namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DesktopProcs {
+    pub pgid: i32,
+    pub pidns: Option<u64>,
+}
+
+impl DesktopProcs {
+    pub fn members(&self) -> Vec<i32> {
+        livesession_desktop::members(self.pgid, self.pidns)
+    }
+}
 
 #[derive(Parser)]
 struct ConfigFromArgs {
@@ -273,22 +306,22 @@ impl TestServer {
             .unwrap()
     }
 
-    pub fn desktop_dir(&self, id: &str) -> std::path::PathBuf {
-        self.data
-            .path()
-            .canonicalize()
-            .unwrap()
-            .join("desktops")
-            .join(id)
+    /// Where the server keeps its desktops' directories.
+    pub fn desktops_root(&self) -> std::path::PathBuf {
+        livesession::config::desktops_root(&self.data.path().canonicalize().unwrap(), true)
     }
 
-    /// The process group of a running session desktop, from the file the runtime keeps.
-    pub fn desktop_pgid(&self, id: &str) -> i32 {
-        std::fs::read_to_string(self.desktop_dir(id).join("desktop.pgid"))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
+    pub fn desktop_dir(&self, id: &str) -> std::path::PathBuf {
+        self.desktops_root().join(id)
+    }
+
+    /// The processes of a running session desktop, from the files the runtime keeps.
+    pub fn desktop_procs(&self, id: &str) -> DesktopProcs {
+        let read = |name: &str| std::fs::read_to_string(self.desktop_dir(id).join(name));
+        DesktopProcs {
+            pgid: read("desktop.pgid").unwrap().trim().parse().unwrap(),
+            pidns: read("desktop.pidns").ok().map(|s| s.trim().parse().unwrap()),
+        }
     }
 
     /// Stops the server the way a signal would and waits for it to finish. Returns the
