@@ -382,3 +382,21 @@ async fn a_desktop_runs_inside_its_cgroup_limits_where_the_host_allows() {
     rt.stop_all().await;
     assert!(!memory.exists(), "the cgroup is removed with the desktop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_sandbox_off_the_same_supervisor_runs_the_desktop() {
+    let root = tempfile::tempdir().unwrap();
+    let rt = LocalRuntime::new(LocalRuntimeConfig {
+        sandbox: false,
+        ..config(root.path(), ToolPaths::default())
+    })
+    .unwrap();
+    let h = rt.start(spec("plain", MAGENTA_PAGE), &|_| {}).await.unwrap();
+    assert_eq!(h.pidns, None, "no PID namespace of its own");
+    let targets = livesession_desktop::devtools::list_targets(&h.devtools_socket).await.unwrap();
+    assert!(targets.iter().any(|t| t.kind == "page"), "{targets:?}");
+    let procs = members(h.pgid, None);
+    assert!(procs.len() >= 4, "supervisor, Xvnc, openbox, Chromium: {procs:?}");
+    rt.stop("plain").await;
+    assert!(members(h.pgid, None).is_empty());
+}
