@@ -27,7 +27,7 @@ pub async fn run(data_dir: &Path, desktop: &DesktopArgs) -> bool {
     for check in &checks {
         match &check.path {
             Some(path) => say(format!(
-                "  ok       {:<9} {} ({})",
+                "  ok       {:<11} {} ({})",
                 check.piece.to_string(),
                 path.display(),
                 check.version.as_deref().unwrap_or("version unknown")
@@ -35,7 +35,7 @@ pub async fn run(data_dir: &Path, desktop: &DesktopArgs) -> bool {
             None => {
                 ok = false;
                 say(format!(
-                    "  MISSING  {:<9} `{}` not found; install it with: {}",
+                    "  MISSING  {:<11} `{}` not found; install it with: {}",
                     check.piece.to_string(),
                     check.binary,
                     check.fix()
