@@ -18,6 +18,14 @@ export class ViewerUi {
     this.countdownTimer = null;
     this.renderCountdown = null;
     this.expiryTimer = null;
+    this.viewOnly = false;
+  }
+
+  /** A view-only session (a view link): the status line says so from now on. */
+  setViewOnly(on) {
+    this.viewOnly = Boolean(on);
+    this.doc.body.dataset.role = this.viewOnly ? 'view' : 'interactive';
+    this.setText(this.text ?? this.statusEl.textContent);
   }
 
   get state() {
@@ -33,6 +41,8 @@ export class ViewerUi {
 
   /** The status line, repeated large over the screen area while it is empty. */
   setText(text) {
+    this.text = text;
+    if (this.viewOnly) text = `${text} · view only`;
     this.statusEl.textContent = text;
     this.statusEl.title = text; // the bar may cut it short
     this.overlayText.textContent = text.charAt(0).toUpperCase() + text.slice(1);

@@ -146,8 +146,11 @@ function main() {
     const msg = ev.detail;
     switch (msg.type) {
       case 'CONNECTED':
-        log(`control: connected; session expires at ${msg.expires_at}`);
+        log(`control: connected as ${msg.role ?? 'interactive'}; session expires at ${msg.expires_at}`);
         ui.expiry(msg.expires_at, msg.server_time);
+        // A view link's role: no input from this page (the server drops it anyway).
+        ui.setViewOnly(msg.role === 'view');
+        vnc.viewOnly = msg.role === 'view';
         break;
       case 'DESKTOP_STATUS':
         onDesktopStatus(msg);
@@ -248,6 +251,8 @@ function main() {
     if (ended) return;
     if (source === 'refresh') {
       endAfterRefusedRefresh(status, errorCode, message);
+    } else if (isLinkRevoked(code, reason)) {
+      endLinkRevoked();
     } else if (code !== null && isAuthClose(code)) {
       end(code, `access refused: ${reason || describe(code)}`);
     } else {
@@ -255,9 +260,16 @@ function main() {
     }
   });
 
+  /** A viewer link's revocation: 4008 with its own reason; the session goes on without us. */
+  const isLinkRevoked = (code, reason) => code === 4008 && reason === 'viewer link revoked';
+  const endLinkRevoked = () =>
+    end(4008, 'viewer link revoked', 'The link you opened this session with was revoked. Ask the person who shared it for a new one.');
+
   /** The token endpoint refused: say what that means for this page. */
   const endAfterRefusedRefresh = (status, errorCode, message) => {
-    if (status === 410) {
+    if (errorCode === 'link_revoked') {
+      endLinkRevoked();
+    } else if (status === 410) {
       const code = /revoked/i.test(message) ? 4008 : /expired/i.test(message) ? 4007 : null;
       end(code, code ? describe(code) : 'session ended');
     } else if (status === 404) {
@@ -291,6 +303,10 @@ function main() {
       return;
     }
     ui.lastClose('vnc', code, reason);
+    if (isLinkRevoked(code, reason)) {
+      endLinkRevoked();
+      return;
+    }
     if (code !== null && isFinal(code)) {
       end(code);
       return;

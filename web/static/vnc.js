@@ -28,6 +28,20 @@ export class VncConnection extends EventTarget {
     this.rfb = null;
     this.state = 'idle'; // idle | connecting | connected
     this.generation = 0;
+    this._viewOnly = false;
+  }
+
+  /**
+   * Send no keyboard or mouse input (a view-only link). For the user's sake
+   * only: the server enforces the role on its side.
+   */
+  set viewOnly(on) {
+    this._viewOnly = Boolean(on);
+    if (this.rfb) this.rfb.viewOnly = this._viewOnly;
+  }
+
+  get viewOnly() {
+    return this._viewOnly;
   }
 
   get busy() {
@@ -80,6 +94,7 @@ export class VncConnection extends EventTarget {
     // always sees where the pointer is.
     rfb.showDotCursor = true;
     rfb.focusOnClick = true;
+    rfb.viewOnly = this._viewOnly;
 
     rfb.addEventListener('connect', () => {
       if (generation !== this.generation) return;

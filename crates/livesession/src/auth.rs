@@ -22,6 +22,15 @@ pub enum Role {
     View,
 }
 
+impl From<livesession_session::LinkRole> for Role {
+    fn from(role: livesession_session::LinkRole) -> Self {
+        match role {
+            livesession_session::LinkRole::Interactive => Role::Interactive,
+            livesession_session::LinkRole::View => Role::View,
+        }
+    }
+}
+
 /// Access tokens open a session's WebSockets for minutes; refresh tokens, kept by
 /// browsers in an HttpOnly cookie scoped to the token endpoint, get new access tokens
 /// for as long as the session lives.
@@ -41,6 +50,10 @@ pub struct AccessClaims {
     pub iat: i64,
     pub exp: i64,
     pub aud: String,
+    /// The viewer link this token was issued through, if any: revoking the link ends
+    /// the token (and every connection opened with it) before its `exp`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lnk: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +87,7 @@ impl Tokens {
         &self,
         session_id: &str,
         role: Role,
+        link: Option<&str>,
         typ: TokenKind,
         expires_at: OffsetDateTime,
     ) -> String {
@@ -84,6 +98,7 @@ impl Tokens {
             iat: OffsetDateTime::now_utc().unix_timestamp(),
             exp: expires_at.unix_timestamp(),
             aud: AUDIENCE.to_owned(),
+            lnk: link.map(str::to_owned),
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .expect("HS256 signing cannot fail")
@@ -96,12 +111,23 @@ impl Tokens {
         role: Role,
         session_expires_at: OffsetDateTime,
     ) -> (String, OffsetDateTime) {
+        self.access_for(session_id, role, None, session_expires_at)
+    }
+
+    /// An access token issued through a viewer link (`link`), or directly (`None`).
+    pub fn access_for(
+        &self,
+        session_id: &str,
+        role: Role,
+        link: Option<&str>,
+        session_expires_at: OffsetDateTime,
+    ) -> (String, OffsetDateTime) {
         let expires_at = (OffsetDateTime::now_utc() + self.access_ttl).min(session_expires_at);
         // JWT times are whole seconds: report the time the token really ends.
         let expires_at =
             OffsetDateTime::from_unix_timestamp(expires_at.unix_timestamp()).expect("in range");
         (
-            self.sign(session_id, role, TokenKind::Access, expires_at),
+            self.sign(session_id, role, link, TokenKind::Access, expires_at),
             expires_at,
         )
     }
@@ -113,7 +139,24 @@ impl Tokens {
         role: Role,
         session_expires_at: OffsetDateTime,
     ) -> String {
-        self.sign(session_id, role, TokenKind::Refresh, session_expires_at)
+        self.refresh_for(session_id, role, None, session_expires_at)
+    }
+
+    /// A refresh token issued through a viewer link (`link`), or directly (`None`).
+    pub fn refresh_for(
+        &self,
+        session_id: &str,
+        role: Role,
+        link: Option<&str>,
+        session_expires_at: OffsetDateTime,
+    ) -> String {
+        self.sign(
+            session_id,
+            role,
+            link,
+            TokenKind::Refresh,
+            session_expires_at,
+        )
     }
 
     /// The claims of a genuine token of the given kind, even if it has expired: proof that
@@ -233,8 +276,20 @@ pub fn session_cookies(
     session_expires_at: OffsetDateTime,
     secure: bool,
 ) -> Vec<String> {
-    let (access, _) = tokens.access(session_id, role, session_expires_at);
-    let refresh = tokens.refresh(session_id, role, session_expires_at);
+    session_cookies_for(tokens, session_id, role, None, session_expires_at, secure)
+}
+
+/// [`session_cookies`] for tokens issued through a viewer link (`link`), or directly.
+pub fn session_cookies_for(
+    tokens: &Tokens,
+    session_id: &str,
+    role: Role,
+    link: Option<&str>,
+    session_expires_at: OffsetDateTime,
+    secure: bool,
+) -> Vec<String> {
+    let (access, _) = tokens.access_for(session_id, role, link, session_expires_at);
+    let refresh = tokens.refresh_for(session_id, role, link, session_expires_at);
     vec![
         cookie_header(
             &cookie_name(session_id),
@@ -355,6 +410,32 @@ mod tests {
             tokens.verify(&tampered, TokenKind::Access).unwrap_err(),
             TokenError::Invalid
         );
+    }
+
+    #[test]
+    fn a_viewer_link_travels_in_both_tokens_and_old_tokens_have_none() {
+        let tokens = Tokens::new(
+            b"0123456789abcdef0123456789abcdef",
+            time::Duration::minutes(15),
+        );
+        let end = OffsetDateTime::now_utc() + time::Duration::hours(1);
+        let (a, _) = tokens.access_for("s1", Role::View, Some("l1"), end);
+        let claims = tokens.verify(&a, TokenKind::Access).unwrap();
+        assert_eq!(
+            (claims.role, claims.lnk.as_deref()),
+            (Role::View, Some("l1"))
+        );
+        let r = tokens.refresh_for("s1", Role::View, Some("l1"), end);
+        assert_eq!(
+            tokens
+                .verify(&r, TokenKind::Refresh)
+                .unwrap()
+                .lnk
+                .as_deref(),
+            Some("l1")
+        );
+        let (plain, _) = tokens.access("s1", Role::Interactive, end);
+        assert_eq!(tokens.verify(&plain, TokenKind::Access).unwrap().lnk, None);
     }
 
     #[test]

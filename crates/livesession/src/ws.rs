@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use axum::extract::ws::WebSocketUpgrade;
 use axum::response::Response;
-use livesession_session::{EndSignal, Session, SessionEnd};
+use livesession_session::{EndSignal, LinkSignal, Session, SessionEnd};
 use time::OffsetDateTime;
 use tracing::Instrument;
 
@@ -76,6 +76,11 @@ impl Close {
             SessionEnd::Expired => Close::new(CloseCode::SessionExpired, "session expired"),
             SessionEnd::Revoked => Close::new(CloseCode::SessionRevoked, "session revoked"),
         }
+    }
+
+    /// The viewer link the connection was opened through was revoked; the session goes on.
+    pub fn link_revoked() -> Self {
+        Close::new(CloseCode::SessionRevoked, "viewer link revoked")
     }
 
     pub fn shutting_down() -> Self {
@@ -154,6 +159,9 @@ pub struct Authorized {
     pub claims: AccessClaims,
     /// Subscribed before the session's state was read, so no end can slip between.
     pub end: EndSignal,
+    /// The revocation of the viewer link the token came from (never fires without one);
+    /// subscribed before the link was read, like `end`.
+    pub link: LinkSignal,
     /// This connection's place under the per-address and per-session caps.
     pub _slot: ConnectionSlot,
 }
@@ -224,6 +232,16 @@ pub async fn authorize(
             "session not found (payment not confirmed)",
         ));
     }
+    let link = match &claims.lnk {
+        None => LinkSignal::none(),
+        Some(link_id) => {
+            let signal = app.sessions.subscribe_link(link_id);
+            crate::handlers::links::check_link(app, session_id, link_id)
+                .await
+                .map_err(|refused| refused.close())?;
+            signal
+        }
+    };
     let slot = app
         .limits
         .acquire(peer, session_id)
@@ -232,6 +250,7 @@ pub async fn authorize(
         session,
         claims,
         end,
+        link,
         _slot: slot,
     })
 }

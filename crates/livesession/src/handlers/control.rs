@@ -38,6 +38,8 @@ pub enum ServerMessage {
         expires_at: OffsetDateTime,
         #[serde(with = "time::serde::rfc3339")]
         server_time: OffsetDateTime,
+        /// What the connection's token allows: `interactive` or `view`.
+        role: crate::auth::Role,
     },
     Pong,
     AuthOk {
@@ -165,6 +167,7 @@ async fn converse(app: &App, mut auth: Authorized, socket: &mut WebSocket) -> Op
         session_id: session.id.clone(),
         expires_at: session.expires_at,
         server_time: OffsetDateTime::now_utc(),
+        role: auth.claims.role,
     };
     send(socket, hello.text()).await?;
     app.desktops.forget_if_dead(&session.id).await;
@@ -207,6 +210,7 @@ async fn converse(app: &App, mut auth: Authorized, socket: &mut WebSocket) -> Op
                 let _ = send(socket, ServerMessage::SessionEnded { reason }.text()).await;
                 return Some(Close::ended(end));
             }
+            () = auth.link.revoked() => return Some(Close::link_revoked()),
             _ = app.shutdown.cancelled() => return Some(Close::shutting_down()),
             changed = desktop.changed() => {
                 let status = if changed.is_ok() { desktop.borrow_and_update().clone() } else { DesktopStatus::Stopped };
@@ -231,6 +235,12 @@ async fn converse(app: &App, mut auth: Authorized, socket: &mut WebSocket) -> Op
                     Message::Text(text) => match serde_json::from_str::<ClientMessage>(&text) {
                         Ok(ClientMessage::Ping) => ServerMessage::Pong,
                         Ok(ClientMessage::Auth { token }) => match app.tokens.verify(&token, TokenKind::Access) {
+                            // A token of another viewer link (or none) would escape this
+                            // link's revocation, which this connection listens to.
+                            Ok(claims) if claims.sid == auth.session.id
+                                && (claims.lnk != auth.claims.lnk || claims.role != auth.claims.role) => {
+                                ServerMessage::Error { message: "AUTH: the token is for another viewer link or role".into() }
+                            }
                             Ok(claims) if claims.sid == auth.session.id => {
                                 token_expires_at = claims_expiry(&claims);
                                 ServerMessage::AuthOk { expires_at: token_expires_at }

@@ -3,6 +3,7 @@
 pub mod checkout;
 pub mod control;
 pub mod health;
+pub mod links;
 pub mod pages;
 pub mod sessions;
 pub mod stripe;

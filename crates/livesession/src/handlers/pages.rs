@@ -18,6 +18,11 @@ pub async fn viewer(headers: HeaderMap, Path(_id): Path<String>) -> Response {
     asset("static/viewer.html", &headers)
 }
 
+/// A viewer link's page: `/join#<secret>` trades the secret for the session's cookies.
+pub async fn join(headers: HeaderMap) -> Response {
+    asset("static/join.html", &headers)
+}
+
 /// Where Stripe sends the buyer after paying; the page claims the session.
 pub async fn checkout_success(headers: HeaderMap) -> Response {
     asset("static/checkout.html", &headers)

@@ -15,7 +15,7 @@ use serde_json::json;
 use crate::app::AppState;
 use crate::auth::{
     Role, TokenError, TokenKind, bearer, constant_time_eq, cookie, refresh_cookie_name,
-    session_cookies, set_cookies,
+    session_cookies_for, set_cookies,
 };
 use crate::error::ApiError;
 use crate::limits::RateClass;
@@ -32,12 +32,13 @@ pub async fn issue_token(
         .map_err(|r| ApiError::rate_limited(&r))?;
     let unauthorized =
         |code: &'static str, message: &str| ApiError::new(StatusCode::UNAUTHORIZED, code, message);
-    let role = if let Some(presented) = bearer(&headers) {
+    // The role and viewer link of the credential carry over to the new tokens.
+    let (role, link) = if let Some(presented) = bearer(&headers) {
         if constant_time_eq(presented.as_bytes(), app.admin_token.as_bytes()) {
-            Role::Interactive
+            (Role::Interactive, None)
         } else {
             match app.tokens.verify(presented, TokenKind::Access) {
-                Ok(claims) if claims.sid == id => claims.role,
+                Ok(claims) if claims.sid == id => (claims.role, claims.lnk),
                 Ok(_) => {
                     return Err(unauthorized(
                         "token_invalid",
@@ -59,7 +60,7 @@ pub async fn issue_token(
         // A cookie is sent by the browser on its own: the CSRF layer (`security::csrf`)
         // has already refused this request unless it came from our own pages.
         match app.tokens.verify(refresh, TokenKind::Refresh) {
-            Ok(claims) if claims.sid == id => claims.role,
+            Ok(claims) if claims.sid == id => (claims.role, claims.lnk),
             Ok(_) | Err(TokenError::Invalid) => {
                 return Err(unauthorized(
                     "token_invalid",
@@ -99,9 +100,21 @@ pub async fn issue_token(
             ));
         }
     }
-    let (token, expires_at) = app.tokens.access(&session.id, role, session.expires_at);
+    // A revoked viewer link's tokens get nothing more.
+    if let Some(link_id) = &link {
+        crate::handlers::links::check_link(&app, &session.id, link_id)
+            .await
+            .map_err(|refused| refused.api_error())?;
+    }
+    let (token, expires_at) = app.tokens.access_for(
+        &session.id,
+        role,
+        link.as_deref(),
+        session.expires_at,
+    );
     let body = json!({
         "token": token,
+        "role": role,
         "expires_at": expires_at.format(&time::format_description::well_known::Rfc3339).expect("formattable"),
         "session_expires_at": session.expires_at.format(&time::format_description::well_known::Rfc3339).expect("formattable"),
     });
@@ -109,10 +122,11 @@ pub async fn issue_token(
     response
         .headers_mut()
         .insert("cache-control", HeaderValue::from_static("no-store"));
-    let cookies = session_cookies(
+    let cookies = session_cookies_for(
         &app.tokens,
         &session.id,
         role,
+        link.as_deref(),
         session.expires_at,
         app.secure_cookies_for(&client),
     );

@@ -64,6 +64,7 @@ async fn relay(app: &App, mut auth: Authorized, mut socket: WebSocket) {
     let handle = tokio::select! {
         biased;
         end = auth.end.ended() => return ws::close(socket, Close::ended(end)).await,
+        () = auth.link.revoked() => return ws::close(socket, Close::link_revoked()).await,
         _ = app.shutdown.cancelled() => return ws::close(socket, Close::shutting_down()).await,
         ready = Desktops::ready(status) => match ready {
             Ok(handle) => handle,
@@ -103,6 +104,7 @@ async fn relay(app: &App, mut auth: Authorized, mut socket: WebSocket) {
     let stop = async {
         tokio::select! {
             end = auth.end.ended() => Close::ended(end),
+            () = auth.link.revoked() => Close::link_revoked(),
             _ = app.shutdown.cancelled() => Close::shutting_down(),
         }
     };

@@ -7,6 +7,7 @@ mod defences;
 mod doctor;
 mod lifecycle;
 mod limits;
+mod links;
 mod payments;
 mod processes;
 mod support;
