@@ -12,6 +12,9 @@
 //!   checkout limit; body limit.
 //! - `POST /api/stripe/webhook`: Stripe's signature; failed signatures limited per
 //!   address; its own 1 MiB body limit.
+//! - `POST|GET /api/sessions/{id}/links`, `DELETE …/links/{link_id}`: admin bearer, or
+//!   the session's access token as bearer or cookie (CSRF-checked).
+//! - `POST /api/links/claim`, `GET /join`: a viewer link's secret; CSRF-checked.
 //! - `GET /api/sessions/{id}/vnc|control`: WebSockets; Origin checked (4004), connect
 //!   limit and per-address/per-session caps (4009) in `ws::authorize`.
 //!
@@ -26,7 +29,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 
 use crate::app::AppState;
-use crate::handlers::{checkout, control, health, pages, sessions, stripe, tokens, vnc};
+use crate::handlers::{checkout, control, health, links, pages, sessions, stripe, tokens, vnc};
 use crate::{error, logging, proxy, security};
 
 const STRIPE_WEBHOOK_MAX_BODY: usize = 1 << 20;
@@ -44,6 +47,15 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/sessions/{id}/extend", post(sessions::extend_session))
         .route("/api/sessions/{id}/token", post(tokens::issue_token))
+        .route(
+            "/api/sessions/{id}/links",
+            post(links::create_link).get(links::list_links),
+        )
+        .route(
+            "/api/sessions/{id}/links/{link_id}",
+            axum::routing::delete(links::revoke_link),
+        )
+        .route("/api/links/claim", post(links::claim_link))
         .route("/api/checkout", post(checkout::start_checkout))
         .route("/api/checkout/claim", post(checkout::claim_checkout))
         .route("/api/sessions/{id}/vnc", get(vnc::vnc_proxy))
@@ -53,6 +65,7 @@ pub fn router(state: AppState) -> Router {
         .route("/start", post(sessions::start_free_session))
         .route("/s/{id}", get(pages::viewer))
         .route("/checkout/success", get(pages::checkout_success))
+        .route("/join", get(pages::join))
         .route("/static/{*path}", get(pages::static_file))
         .route("/vendor/novnc/{*path}", get(pages::novnc_file));
     // Stripe's deliveries get their own, larger body limit: a refused delivery is a lost
