@@ -21,6 +21,7 @@ export const CLOSE_CODES = Object.freeze({
   4009: { label: 'rate limited', final: false },
   4010: { label: 'desktop unavailable', final: false },
   4011: { label: 'server shutting down', final: false },
+  4012: { label: 'malformed RFB', final: true, hint: 'The viewer sent data the server could not accept (a viewer bug). Reloading will not help until the viewer is fixed.' },
 });
 
 const BROWSER_CODES = Object.freeze({

@@ -48,6 +48,10 @@ pub enum CloseCode {
     DesktopUnavailable = 4010,
     /// The server is restarting or stopping. Retry with backoff.
     ShuttingDown = 4011,
+    /// The VNC client sent bytes that are not valid RFB (an unknown message type, a
+    /// security type other than None, a length over the proxy's bounds). A client bug:
+    /// do not retry blindly, the same client will fail the same way.
+    MalformedRfb = 4012,
 }
 
 impl CloseCode {
@@ -282,6 +286,7 @@ mod tests {
             CloseCode::RateLimited,
             CloseCode::DesktopUnavailable,
             CloseCode::ShuttingDown,
+            CloseCode::MalformedRfb,
         ];
         let mut codes: Vec<u16> = all.iter().map(|c| c.code()).collect();
         codes.dedup();

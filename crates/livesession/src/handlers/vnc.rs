@@ -1,5 +1,9 @@
 //! The VNC proxy: `GET /api/sessions/{id}/vnc` upgrades to a WebSocket (subprotocol
 //! `binary`) and relays RFB bytes to and from the session desktop's Unix socket.
+//!
+//! The client's bytes pass through an RFB filter first: it validates them for every
+//! connection and, for a view-only token, drops every input message, so a viewer cannot
+//! type, click, paste or resize even with a modified client.
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use std::net::SocketAddr;
@@ -8,10 +12,13 @@ use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use futures_util::{SinkExt, StreamExt, future};
-use livesession_relay::{Inbound, Outbound, PumpConfig, PumpEnd, pump};
+use livesession_relay::{
+    Inbound, MessageKind, Outbound, Policy, PumpConfig, PumpEnd, RfbClientFilter, pump_filtered,
+};
 use tokio::net::UnixStream;
 
 use crate::app::{App, AppState};
+use crate::auth::Role;
 use crate::desktops::{Desktops, Unavailable};
 use crate::error::ApiError;
 use crate::handlers::TokenQuery;
@@ -108,11 +115,16 @@ async fn relay(app: &App, mut auth: Authorized, mut socket: WebSocket) {
             _ = app.shutdown.cancelled() => Close::shutting_down(),
         }
     };
-    let (end, moved) = pump(
+    let mut filter = RfbClientFilter::new(match auth.claims.role {
+        Role::Interactive => Policy::Interactive,
+        Role::View => Policy::ViewOnly,
+    });
+    let (end, moved) = pump_filtered(
         upstream,
         &mut to_client,
         &mut from_client,
         &PumpConfig::default(),
+        Some(&mut filter),
         stop,
     )
     .await;
@@ -120,6 +132,14 @@ async fn relay(app: &App, mut auth: Authorized, mut socket: WebSocket) {
     let close = match end {
         PumpEnd::Stopped(close) => Some(close),
         PumpEnd::ClientClosed => None,
+        // A client bug (or a hand-made client); never logs the client's bytes.
+        PumpEnd::ClientProtocol(e) => {
+            tracing::warn!(reason = %e, "vnc client sent malformed RFB");
+            Some(Close::new(
+                CloseCode::MalformedRfb,
+                format!("malformed RFB: {e}"),
+            ))
+        }
         // The session ended and its desktop went away: say why the session ended.
         PumpEnd::UpstreamClosed | PumpEnd::UpstreamError(_) if auth.end.is_ended() => {
             Some(Close::ended(auth.end.ended().await))
@@ -132,9 +152,15 @@ async fn relay(app: &App, mut auth: Authorized, mut socket: WebSocket) {
             ))
         }
     };
+    let stats = filter.stats();
     tracing::info!(
         to_client_bytes = moved.to_client,
         to_upstream_bytes = moved.to_upstream,
+        role = ?auth.claims.role,
+        dropped_input = stats.dropped_total(),
+        dropped_keys = stats.dropped_keys(),
+        dropped_pointer = stats.dropped(MessageKind::PointerEvent),
+        dropped_clipboard = stats.dropped(MessageKind::ClientCutText),
         close_code = close.as_ref().map(|c| c.code.code()),
         "vnc connection closed"
     );
