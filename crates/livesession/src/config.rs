@@ -272,8 +272,8 @@ pub struct ServeConfig {
     /// Reverse proxies whose `X-Forwarded-For`/`-Proto`/`-Host` headers are believed,
     /// comma-separated addresses or CIDR ranges (e.g. `127.0.0.1,10.0.0.0/8`). From any
     /// other peer those headers are ignored.
-    #[arg(long, env = "LIVESESSION_TRUSTED_PROXIES", value_delimiter = ',')]
-    pub trusted_proxies: Vec<crate::proxy::Cidr>,
+    #[arg(long, env = "LIVESESSION_TRUSTED_PROXIES", default_value = "")]
+    pub trusted_proxies: crate::proxy::TrustedProxies,
     /// Who may show our pages in a frame (CSP frame-ancestors): 'none', 'self', or
     /// origins such as https://portal.example.com, separated by commas or spaces.
     #[arg(long, env = "LIVESESSION_FRAME_ANCESTORS", default_value = "'none'")]

@@ -106,6 +106,32 @@ impl std::fmt::Display for Cidr {
     }
 }
 
+/// `--trusted-proxies`: ranges separated by commas. Empty (an empty environment variable,
+/// the default) means none.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrustedProxies(pub Vec<Cidr>);
+
+impl FromStr for TrustedProxies {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        s.split(',')
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .map(TrustedProxies)
+    }
+}
+
+impl std::ops::Deref for TrustedProxies {
+    type Target = [Cidr];
+
+    fn deref(&self) -> &[Cidr] {
+        &self.0
+    }
+}
+
 pub fn is_trusted(trusted: &[Cidr], ip: IpAddr) -> bool {
     trusted.iter().any(|c| c.contains(ip))
 }
@@ -309,6 +335,16 @@ mod tests {
         ] {
             assert!(bad.parse::<Cidr>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_trusted_list_is_comma_separated_and_may_be_empty() {
+        let list: TrustedProxies = "127.0.0.1, 10.0.0.0/8,".parse().unwrap();
+        assert_eq!(list.len(), 2);
+        assert!(is_trusted(&list, ip("10.1.1.1")) && !is_trusted(&list, ip("192.0.2.1")));
+        assert!("".parse::<TrustedProxies>().unwrap().is_empty());
+        assert!(" , ".parse::<TrustedProxies>().unwrap().is_empty());
+        assert!("127.0.0.1,nonsense".parse::<TrustedProxies>().is_err());
     }
 
     #[test]

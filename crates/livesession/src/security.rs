@@ -19,8 +19,8 @@ use crate::error::ApiError;
 use crate::proxy::ClientInfo;
 
 /// Who may show our pages in a frame: the CSP `frame-ancestors` sources.
-/// `'none'` (the default), `'self'`, or origins such as `https://portal.example.com`
-/// (a `*.` wildcard for subdomains and a port are allowed).
+/// `'none'` (the default, also for an empty value), `'self'`, or origins such as
+/// `https://portal.example.com` (a `*.` wildcard for subdomains and a port are allowed).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FrameAncestors(Vec<String>);
 
@@ -70,7 +70,8 @@ impl FromStr for FrameAncestors {
             }
         }
         if sources.is_empty() {
-            return Err("frame-ancestors needs at least one source, e.g. 'none'".into());
+            // An empty variable is an unset one: the safe default.
+            sources.push("'none'".to_owned());
         }
         if sources.len() > 1 && sources.iter().any(|s| s == "'none'") {
             return Err("frame-ancestors 'none' cannot be combined with other sources".into());
@@ -272,6 +273,7 @@ mod tests {
     fn frame_ancestors_accept_keywords_and_origins() {
         assert_eq!(parse("'none'").unwrap(), "'none'");
         assert_eq!(parse("none").unwrap(), "'none'");
+        assert_eq!(parse("").unwrap(), "'none'", "empty is the default");
         assert!(
             parse("'none'")
                 .unwrap()
@@ -299,7 +301,6 @@ mod tests {
     #[test]
     fn frame_ancestors_refuse_what_would_frame_anything_or_break_the_header() {
         for bad in [
-            "",
             "*",
             "https:",
             "'none' 'self'",
