@@ -11,7 +11,9 @@ use crate::support::{
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frames_show_the_page_and_keys_reach_it_through_the_proxy() {
     let page = PageServer::start().await;
-    let server = TestServer::start(&[]).await;
+    // Sandboxed desktops reach the host's loopback only on the ports they are given.
+    let args = page.server_args();
+    let server = TestServer::start(&[&args[0], &args[1]]).await;
     let created = server
         .create_session(json!({ "start_url": page.url }))
         .await;
@@ -279,7 +281,9 @@ async fn closed_line(id: &str, role: &str) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_view_token_cannot_type_or_click_but_an_interactive_token_can() {
     let page = PageServer::start().await;
-    let server = TestServer::start(&[]).await;
+    // Sandboxed desktops reach the host's loopback only on the ports they are given.
+    let args = page.server_args();
+    let server = TestServer::start(&[&args[0], &args[1]]).await;
     let created = server
         .create_session(json!({ "start_url": page.url }))
         .await;
