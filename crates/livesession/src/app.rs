@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::serve::ListenerExt;
-use livesession_desktop::{DesktopRuntime, LocalRuntime, LocalRuntimeConfig};
+use livesession_desktop::{DesktopRuntime, LocalRuntime};
 use livesession_session::{SessionStore, Sessions, store::SqliteStore};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -165,14 +165,18 @@ pub async fn build(config: ServeConfig, local_addr: SocketAddr) -> Result<Arc<Ap
             .map_err(|e| startup(format!("cannot open the session store: {e}")))?,
     );
     let runtime: Arc<dyn DesktopRuntime> = Arc::new(
-        LocalRuntime::new(LocalRuntimeConfig {
-            root: data_dir.join("desktops"),
-            tools: config.desktop.tools(),
-            start_timeout: config.desktop.start_timeout(),
-            stop_grace: Duration::from_secs(3),
-        })
+        LocalRuntime::new(config.desktop.runtime_config(
+            config.desktop.desktops_root(&data_dir),
+            Duration::from_secs(3),
+        ))
         .map_err(|e| startup(format!("cannot create the desktops directory: {e}")))?,
     );
+    if !config.desktop.sandbox {
+        tracing::warn!(
+            "desktops are NOT sandboxed (--sandbox false): a session's browser can read this \
+             machine's files, including the data directory, and reach its loopback services"
+        );
+    }
     for check in runtime.check_tools() {
         if !check.found() {
             tracing::error!(piece = %check.piece, binary = %check.binary, fix = %check.fix(),
