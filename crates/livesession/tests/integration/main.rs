@@ -10,5 +10,6 @@ mod limits;
 mod links;
 mod payments;
 mod processes;
+mod sandbox;
 mod support;
 mod vnc;
