@@ -134,6 +134,9 @@ export async function startServer({ startUrl, env = {}, port: fixedPort, dataDir
       LIVESESSION_START_URL: startUrl,
       LIVESESSION_LOG_FORMAT: 'json',
       ...(hostPorts ? { LIVESESSION_DESKTOP_HOST_PORTS: hostPorts } : {}),
+      // No warm pool unless a test asks for one (the viewer test does): it only adds
+      // load to a two-core machine running one desktop at a time.
+      LIVESESSION_WARM_DESKTOPS: '0',
       ...env,
     },
     stdio: ['ignore', 'pipe', 'pipe'],

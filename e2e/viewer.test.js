@@ -33,7 +33,8 @@ describe('viewer', { timeout: 300_000 }, () => {
 
   before(async () => {
     pages = await startTestPageServer();
-    server = await startServer({ startUrl: pages.url });
+    // The default configuration a newcomer runs: a warm desktop waits for the first session.
+    server = await startServer({ startUrl: pages.url, env: { LIVESESSION_WARM_DESKTOPS: '1' } });
     browser = await launchBrowser();
   });
 

@@ -19,6 +19,51 @@ pub struct Target {
     pub websocket_url: Option<String>,
 }
 
+/// Sends the desktop's page to `url` (`Page.navigate` over the page's DevTools WebSocket)
+/// and returns once Chromium has started the navigation: a warm desktop handed to a
+/// session opens that session's start page.
+pub async fn navigate(socket: &Path, url: &str) -> std::io::Result<()> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let err = |m: &str| std::io::Error::other(m.to_owned());
+    let targets = list_targets(socket).await?;
+    let ws_url = targets
+        .iter()
+        .find(|t| t.kind == "page")
+        .and_then(|t| t.websocket_url.clone())
+        .ok_or_else(|| err("DevTools lists no page to navigate"))?;
+    // ws://127.0.0.1:<port inside the desktop>/devtools/page/<id>: only the path matters,
+    // the connection goes through the Unix socket.
+    let path = ws_url
+        .splitn(4, '/')
+        .nth(3)
+        .map(|p| format!("/{p}"))
+        .ok_or_else(|| err("unexpected DevTools WebSocket URL"))?;
+    let exchange = async {
+        let stream = UnixStream::connect(socket).await?;
+        let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://localhost{path}"), stream)
+            .await
+            .map_err(std::io::Error::other)?;
+        let request = serde_json::json!({"id": 1, "method": "Page.navigate", "params": {"url": url}});
+        ws.send(Message::text(request.to_string())).await.map_err(std::io::Error::other)?;
+        while let Some(message) = ws.next().await {
+            let Message::Text(text) = message.map_err(std::io::Error::other)? else { continue };
+            let reply: serde_json::Value = serde_json::from_str(&text).map_err(std::io::Error::other)?;
+            if reply["id"] == 1 {
+                if let Some(e) = reply.get("error").or_else(|| reply["result"].get("errorText")) {
+                    return Err(err(&format!("navigation refused: {e}")));
+                }
+                let _ = ws.close(None).await;
+                return Ok(());
+            }
+        }
+        Err(err("DevTools closed before answering"))
+    };
+    tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "DevTools did not answer"))?
+}
+
 /// `GET /json/list`. A loopback-only, one-request HTTP/1.1 exchange: not worth a client crate.
 pub async fn list_targets(socket: &Path) -> std::io::Result<Vec<Target>> {
     let body = get(socket, "/json/list").await?;

@@ -164,4 +164,8 @@ pub trait DesktopRuntime: Send + Sync + 'static {
     async fn is_alive(&self, id: &str) -> bool;
     /// The binaries this runtime needs, checked now.
     fn check_tools(&self) -> Vec<ToolCheck>;
+    /// Desktops started in advance and ready to be handed to a new session.
+    fn warm_ready(&self) -> usize {
+        0
+    }
 }

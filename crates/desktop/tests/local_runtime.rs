@@ -21,6 +21,8 @@ fn config(root: &std::path::Path, tools: ToolPaths) -> LocalRuntimeConfig {
         host_ports: Vec::new(),
         limits: ResourceLimits::default(),
         uid_base: 2_000_000_000,
+        warm: 0,
+        warm_size: (1280, 720),
     }
 }
 

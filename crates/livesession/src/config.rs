@@ -94,6 +94,10 @@ pub struct DesktopArgs {
     /// Limit on processes and threads per desktop (cgroups; 0 for none).
     #[arg(long, env = "LIVESESSION_DESKTOP_PIDS_MAX", default_value_t = 4096)]
     pub desktop_pids_max: u64,
+    /// Desktops kept started in advance and handed to new sessions (each to one session
+    /// only, never reused). Each costs an idle desktop's memory.
+    #[arg(long, env = "LIVESESSION_WARM_DESKTOPS", default_value_t = 1)]
+    pub warm_desktops: usize,
     /// When the server runs as root, desktop n runs as host uid BASE+n: a uid range no
     /// account on this machine uses.
     #[arg(long, env = "LIVESESSION_SANDBOX_UID_BASE", default_value_t = 2_000_000_000)]
@@ -143,6 +147,8 @@ impl DesktopArgs {
                 pids: nonzero(self.desktop_pids_max),
             },
             uid_base: self.sandbox_uid_base,
+            warm: self.warm_desktops,
+            warm_size: (self.desktop_size.width, self.desktop_size.height),
         }
     }
 }

@@ -93,7 +93,11 @@ async fn throwaway_desktop(data_dir: &Path, args: &DesktopArgs) -> Result<String
         .map_err(|e| e.to_string())?
         .join("doctor");
     let root = args.desktops_root(&root);
-    let runtime = LocalRuntime::new(args.runtime_config(root.clone(), Duration::from_secs(3)))
+    let config = livesession_desktop::LocalRuntimeConfig {
+        warm: 0,
+        ..args.runtime_config(root.clone(), Duration::from_secs(3))
+    };
+    let runtime = LocalRuntime::new(config)
         .map_err(|e| format!("cannot create {}: {e}", root.display()))?;
     match runtime.limits_status() {
         Ok(()) if args.runtime_config(root.clone(), Duration::ZERO).limits.any() => {

@@ -15,6 +15,7 @@
 
 mod cgroup;
 mod forward;
+mod pool;
 mod process;
 pub mod sandbox;
 
@@ -64,6 +65,10 @@ pub struct LocalRuntimeConfig {
     /// First host uid for desktops when the server runs as root: desktop n runs as
     /// `uid_base + n`, so no two desktops share a uid and none shares the server's.
     pub uid_base: u32,
+    /// Desktops kept started in advance (at `warm_size`, on about:blank) and handed to
+    /// new sessions; each is used by one session only.
+    pub warm: usize,
+    pub warm_size: (u16, u16),
 }
 
 struct LocalDesktop {
@@ -79,19 +84,38 @@ struct LocalDesktop {
 }
 
 pub struct LocalRuntime {
+    inner: std::sync::Arc<Inner>,
+}
+
+struct Inner {
     config: LocalRuntimeConfig,
     cgroups: Option<Cgroups>,
     desktops: Mutex<HashMap<String, LocalDesktop>>,
     uid_slots: std::sync::Mutex<BTreeSet<u32>>,
+    pool: pool::WarmPool,
 }
 
 // Unix socket paths are limited to 108 bytes including the terminating NUL.
 const MAX_SOCKET_PATH: usize = 107;
 
 impl LocalRuntime {
-    /// Creates the runtime and stops whatever desktops a previous run of the server left
-    /// behind (a crash, a SIGKILL): their directories name their process groups.
+    /// Creates the runtime, stops whatever desktops a previous run of the server left
+    /// behind (a crash, a SIGKILL), and starts filling the warm pool.
     pub fn new(config: LocalRuntimeConfig) -> std::io::Result<Self> {
+        let inner = std::sync::Arc::new(Inner::new(config)?);
+        pool::spawn_refill(&inner);
+        Ok(Self { inner })
+    }
+
+    /// Whether per-desktop limits are enforced, and if not, why.
+    pub fn limits_status(&self) -> Result<(), String> {
+        self.inner.limits_status()
+    }
+
+}
+
+impl Inner {
+    fn new(config: LocalRuntimeConfig) -> std::io::Result<Self> {
         let shared = config.sandbox && is_root();
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -118,13 +142,13 @@ impl LocalRuntime {
             cgroups,
             desktops: Mutex::default(),
             uid_slots: Default::default(),
+            pool: pool::WarmPool::default(),
         };
         runtime.reap_stale();
         Ok(runtime)
     }
 
-    /// Whether per-desktop limits are enforced, and if not, why.
-    pub fn limits_status(&self) -> Result<(), String> {
+    fn limits_status(&self) -> Result<(), String> {
         match &self.cgroups {
             None => Ok(()),
             Some(Cgroups::Unavailable(reason)) => Err(reason.clone()),
@@ -140,11 +164,13 @@ impl LocalRuntime {
             let dir = entry.path();
             let read = |name: &str| std::fs::read_to_string(dir.join(name)).ok();
             if let Some(pgid) = read("desktop.pgid").and_then(|s| s.trim().parse::<i32>().ok()) {
-                // Only kill the group if one of its members is ours for this directory (its
-                // command line names it): the pids may have been reused since.
+                // Only kill the group if one of its members is ours (its command line names
+                // our root; a warm desktop's directory has been renamed since it started):
+                // the pids may have been reused since.
+                let root = self.config.root.to_string_lossy();
                 let mentions_dir = |pid: &i32| {
                     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-                    String::from_utf8_lossy(&cmdline).contains(&*dir.to_string_lossy())
+                    String::from_utf8_lossy(&cmdline).contains(&*root)
                 };
                 let pidns = read("desktop.pidns").and_then(|s| s.trim().parse::<u64>().ok());
                 if group_members(pgid).iter().any(mentions_dir) {
@@ -637,16 +663,13 @@ fn host_addresses() -> Vec<Ipv4Addr> {
         .collect()
 }
 
-#[async_trait::async_trait]
-impl DesktopRuntime for LocalRuntime {
-    async fn start(
+impl Inner {
+    async fn start_cold(
         &self,
         spec: DesktopSpec,
         progress: Progress<'_>,
     ) -> Result<DesktopHandle, DesktopError> {
         let dir = self.desktop_dir(&spec.id)?;
-        // A desktop that is still running for this id is stopped first: one per id.
-        self.stop(&spec.id).await;
         let started = Instant::now();
         let (desktop, handle) = match self.launch(&spec, &dir, progress).await {
             Ok(ok) => ok,
@@ -675,6 +698,7 @@ impl DesktopRuntime for LocalRuntime {
     }
 
     async fn stop_all(&self) {
+        self.pool.close();
         let ids: Vec<String> = self.desktops.lock().await.keys().cloned().collect();
         // Concurrently: one by one would multiply the stop grace period.
         futures_util::future::join_all(ids.iter().map(|id| self.stop(id))).await;
@@ -691,8 +715,43 @@ impl DesktopRuntime for LocalRuntime {
             .is_some_and(|s| matches!(s.try_wait(), Ok(None)))
     }
 
+}
+
+#[async_trait::async_trait]
+impl DesktopRuntime for LocalRuntime {
+    async fn start(
+        &self,
+        spec: DesktopSpec,
+        progress: Progress<'_>,
+    ) -> Result<DesktopHandle, DesktopError> {
+        let inner = &self.inner;
+        inner.desktop_dir(&spec.id)?;
+        // A desktop that is still running for this id is stopped first: one per id.
+        inner.stop(&spec.id).await;
+        if let Some(handle) = pool::take(inner, &spec).await {
+            return Ok(handle);
+        }
+        inner.start_cold(spec, progress).await
+    }
+
+    async fn stop(&self, id: &str) {
+        self.inner.stop(id).await
+    }
+
+    async fn stop_all(&self) {
+        self.inner.stop_all().await
+    }
+
+    async fn is_alive(&self, id: &str) -> bool {
+        self.inner.is_alive(id).await
+    }
+
     fn check_tools(&self) -> Vec<ToolCheck> {
-        toolchain::locate(&self.config.tools, &self.config.needed_pieces())
+        toolchain::locate(&self.inner.config.tools, &self.inner.config.needed_pieces())
+    }
+
+    fn warm_ready(&self) -> usize {
+        self.inner.pool.ready()
     }
 }
 

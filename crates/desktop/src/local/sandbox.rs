@@ -166,13 +166,22 @@ pub fn bwrap_args(dirs: &DesktopDirs) -> Vec<String> {
             format!("/etc/{file}"),
         ]);
     }
-    a.extend(
-        [
-            "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/dev/shm", "--tmpfs", "/tmp",
-            "--dir", "/var/tmp",
-        ]
-        .map(str::to_owned),
-    );
+    a.extend(["--proc", "/proc", "--tmpfs", "/dev"].map(str::to_owned));
+    // A handful of device nodes rather than bubblewrap's `--dev`: mounting a devpts makes
+    // bubblewrap nest a second user namespace, which the gateway could then no longer
+    // enter to give the desktop its network.
+    for dev in ["null", "zero", "full", "random", "urandom"] {
+        a.extend(["--dev-bind".into(), format!("/dev/{dev}"), format!("/dev/{dev}")]);
+    }
+    for (target, link) in [
+        ("/proc/self/fd", "/dev/fd"),
+        ("/proc/self/fd/0", "/dev/stdin"),
+        ("/proc/self/fd/1", "/dev/stdout"),
+        ("/proc/self/fd/2", "/dev/stderr"),
+    ] {
+        a.extend(["--symlink".into(), target.into(), link.into()]);
+    }
+    a.extend(["--tmpfs", "/dev/shm", "--tmpfs", "/tmp", "--dir", "/var/tmp"].map(str::to_owned));
     a.extend([
         "--bind".into(),
         dirs.home.to_string_lossy().into_owned(),
@@ -269,6 +278,11 @@ mod tests {
             assert!(!src.starts_with("/srv/ls/desktops/abc/run") && !src.contains("secrets"));
         }
         assert!(!ro.iter().any(|(s, _)| s == "/etc/shadow" || s == "/" || s == "/etc"));
+        let devices = pairs(&args, "--dev-bind");
+        assert!(
+            devices.iter().all(|(s, d)| s == d && ["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom"].contains(&s.as_str())),
+            "only harmless device nodes: {devices:?}"
+        );
         assert!(pairs(&args, "--tmpfs").is_empty() || args.windows(2).any(|w| w == ["--tmpfs", "/tmp"]));
     }
 

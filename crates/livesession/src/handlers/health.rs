@@ -37,6 +37,7 @@ pub async fn readyz(State(app): State<AppState>) -> (StatusCode, Json<Value>) {
             "web_client": { "ok": web_client },
         },
         "desktops": app.desktops.live(),
+        "warm_desktops": app.desktops.runtime().warm_ready(),
         "connections": app.live_connections(),
     });
     (

@@ -9,6 +9,7 @@ mod lifecycle;
 mod limits;
 mod links;
 mod payments;
+mod pool;
 mod processes;
 mod sandbox;
 mod support;

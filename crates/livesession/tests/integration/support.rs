@@ -145,6 +145,8 @@ impl DesktopProcs {
 }
 
 #[derive(Parser)]
+// A test's own flags come after the defaults and override them (e.g. --warm-desktops).
+#[command(args_override_self = true)]
 struct ConfigFromArgs {
     #[command(flatten)]
     config: ServeConfig,
@@ -210,7 +212,9 @@ impl TestServer {
     ) -> Self {
         install_logging();
         livesession_billing::install_tls_provider();
-        let mut argv = vec!["serve", "--admin-token", ADMIN, "--listen", "127.0.0.1:0"];
+        // No warm pool unless a test asks for one: tests start desktops one at a time,
+        // and a pool would only add load to a two-core machine.
+        let mut argv = vec!["serve", "--admin-token", ADMIN, "--listen", "127.0.0.1:0", "--warm-desktops", "0"];
         argv.extend_from_slice(args);
         let mut config = ConfigFromArgs::try_parse_from(argv)
             .expect("valid test config")
