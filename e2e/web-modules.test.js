@@ -60,9 +60,9 @@ describe('Backoff', () => {
 });
 
 describe('close codes', () => {
-  test('4002, 4004, 4005, 4007 and 4008 stop; 4001 and 4003 refresh the token once; the rest retry', () => {
+  test('4002, 4004, 4005, 4007, 4008 and 4012 stop; 4001 and 4003 refresh the token once; the rest retry', () => {
     const final = Object.keys(CLOSE_CODES).map(Number).filter(isFinal);
-    assert.deepEqual(final, [4002, 4004, 4005, 4007, 4008]);
+    assert.deepEqual(final, [4002, 4004, 4005, 4007, 4008, 4012]);
     for (const code of [1000, 1001, 1006, 1011, 4006, 4009, 4010, 4011, 4900]) {
       assert.equal(isFinal(code), false, `${code} is retried`);
       assert.equal(action(code), 'retry', `${code} is retried with backoff`);
@@ -73,7 +73,7 @@ describe('close codes', () => {
   });
 
   test('every code has a label', () => {
-    for (let code = 4001; code <= 4011; code += 1) assert.ok(CLOSE_CODES[code]?.label, `${code}`);
+    for (let code = 4001; code <= 4012; code += 1) assert.ok(CLOSE_CODES[code]?.label, `${code}`);
     assert.equal(describeCode(4008), 'session revoked');
     assert.equal(describeCode(1234), 'code 1234');
   });
