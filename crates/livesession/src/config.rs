@@ -64,6 +64,10 @@ pub struct DesktopArgs {
     /// Seconds a desktop may take to become ready.
     #[arg(long, env = "LIVESESSION_DESKTOP_START_TIMEOUT", default_value_t = 60)]
     pub desktop_start_timeout: u64,
+    /// Extra Chromium switches for every desktop, space-separated, after the built-in
+    /// ones (a later switch wins), e.g. "--lang=de --force-dark-mode".
+    #[arg(long, env = "LIVESESSION_CHROMIUM_FLAGS", default_value = "", allow_hyphen_values = true)]
+    pub chromium_flags: String,
     /// Run each desktop in its own bubblewrap sandbox (user, PID, IPC, network
     /// namespaces; no view of the data directory or other desktops). Turning it off lets
     /// a session's browser read this machine's files: only for hosts without user namespaces.
@@ -149,6 +153,7 @@ impl DesktopArgs {
             uid_base: self.sandbox_uid_base,
             warm: self.warm_desktops,
             warm_size: (self.desktop_size.width, self.desktop_size.height),
+            chromium_flags: self.chromium_flags.split_whitespace().map(str::to_owned).collect(),
         }
     }
 }

@@ -31,10 +31,11 @@ wait_for() {
 }
 
 # Xvnc picks a free display itself and writes its number to fd 3 once it accepts clients.
-# -rfbport -1: no TCP listener; the Unix socket is the only way in.
+# -rfbport -1: no TCP listener; the Unix socket is the only way in. -extension GLX: nothing
+# renders with OpenGL (Chromium runs without a GPU), and loading Mesa cost ~50 MiB.
 "$LS_XVNC" -displayfd 3 3>"$LS_RUN/display" \
     -rfbunixpath "$LS_RUN/vnc.sock" -rfbunixmode 0600 -rfbport -1 -SecurityTypes None \
-    -geometry "$LS_GEOMETRY" -depth 24 -nolisten tcp -AlwaysShared -desktop livesession \
+    -geometry "$LS_GEOMETRY" -depth 24 -nolisten tcp -AlwaysShared -desktop livesession -extension GLX \
     2>"$LS_LOGS/xvnc.log" &
 piece[$!]=xvnc
 xvnc=$!

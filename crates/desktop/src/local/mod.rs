@@ -69,6 +69,8 @@ pub struct LocalRuntimeConfig {
     /// new sessions; each is used by one session only.
     pub warm: usize,
     pub warm_size: (u16, u16),
+    /// Extra Chromium switches, after the runtime's own (a later switch wins).
+    pub chromium_flags: Vec<String>,
 }
 
 struct LocalDesktop {
@@ -340,6 +342,14 @@ impl Inner {
             "--password-store=basic".into(),
             "--disable-search-engine-choice-screen".into(),
             "--hide-crash-restore-bubble".into(),
+            // Memory (docs/performance.md has the measurements): there is no GPU behind
+            // Xvnc, so no GPU process at all (software compositing; no WebGL); the network
+            // and audio services run inside the browser process instead of two more
+            // processes. Our sandbox wraps all of it either way.
+            "--disable-gpu".into(),
+            "--disable-software-rasterizer".into(),
+            "--enable-features=NetworkServiceInProcess,NetworkServiceInProcess2".into(),
+            "--disable-features=AudioServiceOutOfProcess".into(),
         ];
         if !sandboxed && is_root() {
             // Chromium refuses to run as root with its own sandbox. Inside ours it runs as
@@ -347,6 +357,7 @@ impl Inner {
             chromium_args.push("--no-sandbox".into());
             chromium_args.push("--test-type".into());
         }
+        chromium_args.extend(self.config.chromium_flags.iter().cloned());
         chromium_args.push(spec.start_url.replace('\n', "%0A"));
         let host_ports: Vec<String> = if sandboxed {
             self.config.host_ports.iter().map(u16::to_string).collect()
