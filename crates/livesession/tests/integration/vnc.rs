@@ -203,7 +203,7 @@ async fn refused_connections_get_a_code_and_a_reason_and_never_start_a_desktop()
     // None of this started a desktop.
     assert_eq!(server.readyz().await["desktops"], 0);
     assert_eq!(server.get_session(a_id).await["desktop"], "stopped");
-    let desktops = server.data.path().join("desktops");
+    let desktops = server.desktops_root();
     assert_eq!(
         std::fs::read_dir(&desktops).unwrap().count(),
         0,
