@@ -95,6 +95,11 @@ export class VncConnection extends EventTarget {
     rfb.showDotCursor = true;
     rfb.focusOnClick = true;
     rfb.viewOnly = this._viewOnly;
+    // noVNC asks for Tight first (then ZRLE, …, Raw last). JPEG quality 6 of 9 and zlib
+    // level 2 keep a scrolling page sharp and cheap for Xvnc's CPU; measured with
+    // `livesession bench scroll` (docs/performance.md). Set here, not left to defaults.
+    rfb.qualityLevel = 6;
+    rfb.compressionLevel = 2;
 
     rfb.addEventListener('connect', () => {
       if (generation !== this.generation) return;
