@@ -31,7 +31,8 @@ enum Command {
     /// Manage sessions on a running server.
     #[command(subcommand)]
     Session(SessionCommand),
-    /// Measure a running server.
+    /// Measure: a running server's control channel, or the whole system (these start
+    /// their own servers).
     #[command(subcommand)]
     Bench(BenchCommand),
 }
@@ -64,6 +65,66 @@ enum BenchCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// VNC proxy throughput and latency (Raw full-screen updates, 1 and 8 connections):
+    /// direct to the desktop's socket, through livesession, through websockify.
+    Proxy(BenchRunArgs),
+    /// Session start, POST /api/sessions to the page drawn: cold and from the warm pool.
+    Start(BenchRunArgs),
+    /// PSS of an idle desktop by process, and of the gateway per idle connection.
+    Memory(BenchRunArgs),
+    /// Concurrent sessions, each viewed, this machine holds while all get frames.
+    Capacity(BenchRunArgs),
+    /// Bandwidth and update rate of a scrolling page with noVNC's encodings.
+    Scroll(BenchRunArgs),
+    /// Everything above; prints one summary table and the details, and writes them into
+    /// docs/performance.md between its bench markers.
+    All {
+        #[command(flatten)]
+        run: BenchRunArgs,
+        /// Only print; leave the document alone.
+        #[arg(long)]
+        no_write: bool,
+        /// The document to write the tables into.
+        #[arg(long, default_value = "docs/performance.md")]
+        doc: std::path::PathBuf,
+    },
+}
+
+/// Settings of the whole-system benchmarks, which start this binary's own server.
+#[derive(Debug, Args)]
+struct BenchRunArgs {
+    /// Fewer runs and shorter measurements (`all` in a minute or two).
+    #[arg(long)]
+    quick: bool,
+    /// websockify to compare the proxy with (default: `websockify` on PATH).
+    #[arg(long)]
+    websockify: Option<std::path::PathBuf>,
+    /// An extra `serve` flag for every server under test, e.g.
+    /// `--serve-arg=--desktop-memory-mib=0` (repeatable).
+    #[arg(long = "serve-arg", allow_hyphen_values = true)]
+    serve_args: Vec<String>,
+    /// Session starts per variant (`start`).
+    #[arg(long)]
+    runs: Option<usize>,
+    /// Seconds per measurement (`proxy`, `scroll`).
+    #[arg(long)]
+    seconds: Option<f64>,
+    /// Most sessions to start (`capacity`).
+    #[arg(long)]
+    max_sessions: Option<usize>,
+}
+
+impl BenchRunArgs {
+    fn options(self) -> crate::bench::Options {
+        crate::bench::Options {
+            quick: self.quick,
+            websockify: self.websockify,
+            serve_args: self.serve_args,
+            runs: self.runs,
+            seconds: self.seconds,
+            max_sessions: self.max_sessions,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -187,8 +248,69 @@ pub fn main() -> ExitCode {
                     }
                 }
             }
+            Command::Bench(command) => bench_command(command).await,
         }
     })
+}
+
+/// The whole-system benchmarks; Ctrl-C stops the servers they started.
+async fn bench_command(command: BenchCommand) -> ExitCode {
+    use crate::bench::{self, report::Table};
+    let print = |table: Result<Table, String>| match table {
+        Ok(t) => {
+            println!("{}", t.render());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("livesession: {e}");
+            ExitCode::FAILURE
+        }
+    };
+    let work = async {
+        match command {
+            BenchCommand::Control { .. } => unreachable!("handled above"),
+            BenchCommand::Proxy(a) => {
+                print(bench::proxy::run(&a.options()).await.map(|r| r.table()))
+            }
+            BenchCommand::Start(a) => {
+                print(bench::start::run(&a.options()).await.map(|r| r.table()))
+            }
+            BenchCommand::Memory(a) => {
+                print(bench::memory::run(&a.options()).await.map(|r| r.table()))
+            }
+            BenchCommand::Capacity(a) => {
+                print(bench::capacity::run(&a.options()).await.map(|r| r.table()))
+            }
+            BenchCommand::Scroll(a) => {
+                print(bench::scroll::run(&a.options()).await.map(|r| r.table()))
+            }
+            BenchCommand::All { run, no_write, doc } => {
+                let report = bench::all(&run.options()).await;
+                let markdown = report.markdown();
+                println!("{markdown}");
+                if no_write {
+                    return ExitCode::SUCCESS;
+                }
+                match bench::report::write_doc(&doc, &markdown) {
+                    Ok(()) => {
+                        bench::progress(format!("wrote the tables into {}", doc.display()));
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("livesession: cannot write the tables: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
+            }
+        }
+    };
+    tokio::select! {
+        code = work => code,
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("livesession: interrupted; stopping the servers under test");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 async fn serve(config: ServeConfig) -> ExitCode {

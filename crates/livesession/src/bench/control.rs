@@ -13,6 +13,9 @@ use tokio::sync::Mutex;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
+use super::procfs::{pid_listening_on, pss_kib};
+use super::stats::percentile;
+
 #[derive(Debug, Clone)]
 pub struct ControlSoak {
     /// The server, e.g. `http://127.0.0.1:8080`.
@@ -81,51 +84,6 @@ impl SoakReport {
             _ => println!("  server memory:             unknown (pass --server-pid)"),
         }
     }
-}
-
-/// Proportional set size of a process, KiB.
-pub fn pss_kib(pid: u32) -> Option<u64> {
-    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
-    rollup
-        .lines()
-        .find_map(|l| l.strip_prefix("Pss:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
-/// The process listening on a local TCP port, from /proc (so the soak needs no pid).
-pub fn pid_listening_on(port: u16) -> Option<u32> {
-    let inode = ["/proc/net/tcp", "/proc/net/tcp6"]
-        .iter()
-        .find_map(|table| {
-            let text = std::fs::read_to_string(table).ok()?;
-            text.lines().skip(1).find_map(|line| {
-                let f: Vec<&str> = line.split_whitespace().collect();
-                let local_port = u16::from_str_radix(f.get(1)?.rsplit(':').next()?, 16).ok()?;
-                (local_port == port && f.get(3) == Some(&"0A"))
-                    .then(|| f.get(9).map(|s| s.to_string()))?
-            })
-        })?;
-    let needle = format!("socket:[{inode}]");
-    std::fs::read_dir("/proc")
-        .ok()?
-        .flatten()
-        .find_map(|proc_dir| {
-            let pid: u32 = proc_dir.file_name().to_str()?.parse().ok()?;
-            let fds = std::fs::read_dir(proc_dir.path().join("fd")).ok()?;
-            fds.flatten()
-                .any(|fd| {
-                    std::fs::read_link(fd.path()).is_ok_and(|l| l.to_string_lossy() == needle)
-                })
-                .then_some(pid)
-        })
-}
-
-/// The `p` quantile (0.0..=1.0) of sorted values; 0 for none.
-pub fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
 struct Shared {

@@ -1,0 +1,483 @@
+//! Markdown: tables, the summary of a whole run beside the issue's goals, the machine's
+//! description, and the generated section of docs/performance.md.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use super::capacity::CapacityReport;
+use super::memory::MemoryReport;
+use super::procfs::meminfo_kib;
+use super::proxy::{ProxyReport, Via};
+use super::scroll::{self, Mode, ScrollReport};
+use super::start::StartReport;
+
+pub const BEGIN: &str = "<!-- bench:begin -->";
+pub const END: &str = "<!-- bench:end -->";
+
+pub fn fmt_ms(ms: f64) -> String {
+    if ms < 10.0 {
+        format!("{ms:.2} ms")
+    } else {
+        format!("{ms:.0} ms")
+    }
+}
+
+pub fn fmt_mib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+/// A Markdown table, padded so that it also reads well on a terminal.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Table {
+    pub headers: Vec<String>,
+    pub rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub fn new<const N: usize>(headers: [&str; N]) -> Self {
+        Self {
+            headers: headers.iter().map(|h| h.to_string()).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    /// Adds a row; missing cells are left empty, extra ones dropped.
+    pub fn row(&mut self, cells: impl IntoIterator<Item = impl Into<String>>) {
+        let mut row: Vec<String> = cells.into_iter().map(Into::into).collect();
+        row.resize(self.headers.len(), String::new());
+        self.rows.push(row);
+    }
+
+    pub fn render(&self) -> String {
+        let escape = |s: &str| s.replace('|', "\\|").replace('\n', " ");
+        let widths: Vec<usize> = (0..self.headers.len())
+            .map(|i| {
+                std::iter::once(&self.headers[i])
+                    .chain(self.rows.iter().map(|r| &r[i]))
+                    .map(|c| escape(c).chars().count())
+                    .max()
+                    .unwrap_or(0)
+                    .max(3)
+            })
+            .collect();
+        let line = |cells: &[String]| {
+            let padded: Vec<String> = cells
+                .iter()
+                .zip(&widths)
+                .map(|(c, w)| {
+                    let c = escape(c);
+                    let pad = w - c.chars().count();
+                    format!("{c}{}", " ".repeat(pad))
+                })
+                .collect();
+            format!("| {} |\n", padded.join(" | "))
+        };
+        let mut out = line(&self.headers);
+        let rules: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
+        out.push_str(&line(&rules));
+        for row in &self.rows {
+            out.push_str(&line(row));
+        }
+        out
+    }
+}
+
+/// Replaces what lies between the markers with `generated`, keeping everything else;
+/// without markers, appends them with `generated` at the end.
+pub fn replace_generated(doc: &str, generated: &str) -> String {
+    let generated = generated.trim_end();
+    if let Some(begin) = doc.find(BEGIN)
+        && let Some(end) = doc[begin..].find(END).map(|e| begin + e)
+    {
+        return format!(
+            "{}\n{generated}\n{}",
+            &doc[..begin + BEGIN.len()],
+            &doc[end..]
+        );
+    }
+    format!("{}\n\n{BEGIN}\n{generated}\n{END}\n", doc.trim_end())
+}
+
+/// Writes `generated` into the document at `path` between the markers.
+pub fn write_doc(path: &Path, generated: &str) -> Result<(), String> {
+    let doc = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    std::fs::write(path, replace_generated(&doc, generated))
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn first_line(program: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(program).args(args).output().ok()?;
+    let text = if out.stdout.is_empty() {
+        out.stderr
+    } else {
+        out.stdout
+    };
+    String::from_utf8_lossy(&text)
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.contains(": [:"))
+        .map(str::to_owned)
+}
+
+/// CPU model and count, memory, kernel, Debian, Xvnc and Chromium versions, build.
+pub fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cores = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("processor"))
+        .count();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")?
+                .split_once(':')
+                .map(|(_, m)| m.trim())
+        })
+        .unwrap_or("unknown CPU");
+    let mem = meminfo_kib("MemTotal").map_or("unknown".into(), |k| {
+        format!("{:.1} GiB", k as f64 / 1024.0 / 1024.0)
+    });
+    let read = |p: &str| {
+        std::fs::read_to_string(p)
+            .unwrap_or_default()
+            .trim()
+            .to_owned()
+    };
+    let env = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_owned());
+    let xvnc = first_line(&env("LIVESESSION_XVNC", "Xvnc"), &["-version"])
+        .map(|l| l.split(" - built").next().unwrap_or(&l).to_owned())
+        .unwrap_or_else(|| "Xvnc not found".into());
+    let chromium = first_line(&env("LIVESESSION_CHROMIUM", "chromium"), &["--version"])
+        .map(|l| l.split(" built on").next().unwrap_or(&l).to_owned())
+        .unwrap_or_else(|| "Chromium not found".into());
+    let commit = first_line("git", &["rev-parse", "--short", "HEAD"]).map(|c| {
+        let dirty = Command::new("git")
+            .args(["status", "--porcelain", "--untracked-files=no"])
+            .output()
+            .is_ok_and(|o| !o.stdout.is_empty());
+        format!(
+            ", commit {c}{}",
+            if dirty { " + uncommitted changes" } else { "" }
+        )
+    });
+    format!(
+        "{cores} × {model}, {mem} RAM; Linux {}; Debian {}; {xvnc}; {chromium}; {} build{}",
+        read("/proc/sys/kernel/osrelease"),
+        read("/etc/debian_version"),
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
+        commit.unwrap_or_default()
+    )
+}
+
+/// Everything one `bench all` measured.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub quick: bool,
+    pub elapsed: Duration,
+    pub proxy: Option<Result<ProxyReport, String>>,
+    pub start: Option<Result<StartReport, String>>,
+    pub memory: Option<Result<MemoryReport, String>>,
+    pub scroll: Option<Result<ScrollReport, String>>,
+    pub capacity: Option<Result<CapacityReport, String>>,
+}
+
+fn met(ok: bool) -> String {
+    if ok { "yes" } else { "**no**" }.into()
+}
+
+impl Report {
+    /// The headline figures beside the issue's goals.
+    pub fn summary(&self) -> Table {
+        let mut t = Table::new(["Measure", "Result", "Goal", "Met"]);
+        let failed =
+            |t: &mut Table, what: &str, e: &str| t.row([what.into(), format!("failed: {e}")]);
+        match &self.proxy {
+            Some(Ok(p)) => proxy_summary(&mut t, p),
+            Some(Err(e)) => failed(&mut t, "VNC proxy", e),
+            None => {}
+        }
+        match &self.start {
+            Some(Ok(s)) => {
+                for (v, goal) in [(&s.cold, 700.0), (&s.warm, 100.0)] {
+                    let what = format!("Session start, {} (POST → page drawn)", v.name);
+                    match &v.result {
+                        Ok(r) => t.row([
+                            what,
+                            format!(
+                                "p50 {}, p95 {} ({} runs)",
+                                fmt_ms(r.p50),
+                                fmt_ms(r.p95),
+                                r.count
+                            ),
+                            format!("≤ {goal:.0} ms p50"),
+                            met(r.p50 <= goal),
+                        ]),
+                        Err(e) => {
+                            t.row([what, e.clone(), format!("≤ {goal:.0} ms p50"), "—".into()])
+                        }
+                    }
+                }
+            }
+            Some(Err(e)) => failed(&mut t, "Session start", e),
+            None => {}
+        }
+        match &self.memory {
+            Some(Ok(m)) => {
+                let parts: Vec<String> = m
+                    .by_size()
+                    .iter()
+                    .map(|(n, (kib, _))| format!("{n} {:.0}", *kib as f64 / 1024.0))
+                    .collect();
+                let total = m.desktop_total_kib();
+                t.row([
+                    "Idle desktop PSS".into(),
+                    format!("{} ({} MiB)", fmt_mib(total), parts.join(", ")),
+                    "≤ 200 MiB".into(),
+                    met(total <= 200 * 1024),
+                ]);
+                let per: Vec<String> = m
+                    .gateway
+                    .iter()
+                    .map(|g| format!("{:.1} KiB per {} connection", g.kib_each(), g.kind))
+                    .collect();
+                t.row(["Gateway PSS per idle connection".into(), per.join(", ")]);
+            }
+            Some(Err(e)) => failed(&mut t, "Memory", e),
+            None => {}
+        }
+        match &self.scroll {
+            Some(Ok(s)) => {
+                for r in &s.rows {
+                    let (goal, ok) = if r.mode == Mode::Tight {
+                        let fps = r.fps();
+                        let ok = if fps >= 25.0 {
+                            "yes (≥ 25)".into()
+                        } else if fps >= 10.0 {
+                            "≥ 10 only".into()
+                        } else {
+                            met(false)
+                        };
+                        ("≥ 10 fps, ≥ 25 where possible".to_owned(), ok)
+                    } else {
+                        (String::new(), String::new())
+                    };
+                    t.row([
+                        format!(
+                            "Scrolling 1280x720, {}{}",
+                            r.mode.name(),
+                            if r.mode == Mode::Raw {
+                                String::new()
+                            } else {
+                                format!(" q{} c{}", scroll::QUALITY, scroll::COMPRESSION)
+                            }
+                        ),
+                        format!("{:.1} fps, {:.2} MB/s", r.fps(), r.mb_per_s()),
+                        goal,
+                        ok,
+                    ]);
+                }
+            }
+            Some(Err(e)) => failed(&mut t, "Scrolling", e),
+            None => {}
+        }
+        match &self.capacity {
+            Some(Ok(c)) => t.row([
+                "Concurrent live sessions (each getting frames)".into(),
+                format!(
+                    "{}{} (stopped: {})",
+                    if c.bounded { "≥ " } else { "" },
+                    c.held,
+                    c.stop_reason
+                ),
+            ]),
+            Some(Err(e)) => failed(&mut t, "Capacity", e),
+            None => {}
+        }
+        t
+    }
+
+    /// The generated section: when, where, the summary and every detail table.
+    pub fn markdown(&self) -> String {
+        let mut out = String::new();
+        let now = time::OffsetDateTime::now_utc();
+        let _ = writeln!(
+            out,
+            "Generated by `livesession bench all{}` on {:04}-{:02}-{:02} {:02}:{:02} UTC ({:.0} s).\n",
+            if self.quick { " --quick" } else { "" },
+            now.year(),
+            u8::from(now.month()),
+            now.day(),
+            now.hour(),
+            now.minute(),
+            self.elapsed.as_secs_f64()
+        );
+        let _ = writeln!(out, "Machine: {}.\n", machine());
+        out.push_str(&self.summary().render());
+        let details: [(&str, Option<Result<super::report::Table, String>>); 5] = [
+            (
+                "VNC proxy, Raw 1280x720 full-screen updates",
+                self.proxy
+                    .as_ref()
+                    .map(|r| r.as_ref().map(ProxyReport::table).map_err(Clone::clone)),
+            ),
+            (
+                "Session start",
+                self.start
+                    .as_ref()
+                    .map(|r| r.as_ref().map(StartReport::table).map_err(Clone::clone)),
+            ),
+            (
+                "Memory",
+                self.memory
+                    .as_ref()
+                    .map(|r| r.as_ref().map(MemoryReport::table).map_err(Clone::clone)),
+            ),
+            (
+                "Scrolling",
+                self.scroll
+                    .as_ref()
+                    .map(|r| r.as_ref().map(ScrollReport::table).map_err(Clone::clone)),
+            ),
+            (
+                "Capacity",
+                self.capacity
+                    .as_ref()
+                    .map(|r| r.as_ref().map(CapacityReport::table).map_err(Clone::clone)),
+            ),
+        ];
+        for (title, table) in details {
+            match table {
+                Some(Ok(t)) => {
+                    let _ = write!(out, "\n#### {title}\n\n{}", t.render());
+                }
+                Some(Err(e)) => {
+                    let _ = writeln!(out, "\n#### {title}\n\nFailed: {e}");
+                }
+                None => {}
+            }
+        }
+        out
+    }
+}
+
+fn proxy_summary(t: &mut Table, p: &ProxyReport) {
+    for (conns, goal) in [(1, 0.95), (8, 0.90)] {
+        let (Some(ours), Some(direct)) =
+            (p.row(Via::Livesession, conns), p.row(Via::Direct, conns))
+        else {
+            continue;
+        };
+        let ratio = ours.mb_per_s() / direct.mb_per_s();
+        let websockify = p
+            .ratio(Via::Websockify, conns)
+            .map_or(String::new(), |x| format!("; websockify {x:.2}×"));
+        t.row([
+            format!(
+                "Proxy throughput, {conns} connection{}",
+                if conns > 1 { "s" } else { "" }
+            ),
+            format!(
+                "{:.2}× direct ({:.0} of {:.0} MB/s){websockify}",
+                ratio,
+                ours.mb_per_s(),
+                direct.mb_per_s()
+            ),
+            format!("≥ {goal:.2}×"),
+            met(ratio >= goal),
+        ]);
+    }
+    if let Some(added) = p.added_p50(Via::Livesession, 1) {
+        let websockify = p
+            .added_p50(Via::Websockify, 1)
+            .map_or(String::new(), |a| format!("; websockify +{}", fmt_ms(a)));
+        t.row([
+            "Proxy latency added per full update, p50, 1 connection".into(),
+            format!("+{}{websockify}", fmt_ms(added)),
+            "≤ 0.3 ms".into(),
+            met(added <= 0.3),
+        ]);
+    }
+    let mut cpu = Vec::new();
+    let mut all_met = true;
+    for conns in [1, 8] {
+        let ours = p
+            .row(Via::Livesession, conns)
+            .and_then(|r| r.proxy_cpu_per_gb());
+        let theirs = p
+            .row(Via::Websockify, conns)
+            .and_then(|r| r.proxy_cpu_per_gb());
+        if let Some(ours) = ours {
+            let vs = theirs.map_or(String::new(), |w| {
+                all_met &= ours <= w / 4.0;
+                format!(" vs websockify {w:.2} ({:.2}×)", ours / w)
+            });
+            cpu.push(format!("{conns} conn: {ours:.2} s/GB{vs}"));
+        }
+    }
+    if !cpu.is_empty() {
+        let has_websockify = p.websockify.is_ok();
+        t.row([
+            "Proxy CPU per GB moved".into(),
+            cpu.join("; "),
+            "≤ ¼ of websockify's".into(),
+            if has_websockify {
+                met(all_met)
+            } else {
+                "—".into()
+            },
+        ]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_are_padded_and_escaped() {
+        let mut t = Table::new(["A", "Long header"]);
+        t.row(["x|y", "1"]);
+        t.row(["only one"]);
+        assert_eq!(
+            t.render(),
+            "| A        | Long header |\n\
+             | -------- | ----------- |\n\
+             | x\\|y     | 1           |\n\
+             | only one |             |\n"
+        );
+    }
+
+    #[test]
+    fn the_generated_section_replaces_only_what_lies_between_the_markers() {
+        let doc = format!("# Title\n\nHand-written.\n\n{BEGIN}\nold table\n{END}\n\nAfter.\n");
+        let new = replace_generated(&doc, "new table\n");
+        assert_eq!(
+            new,
+            format!("# Title\n\nHand-written.\n\n{BEGIN}\nnew table\n{END}\n\nAfter.\n")
+        );
+        // Idempotent: replacing again changes nothing.
+        assert_eq!(replace_generated(&new, "new table"), new);
+    }
+
+    #[test]
+    fn without_markers_the_section_is_appended() {
+        let new = replace_generated("# Title\n\nText.\n\n", "table");
+        assert_eq!(new, format!("# Title\n\nText.\n\n{BEGIN}\ntable\n{END}\n"));
+        // An end marker before the begin marker does not count.
+        let odd = format!("{END}\n{BEGIN}\n");
+        assert!(replace_generated(&odd, "t").ends_with(&format!("{BEGIN}\nt\n{END}\n")));
+    }
+
+    #[test]
+    fn milliseconds_and_mebibytes_read_naturally() {
+        assert_eq!(fmt_ms(2.345), "2.35 ms");
+        assert_eq!(fmt_ms(612.4), "612 ms");
+        assert_eq!(fmt_mib(2048), "2.0 MiB");
+    }
+}

@@ -1,0 +1,117 @@
+//! `bench start`: from `POST /api/sessions` to the first frame, read through the VNC
+//! proxy, in which the start page (a solid colour) covers half the screen. Cold (no warm
+//! pool) and warm (`--warm-desktops 2`, the pool refilled before each run).
+
+use std::time::{Duration, Instant};
+
+use super::pages::{PageServer, SOLID_RGB};
+use super::report::{Table, fmt_ms};
+use super::server::{Server, warm_pool_default};
+use super::stats::Summary;
+use super::{Options, open_session, progress};
+
+pub const WARM_POOL: usize = 2;
+
+#[derive(Debug, Clone)]
+pub struct Variant {
+    pub name: &'static str,
+    pub flags: String,
+    /// Milliseconds from the POST to the drawn frame, or why there are none.
+    pub result: Result<Summary, String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct StartReport {
+    pub cold: Variant,
+    pub warm: Variant,
+}
+
+impl StartReport {
+    pub fn table(&self) -> Table {
+        let mut t = Table::new(["Start", "Server flags", "Runs", "p50", "p95", "min", "max"]);
+        for v in [&self.cold, &self.warm] {
+            let mut row = vec![v.name.to_owned(), format!("`{}`", v.flags)];
+            match &v.result {
+                Ok(s) => row.extend([
+                    s.count.to_string(),
+                    fmt_ms(s.p50),
+                    fmt_ms(s.p95),
+                    fmt_ms(s.min),
+                    fmt_ms(s.max),
+                ]),
+                Err(e) => row.push(e.clone()),
+            }
+            t.row(row);
+        }
+        t
+    }
+}
+
+pub async fn run(options: &Options) -> Result<StartReport, String> {
+    let runs = options.runs.unwrap_or(if options.quick { 3 } else { 10 });
+    let pages = PageServer::start().await?;
+    let cold = variant(options, &pages, "cold", 0, runs).await;
+    let warm = if warm_pool_default().is_some() {
+        variant(options, &pages, "warm", WARM_POOL, runs).await
+    } else {
+        Variant {
+            name: "warm",
+            flags: format!("--warm-desktops {WARM_POOL}"),
+            result: Err("not available: this build has no --warm-desktops".into()),
+        }
+    };
+    Ok(StartReport { cold, warm })
+}
+
+async fn variant(
+    options: &Options,
+    pages: &PageServer,
+    name: &'static str,
+    warm: usize,
+    runs: usize,
+) -> Variant {
+    let flags = if warm_pool_default().is_some() {
+        vec!["--warm-desktops".to_owned(), warm.to_string()]
+    } else {
+        Vec::new()
+    };
+    let result = async {
+        let refs: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let server = Server::start(&options.server_flags(pages, &refs)).await?;
+        let mut times = Vec::new();
+        for run in 1..=runs {
+            if warm > 0 {
+                progress(format!("  start ({name}): waiting for the pool to fill"));
+            }
+            server.settle(Duration::from_secs(120)).await;
+            // Let the last desktop's stop (or the pool's last start) finish.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let (created, rfb, elapsed) =
+                open_session(&server, &pages.url("solid"), SOLID_RGB).await?;
+            let ms = elapsed.as_secs_f64() * 1000.0;
+            progress(format!("  start ({name}) run {run}/{runs}: {ms:.0} ms"));
+            times.push(ms);
+            drop(rfb);
+            let stopping = Instant::now();
+            server.revoke(&created.id).await;
+            // The revoke returns before the desktop is gone; wait for it.
+            while server.desktop_dir(&created.id).is_some()
+                && stopping.elapsed() < Duration::from_secs(15)
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        server.stop().await;
+        Ok(Summary::of(&times))
+    }
+    .await;
+    Variant {
+        name,
+        flags: if flags.is_empty() {
+            "(defaults)".into()
+        } else {
+            flags.join(" ")
+        },
+        result,
+    }
+}
