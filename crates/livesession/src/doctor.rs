@@ -88,11 +88,13 @@ fn check_writable(dir: &Path) -> std::io::Result<()> {
 
 async fn throwaway_desktop(data_dir: &Path, args: &DesktopArgs) -> Result<String, String> {
     // A root of its own: the server's desktops (in `desktops/`) are never touched.
-    let root = data_dir
+    let base = data_dir
         .canonicalize()
         .map_err(|e| e.to_string())?
         .join("doctor");
-    let root = args.desktops_root(&root);
+    // Under the server's rules: the data directory's `doctor/desktops`, or a directory in
+    // /run when desktops run as other users who cannot reach the data directory.
+    let root = args.desktops_root(&base);
     let config = livesession_desktop::LocalRuntimeConfig {
         warm: 0,
         ..args.runtime_config(root.clone(), Duration::from_secs(3))
@@ -155,5 +157,6 @@ async fn throwaway_desktop(data_dir: &Path, args: &DesktopArgs) -> Result<String
     .await;
     runtime.stop_all().await;
     let _ = std::fs::remove_dir_all(&root);
+    let _ = std::fs::remove_dir_all(&base);
     result
 }
