@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::pages::{ANIMATED_RGB, PageServer};
-use super::procfs::meminfo_kib;
+use super::procfs::{meminfo_kib, pss_by_name};
 use super::report::{Table, fmt_mib};
 use super::server::Server;
 use super::stats::Summary;
@@ -21,6 +21,10 @@ pub struct CapacityReport {
     /// Sessions that were all getting frames at once.
     pub held: usize,
     pub stop_reason: String,
+    /// The most sessions at which every viewer still got at least 10 and 25 updates/s
+    /// (before the first count at which one did not).
+    pub held_at_10: usize,
+    pub held_at_25: usize,
     /// Whether the stop was a bound of the benchmark, not a limit of the machine.
     pub bounded: bool,
     /// Updates per second each session's viewer got over the last observation with
@@ -30,6 +34,9 @@ pub struct CapacityReport {
     pub memory_used_kib: u64,
     pub memory_total_kib: u64,
     pub start_ms: Summary,
+    /// PSS of each desktop (all its processes), KiB, when the run stopped: with many
+    /// running, shared pages are split among them.
+    pub desktop_pss_kib: Summary,
 }
 
 impl CapacityReport {
@@ -41,6 +48,10 @@ impl CapacityReport {
         ]);
         t.row(["Stopped because".to_owned(), self.stop_reason.clone()]);
         t.row([
+            "Sessions while every viewer got ≥ 10 / ≥ 25 updates/s".to_owned(),
+            format!("{} / {}", self.held_at_10, self.held_at_25),
+        ]);
+        t.row([
             "Viewer updates/s per session at that count".to_owned(),
             format!("median {:.1}, min {:.1}", self.fps.p50, self.fps.min),
         ]);
@@ -51,6 +62,14 @@ impl CapacityReport {
                 fmt_mib(self.memory_used_kib),
                 fmt_mib(self.memory_total_kib),
                 self.memory_used_kib as f64 * 100.0 / self.memory_total_kib.max(1) as f64
+            ),
+        ]);
+        t.row([
+            "Desktop PSS each, all running".to_owned(),
+            format!(
+                "median {}, max {}",
+                fmt_mib(self.desktop_pss_kib.p50 as u64),
+                fmt_mib(self.desktop_pss_kib.max as u64)
             ),
         ]);
         t.row([
@@ -83,8 +102,8 @@ pub async fn run(options: &Options) -> Result<CapacityReport, String> {
     let max = options
         .max_sessions
         .unwrap_or(if options.quick { 3 } else { 60 });
-    let budget = Duration::from_secs(if options.quick { 60 } else { 360 });
-    let observe = Duration::from_secs(if options.quick { 2 } else { 4 });
+    let budget = Duration::from_secs(if options.quick { 60 } else { 300 });
+    let observe = Duration::from_secs(if options.quick { 2 } else { 3 });
     let pages = PageServer::start().await?;
     let server = Server::start(&options.server_flags(&pages, &["--max-desktops", "1000"])).await?;
     server.settle(Duration::from_secs(120)).await;
@@ -92,6 +111,8 @@ pub async fn run(options: &Options) -> Result<CapacityReport, String> {
     let now_ms = move || t0.elapsed().as_millis() as u64;
     let mut viewers: Vec<Viewer> = Vec::new();
     let mut starts = Vec::new();
+    let mut sessions = Vec::new();
+    let (mut held_at_10, mut held_at_25, mut done_10, mut done_25) = (0, 0, false, false);
     let (mut fps, mut memory) = (Summary::default(), memory_used_kib());
     let (stop_reason, bounded, held) = loop {
         let n = viewers.len() + 1;
@@ -118,12 +139,13 @@ pub async fn run(options: &Options) -> Result<CapacityReport, String> {
             );
         }
         progress(format!("  capacity: starting session {n}"));
-        let (_created, mut rfb, took) =
+        let (created, mut rfb, took) =
             match open_session(&server, &pages.url("animated"), ANIMATED_RGB).await {
                 Ok(s) => s,
                 Err(e) => break (format!("session {n} failed to start: {e}"), false, n - 1),
             };
         starts.push(took.as_secs_f64() * 1000.0);
+        sessions.push(created.id);
         let (frames, last_ms) = (
             Arc::new(AtomicU64::new(0)),
             Arc::new(AtomicU64::new(now_ms())),
@@ -176,12 +198,28 @@ pub async fn run(options: &Options) -> Result<CapacityReport, String> {
             .map(|(v, before)| (v.frames.load(Ordering::Relaxed) - before) as f64 / seconds)
             .collect();
         fps = Summary::of(&rates);
+        for (threshold, held, done) in [
+            (10.0, &mut held_at_10, &mut done_10),
+            (25.0, &mut held_at_25, &mut done_25),
+        ] {
+            *done |= fps.min < threshold;
+            if !*done {
+                *held = n;
+            }
+        }
         memory = memory_used_kib();
         progress(format!(
             "  capacity: {n} sessions live, median {:.1} updates/s, min {:.1}",
             fps.p50, fps.min
         ));
     };
+    let pss: Vec<f64> = sessions
+        .iter()
+        .map(|id| {
+            let by_name = pss_by_name(&server.desktop_pids(id));
+            by_name.values().map(|(kib, _)| *kib as f64).sum()
+        })
+        .collect();
     progress(format!("  capacity: stopping {} desktops", viewers.len()));
     for v in &viewers {
         v.task.abort();
@@ -190,10 +228,13 @@ pub async fn run(options: &Options) -> Result<CapacityReport, String> {
     Ok(CapacityReport {
         held,
         stop_reason,
+        held_at_10,
+        held_at_25,
         bounded,
         fps,
         memory_used_kib: memory.0,
         memory_total_kib: memory.1,
         start_ms: Summary::of(&starts),
+        desktop_pss_kib: Summary::of(&pss),
     })
 }

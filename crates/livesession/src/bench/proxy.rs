@@ -238,6 +238,8 @@ pub async fn run(options: &Options) -> Result<ProxyReport, String> {
         .map(|p| p as u32)
         .find(|p| comm(*p) == "Xvnc");
     server.settle(Duration::from_secs(120)).await;
+    // Chromium keeps busy for a moment after drawing its first page.
+    tokio::time::sleep(Duration::from_secs(2)).await;
 
     let websockify_exe = find_websockify(options.websockify.as_deref());
     let websockify = match &websockify_exe {
@@ -291,7 +293,14 @@ pub async fn run(options: &Options) -> Result<ProxyReport, String> {
                 }
                 clients.push(c);
             }
-            rows.push(measure(path, clients, seconds, proxy_pid, xvnc).await?);
+            let row = measure(path, clients, seconds, proxy_pid, xvnc).await?;
+            progress(format!(
+                "    {:.0} MB/s, {:.2} MB per update, p50 {:.2} ms",
+                row.mb_per_s(),
+                row.bytes as f64 / 1e6 / row.latency.count.max(1) as f64,
+                row.latency.p50
+            ));
+            rows.push(row);
         }
     }
     let websockify = websockify.map(|(w, version)| {

@@ -290,10 +290,12 @@ impl Report {
             Some(Ok(c)) => t.row([
                 "Concurrent live sessions (each getting frames)".into(),
                 format!(
-                    "{}{} (stopped: {})",
+                    "{}{} (stopped: {}); every viewer ≥ 10 updates/s up to {}, ≥ 25 up to {}",
                     if c.bounded { "≥ " } else { "" },
                     c.held,
-                    c.stop_reason
+                    c.stop_reason,
+                    c.held_at_10,
+                    c.held_at_25
                 ),
             ]),
             Some(Err(e)) => failed(&mut t, "Capacity", e),
