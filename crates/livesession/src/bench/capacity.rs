@@ -144,7 +144,7 @@ pub async fn run(options: &Options) -> Result<CapacityReport, String> {
                 Ok(s) => s,
                 Err(e) => break (format!("session {n} failed to start: {e}"), false, n - 1),
             };
-        starts.push(took.as_secs_f64() * 1000.0);
+        starts.push(took.drawn.as_secs_f64() * 1000.0);
         sessions.push(created.id);
         let (frames, last_ms) = (
             Arc::new(AtomicU64::new(0)),

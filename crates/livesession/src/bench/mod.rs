@@ -73,33 +73,53 @@ pub fn progress(line: impl AsRef<str>) {
     eprintln!("bench: {}", line.as_ref());
 }
 
+/// When each step of opening a session was done, counted from before the POST.
+#[derive(Debug, Clone, Copy)]
+pub struct Opened {
+    /// `POST /api/sessions` answered.
+    pub created: Duration,
+    /// The RFB handshake through the proxy completed (the desktop is ready).
+    pub handshake: Duration,
+    /// The page covers half the screen in a frame.
+    pub drawn: Duration,
+}
+
 /// Creates a session showing `url`, opens its VNC WebSocket (which starts its desktop) and
 /// reads full frames until `rgb` covers half the screen. Returns the session, the open
-/// client, and the time from before the POST to that frame.
+/// client, and when each step was done.
 pub async fn open_session(
     server: &Server,
     url: &str,
     rgb: (u8, u8, u8),
-) -> Result<(Created, RfbClient<tokio::io::DuplexStream>, Duration), String> {
+) -> Result<(Created, RfbClient<tokio::io::DuplexStream>, Opened), String> {
     let started = Instant::now();
     let created = server.create_session(url).await?;
+    let posted = started.elapsed();
     let ws = connect_ws(&created.vnc_url, Some(&created.token))
         .await
         .map_err(|e| format!("VNC WebSocket: {e}"))?;
     let mut rfb = rfb_over_ws(ws)
         .await
         .map_err(|e| format!("RFB through the proxy: {e}"))?;
+    let handshake = started.elapsed();
     wait_for_colour(&mut rfb, rgb, 0.5, Duration::from_secs(60))
         .await
         .map_err(|e| format!("session {}: {e}", created.id))?;
-    Ok((created, rfb, started.elapsed()))
+    let opened = Opened {
+        created: posted,
+        handshake,
+        drawn: started.elapsed(),
+    };
+    Ok((created, rfb, opened))
 }
 
 /// Runs every benchmark and returns the report (`capacity` last: it loads the machine most).
 pub async fn all(options: &Options) -> report::Report {
     let started = Instant::now();
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let mut report = report::Report {
         quick: options.quick,
+        load_at_start: load.split_whitespace().take(2).collect::<Vec<_>>().join(", "),
         ..report::Report::default()
     };
     progress("proxy throughput and latency");

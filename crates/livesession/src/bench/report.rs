@@ -179,6 +179,9 @@ pub fn machine() -> String {
 #[derive(Debug, Default)]
 pub struct Report {
     pub quick: bool,
+    /// /proc/loadavg's 1- and 5-minute figures when the run began: anything else busy on
+    /// the machine shows in every figure.
+    pub load_at_start: String,
     pub elapsed: Duration,
     pub proxy: Option<Result<ProxyReport, String>>,
     pub start: Option<Result<StartReport, String>>,
@@ -319,7 +322,12 @@ impl Report {
             now.minute(),
             self.elapsed.as_secs_f64()
         );
-        let _ = writeln!(out, "Machine: {}.\n", machine());
+        let _ = writeln!(
+            out,
+            "Machine: {}. Load average when the run began: {} (1 and 5 min).\n",
+            machine(),
+            self.load_at_start
+        );
         out.push_str(&self.summary().render());
         let details: [(&str, Option<Result<super::report::Table, String>>); 5] = [
             (

@@ -18,6 +18,9 @@ pub struct Variant {
     pub flags: String,
     /// Milliseconds from the POST to the drawn frame, or why there are none.
     pub result: Result<Summary, String>,
+    /// Milliseconds from the POST to its answer, and to the RFB handshake's end.
+    pub created: Summary,
+    pub handshake: Summary,
 }
 
 #[derive(Debug, Clone)]
@@ -28,7 +31,16 @@ pub struct StartReport {
 
 impl StartReport {
     pub fn table(&self) -> Table {
-        let mut t = Table::new(["Start", "Server flags", "Runs", "p50", "p95", "min", "max"]);
+        let mut t = Table::new([
+            "Start",
+            "Server flags",
+            "Runs",
+            "p50",
+            "p95",
+            "min",
+            "max",
+            "p50: POST answered / RFB handshake done",
+        ]);
         for v in [&self.cold, &self.warm] {
             let mut row = vec![v.name.to_owned(), format!("`{}`", v.flags)];
             match &v.result {
@@ -38,6 +50,7 @@ impl StartReport {
                     fmt_ms(s.p95),
                     fmt_ms(s.min),
                     fmt_ms(s.max),
+                    format!("{} / {}", fmt_ms(v.created.p50), fmt_ms(v.handshake.p50)),
                 ]),
                 Err(e) => row.push(e.clone()),
             }
@@ -58,6 +71,8 @@ pub async fn run(options: &Options) -> Result<StartReport, String> {
             name: "warm",
             flags: format!("--warm-desktops {WARM_POOL}"),
             result: Err("not available: this build has no --warm-desktops".into()),
+            created: Summary::default(),
+            handshake: Summary::default(),
         }
     };
     Ok(StartReport { cold, warm })
@@ -75,6 +90,7 @@ async fn variant(
     } else {
         Vec::new()
     };
+    let (mut created_ms, mut handshake_ms) = (Vec::new(), Vec::new());
     let result = async {
         let refs: Vec<&str> = flags.iter().map(String::as_str).collect();
         let server = Server::start(&options.server_flags(pages, &refs)).await?;
@@ -86,9 +102,11 @@ async fn variant(
             server.settle(Duration::from_secs(120)).await;
             // Let the last desktop's stop (or the pool's last start) finish.
             tokio::time::sleep(Duration::from_secs(1)).await;
-            let (created, rfb, elapsed) =
+            let (created, rfb, opened) =
                 open_session(&server, &pages.url("solid"), SOLID_RGB).await?;
-            let ms = elapsed.as_secs_f64() * 1000.0;
+            let ms = opened.drawn.as_secs_f64() * 1000.0;
+            created_ms.push(opened.created.as_secs_f64() * 1000.0);
+            handshake_ms.push(opened.handshake.as_secs_f64() * 1000.0);
             progress(format!("  start ({name}) run {run}/{runs}: {ms:.0} ms"));
             times.push(ms);
             drop(rfb);
@@ -113,5 +131,7 @@ async fn variant(
             flags.join(" ")
         },
         result,
+        created: Summary::of(&created_ms),
+        handshake: Summary::of(&handshake_ms),
     }
 }
