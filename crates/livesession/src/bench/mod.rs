@@ -20,6 +20,7 @@ pub mod scroll;
 pub mod server;
 pub mod start;
 pub mod stats;
+pub mod summary;
 pub mod wire;
 
 use std::path::PathBuf;
@@ -114,13 +115,17 @@ pub async fn open_session(
 }
 
 /// Runs every benchmark and returns the report (`capacity` last: it loads the machine most).
-pub async fn all(options: &Options) -> report::Report {
+pub async fn all(options: &Options) -> summary::Report {
     let started = Instant::now();
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let mut report = report::Report {
+    let mut report = summary::Report {
         quick: options.quick,
-        load_at_start: load.split_whitespace().take(2).collect::<Vec<_>>().join(", "),
-        ..report::Report::default()
+        load_at_start: load
+            .split_whitespace()
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(", "),
+        ..summary::Report::default()
     };
     progress("proxy throughput and latency");
     report.proxy = Some(proxy::run(options).await);

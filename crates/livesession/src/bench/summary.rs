@@ -1,0 +1,282 @@
+//! The report of a whole run (`bench all`): the headline figures beside the issue's
+//! goals, then every benchmark's own table.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use super::capacity::CapacityReport;
+use super::memory::MemoryReport;
+use super::proxy::{ProxyReport, Via};
+use super::report::{Table, fmt_mib, fmt_ms, machine};
+use super::scroll::{self, Mode, ScrollReport};
+use super::start::StartReport;
+
+/// Everything one `bench all` measured.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub quick: bool,
+    /// /proc/loadavg's 1- and 5-minute figures when the run began: anything else busy on
+    /// the machine shows in every figure.
+    pub load_at_start: String,
+    pub elapsed: Duration,
+    pub proxy: Option<Result<ProxyReport, String>>,
+    pub start: Option<Result<StartReport, String>>,
+    pub memory: Option<Result<MemoryReport, String>>,
+    pub scroll: Option<Result<ScrollReport, String>>,
+    pub capacity: Option<Result<CapacityReport, String>>,
+}
+
+fn met(ok: bool) -> String {
+    if ok { "yes" } else { "**no**" }.into()
+}
+
+impl Report {
+    /// The headline figures beside the goals.
+    pub fn summary(&self) -> Table {
+        let mut t = Table::new(["Measure", "Result", "Goal", "Met"]);
+        let failed =
+            |t: &mut Table, what: &str, e: &str| t.row([what.into(), format!("failed: {e}")]);
+        match &self.proxy {
+            Some(Ok(p)) => proxy_summary(&mut t, p),
+            Some(Err(e)) => failed(&mut t, "VNC proxy", e),
+            None => {}
+        }
+        match &self.start {
+            Some(Ok(s)) => {
+                for (v, goal) in [(&s.cold, 700.0), (&s.warm, 100.0)] {
+                    let what = format!("Session start, {} (POST → page drawn)", v.name);
+                    match &v.result {
+                        Ok(r) => t.row([
+                            what,
+                            format!(
+                                "p50 {}, p95 {} ({} runs)",
+                                fmt_ms(r.p50),
+                                fmt_ms(r.p95),
+                                r.count
+                            ),
+                            format!("≤ {goal:.0} ms p50"),
+                            met(r.p50 <= goal),
+                        ]),
+                        Err(e) => {
+                            t.row([what, e.clone(), format!("≤ {goal:.0} ms p50"), "—".into()])
+                        }
+                    }
+                }
+            }
+            Some(Err(e)) => failed(&mut t, "Session start", e),
+            None => {}
+        }
+        match &self.memory {
+            Some(Ok(m)) => {
+                let parts: Vec<String> = m
+                    .by_size()
+                    .iter()
+                    .map(|(n, (kib, _))| format!("{n} {:.0}", *kib as f64 / 1024.0))
+                    .collect();
+                let total = m.desktop_total_kib();
+                t.row([
+                    "Idle desktop PSS".into(),
+                    format!("{} ({} MiB)", fmt_mib(total), parts.join(", ")),
+                    "≤ 200 MiB".into(),
+                    met(total <= 200 * 1024),
+                ]);
+                let per: Vec<String> = m
+                    .gateway
+                    .iter()
+                    .map(|g| format!("{:.1} KiB per {} connection", g.kib_each(), g.kind))
+                    .collect();
+                t.row(["Gateway PSS per idle connection".into(), per.join(", ")]);
+            }
+            Some(Err(e)) => failed(&mut t, "Memory", e),
+            None => {}
+        }
+        match &self.scroll {
+            Some(Ok(s)) => {
+                for r in &s.rows {
+                    let (goal, ok) = if r.mode == Mode::Tight {
+                        let fps = r.fps();
+                        let ok = if fps >= 25.0 {
+                            "yes (≥ 25)".into()
+                        } else if fps >= 10.0 {
+                            "≥ 10 only".into()
+                        } else {
+                            met(false)
+                        };
+                        ("≥ 10 fps, ≥ 25 where possible".to_owned(), ok)
+                    } else {
+                        (String::new(), String::new())
+                    };
+                    t.row([
+                        format!(
+                            "Scrolling 1280x720, {}{}",
+                            r.mode.name(),
+                            if r.mode == Mode::Raw {
+                                String::new()
+                            } else {
+                                format!(" q{} c{}", scroll::QUALITY, scroll::COMPRESSION)
+                            }
+                        ),
+                        format!("{:.1} fps, {:.2} MB/s", r.fps(), r.mb_per_s()),
+                        goal,
+                        ok,
+                    ]);
+                }
+            }
+            Some(Err(e)) => failed(&mut t, "Scrolling", e),
+            None => {}
+        }
+        match &self.capacity {
+            Some(Ok(c)) => t.row([
+                "Concurrent live sessions (each getting frames)".into(),
+                format!(
+                    "{}{} (stopped: {}); every viewer ≥ 10 updates/s up to {}, ≥ 25 up to {}",
+                    if c.bounded { "≥ " } else { "" },
+                    c.held,
+                    c.stop_reason,
+                    c.held_at_10,
+                    c.held_at_25
+                ),
+            ]),
+            Some(Err(e)) => failed(&mut t, "Capacity", e),
+            None => {}
+        }
+        t
+    }
+
+    /// The generated section: when, where, the summary and every detail table.
+    pub fn markdown(&self) -> String {
+        let mut out = String::new();
+        let now = time::OffsetDateTime::now_utc();
+        let _ = writeln!(
+            out,
+            "Generated by `livesession bench all{}` on {:04}-{:02}-{:02} {:02}:{:02} UTC ({:.0} s).\n",
+            if self.quick { " --quick" } else { "" },
+            now.year(),
+            u8::from(now.month()),
+            now.day(),
+            now.hour(),
+            now.minute(),
+            self.elapsed.as_secs_f64()
+        );
+        let _ = writeln!(
+            out,
+            "Machine: {}. Load average when the run began: {} (1 and 5 min).\n",
+            machine(),
+            self.load_at_start
+        );
+        out.push_str(&self.summary().render());
+        let details: [(&str, Option<Result<Table, String>>); 5] = [
+            (
+                "VNC proxy, Raw 1280x720 full-screen updates",
+                self.proxy
+                    .as_ref()
+                    .map(|r| r.as_ref().map(ProxyReport::table).map_err(Clone::clone)),
+            ),
+            (
+                "Session start",
+                self.start
+                    .as_ref()
+                    .map(|r| r.as_ref().map(StartReport::table).map_err(Clone::clone)),
+            ),
+            (
+                "Memory",
+                self.memory
+                    .as_ref()
+                    .map(|r| r.as_ref().map(MemoryReport::table).map_err(Clone::clone)),
+            ),
+            (
+                "Scrolling",
+                self.scroll
+                    .as_ref()
+                    .map(|r| r.as_ref().map(ScrollReport::table).map_err(Clone::clone)),
+            ),
+            (
+                "Capacity",
+                self.capacity
+                    .as_ref()
+                    .map(|r| r.as_ref().map(CapacityReport::table).map_err(Clone::clone)),
+            ),
+        ];
+        for (title, table) in details {
+            match table {
+                Some(Ok(t)) => {
+                    let _ = write!(out, "\n#### {title}\n\n{}", t.render());
+                }
+                Some(Err(e)) => {
+                    let _ = writeln!(out, "\n#### {title}\n\nFailed: {e}");
+                }
+                None => {}
+            }
+        }
+        out
+    }
+}
+
+fn proxy_summary(t: &mut Table, p: &ProxyReport) {
+    for (conns, goal) in [(1, 0.95), (8, 0.90)] {
+        let (Some(ours), Some(direct)) =
+            (p.row(Via::Livesession, conns), p.row(Via::Direct, conns))
+        else {
+            continue;
+        };
+        let ratio = ours.mb_per_s() / direct.mb_per_s();
+        let websockify = p
+            .ratio(Via::Websockify, conns)
+            .map_or(String::new(), |x| format!("; websockify {x:.2}×"));
+        t.row([
+            format!(
+                "Proxy throughput, {conns} connection{}",
+                if conns > 1 { "s" } else { "" }
+            ),
+            format!(
+                "{:.2}× direct ({:.0} of {:.0} MB/s){websockify}",
+                ratio,
+                ours.mb_per_s(),
+                direct.mb_per_s()
+            ),
+            format!("≥ {goal:.2}×"),
+            met(ratio >= goal),
+        ]);
+    }
+    if let Some(added) = p.added_p50(Via::Livesession, 1) {
+        let websockify = p
+            .added_p50(Via::Websockify, 1)
+            .map_or(String::new(), |a| format!("; websockify +{}", fmt_ms(a)));
+        t.row([
+            "Proxy latency added per full update, p50, 1 connection".into(),
+            format!("+{}{websockify}", fmt_ms(added)),
+            "≤ 0.3 ms".into(),
+            met(added <= 0.3),
+        ]);
+    }
+    let mut cpu = Vec::new();
+    let mut all_met = true;
+    for conns in [1, 8] {
+        let ours = p
+            .row(Via::Livesession, conns)
+            .and_then(|r| r.proxy_cpu_per_gb());
+        let theirs = p
+            .row(Via::Websockify, conns)
+            .and_then(|r| r.proxy_cpu_per_gb());
+        if let Some(ours) = ours {
+            let vs = theirs.map_or(String::new(), |w| {
+                all_met &= ours <= w / 4.0;
+                format!(" vs websockify {w:.2} ({:.2}×)", ours / w)
+            });
+            cpu.push(format!("{conns} conn: {ours:.2} s/GB{vs}"));
+        }
+    }
+    if !cpu.is_empty() {
+        let has_websockify = p.websockify.is_ok();
+        t.row([
+            "Proxy CPU per GB moved".into(),
+            cpu.join("; "),
+            "≤ ¼ of websockify's".into(),
+            if has_websockify {
+                met(all_met)
+            } else {
+                "—".into()
+            },
+        ]);
+    }
+}
