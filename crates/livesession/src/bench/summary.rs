@@ -129,12 +129,14 @@ impl Report {
             Some(Ok(c)) => t.row([
                 "Concurrent live sessions (each getting frames)".into(),
                 format!(
-                    "{}{} (stopped: {}); every viewer ≥ 10 updates/s up to {}, ≥ 25 up to {}",
+                    "{}{} (stopped: {}); every viewer ≥ 10 updates/s up to {}, ≥ 25 up to {}; \
+                     {} PSS per desktop with all running",
                     if c.bounded { "≥ " } else { "" },
                     c.held,
                     c.stop_reason,
                     c.held_at_10,
-                    c.held_at_25
+                    c.held_at_25,
+                    fmt_mib(c.desktop_pss_kib.p50 as u64)
                 ),
             ]),
             Some(Err(e)) => failed(&mut t, "Capacity", e),
