@@ -25,6 +25,7 @@ async fn main() {
         uid_base: 2_000_000_000,
         warm: 0,
         warm_size: (1280, 720),
+        warm_url: "about:blank".into(),
         chromium_flags: std::env::args().skip(1).collect(),
     })
     .unwrap();

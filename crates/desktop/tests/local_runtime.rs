@@ -23,6 +23,7 @@ fn config(root: &std::path::Path, tools: ToolPaths) -> LocalRuntimeConfig {
         uid_base: 2_000_000_000,
         warm: 0,
         warm_size: (1280, 720),
+        warm_url: "about:blank".into(),
         chromium_flags: Vec::new(),
     }
 }

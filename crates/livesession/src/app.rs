@@ -165,10 +165,13 @@ pub async fn build(config: ServeConfig, local_addr: SocketAddr) -> Result<Arc<Ap
             .map_err(|e| startup(format!("cannot open the session store: {e}")))?,
     );
     let runtime: Arc<dyn DesktopRuntime> = Arc::new(
-        LocalRuntime::new(config.desktop.runtime_config(
-            config.desktop.desktops_root(&data_dir),
-            Duration::from_secs(3),
-        ))
+        LocalRuntime::new(livesession_desktop::LocalRuntimeConfig {
+            // Warm desktops show the default start page already.
+            warm_url: config.start_url.clone(),
+            ..config
+                .desktop
+                .runtime_config(config.desktop.desktops_root(&data_dir), Duration::from_secs(3))
+        })
         .map_err(|e| startup(format!("cannot create the desktops directory: {e}")))?,
     );
     if !config.desktop.sandbox {

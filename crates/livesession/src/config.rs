@@ -153,6 +153,7 @@ impl DesktopArgs {
             uid_base: self.sandbox_uid_base,
             warm: self.warm_desktops,
             warm_size: (self.desktop_size.width, self.desktop_size.height),
+            warm_url: "about:blank".into(),
             chromium_flags: self.chromium_flags.split_whitespace().map(str::to_owned).collect(),
         }
     }

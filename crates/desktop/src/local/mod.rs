@@ -65,10 +65,13 @@ pub struct LocalRuntimeConfig {
     /// First host uid for desktops when the server runs as root: desktop n runs as
     /// `uid_base + n`, so no two desktops share a uid and none shares the server's.
     pub uid_base: u32,
-    /// Desktops kept started in advance (at `warm_size`, on about:blank) and handed to
-    /// new sessions; each is used by one session only.
+    /// Desktops kept started in advance (at `warm_size`, showing `warm_url`) and handed
+    /// to new sessions; each is used by one session only.
     pub warm: usize,
     pub warm_size: (u16, u16),
+    /// The page warm desktops open: the server's default start page, so a session that
+    /// asks for it needs no navigation at all.
+    pub warm_url: String,
     /// Extra Chromium switches, after the runtime's own (a later switch wins).
     pub chromium_flags: Vec<String>,
 }

@@ -1,5 +1,6 @@
-//! The warm pool: desktops started in advance on about:blank, so a new session gets one in
-//! the time it takes to rename a directory and tell Chromium where to go. A warm desktop
+//! The warm pool: desktops started in advance on the server's default start page, so a new
+//! session gets one in the time it takes to rename a directory (and, if it asked for
+//! another page, to tell Chromium where to go). A warm desktop
 //! is handed to exactly one session and stopped with it; it is never returned to the pool,
 //! so every session has a fresh profile, home and uid. A background task refills the pool
 //! one desktop at a time, which keeps it from competing with a burst of cold starts.
@@ -57,7 +58,7 @@ pub(super) fn spawn_refill(inner: &Arc<Inner>) {
                 id: id.clone(),
                 width,
                 height,
-                start_url: "about:blank".into(),
+                start_url: inner.config.warm_url.clone(),
             };
             match inner.start_cold(spec, &|_| {}).await {
                 Ok(handle) if !pool.closed.load(Ordering::SeqCst) => {
@@ -79,6 +80,7 @@ pub(super) async fn take(inner: &Inner, spec: &DesktopSpec) -> Option<DesktopHan
     if inner.config.warm == 0 || (spec.width, spec.height) != inner.config.warm_size {
         return None;
     }
+    let started = std::time::Instant::now();
     loop {
         let (warm_id, handle) = inner.pool.ready.lock().expect("pool").pop()?;
         inner.pool.wake.notify_one();
@@ -88,7 +90,8 @@ pub(super) async fn take(inner: &Inner, spec: &DesktopSpec) -> Option<DesktopHan
         }
         match adopt(inner, &warm_id, handle, spec).await {
             Ok(handle) => {
-                tracing::info!(session_id = %spec.id, warm_id = %warm_id, "warm desktop handed out");
+                tracing::info!(session_id = %spec.id, warm_id = %warm_id,
+                    elapsed_ms = started.elapsed().as_millis() as u64, "warm desktop handed out");
                 return Some(handle);
             }
             Err(e) => {
@@ -127,7 +130,7 @@ async fn adopt(
     handle.id = spec.id.clone();
     handle.vnc_socket = new_dir.join("run/vnc.sock");
     handle.devtools_socket = new_dir.join("run/devtools.sock");
-    if spec.start_url != "about:blank" {
+    if spec.start_url != inner.config.warm_url {
         devtools::navigate(&handle.devtools_socket, &spec.start_url).await?;
     }
     Ok(handle)

@@ -19,12 +19,19 @@ async fn wait_warm(server: &TestServer, count: u64) {
 async fn sessions_get_fresh_warm_desktops_that_open_their_start_page() {
     let page = PageServer::start().await;
     let args = page.server_args();
-    let server = TestServer::start(&[&args[0], &args[1], "--warm-desktops", "1"]).await;
+    // Warm desktops show the default start page already; a session asking for another
+    // page gets its desktop navigated there.
+    let server =
+        TestServer::start(&[&args[0], &args[1], "--warm-desktops", "1", "--start-url", &page.url]).await;
     wait_warm(&server, 1).await;
 
     let mut previous: Option<(String, Option<u64>)> = None;
     for round in 0..2 {
-        let created = server.create_session(json!({ "start_url": page.url })).await;
+        let body = match round {
+            0 => json!({}),
+            _ => json!({ "start_url": format!("{}?another", page.url) }),
+        };
+        let created = server.create_session(body).await;
         let (id, token) = (created["id"].as_str().unwrap().to_owned(), created["token"].as_str().unwrap());
         let ws = ws_connect(&server, &format!("/api/sessions/{id}/vnc?token={token}"), &[]).await;
         let mut rfb = rfb_over_ws(ws).await;
