@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::pages::{ANIMATED_RGB, PageServer};
-use super::procfs::{meminfo_kib, pss_by_name};
+use super::procfs::{meminfo_kib, memory_of};
 use super::report::{Table, fmt_mib};
 use super::server::Server;
 use super::stats::Summary;
@@ -215,10 +215,7 @@ pub async fn run(options: &Options) -> Result<CapacityReport, String> {
     };
     let pss: Vec<f64> = sessions
         .iter()
-        .map(|id| {
-            let by_name = pss_by_name(&server.desktop_pids(id));
-            by_name.values().map(|(kib, _)| *kib as f64).sum()
-        })
+        .map(|id| memory_of(&server.desktop_pids(id)).pss as f64)
         .collect();
     progress(format!("  capacity: stopping {} desktops", viewers.len()));
     for v in &viewers {

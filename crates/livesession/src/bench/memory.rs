@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::client::{connect_ws, connect_ws_with};
 use super::pages::{PageServer, SOLID_RGB};
-use super::procfs::{pss_by_name, pss_kib};
+use super::procfs::{Memory, memory_by_name, pss_kib};
 use super::report::{Table, fmt_mib};
 use super::server::{Server, warm_pool_default};
 use super::{Options, open_session, progress};
@@ -28,38 +28,51 @@ impl PerConnection {
 
 #[derive(Debug, Clone)]
 pub struct MemoryReport {
-    /// KiB and process count by process name.
-    pub desktop: BTreeMap<String, (u64, usize)>,
+    /// The desktop's memory by process name.
+    pub desktop: BTreeMap<String, Memory>,
     pub gateway: Vec<PerConnection>,
 }
 
 impl MemoryReport {
-    pub fn desktop_total_kib(&self) -> u64 {
-        self.desktop.values().map(|(kib, _)| kib).sum()
+    pub fn total(&self) -> Memory {
+        let mut total = Memory::default();
+        for m in self.desktop.values() {
+            total.pss += m.pss;
+            total.uss += m.uss;
+            total.processes += m.processes;
+        }
+        total
     }
 
     /// Process names by PSS, largest first.
-    pub fn by_size(&self) -> Vec<(&String, &(u64, usize))> {
+    pub fn by_size(&self) -> Vec<(&String, &Memory)> {
         let mut v: Vec<_> = self.desktop.iter().collect();
-        v.sort_by_key(|b| std::cmp::Reverse(b.1.0));
+        v.sort_by_key(|(_, m)| std::cmp::Reverse(m.pss));
         v
     }
 
     pub fn table(&self) -> Table {
-        let mut t = Table::new(["Idle desktop, by process", "PSS", "Processes"]);
-        for (name, (kib, count)) in self.by_size() {
-            t.row([name.clone(), fmt_mib(*kib), count.to_string()]);
+        let mut t = Table::new(["Idle desktop, by process", "PSS", "USS", "Processes"]);
+        for (name, m) in self.by_size() {
+            t.row([
+                name.clone(),
+                fmt_mib(m.pss),
+                fmt_mib(m.uss),
+                m.processes.to_string(),
+            ]);
         }
-        let count: usize = self.desktop.values().map(|(_, n)| n).sum();
+        let total = self.total();
         t.row([
             "**total**".into(),
-            format!("**{}**", fmt_mib(self.desktop_total_kib())),
-            count.to_string(),
+            format!("**{}**", fmt_mib(total.pss)),
+            fmt_mib(total.uss),
+            total.processes.to_string(),
         ]);
         for g in &self.gateway {
             t.row([
                 format!("Gateway, per idle {} connection", g.kind),
                 format!("{:.1} KiB", g.kib_each()),
+                String::new(),
                 format!(
                     "{} connections: {} → {}",
                     g.connections,
@@ -88,7 +101,7 @@ pub async fn run(options: &Options) -> Result<MemoryReport, String> {
     server.settle(Duration::from_secs(120)).await;
     progress("  memory: desktop idle for 5 s");
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let desktop = pss_by_name(&server.desktop_pids(&created.id));
+    let desktop = memory_by_name(&server.desktop_pids(&created.id));
 
     // The connections are held until the end: memory freed in between would be reused by
     // the next kind and hide its cost.

@@ -6,13 +6,66 @@ use std::collections::{BTreeMap, HashMap};
 /// architecture Linux exposes to user space.
 const TICKS_PER_SECOND: f64 = 100.0;
 
+/// A field of /proc/<pid>/smaps_rollup, KiB.
+fn rollup_kib(rollup: &str, field: &str) -> Option<u64> {
+    rollup
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
 /// Proportional set size of a process, KiB.
 pub fn pss_kib(pid: u32) -> Option<u64> {
     let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
-    rollup
-        .lines()
-        .find_map(|l| l.strip_prefix("Pss:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    rollup_kib(&rollup, "Pss")
+}
+
+/// Memory of a set of processes, KiB.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Memory {
+    /// Proportional set size: each shared page divided among the processes mapping it.
+    pub pss: u64,
+    /// Unique set size: pages no other process maps.
+    pub uss: u64,
+    pub processes: usize,
+}
+
+impl Memory {
+    fn of(pid: u32) -> Self {
+        let rollup =
+            std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+        let kib = |f| rollup_kib(&rollup, f).unwrap_or(0);
+        Self {
+            pss: kib("Pss"),
+            uss: kib("Private_Clean") + kib("Private_Dirty"),
+            processes: 1,
+        }
+    }
+
+    fn add(&mut self, other: Self) {
+        self.pss += other.pss;
+        self.uss += other.uss;
+        self.processes += other.processes;
+    }
+}
+
+/// Memory by process name over `pids`.
+pub fn memory_by_name(pids: &[i32]) -> BTreeMap<String, Memory> {
+    let mut by_name: BTreeMap<String, Memory> = BTreeMap::new();
+    for &pid in pids {
+        let pid = pid as u32;
+        by_name.entry(comm(pid)).or_default().add(Memory::of(pid));
+    }
+    by_name
+}
+
+/// The sum over `pids`.
+pub fn memory_of(pids: &[i32]) -> Memory {
+    let mut total = Memory::default();
+    for m in memory_by_name(pids).into_values() {
+        total.add(m);
+    }
+    total
 }
 
 /// The process listening on a local TCP port, from /proc (so the soak needs no pid).
@@ -100,24 +153,9 @@ pub fn comm(pid: u32) -> String {
         .to_owned()
 }
 
-/// PSS in KiB and process count by process name, over `pids`.
-pub fn pss_by_name(pids: &[i32]) -> BTreeMap<String, (u64, usize)> {
-    let mut by_name: BTreeMap<String, (u64, usize)> = BTreeMap::new();
-    for &pid in pids {
-        let pid = pid as u32;
-        let entry = by_name.entry(comm(pid)).or_default();
-        entry.0 += pss_kib(pid).unwrap_or(0);
-        entry.1 += 1;
-    }
-    by_name
-}
-
 /// A field of /proc/meminfo, KiB.
 pub fn meminfo_kib(field: &str) -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    rollup_kib(&std::fs::read_to_string("/proc/meminfo").ok()?, field)
 }
 
 #[cfg(test)]
@@ -130,6 +168,9 @@ mod tests {
         assert!(cpu_seconds(me).is_some());
         assert!(tree_cpu_seconds(me) >= cpu_seconds(me).unwrap());
         assert!(pss_kib(me).unwrap() > 0);
+        let mine = memory_of(&[me as i32]);
+        assert!(mine.pss > 0 && mine.uss > 0 && mine.uss <= mine.pss);
+        assert_eq!(mine.processes, 1);
         assert!(meminfo_kib("MemTotal").unwrap() > 0);
         assert!(!comm(me).is_empty());
     }

@@ -147,7 +147,9 @@ pub fn machine() -> String {
         .unwrap_or_else(|| "Chromium not found".into());
     let commit = first_line("git", &["rev-parse", "--short", "HEAD"]).map(|c| {
         let dirty = Command::new("git")
-            .args(["status", "--porcelain", "--untracked-files=no"])
+            // The document this run writes does not count.
+            .args(["status", "--porcelain", "--untracked-files=no", "--", "."])
+            .arg(":!docs/performance.md")
             .output()
             .is_ok_and(|o| !o.stdout.is_empty());
         format!(

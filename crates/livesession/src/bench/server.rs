@@ -229,17 +229,17 @@ impl Server {
     }
 
     /// Waits (up to `limit`) until the warm pool, if the server has one, is full, so that
-    /// no desktop is starting while something is measured.
-    pub async fn settle(&self, limit: Duration) {
-        let target = self.warm;
-        let deadline = tokio::time::Instant::now() + limit;
-        while tokio::time::Instant::now() < deadline {
+    /// no desktop is starting while something is measured. Returns how long it waited.
+    pub async fn settle(&self, limit: Duration) -> Duration {
+        let started = tokio::time::Instant::now();
+        while started.elapsed() < limit {
             match self.readyz().await["warm_desktops"].as_u64() {
-                Some(ready) if (ready as usize) < target => {}
-                _ => return,
+                Some(ready) if (ready as usize) < self.warm => {}
+                _ => break,
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+        started.elapsed()
     }
 
     /// Stops the server as a signal would (it stops its desktops) and removes its data.

@@ -96,10 +96,7 @@ async fn variant(
         let server = Server::start(&options.server_flags(pages, &refs)).await?;
         let mut times = Vec::new();
         for run in 1..=runs {
-            if warm > 0 {
-                progress(format!("  start ({name}): waiting for the pool to fill"));
-            }
-            server.settle(Duration::from_secs(120)).await;
+            let waited = server.settle(Duration::from_secs(120)).await;
             // Let the last desktop's stop (or the pool's last start) finish.
             tokio::time::sleep(Duration::from_secs(1)).await;
             let (created, rfb, opened) =
@@ -107,7 +104,17 @@ async fn variant(
             let ms = opened.drawn.as_secs_f64() * 1000.0;
             created_ms.push(opened.created.as_secs_f64() * 1000.0);
             handshake_ms.push(opened.handshake.as_secs_f64() * 1000.0);
-            progress(format!("  start ({name}) run {run}/{runs}: {ms:.0} ms"));
+            let pool = if warm > 0 {
+                format!(
+                    " (after {:.1} s waiting for the pool to fill)",
+                    waited.as_secs_f64()
+                )
+            } else {
+                String::new()
+            };
+            progress(format!(
+                "  start ({name}) run {run}/{runs}: {ms:.0} ms{pool}"
+            ));
             times.push(ms);
             drop(rfb);
             let stopping = Instant::now();
