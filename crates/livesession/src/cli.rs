@@ -282,7 +282,9 @@ async fn bench_command(command: BenchCommand) -> ExitCode {
                 print(bench::capacity::run(&a.options()).await.map(|r| r.table()))
             }
             BenchCommand::Scroll(a) => {
-                print(bench::scroll::run(&a.options()).await.map(|r| r.table()))
+                let code = print(bench::scroll::run(&a.options()).await.map(|r| r.table()));
+                println!("{}", bench::scroll::encodings_note());
+                code
             }
             BenchCommand::All { run, no_write, doc } => {
                 let report = bench::all(&run.options()).await;

@@ -105,6 +105,26 @@ pub struct ScrollReport {
     pub seconds: f64,
 }
 
+/// What the viewer-like client asks for, in words.
+pub fn encodings_note() -> String {
+    let names = |mode: Mode| {
+        mode.encodings()
+            .iter()
+            .filter(|e| **e >= wire::RAW || **e == wire::TIGHT_PNG)
+            .map(|e| wire::encoding_name(*e))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        "Encodings asked for, in order: {} (Tight mode, as noVNC 1.x does without WebCodecs \
+         H.264), {} (ZRLE mode), Raw; with quality level {QUALITY}, compression level \
+         {COMPRESSION}, and pseudo-encodings for cursor, desktop size, LastRect, fences and \
+         continuous updates. Frames/s counts screens' worth of pixels updated per second.",
+        names(Mode::Tight),
+        names(Mode::Zrle)
+    )
+}
+
 impl ScrollReport {
     pub fn row(&self, mode: Mode) -> Option<&Row> {
         self.rows.iter().find(|r| r.mode == mode)

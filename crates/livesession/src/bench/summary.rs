@@ -11,6 +11,8 @@ use super::report::{Table, fmt_mib, fmt_ms, machine};
 use super::scroll::{self, Mode, ScrollReport};
 use super::start::StartReport;
 
+const SCROLLING: &str = "Scrolling";
+
 /// Everything one `bench all` measured.
 #[derive(Debug, Default)]
 pub struct Report {
@@ -192,7 +194,7 @@ impl Report {
                     .map(|r| r.as_ref().map(MemoryReport::table).map_err(Clone::clone)),
             ),
             (
-                "Scrolling",
+                SCROLLING,
                 self.scroll
                     .as_ref()
                     .map(|r| r.as_ref().map(ScrollReport::table).map_err(Clone::clone)),
@@ -208,6 +210,9 @@ impl Report {
             match table {
                 Some(Ok(t)) => {
                     let _ = write!(out, "\n#### {title}\n\n{}", t.render());
+                    if title == SCROLLING {
+                        let _ = writeln!(out, "\n{}", scroll::encodings_note());
+                    }
                 }
                 Some(Err(e)) => {
                     let _ = writeln!(out, "\n#### {title}\n\nFailed: {e}");

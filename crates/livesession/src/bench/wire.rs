@@ -47,6 +47,7 @@ pub fn encoding_name(encoding: i32) -> String {
         TIGHT => "Tight".into(),
         ZRLE => "ZRLE".into(),
         TIGHT_PNG => "TightPNG".into(),
+        JPEG => "JPEG".into(),
         other => format!("encoding {other}"),
     }
 }
