@@ -140,7 +140,7 @@ pub async fn run(options: &Options) -> Result<CapacityReport, String> {
         }
         progress(format!("  capacity: starting session {n}"));
         let (created, mut rfb, took) =
-            match open_session(&server, &pages.url("animated"), ANIMATED_RGB).await {
+            match open_session(&server, Some(&pages.url("animated")), ANIMATED_RGB).await {
                 Ok(s) => s,
                 Err(e) => break (format!("session {n} failed to start: {e}"), false, n - 1),
             };

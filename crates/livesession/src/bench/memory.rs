@@ -97,7 +97,7 @@ pub async fn run(options: &Options) -> Result<MemoryReport, String> {
     let server = Server::start(&options.server_flags(&pages, flags)).await?;
     server.settle(Duration::from_secs(120)).await;
     progress("  memory: starting a desktop");
-    let (created, _viewer, _) = open_session(&server, &pages.url("solid"), SOLID_RGB).await?;
+    let (created, _viewer, _) = open_session(&server, Some(&pages.url("solid")), SOLID_RGB).await?;
     server.settle(Duration::from_secs(120)).await;
     progress("  memory: desktop idle for 5 s");
     tokio::time::sleep(Duration::from_secs(5)).await;

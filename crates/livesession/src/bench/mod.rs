@@ -85,12 +85,12 @@ pub struct Opened {
     pub drawn: Duration,
 }
 
-/// Creates a session showing `url`, opens its VNC WebSocket (which starts its desktop) and
+/// Creates a session showing `url` (`None`: the server's start page), opens its VNC WebSocket (which starts its desktop) and
 /// reads full frames until `rgb` covers half the screen. Returns the session, the open
 /// client, and when each step was done.
 pub async fn open_session(
     server: &Server,
-    url: &str,
+    url: Option<&str>,
     rgb: (u8, u8, u8),
 ) -> Result<(Created, RfbClient<tokio::io::DuplexStream>, Opened), String> {
     let started = Instant::now();

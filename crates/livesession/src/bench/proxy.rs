@@ -230,7 +230,7 @@ pub async fn run(options: &Options) -> Result<ProxyReport, String> {
     let server = Server::start(&options.server_flags(&pages, &[])).await?;
     server.settle(Duration::from_secs(120)).await;
     progress("  proxy: starting a desktop");
-    let (created, _viewer, _) = open_session(&server, &pages.url("solid"), SOLID_RGB).await?;
+    let (created, _viewer, _) = open_session(&server, Some(&pages.url("solid")), SOLID_RGB).await?;
     let socket = server.vnc_socket(&created.id)?;
     let xvnc = server
         .desktop_pids(&created.id)

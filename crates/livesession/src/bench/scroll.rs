@@ -169,7 +169,7 @@ pub async fn run(options: &Options) -> Result<ScrollReport, String> {
     let server = Server::start(&options.server_flags(&pages, &[])).await?;
     server.settle(Duration::from_secs(120)).await;
     progress("  scroll: starting a desktop on the scrolling page");
-    let created = server.create_session(&pages.url("scrolling")).await?;
+    let created = server.create_session(Some(&pages.url("scrolling"))).await?;
     // A first connection starts the desktop; the page then reports that it loaded.
     let ws = connect_ws(&created.vnc_url, Some(&created.token))
         .await

@@ -171,12 +171,17 @@ impl Server {
         self.get("/readyz").await.unwrap_or(Value::Null)
     }
 
-    pub async fn create_session(&self, start_url: &str) -> Result<Created, String> {
+    /// `POST /api/sessions`, with this start URL or the server's (`None`).
+    pub async fn create_session(&self, start_url: Option<&str>) -> Result<Created, String> {
+        let mut body = json!({ "ttl_seconds": 3600 });
+        if let Some(url) = start_url {
+            body["start_url"] = url.into();
+        }
         let response = self
             .http
             .post(format!("{}/api/sessions", self.base))
             .bearer_auth(&self.admin)
-            .json(&json!({ "start_url": start_url, "ttl_seconds": 3600 }))
+            .json(&body)
             .send()
             .await
             .map_err(|e| e.without_url().to_string())?;

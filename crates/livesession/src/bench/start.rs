@@ -1,6 +1,8 @@
 //! `bench start`: from `POST /api/sessions` to the first frame, read through the VNC
 //! proxy, in which the start page (a solid colour) covers half the screen. Cold (no warm
-//! pool) and warm (`--warm-desktops 2`, the pool refilled before each run).
+//! pool); warm (`--warm-desktops 2`, the pool refilled before each run) with the page as
+//! the session's `start_url`; and warm with the page as the server's `--start-url` and
+//! none in the POST (warm desktops already show the server's start page).
 
 use std::time::{Duration, Instant};
 
@@ -25,8 +27,7 @@ pub struct Variant {
 
 #[derive(Debug, Clone)]
 pub struct StartReport {
-    pub cold: Variant,
-    pub warm: Variant,
+    pub variants: Vec<Variant>,
 }
 
 impl StartReport {
@@ -41,7 +42,7 @@ impl StartReport {
             "max",
             "p50: POST answered / RFB handshake done",
         ]);
-        for v in [&self.cold, &self.warm] {
+        for v in &self.variants {
             let mut row = vec![v.name.to_owned(), format!("`{}`", v.flags)];
             match &v.result {
                 Ok(s) => row.extend([
@@ -63,19 +64,21 @@ impl StartReport {
 pub async fn run(options: &Options) -> Result<StartReport, String> {
     let runs = options.runs.unwrap_or(if options.quick { 3 } else { 10 });
     let pages = PageServer::start().await?;
-    let cold = variant(options, &pages, "cold", 0, runs).await;
-    let warm = if warm_pool_default().is_some() {
-        variant(options, &pages, "warm", WARM_POOL, runs).await
-    } else {
-        Variant {
-            name: "warm",
-            flags: format!("--warm-desktops {WARM_POOL}"),
-            result: Err("not available: this build has no --warm-desktops".into()),
-            created: Summary::default(),
-            handshake: Summary::default(),
-        }
-    };
-    Ok(StartReport { cold, warm })
+    let mut variants = vec![variant(options, &pages, "cold", 0, false, runs).await];
+    for (name, server_page) in [("warm", false), ("warm, server's start page", true)] {
+        variants.push(if warm_pool_default().is_some() {
+            variant(options, &pages, name, WARM_POOL, server_page, runs).await
+        } else {
+            Variant {
+                name,
+                flags: format!("--warm-desktops {WARM_POOL}"),
+                result: Err("not available: this build has no --warm-desktops".into()),
+                created: Summary::default(),
+                handshake: Summary::default(),
+            }
+        });
+    }
+    Ok(StartReport { variants })
 }
 
 async fn variant(
@@ -83,13 +86,18 @@ async fn variant(
     pages: &PageServer,
     name: &'static str,
     warm: usize,
+    server_page: bool,
     runs: usize,
 ) -> Variant {
-    let flags = if warm_pool_default().is_some() {
+    let mut flags = if warm_pool_default().is_some() {
         vec!["--warm-desktops".to_owned(), warm.to_string()]
     } else {
         Vec::new()
     };
+    let page = pages.url("solid");
+    if server_page {
+        flags.extend(["--start-url".to_owned(), page.clone()]);
+    }
     let (mut created_ms, mut handshake_ms) = (Vec::new(), Vec::new());
     let result = async {
         let refs: Vec<&str> = flags.iter().map(String::as_str).collect();
@@ -100,7 +108,7 @@ async fn variant(
             // Let the last desktop's stop (or the pool's last start) finish.
             tokio::time::sleep(Duration::from_secs(1)).await;
             let (created, rfb, opened) =
-                open_session(&server, &pages.url("solid"), SOLID_RGB).await?;
+                open_session(&server, (!server_page).then_some(&*page), SOLID_RGB).await?;
             let ms = opened.drawn.as_secs_f64() * 1000.0;
             created_ms.push(opened.created.as_secs_f64() * 1000.0);
             handshake_ms.push(opened.handshake.as_secs_f64() * 1000.0);
@@ -135,7 +143,7 @@ async fn variant(
         flags: if flags.is_empty() {
             "(defaults)".into()
         } else {
-            flags.join(" ")
+            flags.join(" ").replace(&page, "<page>")
         },
         result,
         created: Summary::of(&created_ms),

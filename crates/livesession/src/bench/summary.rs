@@ -45,7 +45,8 @@ impl Report {
         }
         match &self.start {
             Some(Ok(s)) => {
-                for (v, goal) in [(&s.cold, 700.0), (&s.warm, 100.0)] {
+                for v in &s.variants {
+                    let goal = if v.name == "cold" { 700.0 } else { 100.0 };
                     let what = format!("Session start, {} (POST → page drawn)", v.name);
                     match &v.result {
                         Ok(r) => t.row([
