@@ -245,7 +245,12 @@ pub async fn wait_for_colour(
         rfb.request_update(false).await?;
         tokio::time::timeout_at(deadline, rfb.read_update())
             .await
-            .map_err(|_| other("no frame in time"))??;
+            .map_err(|_| {
+                other(format!(
+                    "the page was not drawn within {} s (no frame came)",
+                    limit.as_secs()
+                ))
+            })??;
         if rfb.share_of_colour(rgb, 8) >= share {
             return Ok(());
         }

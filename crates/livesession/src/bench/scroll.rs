@@ -110,7 +110,7 @@ pub fn encodings_note() -> String {
     let names = |mode: Mode| {
         mode.encodings()
             .iter()
-            .filter(|e| **e >= wire::RAW || **e == wire::TIGHT_PNG)
+            .filter(|e| wire::is_pixel_encoding(**e))
             .map(|e| wire::encoding_name(*e))
             .collect::<Vec<_>>()
             .join(", ")
@@ -277,4 +277,19 @@ async fn view(
             .map(|(e, n)| (wire::encoding_name(*e), *n))
             .collect(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_encodings_note_names_every_pixel_encoding() {
+        let note = encodings_note();
+        assert!(note.starts_with("Encodings asked for, in order: CopyRect, Tight, TightPNG, ZRLE"));
+        assert!(!note.contains("encoding "), "{note}");
+        assert_eq!(Mode::Tight.encodings()[1], wire::TIGHT);
+        assert!(!Mode::Zrle.encodings().contains(&wire::TIGHT));
+        assert!(Mode::Raw.encodings().contains(&wire::CONTINUOUS_UPDATES));
+    }
 }

@@ -37,6 +37,14 @@ pub const EXTENDED_CLIPBOARD: i32 = 0xc0a1_e5ce_u32 as i32;
 const BPP: u64 = 4;
 const TPIXEL: u64 = 3;
 
+/// Whether rectangles of this encoding carry pixels (the others are pseudo-encodings).
+pub fn is_pixel_encoding(encoding: i32) -> bool {
+    matches!(
+        encoding,
+        RAW | COPY_RECT | RRE | HEXTILE | ZLIB | TIGHT | ZRLE | JPEG | TIGHT_PNG
+    )
+}
+
 pub fn encoding_name(encoding: i32) -> String {
     match encoding {
         RAW => "Raw".into(),
@@ -395,11 +403,7 @@ impl Framing {
         events: &mut Vec<Event>,
     ) -> Result<State, String> {
         let Rect { w, h, .. } = self.rect;
-        let pixels = matches!(
-            encoding,
-            RAW | COPY_RECT | RRE | HEXTILE | ZLIB | TIGHT | ZRLE | TIGHT_PNG
-        );
-        if pixels {
+        if is_pixel_encoding(encoding) {
             self.pixel_rects += 1;
             self.pixels += w * h;
             *self.rects_by_encoding.entry(encoding).or_default() += 1;
