@@ -81,8 +81,19 @@ impl Table {
 /// without markers, appends them with `generated` at the end.
 pub fn replace_generated(doc: &str, generated: &str) -> String {
     let generated = generated.trim_end();
-    if let Some(begin) = doc.find(BEGIN)
-        && let Some(end) = doc[begin..].find(END).map(|e| begin + e)
+    // Markers count only as whole lines: the page's prose names them too.
+    let line_at = |marker: &str, from: usize| -> Option<usize> {
+        let mut offset = from;
+        for line in doc[from..].split_inclusive('\n') {
+            if line.trim_end() == marker {
+                return Some(offset);
+            }
+            offset += line.len();
+        }
+        None
+    };
+    if let Some(begin) = line_at(BEGIN, 0)
+        && let Some(end) = line_at(END, begin)
     {
         return format!(
             "{}\n{generated}\n{}",
@@ -198,6 +209,12 @@ mod tests {
         );
         // Idempotent: replacing again changes nothing.
         assert_eq!(replace_generated(&new, "new table"), new);
+        // Markers named in prose (inside a line) are not markers.
+        let prose = format!("Writes between `{BEGIN}` and `{END}`.\n\n{BEGIN}\nold\n{END}\n");
+        assert_eq!(
+            replace_generated(&prose, "new"),
+            format!("Writes between `{BEGIN}` and `{END}`.\n\n{BEGIN}\nnew\n{END}\n")
+        );
     }
 
     #[test]
