@@ -198,8 +198,7 @@ pub async fn run(soak: &ControlSoak) -> Result<SoakReport, String> {
     Ok(report)
 }
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+use super::client::Ws;
 
 /// Renews each session's access token at half its remaining life.
 async fn renew_tokens(

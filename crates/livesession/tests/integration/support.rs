@@ -8,10 +8,9 @@ use std::time::Duration;
 use axum::extract::{Query, State};
 use axum::response::Html;
 use clap::Parser;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use livesession::config::ServeConfig;
 use livesession_desktop::rfb::RfbClient;
-use livesession_relay::{Inbound, Outbound, PumpConfig, pump};
 use serde_json::Value;
 use tokio::io::DuplexStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -344,8 +343,7 @@ impl TestServer {
 
 // ---------------------------------------------------------------- WebSocket clients
 
-pub type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+pub use livesession::bench::client::Ws;
 
 /// Opens a WebSocket to `path` on the server with extra request headers.
 pub async fn ws_connect(server: &TestServer, path: &str, headers: &[(&str, &str)]) -> Ws {
@@ -384,37 +382,11 @@ pub async fn close_of(ws: &mut Ws, limit: Duration) -> (u16, String) {
         .expect("server closed the connection in time")
 }
 
-/// An RFB client speaking through the VNC proxy: the WebSocket is bridged to an
-/// in-memory pipe by the same relay the server uses.
+/// An RFB client speaking through the VNC proxy (the benchmark's client: the WebSocket
+/// bridged to an in-memory pipe by the same relay the server uses).
 pub async fn rfb_over_ws(ws: Ws) -> RfbClient<DuplexStream> {
-    let (ours, theirs) = tokio::io::duplex(1 << 20);
-    tokio::spawn(async move {
-        let (tx, rx) = ws.split();
-        let mut tx = tx.with(|o: Outbound| {
-            futures_util::future::ready(Ok::<_, tokio_tungstenite::tungstenite::Error>(match o {
-                Outbound::Data(d) => Message::Binary(d),
-                Outbound::Ping => Message::Ping(Default::default()),
-            }))
-        });
-        let mut rx = rx.map(|m| {
-            m.map(|m| match m {
-                Message::Binary(b) => Inbound::Data(b),
-                Message::Close(_) => Inbound::Close,
-                _ => Inbound::Ignored,
-            })
-        });
-        pump(
-            theirs,
-            &mut tx,
-            &mut rx,
-            &PumpConfig::default(),
-            std::future::pending::<()>(),
-        )
-        .await;
-    });
-    tokio::time::timeout(Duration::from_secs(90), RfbClient::handshake(ours))
+    livesession::bench::client::rfb_over_ws(ws)
         .await
-        .expect("RFB handshake through the proxy in time")
         .expect("RFB handshake through the proxy")
 }
 
