@@ -92,8 +92,11 @@ pub struct DesktopArgs {
     /// Memory limit per desktop in MiB (cgroups; 0 for none).
     #[arg(long, env = "LIVESESSION_DESKTOP_MEMORY_MIB", default_value_t = 2048)]
     pub desktop_memory_mib: u64,
-    /// CPU limit per desktop in cores, e.g. 1.5 (cgroups; 0 for none).
-    #[arg(long, env = "LIVESESSION_DESKTOP_CPUS", default_value_t = 1.0)]
+    /// Hard CPU cap per desktop in cores, e.g. 1.5 (cgroup quota; 0 for none). Without a
+    /// cap, desktops still share the CPU equally under contention (each has its own
+    /// cgroup, all of the same weight); a cap of one core doubled cold starts on a
+    /// two-core machine.
+    #[arg(long, env = "LIVESESSION_DESKTOP_CPUS", default_value_t = 0.0)]
     pub desktop_cpus: f64,
     /// Limit on processes and threads per desktop (cgroups; 0 for none).
     #[arg(long, env = "LIVESESSION_DESKTOP_PIDS_MAX", default_value_t = 4096)]
