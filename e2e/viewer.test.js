@@ -115,7 +115,16 @@ describe('viewer', { timeout: 300_000 }, () => {
         const canvas = page.locator('#screen canvas').first();
         const box = await canvas.boundingBox();
         assert.ok(box && box.width > 100 && box.height > 100, `canvas is on screen (${JSON.stringify(box)})`);
-        const top = await findColorTop(page, MAGENTA);
+        // Right after connecting the desktop is resized to the viewer (resizeSession)
+        // and Chromium re-lays out its window: wait for the page's edge to settle.
+        let top = null;
+        await waitFor(
+          async () => {
+            top = await findColorTop(page, MAGENTA);
+            return top !== null;
+          },
+          { timeoutMs: 10_000, intervalMs: 200, what: 'the top of the remote page' },
+        );
         assert.ok(top, 'found the top of the remote page');
         const scale = box.width / top.width;
         await page.mouse.click(box.x + 120 * scale, box.y + (top.y + 80) * scale);
