@@ -99,10 +99,11 @@ async fn throwaway_desktop(data_dir: &Path, args: &DesktopArgs) -> Result<String
         warm: 0,
         ..args.runtime_config(root.clone(), Duration::from_secs(3))
     };
+    let limited = config.limits.any();
     let runtime = LocalRuntime::new(config)
         .map_err(|e| format!("cannot create {}: {e}", root.display()))?;
     match runtime.limits_status() {
-        Ok(()) if args.runtime_config(root.clone(), Duration::ZERO).limits.any() => {
+        Ok(()) if limited => {
             say("  ok       per-desktop memory, CPU and process limits (cgroups)")
         }
         Ok(()) => say("  note     per-desktop limits are turned off"),
