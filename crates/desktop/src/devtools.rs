@@ -1,11 +1,12 @@
 //! Just enough of Chromium's DevTools HTTP endpoint to know a desktop is ready. The
-//! endpoint is reached through the desktop's `devtools.sock`.
+//! endpoint is reached through the desktop's `devtools.sock`, never by following a link the
+//! desktop could have put in its place ([`DesktopSocket::connect`]).
 
-use std::path::Path;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::UnixStream;
+
+use crate::confined::DesktopSocket;
 
 /// One DevTools target, as `/json/list` describes it.
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -22,7 +23,7 @@ pub struct Target {
 /// Sends the desktop's page to `url` (`Page.navigate` over the page's DevTools WebSocket)
 /// and returns once Chromium has started the navigation: a warm desktop handed to a
 /// session opens that session's start page.
-pub async fn navigate(socket: &Path, url: &str) -> std::io::Result<()> {
+pub async fn navigate(socket: &DesktopSocket, url: &str) -> std::io::Result<()> {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
     let err = |m: &str| std::io::Error::other(m.to_owned());
@@ -40,7 +41,7 @@ pub async fn navigate(socket: &Path, url: &str) -> std::io::Result<()> {
         .map(|p| format!("/{p}"))
         .ok_or_else(|| err("unexpected DevTools WebSocket URL"))?;
     let exchange = async {
-        let stream = UnixStream::connect(socket).await?;
+        let stream = socket.connect().await?;
         let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://localhost{path}"), stream)
             .await
             .map_err(std::io::Error::other)?;
@@ -65,14 +66,14 @@ pub async fn navigate(socket: &Path, url: &str) -> std::io::Result<()> {
 }
 
 /// `GET /json/list`. A loopback-only, one-request HTTP/1.1 exchange: not worth a client crate.
-pub async fn list_targets(socket: &Path) -> std::io::Result<Vec<Target>> {
+pub async fn list_targets(socket: &DesktopSocket) -> std::io::Result<Vec<Target>> {
     let body = get(socket, "/json/list").await?;
     serde_json::from_slice(&body).map_err(std::io::Error::other)
 }
 
-async fn get(socket: &Path, path: &str) -> std::io::Result<Vec<u8>> {
+async fn get(socket: &DesktopSocket, path: &str) -> std::io::Result<Vec<u8>> {
     let exchange = async {
-        let mut stream = UnixStream::connect(socket).await?;
+        let mut stream = socket.connect().await?;
         // DevTools accepts only an IP address or "localhost" as Host.
         let request =
             format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");

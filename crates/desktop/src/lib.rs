@@ -4,6 +4,7 @@
 //! (`openbox`) and Chromium. [`DesktopRuntime`] is the seam: the local runtime runs them as
 //! processes on this machine; later runtimes (pods, microVMs) implement the same trait.
 
+pub mod confined;
 pub mod devtools;
 pub mod egress;
 mod local;
@@ -11,13 +12,13 @@ pub mod rfb;
 pub mod toolchain;
 
 use std::fmt;
-use std::path::PathBuf;
 
 pub use local::{
     Cgroups, LocalRuntime, LocalRuntimeConfig, ResourceLimits, group_members, is_root, members,
     pidns_of,
     sandbox,
 };
+pub use confined::{ConfinedError, DesktopDir, DesktopSocket};
 pub use toolchain::{ToolCheck, ToolPaths};
 
 /// One of the programs a desktop is made of. Errors name the piece that failed.
@@ -96,11 +97,12 @@ pub struct DesktopSpec {
 #[derive(Debug, Clone)]
 pub struct DesktopHandle {
     pub id: String,
-    /// The VNC server's Unix socket (no TCP port is ever opened).
-    pub vnc_socket: PathBuf,
+    /// The VNC server's Unix socket (no TCP port is ever opened). The desktop owns the
+    /// directory it is in, so it is only ever reached through [`DesktopSocket::connect`].
+    pub vnc_socket: DesktopSocket,
     /// Chromium's DevTools HTTP/WebSocket endpoint, relayed to a Unix socket (inside a
     /// sandbox, Chromium's loopback is the desktop's own).
-    pub devtools_socket: PathBuf,
+    pub devtools_socket: DesktopSocket,
     /// The X display number, e.g. 3 for `:3`.
     pub display: u32,
     /// The process group of the desktop's first process.
@@ -122,6 +124,10 @@ pub enum DesktopError {
     },
     #[error("desktop setup failed: {0}")]
     Setup(String),
+    /// A file or socket the desktop owns is not what its runtime put there (a link to
+    /// another desktop's socket or a host file): the desktop is not trusted any further.
+    #[error("the desktop tampered with its own files: {0}")]
+    Tampered(String),
 }
 
 impl DesktopError {
@@ -130,7 +136,7 @@ impl DesktopError {
             DesktopError::MissingBinary { piece, .. } | DesktopError::PieceFailed { piece, .. } => {
                 Some(*piece)
             }
-            DesktopError::Setup(_) => None,
+            DesktopError::Setup(_) | DesktopError::Tampered(_) => None,
         }
     }
 

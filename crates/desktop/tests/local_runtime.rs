@@ -56,7 +56,7 @@ async fn a_desktop_starts_draws_its_page_and_stops_without_leftovers() {
         *steps.lock().unwrap(),
         vec![Piece::Xvnc, Piece::Openbox, Piece::Chromium]
     );
-    assert!(handle.vnc_socket.starts_with(root.path().join("a1")));
+    assert!(handle.vnc_socket.path().starts_with(root.path().join("a1")));
     assert!(rt.is_alive("a1").await);
     let procs = members(handle.pgid, handle.pidns);
     assert!(
@@ -65,9 +65,7 @@ async fn a_desktop_starts_draws_its_page_and_stops_without_leftovers() {
     );
 
     // Read frames until the page's colour covers most of the screen.
-    let stream = tokio::net::UnixStream::connect(&handle.vnc_socket)
-        .await
-        .unwrap();
+    let stream = handle.vnc_socket.connect().await.unwrap();
     let mut rfb = RfbClient::handshake(stream).await.unwrap();
     assert_eq!((rfb.width, rfb.height), (1280, 720));
     rfb.request_update(false).await.unwrap();
@@ -403,4 +401,197 @@ async fn with_the_sandbox_off_the_same_supervisor_runs_the_desktop() {
     assert!(procs.len() >= 4, "supervisor, Xvnc, openbox, Chromium: {procs:?}");
     rt.stop("plain").await;
     assert!(members(h.pgid, None).is_empty());
+}
+
+// ------------------------------------------------------------------ a hostile desktop
+//
+// Code running as the desktop's own user (a browser exploit, or a person who found a way
+// to run a program) owns `run/` and can put anything there. These tests play that user for
+// real, inside the desktop's mount namespace with its uid, and check the runtime never
+// follows what it put there.
+
+const GREEN_PAGE: &str = "data:text/html,<body style='background:rgb(0,255,0)'>";
+
+/// The uid desktop `h` runs as (the owner of its run directory).
+fn desktop_uid(h: &DesktopHandle) -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(h.vnc_socket.path().parent().unwrap()).unwrap().uid()
+}
+
+/// Runs `script` as the desktop's user, in its mount namespace (it sees `/run/desktop`).
+async fn as_desktop_user(h: &DesktopHandle, script: &str) -> std::process::Output {
+    let pid = *members(0, h.pidns).first().expect("the desktop has processes");
+    let uid = desktop_uid(h).to_string();
+    tokio::process::Command::new("nsenter")
+        .arg(format!("--target={pid}"))
+        .args(["--mount", "--net", "--", "setpriv"])
+        .args([format!("--reuid={uid}"), format!("--regid={uid}")])
+        .args(["--clear-groups", "--", "/bin/bash", "-c", script])
+        .output()
+        .await
+        .unwrap()
+}
+
+/// The share of `rgb` on the screen behind `stream`, once a frame shows it (or after ~5 s).
+async fn share_seen(stream: tokio::net::UnixStream, rgb: (u8, u8, u8)) -> f64 {
+    let mut rfb = RfbClient::handshake(stream).await.unwrap();
+    let mut share = 0.0;
+    for _ in 0..50 {
+        rfb.request_update(false).await.unwrap();
+        let _ = tokio::time::timeout(Duration::from_secs(2), rfb.read_update()).await;
+        share = rfb.share_of_colour(rgb, 8);
+        if share > 0.5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    share
+}
+
+fn xvnc_pid(h: &DesktopHandle) -> i32 {
+    members(0, h.pidns)
+        .into_iter()
+        .find(|pid| {
+            std::fs::read(format!("/proc/{pid}/comm")).is_ok_and(|c| c.starts_with(b"Xvnc"))
+        })
+        .expect("Xvnc runs in the desktop")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_desktop_that_swaps_its_sockets_for_links_reaches_nothing_through_them() {
+    let root = tempfile::tempdir().unwrap();
+    let (port, _seen) = listener().await;
+    let rt = LocalRuntime::new(LocalRuntimeConfig {
+        host_ports: vec![port],
+        ..config(root.path(), ToolPaths::default())
+    })
+    .unwrap();
+    let (a, b) = tokio::join!(
+        rt.start(spec("evil-a", MAGENTA_PAGE), &|_| {}),
+        rt.start(spec("victim-b", GREEN_PAGE), &|_| {})
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert!(share_seen(b.vnc_socket.connect().await.unwrap(), (0, 255, 0)).await > 0.5);
+    let b_xvnc = xvnc_pid(&b);
+
+    for (label, target) in [
+        ("relative", "../../victim-b/run/vnc.sock".to_owned()),
+        ("absolute", b.vnc_socket.path().display().to_string()),
+        ("magic", format!("/proc/{b_xvnc}/root/run/desktop/vnc.sock")),
+    ] {
+        let out = as_desktop_user(
+            &a,
+            &format!("rm -f /run/desktop/vnc.sock && ln -s {target} /run/desktop/vnc.sock && echo swapped"),
+        )
+        .await;
+        assert!(String::from_utf8_lossy(&out.stdout).contains("swapped"), "{out:?}");
+        // The attack is real: a plain connect by path, as the server did before, shows B.
+        let naive = tokio::net::UnixStream::connect(a.vnc_socket.path()).await.unwrap();
+        assert!(share_seen(naive, (0, 255, 0)).await > 0.5, "{label}: B's screen by A's path");
+        // The runtime's connect refuses, naming why.
+        let err = a.vnc_socket.connect().await.unwrap_err();
+        assert!(err.is_tampered(), "{label}: {err}");
+        assert!(err.to_string().contains("symbolic link"), "{label}: {err}");
+    }
+
+    // The DevTools socket, swapped for B's: nothing of B's pages comes back.
+    let out = as_desktop_user(
+        &a,
+        "rm -f /run/desktop/devtools.sock && ln -s ../../victim-b/run/devtools.sock /run/desktop/devtools.sock && echo swapped",
+    )
+    .await;
+    assert!(String::from_utf8_lossy(&out.stdout).contains("swapped"), "{out:?}");
+    let err = livesession_desktop::devtools::list_targets(&a.devtools_socket).await.unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied, "{err}");
+
+    // Host-port sockets are the server's, in a directory the desktop cannot change.
+    let gate = root.path().join("evil-a/gate");
+    let socket = gate.join(format!("hostport-{port}.sock"));
+    let out = as_desktop_user(
+        &a,
+        &format!(
+            "test -S /run/gateway/hostport-{port}.sock && echo present; rm -f /run/gateway/hostport-{port}.sock && echo removed; \
+             ln -sf /etc/passwd /run/gateway/x && echo linked; touch /run/gateway/y && echo created"
+        ),
+    )
+    .await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("present"), "{text}");
+    assert!(!text.contains("removed") && !text.contains("linked") && !text.contains("created"), "{text}");
+    {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        let meta = std::fs::symlink_metadata(&socket).unwrap();
+        assert!(meta.file_type().is_socket());
+        assert_eq!(meta.uid(), desktop_uid(&a));
+        assert_eq!(std::fs::symlink_metadata(&gate).unwrap().uid(), nix::unistd::geteuid().as_raw());
+    }
+    rt.stop_all().await;
+}
+
+/// Puts a program at a path the sandbox sees (`/usr` is the host's, read-only inside) for
+/// the length of a test.
+struct UsrProgram(std::path::PathBuf);
+
+impl UsrProgram {
+    fn new(name: &str, script: &str) -> Self {
+        use std::os::unix::fs::PermissionsExt;
+        let path = std::path::PathBuf::from(format!("/usr/local/bin/livesession-test-{name}-{}", std::process::id()));
+        std::fs::write(&path, script).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Self(path)
+    }
+}
+
+impl Drop for UsrProgram {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_desktop_that_links_its_exit_file_and_logs_to_host_files_reads_nothing_of_them() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let root = tempfile::tempdir().unwrap();
+    let canary = root.path().join("host-secret");
+    std::fs::write(&canary, "HOST-SECRET-LINE one\nHOST-SECRET-LINE two\n").unwrap();
+    std::fs::set_permissions(&canary, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let canary_path = canary.display();
+
+    // A "Chromium" that, running as the desktop's user, points its log at the host file,
+    // then exits: the runtime reads the log's tail for the error.
+    let log_only = UsrProgram::new(
+        "log",
+        &format!("#!/bin/sh\nrm -f \"$LS_RUN/logs/chromium.log\"; ln -s {canary_path} \"$LS_RUN/logs/chromium.log\"\nexit 3\n"),
+    );
+    let rt = runtime(root.path(), ToolPaths {
+        chromium: log_only.0.display().to_string(),
+        ..ToolPaths::default()
+    });
+    let err = rt.start(spec("liar-1", "about:blank"), &|_| {}).await.unwrap_err();
+    assert_eq!(err.piece(), Some(Piece::Chromium), "{err:?}");
+    assert!(!format!("{err:?}").contains("HOST-SECRET"), "{err:?}");
+
+    // One that also replaces its exit file with a link (and blocks the supervisor's own
+    // write of it): the runtime refuses the desktop as tampered, reading nothing.
+    let both = UsrProgram::new(
+        "exit",
+        &format!(
+            "#!/bin/sh\nrm -f \"$LS_RUN/logs/chromium.log\"; ln -s {canary_path} \"$LS_RUN/logs/chromium.log\"\n\
+             mkdir \"$LS_RUN/exit.tmp\"; ln -s {canary_path} \"$LS_RUN/exit\"\nexit 3\n"
+        ),
+    );
+    let rt = runtime(root.path(), ToolPaths {
+        chromium: both.0.display().to_string(),
+        ..ToolPaths::default()
+    });
+    let err = rt.start(spec("liar-2", "about:blank"), &|_| {}).await.unwrap_err();
+    assert!(matches!(err, DesktopError::Tampered(_)), "{err:?}");
+    assert!(err.to_string().contains("exit"), "{err}");
+    assert!(!format!("{err:?}").contains("HOST-SECRET"), "{err:?}");
+
+    // The host file is as it was.
+    let meta = std::fs::metadata(&canary).unwrap();
+    assert_eq!(meta.uid(), nix::unistd::geteuid().as_raw());
+    assert_eq!(meta.mode() & 0o777, 0o600);
+    assert_eq!(std::fs::read_to_string(&canary).unwrap(), "HOST-SECRET-LINE one\nHOST-SECRET-LINE two\n");
 }

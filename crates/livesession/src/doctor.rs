@@ -135,7 +135,9 @@ async fn throwaway_desktop(data_dir: &Path, args: &DesktopArgs) -> Result<String
                 None => e.to_string(),
             })?;
         let ready = started.elapsed();
-        let stream = tokio::net::UnixStream::connect(&handle.vnc_socket)
+        let stream = handle
+            .vnc_socket
+            .connect()
             .await
             .map_err(|e| format!("VNC socket: {e}"))?;
         let mut rfb = RfbClient::handshake(stream)

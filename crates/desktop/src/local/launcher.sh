@@ -12,7 +12,8 @@
 #   LS_WAIT_NET  if set, Chromium waits for "$LS_RUN/net-ready" (the gateway writes it
 #                once the network namespace's routes are in place)
 #   LS_HOST_PORTS  loopback ports of the host forwarded into the desktop, space-separated;
-#                each is relayed to "$LS_RUN/hostport-<port>.sock", served by the gateway
+#                each is relayed to "$LS_GATE/hostport-<port>.sock", served by the gateway
+#   LS_GATE      the gateway's read-only directory of sockets it serves to the desktop
 set -u
 declare -A piece=()
 
@@ -63,7 +64,7 @@ piece[$!]=devtools
 
 for port in ${LS_HOST_PORTS:-}; do
     "$LS_SOCAT" TCP-LISTEN:"$port",bind=127.0.0.1,fork,reuseaddr \
-        UNIX-CONNECT:"$LS_RUN/hostport-$port.sock" 2>>"$LS_LOGS/devtools.log" &
+        UNIX-CONNECT:"$LS_GATE/hostport-$port.sock" 2>>"$LS_LOGS/devtools.log" &
     piece[$!]=devtools
 done
 

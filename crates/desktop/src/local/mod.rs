@@ -27,7 +27,6 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::net::UnixStream;
 use tokio::process::{Child, Command};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
@@ -37,6 +36,7 @@ pub use process::{group_members, members, pidns_of};
 use process::stop_desktop;
 use sandbox::{Confinement, DesktopDirs};
 
+use crate::confined::DesktopDir;
 use crate::egress::{EgressMode, EgressPolicy, SLIRP_DNS};
 use crate::toolchain::{self, ToolCheck, ToolPaths};
 use crate::{
@@ -76,6 +76,13 @@ pub struct LocalRuntimeConfig {
     pub chromium_flags: Vec<String>,
 }
 
+impl LocalDesktop {
+    /// The desktop's directory, for reading and connecting without following its links.
+    fn files(&self) -> DesktopDir {
+        DesktopDir::new(self.dir.clone(), self.owner)
+    }
+}
+
 struct LocalDesktop {
     dir: PathBuf,
     pgid: i32,
@@ -83,6 +90,8 @@ struct LocalDesktop {
     /// The sandbox's outer bubblewrap (or the unsandboxed supervisor), once started.
     supervisor: Option<Child>,
     uid_slot: Option<u32>,
+    /// The uid the desktop's processes run as: what they write is owned by it.
+    owner: u32,
     cgroup: Option<cgroup::DesktopCgroup>,
     network: Option<Child>,
     forwards: Vec<tokio::task::JoinHandle<()>>,
@@ -247,6 +256,7 @@ impl Inner {
             home: dir.join("home"),
             run: dir.join("run"),
             etc: dir.join("etc"),
+            gate: dir.join("gate"),
         };
         let mut desktop = LocalDesktop {
             dir: dir.to_owned(),
@@ -254,6 +264,7 @@ impl Inner {
             pidns: None,
             supervisor: None,
             uid_slot,
+            owner: uid.unwrap_or_else(|| nix::unistd::geteuid().as_raw()),
             cgroup: None,
             network: None,
             forwards: Vec::new(),
@@ -282,6 +293,9 @@ impl Inner {
             }
         }
         mkdir(&dirs.etc, 0o755)?;
+        // Sockets the server creates for the desktop: in a directory the desktop can enter
+        // but not change, so it cannot swap them for links (see `confined`).
+        mkdir(&dirs.gate, if uid.is_some() { 0o711 } else { 0o700 })?;
         let dns = (self.config.egress.mode == EgressMode::Internet).then_some(SLIRP_DNS);
         for (name, text) in sandbox::etc_files(dns) {
             std::fs::write(dirs.etc.join(name), text)?;
@@ -373,6 +387,7 @@ impl Inner {
             ("HOME", home.to_string_lossy().into_owned()),
             ("XDG_RUNTIME_DIR", run.join("xdg").to_string_lossy().into_owned()),
             ("LS_RUN", run.to_string_lossy().into_owned()),
+            ("LS_GATE", sandbox::GATE.into()),
             ("LS_LOGS", run.join("logs").to_string_lossy().into_owned()),
             ("LS_PROFILE", home.join("profile").to_string_lossy().into_owned()),
             ("LS_GEOMETRY", format!("{}x{}", spec.width, spec.height)),
@@ -410,7 +425,8 @@ impl Inner {
             .map_err(|e| setup("cannot write desktop.pgid", e))?;
 
         let deadline = Instant::now() + self.config.start_timeout;
-        let failed = |desktop: &mut LocalDesktop| exit_error(desktop, &dirs.run, &dir);
+        let files = desktop.files();
+        let failed = |desktop: &mut LocalDesktop| exit_error(desktop, &files);
         if sandboxed {
             // The namespace's first process: its PID namespace holds the whole desktop.
             let inner = loop {
@@ -421,7 +437,7 @@ impl Inner {
                     return Err(e);
                 }
                 if Instant::now() >= deadline {
-                    return Err(self.timeout(Piece::Bubblewrap, &dir, "did not start the sandbox"));
+                    return Err(self.timeout(Piece::Bubblewrap, &files, "did not start the sandbox"));
                 }
                 tokio::time::sleep(Duration::from_millis(5)).await;
             };
@@ -431,10 +447,10 @@ impl Inner {
                     .map_err(|e| setup("cannot write desktop.pidns", e))?;
             }
             if internet {
-                desktop.network = Some(self.connect_network(inner, desktop.pgid, &dirs.run, deadline).await?);
+                desktop.network = Some(self.connect_network(inner, desktop.pgid, &files, deadline).await?);
             }
             for port in &self.config.host_ports {
-                let socket = dirs.run.join(format!("hostport-{port}.sock"));
+                let socket = dirs.gate.join(format!("hostport-{port}.sock"));
                 desktop.forwards.push(
                     forward::host_port(&socket, *port, uid)
                         .map_err(|e| setup("cannot open a host port forward", e))?,
@@ -444,25 +460,28 @@ impl Inner {
 
         // Xvnc writes its display number once it accepts clients; then the RFB socket.
         let display = loop {
-            if let Some(d) = std::fs::read_to_string(dirs.run.join("display"))
-                .ok()
-                .and_then(|s| s.trim().parse::<u32>().ok())
-            {
-                break d;
+            match files.read_tail("run/display", 64) {
+                Ok(bytes) => {
+                    if let Some(d) = String::from_utf8_lossy(&bytes).trim().parse::<u32>().ok() {
+                        break d;
+                    }
+                }
+                Err(e) if e.is_tampered() => return Err(DesktopError::Tampered(e.to_string())),
+                Err(_) => {}
             }
             if let Some(e) = failed(desktop) {
                 return Err(e);
             }
             if Instant::now() >= deadline {
-                return Err(self.timeout(Piece::Xvnc, &dir, "did not open a display"));
+                return Err(self.timeout(Piece::Xvnc, &files, "did not open a display"));
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         };
         progress(Piece::Openbox);
-        let socket = dirs.run.join("vnc.sock");
+        let socket = files.socket("run/vnc.sock");
         loop {
             if let Ok(Ok(mut s)) =
-                tokio::time::timeout(Duration::from_secs(2), UnixStream::connect(&socket)).await
+                tokio::time::timeout(Duration::from_secs(2), socket.connect()).await
                 && tokio::time::timeout(Duration::from_secs(2), rfb::read_greeting(&mut s))
                     .await
                     .is_ok_and(|r| r.is_ok())
@@ -473,13 +492,13 @@ impl Inner {
                 return Err(e);
             }
             if Instant::now() >= deadline {
-                return Err(self.timeout(Piece::Xvnc, &dir, "VNC socket did not answer an RFB handshake"));
+                return Err(self.timeout(Piece::Xvnc, &files, "VNC socket did not answer an RFB handshake"));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
 
         progress(Piece::Chromium);
-        let devtools_socket = dirs.run.join("devtools.sock");
+        let devtools_socket = files.socket("run/devtools.sock");
         loop {
             if devtools::list_targets(&devtools_socket)
                 .await
@@ -491,7 +510,7 @@ impl Inner {
                 return Err(e);
             }
             if Instant::now() >= deadline {
-                return Err(self.timeout(Piece::Chromium, &dir, "DevTools did not list a page"));
+                return Err(self.timeout(Piece::Chromium, &files, "DevTools did not list a page"));
             }
             tokio::time::sleep(Duration::from_millis(30)).await;
         }
@@ -506,11 +525,11 @@ impl Inner {
         })
     }
 
-    fn timeout(&self, piece: Piece, dir: &Path, what: &str) -> DesktopError {
+    fn timeout(&self, piece: Piece, files: &DesktopDir, what: &str) -> DesktopError {
         DesktopError::PieceFailed {
             piece,
             reason: format!("{what} within {:?}", self.config.start_timeout),
-            stderr_tail: process::tail_of(&log_of(dir, piece), 20),
+            stderr_tail: log_tail(files, piece),
         }
     }
 
@@ -520,16 +539,17 @@ impl Inner {
         &self,
         inner: i32,
         pgid: i32,
-        run: &Path,
+        files: &DesktopDir,
         deadline: Instant,
     ) -> Result<Child, DesktopError> {
         let tools = &self.config.tools;
         let failed = |reason: String| DesktopError::PieceFailed {
             piece: Piece::Network,
             reason,
-            stderr_tail: process::tail_of(&run.join("logs/network.log"), 20),
+            stderr_tail: log_tail(files, Piece::Network),
         };
-        let log = std::fs::File::create(run.join("logs/network.log"))
+        // The server's file, in the server's directory (beside supervisor.log).
+        let log = std::fs::File::create(files.path().join("network.log"))
             .map_err(|e| DesktopError::Setup(format!("cannot create the network log: {e}")))?;
         let mut slirp = Command::new(&tools.slirp4netns)
             .args(["--configure", "--mtu=65520", "--disable-host-loopback", "--enable-seccomp"])
@@ -586,7 +606,8 @@ impl Inner {
                 )));
             }
         }
-        std::fs::write(run.join("net-ready"), "")
+        files
+            .create_new("run/net-ready")
             .map_err(|e| DesktopError::Setup(format!("cannot signal the network: {e}")))?;
         Ok(slirp)
     }
@@ -609,8 +630,27 @@ pub fn is_root() -> bool {
 fn log_of(dir: &Path, piece: Piece) -> PathBuf {
     match piece {
         Piece::Bubblewrap => dir.join("supervisor.log"),
+        Piece::Network => dir.join("network.log"),
         _ => dir.join("run/logs").join(format!("{}.log", piece.step())),
     }
+}
+
+/// The last lines a piece wrote to stderr. The server's own logs are read as files; the
+/// desktop's through [`DesktopDir::read_tail`], so a log swapped for a link to a host file
+/// yields nothing of that file.
+fn log_tail(files: &DesktopDir, piece: Piece) -> String {
+    let bytes = match piece {
+        Piece::Bubblewrap | Piece::Network => std::fs::read(log_of(files.path(), piece)).unwrap_or_default(),
+        _ => match files.read_tail(&format!("run/logs/{}.log", piece.step()), process::TAIL_BYTES) {
+            Ok(bytes) => bytes,
+            Err(e) if e.is_tampered() => {
+                tracing::warn!(dir = %files.path().display(), error = %e, "a desktop log is not the desktop's own file");
+                Vec::new()
+            }
+            Err(_) => Vec::new(),
+        },
+    };
+    process::tail_of(&bytes, 20)
 }
 
 /// Spawns the desktop's first process with a clean environment (the server's own
@@ -640,13 +680,18 @@ fn sandbox_init(outer: i32) -> Option<i32> {
 
 /// If the desktop has stopped: the error naming the piece that exited, from the
 /// supervisor's `exit` file, or bubblewrap's own complaint.
-fn exit_error(desktop: &mut LocalDesktop, run: &Path, dir: &Path) -> Option<DesktopError> {
+fn exit_error(desktop: &mut LocalDesktop, files: &DesktopDir) -> Option<DesktopError> {
     let status = match desktop.supervisor.as_mut()?.try_wait() {
         Ok(None) => return None,
         Ok(Some(status)) => status,
         Err(e) => return Some(DesktopError::Setup(format!("cannot wait for the desktop: {e}"))),
     };
-    let exit = std::fs::read_to_string(run.join("exit")).unwrap_or_default();
+    // Written by the supervisor inside the desktop: read only if it is still its file.
+    let exit = match files.read_tail("run/exit", 256) {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(e) if e.is_tampered() => return Some(DesktopError::Tampered(e.to_string())),
+        Err(_) => String::new(),
+    };
     let mut words = exit.split_whitespace();
     let piece = match words.next() {
         Some("xvnc") => Piece::Xvnc,
@@ -662,7 +707,7 @@ fn exit_error(desktop: &mut LocalDesktop, run: &Path, dir: &Path) -> Option<Desk
     Some(DesktopError::PieceFailed {
         piece,
         reason,
-        stderr_tail: process::tail_of(&log_of(dir, piece), 20),
+        stderr_tail: log_tail(files, piece),
     })
 }
 

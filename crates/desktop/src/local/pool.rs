@@ -113,7 +113,7 @@ async fn adopt(
     let new_dir = inner
         .desktop_dir(&spec.id)
         .map_err(|e| std::io::Error::other(e.to_string()))?;
-    {
+    let files = {
         let mut desktops = inner.desktops.lock().await;
         let mut desktop = desktops
             .remove(warm_id)
@@ -125,11 +125,13 @@ async fn adopt(
             return Err(e);
         }
         desktop.dir = new_dir.clone();
+        let files = desktop.files();
         desktops.insert(spec.id.clone(), desktop);
-    }
+        files
+    };
     handle.id = spec.id.clone();
-    handle.vnc_socket = new_dir.join("run/vnc.sock");
-    handle.devtools_socket = new_dir.join("run/devtools.sock");
+    handle.vnc_socket = files.socket("run/vnc.sock");
+    handle.devtools_socket = files.socket("run/devtools.sock");
     if spec.start_url != inner.config.warm_url {
         devtools::navigate(&handle.devtools_socket, &spec.start_url).await?;
     }

@@ -2,19 +2,18 @@
 //! not sandboxed, everything it starts) and its PID namespace (everything inside the
 //! sandbox, which runs in a session of its own).
 
-use std::path::Path;
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::process::Child;
 
-/// The last `lines` lines of a log file (at most 4 KiB of it).
-pub(crate) fn tail_of(path: &Path, lines: usize) -> String {
-    let Ok(bytes) = std::fs::read(path) else {
-        return String::new();
-    };
-    let start = bytes.len().saturating_sub(4096);
+/// How much of a log's end is read for its tail.
+pub(crate) const TAIL_BYTES: u64 = 4096;
+
+/// The last `lines` lines of a log's bytes (at most its last 4 KiB).
+pub(crate) fn tail_of(bytes: &[u8], lines: usize) -> String {
+    let start = bytes.len().saturating_sub(TAIL_BYTES as usize);
     let text = String::from_utf8_lossy(&bytes[start..]);
     // Chromium complains about the missing D-Bus on every start; that noise would push
     // the line that explains a failure out of the tail.

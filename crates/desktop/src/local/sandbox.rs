@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 /// Where the desktop's directories appear inside the sandbox.
 pub const HOME: &str = "/home/desktop";
 pub const RUN: &str = "/run/desktop";
+pub const GATE: &str = "/run/gateway";
 
 /// `/etc` entries a desktop needs (fonts, certificates, the dynamic linker, Chromium's and
 /// openbox's configuration). Everything else in `/etc` stays out of view, so secrets an
@@ -49,6 +50,9 @@ pub struct DesktopDirs {
     pub run: PathBuf,
     /// Generated `/etc/hosts` and `/etc/resolv.conf`.
     pub etc: PathBuf,
+    /// Sockets the server serves to the desktop (host-port forwards): the server's own
+    /// directory, read-only inside, so the desktop cannot replace what is in it.
+    pub gate: PathBuf,
 }
 
 /// Who the desktop runs as and what it is confined by.
@@ -189,6 +193,9 @@ pub fn bwrap_args(dirs: &DesktopDirs) -> Vec<String> {
         "--bind".into(),
         dirs.run.to_string_lossy().into_owned(),
         RUN.into(),
+        "--ro-bind".into(),
+        dirs.gate.to_string_lossy().into_owned(),
+        GATE.into(),
         "--chdir".into(),
         HOME.into(),
     ]);
@@ -234,6 +241,7 @@ mod tests {
             home: "/srv/ls/desktops/abc/home".into(),
             run: "/srv/ls/desktops/abc/run".into(),
             etc: "/srv/ls/desktops/abc/etc".into(),
+            gate: "/srv/ls/desktops/abc/gate".into(),
         }
     }
 
@@ -271,6 +279,7 @@ mod tests {
         for (src, dest) in &ro {
             assert!(
                 src == "/usr" || src.starts_with("/etc/") || src.starts_with("/srv/ls/desktops/abc/etc/")
+                    || src == "/srv/ls/desktops/abc/gate"
                     || src == "/var/cache/fontconfig"
                     || ["/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"].contains(&src.as_str()),
                 "unexpected read-only mount {src} -> {dest}"

@@ -15,7 +15,6 @@ use futures_util::{SinkExt, StreamExt, future};
 use livesession_relay::{
     Inbound, MessageKind, Outbound, Policy, PumpConfig, PumpEnd, RfbClientFilter, pump_filtered,
 };
-use tokio::net::UnixStream;
 
 use crate::app::{App, AppState};
 use crate::auth::Role;
@@ -78,8 +77,22 @@ async fn relay(app: &App, mut auth: Authorized, mut socket: WebSocket) {
             Err(e) => return ws::close(socket, unavailable(e)).await,
         },
     };
-    let upstream = match UnixStream::connect(&handle.vnc_socket).await {
+    // The socket is in a directory the desktop owns: reached only if it is still the
+    // desktop's own socket, never through a link it may have put there (`confined`).
+    let upstream = match handle.vnc_socket.connect().await {
         Ok(s) => s,
+        Err(e) if e.is_tampered() => {
+            tracing::error!(error = %e, "desktop tampered with its VNC socket; stopping it");
+            app.desktops.stop(&id).await;
+            return ws::close(
+                socket,
+                Close::new(
+                    CloseCode::DesktopUnavailable,
+                    "desktop unavailable: its VNC socket was tampered with, so it was stopped",
+                ),
+            )
+            .await;
+        }
         Err(e) => {
             tracing::warn!(error = %e, "desktop VNC socket refused the connection");
             app.desktops.lost(&id, &handle).await;
