@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::support::{PageServer, TestServer, rfb_over_ws, ws_connect};
+use crate::support::{
+    PageServer, TestServer, close_of, logs, rfb_over_ws, wait_for_colour, ws_connect,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_page_in_the_desktop_cannot_reach_the_gateway_or_other_loopback_services() {
@@ -68,4 +70,69 @@ fn urlencode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// Runs `script` as session `id`'s desktop user, inside its mount namespace: what code
+/// that took over the desktop (a browser exploit) could do.
+async fn as_desktop_user(server: &TestServer, id: &str, script: &str) -> std::process::Output {
+    use std::os::unix::fs::MetadataExt;
+    let procs = server.desktop_procs(id);
+    let pid = *livesession_desktop::members(0, procs.pidns)
+        .first()
+        .expect("the desktop has processes");
+    let uid = std::fs::metadata(server.desktop_dir(id).join("run")).unwrap().uid();
+    tokio::process::Command::new("nsenter")
+        .arg(format!("--target={pid}"))
+        .args(["--mount", "--net", "--", "setpriv"])
+        .args([format!("--reuid={uid}"), format!("--regid={uid}")])
+        .args(["--clear-groups", "--", "/bin/bash", "-c", script])
+        .output()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_desktop_that_links_its_vnc_socket_to_another_sessions_shows_its_viewer_nothing_of_it() {
+    let page = PageServer::start().await;
+    let args = page.server_args();
+    let server = TestServer::start(&[&args[0], &args[1]]).await;
+    // A shows the magenta test page, B a white about:blank.
+    let a = server.create_session(json!({ "start_url": page.url })).await;
+    let b = server.create_session(json!({ "start_url": "about:blank" })).await;
+    let (a_id, a_token) = (a["id"].as_str().unwrap(), a["token"].as_str().unwrap());
+    let (b_id, b_token) = (b["id"].as_str().unwrap(), b["token"].as_str().unwrap());
+    let viewer = |id: &str, token: &str| format!("/api/sessions/{id}/vnc?token={token}");
+    let binary = [("Sec-WebSocket-Protocol", "binary")];
+
+    let mut rfb_a = rfb_over_ws(ws_connect(&server, &viewer(a_id, a_token), &binary).await).await;
+    assert!(wait_for_colour(&mut rfb_a, (255, 0, 255), 0.5, Duration::from_secs(30)).await >= 0.5);
+    drop(rfb_a);
+    let mut rfb_b = rfb_over_ws(ws_connect(&server, &viewer(b_id, b_token), &binary).await).await;
+    assert!(wait_for_colour(&mut rfb_b, (255, 255, 255), 0.5, Duration::from_secs(30)).await >= 0.5);
+
+    // Desktop A swaps its VNC socket for a link to B's.
+    let out = as_desktop_user(
+        &server,
+        a_id,
+        &format!("rm -f /run/desktop/vnc.sock && ln -s ../../{b_id}/run/vnc.sock /run/desktop/vnc.sock && echo swapped"),
+    )
+    .await;
+    assert!(String::from_utf8_lossy(&out.stdout).contains("swapped"), "{out:?}");
+
+    // A's viewer gets a reason, never B's screen.
+    let mut ws = ws_connect(&server, &viewer(a_id, a_token), &binary).await;
+    let (code, reason) = close_of(&mut ws, Duration::from_secs(20)).await;
+    assert_eq!(code, 4010, "{reason}");
+    assert!(reason.contains("tampered"), "{reason}");
+    assert!(logs().contains("desktop tampered with its VNC socket"));
+    // A's desktop was stopped as failed; B's goes on and its viewer still sees it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while server.desktop_dir(a_id).join("run/vnc.sock").exists() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!server.desktop_dir(a_id).join("run").exists(), "A's tampered desktop is gone");
+    assert!(wait_for_colour(&mut rfb_b, (255, 255, 255), 0.5, Duration::from_secs(10)).await >= 0.5);
+    assert_eq!(server.get_session(b_id).await["desktop"], "ready");
+    drop(rfb_b);
+    server.stop().await;
 }
