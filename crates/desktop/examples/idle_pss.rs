@@ -27,6 +27,7 @@ async fn main() {
         warm_size: (1280, 720),
         warm_url: "about:blank".into(),
         chromium_flags: std::env::args().skip(1).collect(),
+        writable_mib: Some(1024),
     })
     .unwrap();
     let page = "data:text/html,<h1>idle</h1><p>Some text on a page.</p>";

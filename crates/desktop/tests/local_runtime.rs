@@ -25,6 +25,7 @@ fn config(root: &std::path::Path, tools: ToolPaths) -> LocalRuntimeConfig {
         warm_size: (1280, 720),
         warm_url: "about:blank".into(),
         chromium_flags: Vec::new(),
+        writable_mib: Some(1024),
     }
 }
 
@@ -594,4 +595,62 @@ async fn a_desktop_that_links_its_exit_file_and_logs_to_host_files_reads_nothing
     assert_eq!(meta.uid(), nix::unistd::geteuid().as_raw());
     assert_eq!(meta.mode() & 0o777, 0o600);
     assert_eq!(std::fs::read_to_string(&canary).unwrap(), "HOST-SECRET-LINE one\nHOST-SECRET-LINE two\n");
+}
+
+/// Mount points under `dir` (from this process's mountinfo).
+fn mounts_under(dir: &std::path::Path) -> Vec<String> {
+    let dir = dir.display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4).map(str::to_owned))
+        .filter(|m| m.starts_with(&dir))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_desktop_that_writes_without_end_stops_at_its_cap_and_others_go_on() {
+    assert!(livesession_desktop::is_root(), "the writable-space caps need a root server");
+    let root = tempfile::tempdir().unwrap();
+    let rt = LocalRuntime::new(LocalRuntimeConfig {
+        writable_mib: Some(48),
+        ..config(root.path(), ToolPaths::default())
+    })
+    .unwrap();
+    let a = rt.start(spec("filler", MAGENTA_PAGE), &|_| {}).await.unwrap();
+    let mounts = mounts_under(&root.path().join("filler"));
+    assert!(mounts.iter().any(|m| m.ends_with("filler/home")), "{mounts:?}");
+    assert!(mounts.iter().any(|m| m.ends_with("filler/run")), "{mounts:?}");
+
+    // Write without end wherever the desktop can write.
+    let out = as_desktop_user(
+        &a,
+        "for d in /home/desktop /run/desktop /tmp; do \
+           dd if=/dev/zero of=$d/fill bs=1M count=400 2>&1 | grep -o 'No space left on device' | head -n1; \
+           echo \"$d $(( $(stat -c %s $d/fill) / 1048576 ))\"; \
+         done; head -c 65536 /dev/zero >> /home/desktop/fill",
+    )
+    .await;
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(text.matches("No space left on device").count(), 4, "{text}");
+    let written = |d: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{d} ")))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no size for {d}: {text}"))
+    };
+    assert!(written("/home/desktop") <= 48, "{text}");
+    assert!(written("/run/desktop") <= 48, "{text}");
+    assert!(written("/tmp") <= 256, "{text}");
+    // The data directory's own disk got none of it.
+    assert!(std::fs::metadata(root.path().join("filler/home/fill")).unwrap().len() <= 48 << 20);
+
+    // The full desktop still answers, and another one starts and draws its page.
+    assert!(a.vnc_socket.connect().await.is_ok());
+    let b = rt.start(spec("bystander", GREEN_PAGE), &|_| {}).await.unwrap();
+    assert!(share_seen(b.vnc_socket.connect().await.unwrap(), (0, 255, 0)).await > 0.5);
+
+    rt.stop_all().await;
+    assert!(mounts_under(root.path()).is_empty(), "the caps are unmounted with their desktops");
+    assert!(!root.path().join("filler").exists() && !root.path().join("bystander").exists());
 }

@@ -101,6 +101,12 @@ pub struct DesktopArgs {
     /// Limit on processes and threads per desktop (cgroups; 0 for none).
     #[arg(long, env = "LIVESESSION_DESKTOP_PIDS_MAX", default_value_t = 4096)]
     pub desktop_pids_max: u64,
+    /// Size cap of a desktop's writable space, MiB: its home (browser profile, downloads)
+    /// is a tmpfs of this size, its run directory and /tmp smaller ones (0 for no cap;
+    /// applied when the server runs as root with the sandbox on). Counts toward the
+    /// desktop's memory limit as it fills.
+    #[arg(long, env = "LIVESESSION_DESKTOP_DISK_MIB", default_value_t = 1024)]
+    pub desktop_disk_mib: u64,
     /// Desktops kept started in advance and handed to new sessions (each to one session
     /// only, never reused). Each costs an idle desktop's memory.
     #[arg(long, env = "LIVESESSION_WARM_DESKTOPS", default_value_t = 1)]
@@ -153,6 +159,7 @@ impl DesktopArgs {
                 cpus: (self.desktop_cpus > 0.0).then_some(self.desktop_cpus),
                 pids: nonzero(self.desktop_pids_max),
             },
+            writable_mib: nonzero(self.desktop_disk_mib),
             uid_base: self.sandbox_uid_base,
             warm: self.warm_desktops,
             warm_size: (self.desktop_size.width, self.desktop_size.height),

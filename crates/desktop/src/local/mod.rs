@@ -15,6 +15,7 @@
 
 mod cgroup;
 mod forward;
+mod writable;
 mod pool;
 mod process;
 pub mod sandbox;
@@ -74,6 +75,8 @@ pub struct LocalRuntimeConfig {
     pub warm_url: String,
     /// Extra Chromium switches, after the runtime's own (a later switch wins).
     pub chromium_flags: Vec<String>,
+    /// Size cap of the desktop's home, MiB (see [`writable`]); `None` for no cap.
+    pub writable_mib: Option<u64>,
 }
 
 impl LocalDesktop {
@@ -201,7 +204,7 @@ impl Inner {
                     }
                 }
             }
-            let _ = std::fs::remove_dir_all(&dir);
+            writable::remove_desktop_dir(&dir);
         }
     }
 
@@ -246,6 +249,7 @@ impl Inner {
         progress: Progress<'_>,
     ) -> Result<(LocalDesktop, DesktopHandle), DesktopError> {
         if dir.exists() {
+            writable::unmount(dir);
             std::fs::remove_dir_all(dir).map_err(|e| {
                 DesktopError::Setup(format!("cannot clear the desktop directory: {e}"))
             })?;
@@ -286,6 +290,15 @@ impl Inner {
             std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
         };
         mkdir(dir, if uid.is_some() { 0o711 } else { 0o700 })?;
+        for d in [&dirs.home, &dirs.run] {
+            mkdir(d, 0o700)?;
+            // Sandboxed desktops of a root server get size-capped filesystems of their
+            // own: nothing they write reaches the data disk or the host's /run.
+            if let (Some(uid), Some(home_mib)) = (uid, self.config.writable_mib) {
+                let mib = if d == &dirs.home { home_mib } else { writable::RUN_MIB.min(home_mib) };
+                writable::mount_tmpfs(d, mib, uid)?;
+            }
+        }
         for d in [&dirs.home, &dirs.run, &dirs.run.join("logs"), &dirs.run.join("xdg")] {
             mkdir(d, 0o700)?;
             if let Some(uid) = uid {
@@ -359,6 +372,8 @@ impl Inner {
             "--password-store=basic".into(),
             "--disable-search-engine-choice-screen".into(),
             "--hide-crash-restore-bubble".into(),
+            // The cache is the first thing to fill a capped home; 64 MiB is plenty.
+            "--disk-cache-size=67108864".into(),
             // Memory (docs/performance.md has the measurements): there is no GPU behind
             // Xvnc, so no GPU process at all (software compositing; no WebGL); the network
             // and audio services run inside the browser process instead of two more
@@ -733,7 +748,7 @@ impl Inner {
         let (desktop, handle) = match self.launch(&spec, &dir, progress).await {
             Ok(ok) => ok,
             Err(e) => {
-                let _ = std::fs::remove_dir_all(&dir);
+                writable::remove_desktop_dir(&dir);
                 return Err(e);
             }
         };
@@ -750,6 +765,7 @@ impl Inner {
         };
         self.stop_processes(&mut desktop).await;
         self.release(&mut desktop);
+        writable::unmount(&desktop.dir);
         if let Err(e) = std::fs::remove_dir_all(&desktop.dir) {
             tracing::warn!(session_id = %id, error = %e, "could not remove the desktop directory");
         }

@@ -185,7 +185,12 @@ pub fn bwrap_args(dirs: &DesktopDirs) -> Vec<String> {
     ] {
         a.extend(["--symlink".into(), target.into(), link.into()]);
     }
-    a.extend(["--tmpfs", "/dev/shm", "--tmpfs", "/tmp", "--dir", "/var/tmp"].map(str::to_owned));
+    // Sized, so that writing there cannot exhaust the host's memory even where no memory
+    // cgroup holds the desktop (home and run are capped by the runtime, `writable`).
+    a.extend(
+        ["--size", "536870912", "--tmpfs", "/dev/shm", "--size", "268435456", "--tmpfs", "/tmp", "--dir", "/var/tmp"]
+            .map(str::to_owned),
+    );
     a.extend([
         "--bind".into(),
         dirs.home.to_string_lossy().into_owned(),
