@@ -35,11 +35,7 @@ pub async fn navigate(socket: &DesktopSocket, url: &str) -> std::io::Result<()> 
         .ok_or_else(|| err("DevTools lists no page to navigate"))?;
     // ws://127.0.0.1:<port inside the desktop>/devtools/page/<id>: only the path matters,
     // the connection goes through the Unix socket.
-    let path = ws_url
-        .splitn(4, '/')
-        .nth(3)
-        .map(|p| format!("/{p}"))
-        .ok_or_else(|| err("unexpected DevTools WebSocket URL"))?;
+    let path = websocket_path(&ws_url).ok_or_else(|| err("unexpected DevTools WebSocket URL"))?;
     let exchange = async {
         let stream = socket.connect().await?;
         let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://localhost{path}"), stream)
@@ -69,6 +65,20 @@ pub async fn navigate(socket: &DesktopSocket, url: &str) -> std::io::Result<()> 
 pub async fn list_targets(socket: &DesktopSocket) -> std::io::Result<Vec<Target>> {
     let body = get(socket, "/json/list").await?;
     serde_json::from_slice(&body).map_err(std::io::Error::other)
+}
+
+/// `GET <path>` of the DevTools HTTP endpoint (`/json/version`, `/json/list`), as JSON.
+pub async fn get_json(socket: &DesktopSocket, path: &str) -> std::io::Result<serde_json::Value> {
+    let body = get(socket, path).await?;
+    serde_json::from_slice(&body).map_err(std::io::Error::other)
+}
+
+/// The path of a DevTools WebSocket URL (`ws://127.0.0.1:<port inside>/devtools/...`):
+/// the only part that matters, since the connection goes through the Unix socket.
+pub fn websocket_path(url: &str) -> Option<String> {
+    let rest = url.strip_prefix("ws://").or_else(|| url.strip_prefix("wss://"))?;
+    let at = rest.find('/')?;
+    Some(rest[at..].to_owned())
 }
 
 async fn get(socket: &DesktopSocket, path: &str) -> std::io::Result<Vec<u8>> {

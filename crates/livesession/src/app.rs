@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use livesession_desktop::{DesktopRuntime, LocalRuntime};
 use livesession_session::{SessionStore, Sessions, store::SqliteStore};
 use tokio::net::TcpListener;
@@ -18,7 +17,7 @@ use crate::desktops::Desktops;
 use crate::limits::{ConnectionLimits, LimitsConfig, Rate};
 use crate::proxy::ClientInfo;
 use crate::security::PolicyHeaders;
-use crate::{router, secrets, tls};
+use crate::{router, secrets, serve, tls};
 
 pub struct App {
     pub config: ServeConfig,
@@ -29,6 +28,10 @@ pub struct App {
     /// Stripe Checkout, when a secret key is configured.
     pub checkout: Option<livesession_billing::CheckoutClient>,
     pub limits: Arc<ConnectionLimits>,
+    /// Who holds control of each session's browser (agent, person, none).
+    pub control: livesession_session::ControlBoard,
+    /// Live DevTools connections, under their own caps.
+    pub cdp_connections: crate::cdp_relay::CdpConnections,
     /// Scheme, host and port browsers use to reach us, without a trailing slash.
     pub public_url: String,
     /// Built-in TLS, when `--tls-cert`/`--tls-key` are set.
@@ -231,6 +234,8 @@ pub async fn build(config: ServeConfig, local_addr: SocketAddr) -> Result<Arc<Ap
             token: Rate::new(config.token_rate, config.token_burst),
             webhook_failures: Rate::new(config.webhook_failure_rate, config.webhook_failure_burst),
         }),
+        control: Default::default(),
+        cdp_connections: Default::default(),
         public_url,
         tls,
         policy_headers: PolicyHeaders::new(&config.frame_ancestors),
@@ -283,35 +288,28 @@ pub async fn launch(
     tracing::info!(listen = %local_addr, public_url = %app.public_url, tls = app.tls.is_some(),
         trusted_proxies = app.config.trusted_proxies.len(), free_mode = app.config.free_mode(),
         checkout = app.checkout.is_some(), "livesession listening");
+    // The shutdown future cancels the app's token: the serve loop stops accepting, and
+    // live WebSockets close with "server shutting down".
     let token = app.shutdown.clone();
-    let service = router::router(state).into_make_service_with_connect_info::<SocketAddr>();
-    let graceful = async move {
+    let signal = tokio::spawn(async move {
         shutdown.await;
         token.cancel();
-    };
-    let result = match app.tls.clone() {
-        None => {
-            // No Nagle: a VNC update or a keystroke goes out at once instead of waiting for more.
-            let listener = listener.tap_io(|tcp| {
-                if let Err(e) = tcp.set_nodelay(true) {
-                    tracing::warn!(error = %e, "could not set TCP_NODELAY");
-                }
-            });
-            axum::serve(listener, service)
-                .with_graceful_shutdown(graceful)
-                .await
-        }
-        // The TLS listener sets TCP_NODELAY itself; `tap_io` is what gives handlers the
-        // peer's address (`ConnectInfo`) for a listener of our own.
-        Some(acceptor) => {
-            axum::serve(
-                tls::TlsListener::new(listener, acceptor, local_addr).tap_io(|_| {}),
-                service,
-            )
-            .with_graceful_shutdown(graceful)
-            .await
-        }
-    };
+    });
+    serve::serve(
+        listener,
+        router::router(state),
+        serve::ServeOptions {
+            header_read_timeout: app.config.header_read_timeout(),
+            tls: app.tls.clone().map(|acceptor| serve::TlsOptions {
+                acceptor,
+                handshake_timeout: app.config.tls_handshake_timeout(),
+                handshakes_per_ip: app.config.tls_handshakes_per_ip,
+            }),
+        },
+        app.shutdown.clone(),
+    )
+    .await;
+    signal.abort();
     app.shutdown.cancel();
     tracing::info!("shutting down: closing connections and stopping desktops");
     app.tasks.close();
@@ -324,7 +322,7 @@ pub async fn launch(
     app.desktops.stop_all().await;
     cleanup.abort();
     let _ = expiry.await;
-    result.map_err(|e| startup(format!("server error: {e}")))
+    Ok(())
 }
 
 /// A start-up failure, shown to the operator as it is.

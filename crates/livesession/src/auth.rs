@@ -20,6 +20,21 @@ pub enum Role {
     Interactive,
     /// Sees the screen only.
     View,
+    /// A program that drives the browser over the DevTools protocol: CDP and the screen,
+    /// no VNC input.
+    Agent,
+}
+
+impl Role {
+    /// Whether the role may open the session's DevTools (CDP) endpoint.
+    pub fn may_use_cdp(self) -> bool {
+        matches!(self, Role::Interactive | Role::Agent)
+    }
+
+    /// Whether the role's VNC connections may send input.
+    pub fn may_send_vnc_input(self) -> bool {
+        self == Role::Interactive
+    }
 }
 
 impl From<livesession_session::LinkRole> for Role {

@@ -221,6 +221,14 @@ pub struct ServeConfig {
     /// Default session lifetime, in seconds.
     #[arg(long, env = "LIVESESSION_SESSION_TTL", default_value_t = 86_400)]
     pub session_ttl: u64,
+    /// Lifetime of a free-mode session (the landing page's "Start a session"), in
+    /// seconds; at most `--max-session-ttl`.
+    #[arg(long, env = "LIVESESSION_FREE_SESSION_TTL", default_value_t = 3_600)]
+    pub free_session_ttl: u64,
+    /// Free-mode sessions one client address may have live (not ended) at once; one
+    /// more gets 429 `free_session_limit`. 0 for no limit.
+    #[arg(long, env = "LIVESESSION_MAX_FREE_SESSIONS_PER_IP", default_value_t = 2)]
+    pub max_free_sessions_per_ip: u32,
     /// Longest lifetime the admin API may ask for, in seconds.
     #[arg(long, env = "LIVESESSION_MAX_SESSION_TTL", default_value_t = 7 * 86_400)]
     pub max_session_ttl: u64,
@@ -281,6 +289,15 @@ pub struct ServeConfig {
     /// Seconds without any message from a control-channel client before it is closed (4006).
     #[arg(long, env = "LIVESESSION_HEARTBEAT_TIMEOUT", default_value_t = 90)]
     pub heartbeat_timeout: u64,
+    /// Largest CDP message, either way, in bytes (full-page screenshots are large).
+    #[arg(long, env = "LIVESESSION_CDP_MAX_MESSAGE_BYTES", default_value_t = 64 << 20)]
+    pub cdp_max_message_bytes: usize,
+    /// DevTools (CDP) connections one session may have at once.
+    #[arg(long, env = "LIVESESSION_MAX_CDP_PER_SESSION", default_value_t = 8)]
+    pub max_cdp_per_session: usize,
+    /// DevTools (CDP) connections one client address may have at once.
+    #[arg(long, env = "LIVESESSION_MAX_CDP_PER_IP", default_value_t = 16)]
+    pub max_cdp_per_ip: usize,
     /// Desktops that may run at once; further viewers are told the server is at capacity.
     #[arg(long, env = "LIVESESSION_MAX_DESKTOPS", default_value_t = 4)]
     pub max_desktops: usize,
@@ -300,6 +317,19 @@ pub struct ServeConfig {
     /// origins such as https://portal.example.com, separated by commas or spaces.
     #[arg(long, env = "LIVESESSION_FRAME_ANCESTORS", default_value = "'none'")]
     pub frame_ancestors: crate::security::FrameAncestors,
+    /// Seconds a client may take to send a request's headers (the whole head, from the
+    /// first byte, and between requests on a kept-alive connection); slower connections
+    /// are closed.
+    #[arg(long, env = "LIVESESSION_HEADER_READ_TIMEOUT", default_value_t = 10.0)]
+    pub header_read_timeout: f64,
+    /// Seconds a client may take, from connecting, to complete the TLS handshake (built-in
+    /// TLS only); slower connections are closed.
+    #[arg(long, env = "LIVESESSION_TLS_HANDSHAKE_TIMEOUT", default_value_t = 10.0)]
+    pub tls_handshake_timeout: f64,
+    /// TLS handshakes one client address may have in progress at once (built-in TLS
+    /// only); further connections from it are closed at once.
+    #[arg(long, env = "LIVESESSION_TLS_HANDSHAKES_PER_IP", default_value_t = 16)]
+    pub tls_handshakes_per_ip: usize,
     /// Serve HTTPS with this certificate chain (PEM). Needs --tls-key.
     #[arg(long, env = "LIVESESSION_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
@@ -315,6 +345,25 @@ pub struct ServeConfig {
 impl ServeConfig {
     pub fn free_mode(&self) -> bool {
         self.free_mode.unwrap_or(self.stripe.secret_key.is_none())
+    }
+
+    /// `--header-read-timeout` as a duration (at least 10 ms).
+    pub fn header_read_timeout(&self) -> Duration {
+        seconds(self.header_read_timeout)
+    }
+
+    /// `--tls-handshake-timeout` as a duration (at least 10 ms).
+    pub fn tls_handshake_timeout(&self) -> Duration {
+        seconds(self.tls_handshake_timeout)
+    }
+}
+
+/// A timeout setting: fractions allowed (tests use short ones), never zero or unusable.
+fn seconds(s: f64) -> Duration {
+    if s.is_finite() {
+        Duration::from_secs_f64(s.clamp(0.01, 86_400.0))
+    } else {
+        Duration::from_secs(86_400)
     }
 }
 

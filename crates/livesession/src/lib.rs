@@ -7,6 +7,7 @@
 
 mod app;
 mod auth;
+mod cdp_relay;
 pub mod bench;
 pub mod cli;
 pub mod config;
@@ -20,6 +21,7 @@ pub mod proxy;
 mod router;
 mod secrets;
 pub mod security;
+mod serve;
 mod tls;
 mod web;
 mod ws;

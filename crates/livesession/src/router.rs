@@ -17,6 +17,10 @@
 //! - `POST /api/links/claim`, `GET /join`: a viewer link's secret; CSRF-checked.
 //! - `GET /api/sessions/{id}/vnc|control`: WebSockets; Origin checked (4004), connect
 //!   limit and per-address/per-session caps (4009) in `ws::authorize`.
+//! - `GET /api/sessions/{id}/cdp`, `…/cdp/page/{target}`: DevTools WebSockets for agents
+//!   (interactive or agent token; 4013 for view), with their own caps; `GET
+//!   …/cdp/json/version|list`: discovery, same token. `POST /api/sessions/{id}/control`:
+//!   hand control over (admin, or the session's interactive token; CSRF-checked).
 //!
 //! Layers, outermost first: [`proxy::client_info`] (who the client is), the request log,
 //! [`security::security_headers`] (on every response, errors included),
@@ -29,7 +33,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 
 use crate::app::AppState;
-use crate::handlers::{checkout, control, health, links, pages, sessions, stripe, tokens, vnc};
+use crate::handlers::{cdp, checkout, control, health, links, pages, sessions, stripe, tokens, vnc};
 use crate::{error, logging, proxy, security};
 
 const STRIPE_WEBHOOK_MAX_BODY: usize = 1 << 20;
@@ -59,7 +63,13 @@ pub fn router(state: AppState) -> Router {
         .route("/api/checkout", post(checkout::start_checkout))
         .route("/api/checkout/claim", post(checkout::claim_checkout))
         .route("/api/sessions/{id}/vnc", get(vnc::vnc_proxy))
-        .route("/api/sessions/{id}/control", get(control::control_channel));
+        .route(
+            "/api/sessions/{id}/control",
+            get(control::control_channel).post(cdp::set_control),
+        )
+        .route("/api/sessions/{id}/cdp", get(cdp::cdp_browser))
+        .route("/api/sessions/{id}/cdp/page/{target}", get(cdp::cdp_page))
+        .route("/api/sessions/{id}/cdp/{*what}", get(cdp::cdp_discovery));
     let pages = Router::new()
         .route("/", get(pages::landing))
         .route("/start", post(sessions::start_free_session))

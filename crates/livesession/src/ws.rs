@@ -52,6 +52,14 @@ pub enum CloseCode {
     /// security type other than None, a length over the proxy's bounds). A client bug:
     /// do not retry blindly, the same client will fail the same way.
     MalformedRfb = 4012,
+    /// The token's role may not use the DevTools endpoint (a view-only token). Do not
+    /// retry with it.
+    CdpForbidden = 4013,
+    /// The CDP client sent something that is not a CDP command (not JSON, no id or
+    /// method, binary). A client bug: do not retry blindly.
+    MalformedCdp = 4014,
+    /// A message over the size limit (WebSocket's own code).
+    MessageTooBig = 1009,
 }
 
 impl CloseCode {
@@ -168,6 +176,8 @@ pub struct Authorized {
     pub link: LinkSignal,
     /// This connection's place under the per-address and per-session caps.
     pub _slot: ConnectionSlot,
+    /// A DevTools connection's place under the CDP caps (`cdp_relay::admit`).
+    pub _cdp_slot: Option<crate::cdp_relay::CdpSlot>,
 }
 
 /// Decides whether a WebSocket request for `session_id` may proceed. Touches the token,
@@ -256,6 +266,7 @@ pub async fn authorize(
         end,
         link,
         _slot: slot,
+        _cdp_slot: None,
     })
 }
 
@@ -287,6 +298,8 @@ mod tests {
             CloseCode::DesktopUnavailable,
             CloseCode::ShuttingDown,
             CloseCode::MalformedRfb,
+            CloseCode::CdpForbidden,
+            CloseCode::MalformedCdp,
         ];
         let mut codes: Vec<u16> = all.iter().map(|c| c.code()).collect();
         codes.dedup();

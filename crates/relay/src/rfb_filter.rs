@@ -221,6 +221,9 @@ pub struct RfbClientFilter {
     extended_mouse_buttons: bool,
     stats: FilterStats,
     failed: Option<FilterError>,
+    /// While set, input is dropped as for a view-only connection: an agent holds control
+    /// of the session (`hold_input_while`).
+    input_held: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl RfbClientFilter {
@@ -233,7 +236,23 @@ impl RfbClientFilter {
             extended_mouse_buttons: false,
             stats: FilterStats::default(),
             failed: None,
+            input_held: None,
         }
+    }
+
+    /// Drops input whenever `flag` is set (and forwards it again when it is cleared), for
+    /// an interactive connection whose person does not hold control right now.
+    pub fn hold_input_while(mut self, flag: std::sync::Arc<std::sync::atomic::AtomicBool>) -> Self {
+        self.input_held = Some(flag);
+        self
+    }
+
+    fn input_allowed(&self) -> bool {
+        self.policy == Policy::Interactive
+            && !self
+                .input_held
+                .as_ref()
+                .is_some_and(|f| f.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     pub fn policy(&self) -> Policy {
@@ -340,7 +359,7 @@ impl RfbClientFilter {
         let kind = MessageKind::from_type_byte(self.buf[0])
             .ok_or_else(|| FilterError::new(format!("unknown message type {}", self.buf[0])))?;
         let frame = self.frame(kind)?;
-        let keep = self.policy == Policy::Interactive || !kind.is_input();
+        let keep = !kind.is_input() || self.input_allowed();
         match frame {
             Frame::Header(len) | Frame::Whole(len) if len > self.buf.len() => {
                 debug_assert!(len <= MAX_BUFFERED);
@@ -815,6 +834,29 @@ mod tests {
             assert_eq!(filter.stats().forwarded(kind), 1, "{kind:?}");
             assert_eq!(filter.stats().dropped(kind), 0, "{kind:?}");
         }
+    }
+
+    #[test]
+    fn an_interactive_connection_drops_input_only_while_its_input_is_held() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let held = Arc::new(AtomicBool::new(false));
+        let mut filter = RfbClientFilter::new(Policy::Interactive).hold_input_while(held.clone());
+        let (sent, expected) = handshake(V38);
+        let mut out = Vec::new();
+        filter.feed(&sent, &mut out).unwrap();
+        assert_eq!(out, expected);
+        let key = one_of_each().into_iter().find(|(k, _)| *k == MessageKind::KeyEvent).unwrap().1;
+        let update = fbur(true, 1, 2);
+        out.clear();
+        held.store(true, Ordering::Relaxed);
+        filter.feed(&[key.clone(), update.clone()].concat(), &mut out).unwrap();
+        assert_eq!(out, update, "the key is dropped, the update request passes");
+        out.clear();
+        held.store(false, Ordering::Relaxed);
+        filter.feed(&key, &mut out).unwrap();
+        assert_eq!(out, key, "input flows again once released");
+        assert_eq!(filter.stats().dropped(MessageKind::KeyEvent), 1);
     }
 
     #[test]

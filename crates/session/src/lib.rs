@@ -4,10 +4,12 @@
 //! store records it, and every live connection of that session holds a subscription to
 //! its end signal, so ending a session is one event rather than a search for sockets.
 
+pub mod control;
 mod lifecycle;
 mod model;
 pub mod store;
 
+pub use control::{AgentPresence, ControlBoard, ControlError, ControlState, Holder};
 pub use lifecycle::{EndSignal, LinkSignal, Sessions};
 pub use model::{
     LinkRole, NewSession, Session, SessionEnd, SessionSource, SessionState, ViewerLink,

@@ -105,10 +105,9 @@ impl Sessions {
             .expect("valid millisecond")
     }
 
-    /// Creates an active session (free mode, admin API).
-    pub async fn create(&self, new: NewSession) -> Result<Session, StoreError> {
+    fn new_active(new: NewSession) -> Session {
         let now = Self::now();
-        let session = Session {
+        Session {
             id: new_session_id(),
             state: SessionState::Active,
             source: new.source,
@@ -121,12 +120,41 @@ impl Sessions {
             payment_intent: None,
             activated_at: Some(now),
             claimed_at: None,
-        };
+        }
+    }
+
+    /// Creates an active session (free mode, admin API).
+    pub async fn create(&self, new: NewSession) -> Result<Session, StoreError> {
+        let session = Self::new_active(new);
         self.store.insert_session(&session).await?;
         self.schedule(&session);
         tracing::info!(session_id = %session.id, source = session.source.as_str(),
             expires_at = %session.expires_at, "session created");
         Ok(session)
+    }
+
+    /// Creates an active session for the client at `client_addr` (free mode), unless
+    /// that address already has `max_live` live sessions: then `None`. The address is
+    /// recorded with the session, so the count holds across restarts, and an ended
+    /// (revoked, expired) session no longer counts.
+    pub async fn create_capped(
+        &self,
+        new: NewSession,
+        client_addr: &str,
+        max_live: u32,
+    ) -> Result<Option<Session>, StoreError> {
+        let session = Self::new_active(new);
+        if !self
+            .store
+            .insert_session_capped(&session, client_addr, max_live)
+            .await?
+        {
+            return Ok(None);
+        }
+        self.schedule(&session);
+        tracing::info!(session_id = %session.id, source = session.source.as_str(),
+            expires_at = %session.expires_at, "session created");
+        Ok(Some(session))
     }
 
     /// Records the pending session of a checkout the server started. Its lifetime starts
@@ -407,6 +435,60 @@ mod tests {
             start_url: "about:blank".into(),
             ttl: time::Duration::milliseconds(ttl_ms),
         }
+    }
+
+    #[tokio::test]
+    async fn capped_creation_counts_live_sessions_of_one_address_even_when_concurrent() {
+        let (_dir, sessions) = sessions().await;
+        let free = |ttl_ms| NewSession {
+            source: SessionSource::Free,
+            ..new_session(ttl_ms)
+        };
+        // Twenty starts at once from one address: exactly the cap gets through.
+        let tasks: Vec<_> = (0..20)
+            .map(|_| {
+                let sessions = sessions.clone();
+                tokio::spawn(async move {
+                    sessions
+                        .create_capped(free(60_000), "198.51.100.1", 3)
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        let mut created = Vec::new();
+        for t in tasks {
+            created.extend(t.await.unwrap());
+        }
+        assert_eq!(created.len(), 3);
+        let store = sessions.store();
+        let now = OffsetDateTime::now_utc();
+        assert_eq!(store.count_live_for_client("198.51.100.1", now).await.unwrap(), 3);
+        // Another address has its own count; sessions without an address count for none.
+        sessions.create(free(60_000)).await.unwrap();
+        assert!(sessions
+            .create_capped(free(60_000), "198.51.100.2", 3)
+            .await
+            .unwrap()
+            .is_some());
+        // An ended session frees its slot.
+        assert!(sessions
+            .create_capped(free(60_000), "198.51.100.1", 3)
+            .await
+            .unwrap()
+            .is_none());
+        sessions.revoke(&created[0].id, "test").await.unwrap().unwrap();
+        assert!(sessions
+            .create_capped(free(60_000), "198.51.100.1", 3)
+            .await
+            .unwrap()
+            .is_some());
+        // So does one past its deadline, even before its expiry is recorded.
+        let (_dir2, other) = self::sessions().await;
+        other.create_capped(free(50), "198.51.100.3", 1).await.unwrap().unwrap();
+        assert!(other.create_capped(free(50), "198.51.100.3", 1).await.unwrap().is_none());
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        assert!(other.create_capped(free(50), "198.51.100.3", 1).await.unwrap().is_some());
     }
 
     #[tokio::test]

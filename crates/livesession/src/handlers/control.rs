@@ -57,6 +57,12 @@ pub enum ServerMessage {
     SessionEnded {
         reason: &'static str,
     },
+    /// Who holds control of the browser: `agent`, `person` or `none`; `reason` while an
+    /// agent asks for a person.
+    Control {
+        #[serde(flatten)]
+        state: livesession_session::ControlState,
+    },
     Error {
         message: String,
     },
@@ -71,6 +77,10 @@ enum ClientMessage {
     Auth {
         token: String,
     },
+    /// The person takes control from the agent (interactive role only).
+    TakeControl,
+    /// The person hands control back to the agent (interactive role only).
+    ReleaseControl,
 }
 
 impl ServerMessage {
@@ -187,6 +197,9 @@ async fn converse(app: &App, mut auth: Authorized, socket: &mut WebSocket) -> Op
         }
     };
     desktop.mark_changed(); // so the current status is sent first
+    let mut control = app.control.subscribe(&session.id);
+    control.mark_changed();
+    let may_take_control = auth.claims.role == crate::auth::Role::Interactive;
     let mut last_sent = None;
     let mut expires_at = session.expires_at;
     let mut warned = false;
@@ -228,6 +241,12 @@ async fn converse(app: &App, mut auth: Authorized, socket: &mut WebSocket) -> Op
                     DesktopStatus::Starting(_) | DesktopStatus::Ready(_) => {}
                 }
             }
+            changed = control.changed() => {
+                if changed.is_ok() {
+                    let state = control.borrow_and_update().clone();
+                    send(socket, ServerMessage::Control { state }.text()).await?;
+                }
+            }
             message = socket.recv() => {
                 let Some(Ok(message)) = message else { return None };
                 last_heard = Instant::now();
@@ -249,6 +268,19 @@ async fn converse(app: &App, mut auth: Authorized, socket: &mut WebSocket) -> Op
                             Err(TokenError::Expired) => ServerMessage::Error { message: "AUTH: the token has expired".into() },
                             Err(TokenError::Invalid) => ServerMessage::Error { message: "AUTH: the token is invalid".into() },
                         },
+                        Ok(ClientMessage::TakeControl | ClientMessage::ReleaseControl) if !may_take_control => {
+                            ServerMessage::Error { message: "only an interactive connection can take or release control".into() }
+                        }
+                        Ok(ClientMessage::TakeControl) => {
+                            tracing::info!("the person takes control");
+                            app.control.take(&auth.session.id);
+                            continue;
+                        }
+                        Ok(ClientMessage::ReleaseControl) => {
+                            tracing::info!("the person releases control");
+                            app.control.release(&auth.session.id);
+                            continue;
+                        }
                         Err(_) => ServerMessage::Error { message: "unknown or malformed message; see docs/protocol.md".into() },
                     },
                     Message::Binary(_) => ServerMessage::Error { message: "binary messages are not part of this protocol".into() },

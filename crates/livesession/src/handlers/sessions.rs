@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::app::{App, AppState};
 use crate::auth::{Role, bearer, constant_time_eq, session_cookies, set_cookies};
 use crate::error::{ApiError, ApiQuery};
-use crate::limits::RateClass;
+use crate::limits::{RateClass, client_key};
 use crate::proxy::ClientInfo;
 
 pub(crate) fn require_admin(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
@@ -40,6 +40,8 @@ pub struct SessionCreated {
     pub viewer_url: String,
     pub vnc_url: String,
     pub control_url: String,
+    /// The browser-level DevTools WebSocket for agents (add `?token=`; docs/agents.md).
+    pub cdp_url: String,
 }
 
 /// A session as the API shows it: the stored record plus its desktop's state.
@@ -74,10 +76,14 @@ fn validate_start_url(url: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Creates a session. With `client` (free mode), the session records the client's
+/// address and is refused when that address already has its
+/// `--max-free-sessions-per-ip` live sessions.
 async fn create(
     app: &App,
     source: SessionSource,
     request: CreateSession,
+    client: Option<&ClientInfo>,
 ) -> Result<(Session, String), ApiError> {
     let start_url = request
         .start_url
@@ -93,18 +99,39 @@ async fn create(
             ),
         ));
     }
-    let session = app
-        .sessions
-        .create(NewSession {
-            source,
-            start_url,
-            ttl: time::Duration::seconds(ttl as i64),
-        })
-        .await?;
+    let new = NewSession {
+        source,
+        start_url,
+        ttl: time::Duration::seconds(ttl as i64),
+    };
+    let session = match client {
+        None => app.sessions.create(new).await?,
+        Some(client) => {
+            let cap = app.config.max_free_sessions_per_ip;
+            // The address as the rate limits count it: IPv6 by its /64.
+            let key = client_key(client.ip).to_string();
+            app.sessions
+                .create_capped(new, &key, if cap == 0 { u32::MAX } else { cap })
+                .await?
+                .ok_or_else(|| free_session_limit(cap))?
+        }
+    };
     let (token, _) = app
         .tokens
         .access(&session.id, Role::Interactive, session.expires_at);
     Ok((session, token))
+}
+
+fn free_session_limit(cap: u32) -> ApiError {
+    let sessions = if cap == 1 { "session" } else { "sessions" };
+    ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "free_session_limit",
+        format!(
+            "this address already has {cap} free {sessions} running, the most one address \
+             may have at once; close one (or wait for it to end) to start another"
+        ),
+    )
 }
 
 pub async fn create_session(
@@ -125,11 +152,12 @@ pub async fn create_session(
         serde_json::from_slice(&body)
             .map_err(|e| ApiError::bad_request("invalid_json", format!("request body: {e}")))?
     };
-    let (session, token) = create(&app, SessionSource::Api, request).await?;
+    let (session, token) = create(&app, SessionSource::Api, request, None).await?;
     let ws_base = app.public_url.replacen("http", "ws", 1);
     let created = SessionCreated {
         viewer_url: format!("{}/s/{}", app.public_url, session.id),
         vnc_url: format!("{ws_base}/api/sessions/{}/vnc", session.id),
+        cdp_url: format!("{ws_base}/api/sessions/{}/cdp", session.id),
         control_url: format!("{ws_base}/api/sessions/{}/control", session.id),
         id: session.id,
         expires_at: session.expires_at,
@@ -260,7 +288,14 @@ pub async fn start_free_session(
             "this server does not start free sessions",
         ));
     }
-    let (session, _) = create(&app, SessionSource::Free, CreateSession::default()).await?;
+    // Free sessions are short (`--free-session-ttl`); admin-created ones keep the default.
+    let request = CreateSession {
+        start_url: None,
+        ttl_seconds: Some(
+            (app.config.free_session_ttl).clamp(1, app.config.max_session_ttl.max(1)),
+        ),
+    };
+    let (session, _) = create(&app, SessionSource::Free, request, Some(&client)).await?;
     let mut response = StatusCode::SEE_OTHER.into_response();
     let headers = response.headers_mut();
     headers.insert(

@@ -26,6 +26,7 @@ pub async fn issue_token(
     client: ClientInfo,
     headers: HeaderMap,
     Path(id): Path<String>,
+    body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     app.limits
         .check(RateClass::Token, client.ip)
@@ -35,7 +36,9 @@ pub async fn issue_token(
     // The role and viewer link of the credential carry over to the new tokens.
     let (role, link) = if let Some(presented) = bearer(&headers) {
         if constant_time_eq(presented.as_bytes(), app.admin_token.as_bytes()) {
-            (Role::Interactive, None)
+            // The operator may mint any role, e.g. `{"role": "agent"}` for a program that
+            // drives the browser over CDP (docs/agents.md).
+            (requested_role(&body)?.unwrap_or(Role::Interactive), None)
         } else {
             match app.tokens.verify(presented, TokenKind::Access) {
                 Ok(claims) if claims.sid == id => (claims.role, claims.lnk),
@@ -132,4 +135,22 @@ pub async fn issue_token(
     );
     set_cookies(response.headers_mut(), &cookies);
     Ok(response)
+}
+
+/// The role asked for in an admin request's optional body `{"role": …}`.
+fn requested_role(body: &[u8]) -> Result<Option<Role>, ApiError> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Request {
+        role: Option<Role>,
+    }
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    serde_json::from_slice::<Request>(body).map(|r| r.role).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_role",
+            format!("expected {{\"role\": \"interactive\" | \"agent\" | \"view\"}}: {e}"),
+        )
+    })
 }

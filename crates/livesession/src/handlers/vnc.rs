@@ -17,7 +17,10 @@ use livesession_relay::{
 };
 
 use crate::app::{App, AppState};
-use crate::auth::Role;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use livesession_session::Holder;
 use crate::desktops::{Desktops, Unavailable};
 use crate::error::ApiError;
 use crate::handlers::TokenQuery;
@@ -128,10 +131,24 @@ async fn relay(app: &App, mut auth: Authorized, mut socket: WebSocket) {
             _ = app.shutdown.cancelled() => Close::shutting_down(),
         }
     };
-    let mut filter = RfbClientFilter::new(match auth.claims.role {
-        Role::Interactive => Policy::Interactive,
-        Role::View => Policy::ViewOnly,
-    });
+    // While an agent holds control, the person's input is dropped here (the viewer says
+    // so and offers to take control); it flows again the moment they take it.
+    let input_held = Arc::new(AtomicBool::new(false));
+    let follow_control = {
+        let held = input_held.clone();
+        let mut control = app.control.subscribe(&id);
+        tokio::spawn(async move {
+            loop {
+                let holder = control.borrow_and_update().holder;
+                held.store(holder == Holder::Agent, Ordering::Relaxed);
+                if control.changed().await.is_err() {
+                    break;
+                }
+            }
+        })
+    };
+    let policy = if auth.claims.role.may_send_vnc_input() { Policy::Interactive } else { Policy::ViewOnly };
+    let mut filter = RfbClientFilter::new(policy).hold_input_while(input_held);
     let (end, moved) = pump_filtered(
         upstream,
         &mut to_client,
@@ -142,6 +159,7 @@ async fn relay(app: &App, mut auth: Authorized, mut socket: WebSocket) {
     )
     .await;
     drop((to_client, from_client));
+    follow_control.abort();
     let close = match end {
         PumpEnd::Stopped(close) => Some(close),
         PumpEnd::ClientClosed => None,

@@ -2,6 +2,7 @@
 //! desktops (Xvnc, openbox, Chromium), real WebSocket clients. One binary for all.
 
 mod api;
+mod cdp;
 mod control;
 mod defences;
 mod doctor;
@@ -11,6 +12,7 @@ mod links;
 mod payments;
 mod pool;
 mod processes;
+mod resources;
 mod sandbox;
 mod support;
 mod vnc;

@@ -68,7 +68,7 @@ fn forge(server: &TestServer, sid: &str, exp_offset: i64) -> String {
 }
 
 /// [`forge`] with a role (`interactive` or `view`).
-fn forge_as(server: &TestServer, sid: &str, role: &str, exp_offset: i64) -> String {
+pub(crate) fn forge_as(server: &TestServer, sid: &str, role: &str, exp_offset: i64) -> String {
     use base64::Engine;
     let key = std::fs::read_to_string(server.data.path().join("secrets/signing.key")).unwrap();
     let key = base64::engine::general_purpose::URL_SAFE_NO_PAD

@@ -32,6 +32,22 @@ pub enum StoreError {
 #[async_trait::async_trait]
 pub trait SessionStore: Send + Sync + 'static {
     async fn insert_session(&self, session: &Session) -> Result<(), StoreError>;
+    /// Inserts a session started by the client at `client_addr`, unless that address
+    /// already has `max_live` sessions that are active and not past their deadline at
+    /// `session.created_at`. One statement: concurrent starts from one address cannot
+    /// both slip under the cap. Returns whether the session was inserted.
+    async fn insert_session_capped(
+        &self,
+        session: &Session,
+        client_addr: &str,
+        max_live: u32,
+    ) -> Result<bool, StoreError>;
+    /// How many sessions started by `client_addr` are active and before their deadline at `now`.
+    async fn count_live_for_client(
+        &self,
+        client_addr: &str,
+        now: OffsetDateTime,
+    ) -> Result<u32, StoreError>;
     async fn get_session(&self, id: &str) -> Result<Option<Session>, StoreError>;
     /// Most recent first.
     async fn list_sessions(&self, limit: u32) -> Result<Vec<Session>, StoreError>;

@@ -127,6 +127,56 @@ impl SessionStore for SqliteStore {
         Ok(())
     }
 
+    async fn insert_session_capped(
+        &self,
+        s: &Session,
+        client_addr: &str,
+        max_live: u32,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(concat!(
+            "INSERT INTO sessions (",
+            columns!(),
+            ", client_addr) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? \
+             WHERE (SELECT COUNT(*) FROM sessions WHERE client_addr = ? AND state = 'active' \
+             AND expires_at > ?) < ?"
+        ))
+        .bind(&s.id)
+        .bind(s.state.as_str())
+        .bind(s.source.as_str())
+        .bind(&s.start_url)
+        .bind(millis(s.created_at))
+        .bind(millis(s.expires_at))
+        .bind(s.ended_at.map(millis))
+        .bind(&s.end_reason)
+        .bind(&s.checkout_session_id)
+        .bind(&s.payment_intent)
+        .bind(s.activated_at.map(millis))
+        .bind(s.claimed_at.map(millis))
+        .bind(client_addr)
+        .bind(client_addr)
+        .bind(millis(s.created_at))
+        .bind(i64::from(max_live))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn count_live_for_client(
+        &self,
+        client_addr: &str,
+        now: OffsetDateTime,
+    ) -> Result<u32, StoreError> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM sessions WHERE client_addr = ? AND state = 'active' \
+             AND expires_at > ?",
+        )
+        .bind(client_addr)
+        .bind(millis(now))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(u32::try_from(n).unwrap_or(u32::MAX))
+    }
+
     async fn get_session(&self, id: &str) -> Result<Option<Session>, StoreError> {
         let row = sqlx::query(concat!(
             "SELECT ",

@@ -1,0 +1,344 @@
+//! The CDP relay: one agent's WebSocket ⇄ the session's Chromium DevTools, through the
+//! desktop's `devtools.sock`.
+//!
+//! What Chromium sends passes through untouched. What the agent sends is read only for its
+//! envelope (`livesession_relay::cdp`): the gateway answers its own `Livesession.*`
+//! commands, and while a person holds control it holds back the agent's page-changing
+//! commands, delivering them in order once control is handed back. Every change of the
+//! holder reaches the agent as a `Livesession.controlChanged` event. The connection ends
+//! with a real close frame and reason: expiry (4007), revocation (4008), the desktop's
+//! loss (4010), shutdown (4011).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
+use futures_util::{SinkExt, StreamExt};
+use livesession_desktop::{DesktopHandle, devtools};
+use livesession_relay::cdp::{self as protocol, HeldBack};
+use livesession_session::{ControlState, Holder};
+use serde_json::json;
+use tokio_tungstenite::tungstenite;
+
+use crate::app::App;
+use crate::desktops::{Desktops, Unavailable};
+use crate::ws::{self, Authorized, Close, CloseCode};
+
+/// Proxies and load balancers drop WebSockets that are quiet for a minute or so; CDP
+/// connections are often quiet while a person works.
+const PING_INTERVAL: Duration = Duration::from_secs(30);
+/// Commands held for one connection while a person has control.
+const MAX_HELD_COMMANDS: usize = 1000;
+const MAX_HELD_BYTES: usize = 16 << 20;
+/// A reason given with `Livesession.requestHuman` is shown to people; keep it short.
+const MAX_REASON_CHARS: usize = 300;
+
+pub enum Target {
+    Browser,
+    Page(String),
+}
+
+/// Live CDP connections per session and per client address, under their own caps: agents
+/// hold connections for a long time and must not crowd out viewers.
+#[derive(Default)]
+pub struct CdpConnections {
+    counts: Mutex<HashMap<String, usize>>,
+}
+
+/// A CDP connection's place under the caps, released when dropped.
+pub struct CdpSlot {
+    owner: Arc<App>,
+    keys: [String; 2],
+}
+
+impl Drop for CdpSlot {
+    fn drop(&mut self) {
+        let mut counts = self.owner.cdp_connections.counts.lock().expect("cdp counts");
+        for key in &self.keys {
+            if let Some(n) = counts.get_mut(key) {
+                *n -= 1;
+                if *n == 0 {
+                    counts.remove(key);
+                }
+            }
+        }
+    }
+}
+
+/// Takes a place for a CDP connection, or refuses it (4009).
+pub fn admit(app: &Arc<App>, peer: IpAddr, auth: Authorized) -> Result<Authorized, Close> {
+    let session_key = format!("s:{}", auth.session.id);
+    let peer_key = format!("a:{peer}");
+    let mut counts = app.cdp_connections.counts.lock().expect("cdp counts");
+    let (per_session, per_ip) = (app.config.max_cdp_per_session, app.config.max_cdp_per_ip);
+    if counts.get(&session_key).copied().unwrap_or(0) >= per_session {
+        return Err(Close::new(CloseCode::RateLimited, format!("this session has {per_session} DevTools connections already")));
+    }
+    if counts.get(&peer_key).copied().unwrap_or(0) >= per_ip {
+        return Err(Close::new(CloseCode::RateLimited, format!("this address has {per_ip} DevTools connections already")));
+    }
+    *counts.entry(session_key.clone()).or_default() += 1;
+    *counts.entry(peer_key.clone()).or_default() += 1;
+    drop(counts);
+    let slot = CdpSlot { owner: app.clone(), keys: [session_key, peer_key] };
+    Ok(Authorized { _cdp_slot: Some(slot), ..auth })
+}
+
+/// The session's desktop, started if it is not running; waits for it unless the session
+/// ends, its link is revoked or the server stops first.
+pub async fn desktop_of(app: &App, auth: &Authorized) -> Result<Arc<DesktopHandle>, Close> {
+    let id = &auth.session.id;
+    let unavailable = |e: Unavailable| Close::new(CloseCode::DesktopUnavailable, format!("desktop unavailable: {e}"));
+    app.desktops.forget_if_dead(id).await;
+    let status = app.desktops.watch(&auth.session, &auth.end).map_err(unavailable)?;
+    let mut end = app.sessions.subscribe(id);
+    tokio::select! {
+        biased;
+        ended = end.ended() => Err(Close::ended(ended)),
+        _ = app.shutdown.cancelled() => Err(Close::shutting_down()),
+        ready = Desktops::ready(status) => ready.map_err(unavailable),
+    }
+}
+
+type Upstream = tokio_tungstenite::WebSocketStream<tokio::net::UnixStream>;
+
+/// Opens the DevTools WebSocket of `target` inside the desktop, as a local client (Chrome
+/// refuses other Host headers).
+async fn connect_upstream(app: &App, handle: &DesktopHandle, target: &Target) -> Result<Upstream, Close> {
+    let lost = |what: String| Close::new(CloseCode::DesktopUnavailable, format!("desktop unavailable: {what}"));
+    let path = match target {
+        Target::Browser => {
+            let version = devtools::get_json(&handle.devtools_socket, "/json/version")
+                .await
+                .map_err(|e| lost(format!("its DevTools did not answer ({e})")))?;
+            version["webSocketDebuggerUrl"]
+                .as_str()
+                .and_then(devtools::websocket_path)
+                .ok_or_else(|| lost("its DevTools named no browser target".into()))?
+        }
+        Target::Page(id) => format!("/devtools/page/{id}"),
+    };
+    let stream = handle.devtools_socket.connect().await.map_err(|e| {
+        if e.is_tampered() {
+            tracing::error!(error = %e, "desktop tampered with its DevTools socket");
+        }
+        lost(format!("its DevTools socket: {e}"))
+    })?;
+    let max = app.config.cdp_max_message_bytes;
+    let config = tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max));
+    let (upstream, _) = tokio_tungstenite::client_async_with_config(format!("ws://localhost{path}"), stream, Some(config))
+        .await
+        .map_err(|e| match e {
+            tungstenite::Error::Http(r) if r.status() == 404 || r.status() == 500 => {
+                Close::new(CloseCode::SessionNotFound, "no such DevTools target in this session's browser")
+            }
+            e => lost(format!("its DevTools refused the connection ({e})")),
+        })?;
+    Ok(upstream)
+}
+
+fn control_event(state: &ControlState) -> Message {
+    let params = serde_json::to_value(state).expect("serializable");
+    Message::Text(protocol::event("Livesession.controlChanged", params).into())
+}
+
+/// Chromium's frames, as the client's (no copy; text is checked as UTF-8 once more).
+fn to_client(message: tungstenite::Message) -> Option<Message> {
+    match message {
+        tungstenite::Message::Text(t) => Utf8Bytes::try_from(bytes::Bytes::from(t)).ok().map(Message::Text),
+        tungstenite::Message::Binary(b) => Some(Message::Binary(b)),
+        _ => None,
+    }
+}
+
+fn to_upstream(text: Utf8Bytes) -> tungstenite::Message {
+    let bytes = bytes::Bytes::from(Message::Text(text).into_data());
+    tungstenite::Message::Text(tungstenite::Utf8Bytes::try_from(bytes).expect("it was text"))
+}
+
+pub async fn relay(app: &Arc<App>, mut auth: Authorized, socket: WebSocket, target: Target) {
+    let id = auth.session.id.clone();
+    let role = auth.claims.role;
+    tracing::info!(?role, target = match &target { Target::Browser => "browser", Target::Page(_) => "page" }, "cdp connection opened");
+    let handle = match desktop_of(app, &auth).await {
+        Ok(h) => h,
+        Err(close) => return ws::close(socket, close).await,
+    };
+    let upstream = match connect_upstream(app, &handle, &target).await {
+        Ok(u) => u,
+        Err(close) => {
+            if close.code == CloseCode::DesktopUnavailable {
+                app.desktops.lost(&id, &handle).await;
+            }
+            return ws::close(socket, close).await;
+        }
+    };
+    let _presence = app.control.agent_joined(&id);
+    let mut control = app.control.subscribe(&id);
+    let (to_agent, from_agent) = socket.split();
+    let (to_chrome, from_chrome) = upstream.split();
+    let mut conversation = Conversation {
+        app,
+        id: &id,
+        held: HeldBack::new(MAX_HELD_COMMANDS, MAX_HELD_BYTES),
+        to_agent,
+        to_chrome,
+        forwarded: 0,
+        held_total: 0,
+    };
+    let end = conversation.run(&mut auth, &mut control, from_agent, from_chrome).await;
+    let Conversation { to_agent, forwarded, held_total, held, .. } = conversation;
+    tracing::info!(forwarded, held_total, dropped_held = held.len(), close_code = end.as_ref().map(|c| c.code.code()), "cdp connection closed");
+    if let Some(close) = end {
+        let mut to_agent = to_agent;
+        let _ = tokio::time::timeout(Duration::from_secs(3), to_agent.send(close.frame())).await;
+    }
+}
+
+struct Conversation<'a> {
+    app: &'a App,
+    id: &'a str,
+    held: HeldBack,
+    to_agent: futures_util::stream::SplitSink<WebSocket, Message>,
+    to_chrome: futures_util::stream::SplitSink<Upstream, tungstenite::Message>,
+    forwarded: u64,
+    held_total: u64,
+}
+
+impl Conversation<'_> {
+    /// Relays until one side ends; returns the close to send the agent (`None` when it
+    /// closed first).
+    async fn run(
+        &mut self,
+        auth: &mut Authorized,
+        control: &mut tokio::sync::watch::Receiver<ControlState>,
+        mut from_agent: futures_util::stream::SplitStream<WebSocket>,
+        mut from_chrome: futures_util::stream::SplitStream<Upstream>,
+    ) -> Option<Close> {
+        // The agent learns who holds control as soon as it is connected.
+        let first = control.borrow_and_update().clone();
+        if self.to_agent.send(control_event(&first)).await.is_err() {
+            return None;
+        }
+        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + PING_INTERVAL, PING_INTERVAL);
+        loop {
+            tokio::select! {
+                biased;
+                end = auth.end.ended() => return Some(Close::ended(end)),
+                () = auth.link.revoked() => return Some(Close::link_revoked()),
+                _ = self.app.shutdown.cancelled() => return Some(Close::shutting_down()),
+                changed = control.changed() => {
+                    if changed.is_err() { continue; }
+                    let state = control.borrow_and_update().clone();
+                    if self.to_agent.send(control_event(&state)).await.is_err() { return None; }
+                    if state.holder != Holder::Person && !self.flush_held().await {
+                        return Some(self.chrome_gone(auth).await);
+                    }
+                }
+                message = from_chrome.next() => match message {
+                    Some(Ok(m)) => {
+                        if let Some(m) = to_client(m)
+                            && self.to_agent.send(m).await.is_err() {
+                            return None;
+                        }
+                    }
+                    Some(Err(_)) | None => return Some(self.chrome_gone(auth).await),
+                },
+                message = from_agent.next() => match message {
+                    Some(Ok(Message::Text(text))) => {
+                        let holder = control.borrow().holder;
+                        match self.from_agent(text, holder).await {
+                            Ok(()) => {}
+                            Err(Some(close)) => return Some(close),
+                            Err(None) => return Some(self.chrome_gone(auth).await),
+                        }
+                    }
+                    Some(Ok(Message::Binary(_))) => {
+                        return Some(Close::new(CloseCode::MalformedCdp, "malformed CDP: messages are JSON text"));
+                    }
+                    Some(Ok(Message::Close(_))) | None => return None,
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    Some(Err(e)) => {
+                        // Over the size limit (or broken framing): say so, if it can still hear.
+                        let max = self.app.config.cdp_max_message_bytes;
+                        let reason = if e.to_string().contains("too long") || e.to_string().contains("Space limit") {
+                            format!("message too big: the limit is {max} bytes")
+                        } else {
+                            "malformed WebSocket frame".to_owned()
+                        };
+                        tracing::warn!(reason = %reason, "cdp client message refused");
+                        return Some(Close::new(CloseCode::MessageTooBig, reason));
+                    }
+                },
+                _ = ping.tick() => {
+                    if self.to_agent.send(Message::Ping(Default::default())).await.is_err() { return None; }
+                }
+            }
+        }
+    }
+
+    /// Why Chromium's side ended: the session's end if that is the cause, else the
+    /// desktop was lost.
+    async fn chrome_gone(&self, auth: &mut Authorized) -> Close {
+        if auth.end.is_ended() {
+            return Close::ended(auth.end.ended().await);
+        }
+        Close::new(CloseCode::DesktopUnavailable, "desktop unavailable: the browser closed the DevTools connection")
+    }
+
+    /// One command from the agent. `Err(Some)` closes with that; `Err(None)`: Chromium is gone.
+    async fn from_agent(&mut self, text: Utf8Bytes, holder: Holder) -> Result<(), Option<Close>> {
+        let command = protocol::parse_command(text.as_str())
+            .map_err(|e| Some(Close::new(CloseCode::MalformedCdp, format!("malformed CDP: {e}"))))?;
+        if let Some(name) = command.method.strip_prefix(protocol::DOMAIN) {
+            let reply = self.livesession_command(name, &command);
+            return self.to_agent.send(Message::Text(reply.into())).await.map_err(|_| None);
+        }
+        // Released control with commands still held (the change not seen yet): they go first.
+        if holder != Holder::Person && !self.held.is_empty() && !self.flush_held().await {
+            return Err(None);
+        }
+        if holder == Holder::Person && protocol::is_held_back(&command.method) {
+            self.held_total += 1;
+            return self.held.push(text.as_str().to_owned()).map_err(|full| {
+                Some(Close::new(CloseCode::RateLimited, full.to_string()))
+            });
+        }
+        self.forwarded += 1;
+        self.to_chrome.send(to_upstream(text)).await.map_err(|_| None)
+    }
+
+    /// Sends every held command, in order. `false`: Chromium is gone.
+    async fn flush_held(&mut self) -> bool {
+        let held: Vec<String> = self.held.drain().collect();
+        for text in held {
+            self.forwarded += 1;
+            if self.to_chrome.send(tungstenite::Message::Text(text.into())).await.is_err() {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// The gateway's own commands.
+    fn livesession_command(&self, name: &str, command: &protocol::Command) -> String {
+        match name {
+            "requestHuman" => {
+                let reason = command.params.get("reason").and_then(|r| r.as_str()).unwrap_or("").trim();
+                if reason.is_empty() {
+                    return protocol::error_reply(command, -32602, "Livesession.requestHuman needs a non-empty params.reason");
+                }
+                let reason: String = reason.chars().take(MAX_REASON_CHARS).collect();
+                tracing::info!(session_id = %self.id, "an agent asks for a person");
+                self.app.control.request_human(self.id, &reason);
+                protocol::reply(command, json!({}))
+            }
+            "getControl" => protocol::reply(command, serde_json::to_value(self.app.control.current(self.id)).expect("serializable")),
+            _ => protocol::error_reply(command, -32601, &format!("'{}' wasn't found", command.method)),
+        }
+    }
+}
