@@ -189,6 +189,7 @@ pub async fn relay(app: &Arc<App>, mut auth: Authorized, socket: WebSocket, targ
         to_chrome,
         forwarded: 0,
         held_total: 0,
+        page_target: matches!(target, Target::Page(_)),
     };
     let end = conversation.run(&mut auth, &mut control, from_agent, from_chrome).await;
     let Conversation { to_agent, forwarded, held_total, held, .. } = conversation;
@@ -207,6 +208,8 @@ struct Conversation<'a> {
     to_chrome: futures_util::stream::SplitSink<Upstream, tungstenite::Message>,
     forwarded: u64,
     held_total: u64,
+    /// A page's own endpoint (not the browser's).
+    page_target: bool,
 }
 
 impl Conversation<'_> {
@@ -286,6 +289,10 @@ impl Conversation<'_> {
     async fn chrome_gone(&self, auth: &mut Authorized) -> Close {
         if auth.end.is_ended() {
             return Close::ended(auth.end.ended().await);
+        }
+        // A page target ends with its tab; the browser (and the desktop) go on.
+        if self.page_target && self.app.desktops.runtime().is_alive(self.id).await {
+            return Close::new(CloseCode::Normal, "the DevTools target closed");
         }
         Close::new(CloseCode::DesktopUnavailable, "desktop unavailable: the browser closed the DevTools connection")
     }

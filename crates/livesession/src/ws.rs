@@ -60,6 +60,8 @@ pub enum CloseCode {
     MalformedCdp = 4014,
     /// A message over the size limit (WebSocket's own code).
     MessageTooBig = 1009,
+    /// The other end finished normally (a CDP page target whose tab closed).
+    Normal = 1000,
 }
 
 impl CloseCode {

@@ -92,6 +92,9 @@ impl Entry {
     }
 }
 
+/// How many sessions' states are kept before unfollowed ones are dropped.
+const FORGET_ABOVE: usize = 1024;
+
 /// Control state of every session this node serves.
 #[derive(Default)]
 pub struct ControlBoard {
@@ -119,6 +122,11 @@ impl Drop for AgentPresence<'_> {
 impl ControlBoard {
     fn with<T>(&self, session_id: &str, f: impl FnOnce(&mut Entry) -> T) -> T {
         let mut sessions = self.sessions.lock().expect("control board");
+        // Sessions nobody follows any more (ended, or simply left) are forgotten once
+        // there are many: their state is `none` again the next time anyone looks.
+        if sessions.len() >= FORGET_ABOVE && !sessions.contains_key(session_id) {
+            sessions.retain(|_, e| e.agents > 0 || e.state.receiver_count() > 0);
+        }
         f(sessions.entry(session_id.to_owned()).or_insert_with(Entry::new))
     }
 
@@ -181,11 +189,6 @@ impl ControlBoard {
             let holder = e.state.borrow().holder;
             e.set(holder, Some(reason.to_owned()));
         });
-    }
-
-    /// Forgets an ended session.
-    pub fn remove(&self, session_id: &str) {
-        self.sessions.lock().expect("control board").remove(session_id);
     }
 }
 

@@ -352,6 +352,20 @@ async fn bad_cdp_input_is_answered_or_closed_with_a_reason() {
     assert_eq!(code, 1009, "{reason}");
     assert!(reason.contains("4096"), "{reason}");
 
+    // A page target whose tab closes ends normally; the browser goes on.
+    let mut browser = Cdp::connect(&server, &path).await;
+    let created = browser.call("Target.createTarget", json!({ "url": "about:blank" }), None).await;
+    let target = created["targetId"].as_str().unwrap().to_owned();
+    let mut tab = Cdp::connect(&server, &format!("/api/sessions/{id}/cdp/page/{target}?token={token}")).await;
+    tab.call("Runtime.evaluate", json!({ "expression": "1+1" }), None).await;
+    browser.call("Target.closeTarget", json!({ "targetId": target }), None).await;
+    let (code, reason) = close_of(&mut tab.ws, Duration::from_secs(10)).await;
+    assert_eq!((code, reason.as_str()), (1000, "the DevTools target closed"));
+    browser.call("Browser.getVersion", json!({}), None).await;
+    let mut gone = ws_connect(&server, &format!("/api/sessions/{id}/cdp/page/{target}?token={token}"), &[]).await;
+    assert_eq!(close_of(&mut gone, Duration::from_secs(10)).await.0, 4005, "no such target");
+    drop(browser);
+
     let mut agent = Cdp::connect(&server, &path).await;
     agent.ws.send(Message::binary(vec![1, 2, 3])).await.unwrap();
     assert_eq!(close_of(&mut agent.ws, Duration::from_secs(10)).await.0, 4014);
