@@ -84,8 +84,10 @@
  * - `connecting` `{attempt}` — a socket is being opened
  * - `open` `{}` — the socket is open (the server may still refuse it)
  * - `message` `{type, …}` — each server message (`CONNECTED`,
- *   `DESKTOP_STATUS`, `PONG`, `AUTH_OK`, `SESSION_EXPIRING`, `SESSION_ENDED`,
- *   `ERROR`)
+ *   `DESKTOP_STATUS`, `CONTROL`, `PONG`, `AUTH_OK`, `SESSION_EXPIRING`,
+ *   `SESSION_ENDED`, `ERROR`). `CONTROL` says who drives the browser (agent,
+ *   person or none; handover.js); answer it with
+ *   `send({type: 'TAKE_CONTROL'})` / `send({type: 'RELEASE_CONTROL'})`.
  * - `close` `{code, reason, wasClean, final, refresh, retryInMs}` — the
  *   socket closed; `refresh`: a token refresh and one reconnect follow;
  *   `retryInMs`: the backoff wait, or null when no retry follows

@@ -17,10 +17,18 @@
 // desktop ready; a 4003/4001 on RFB refreshes the token (the endpoint renews
 // the cookie) and reconnects once. A final close code (revoked, expired, …),
 // SESSION_ENDED, or a refused refresh stops everything for good.
+//
+// Agents (docs/agents.md): CONTROL says who drives the browser. While an
+// agent does, the server drops this page's input: the banner says so, noVNC
+// stops sending input, and an interactive viewer is offered "Take control"
+// (TAKE_CONTROL); while the person holds it, "Hand back to the agent"
+// (RELEASE_CONTROL). An agent asking for a person (CONTROL `reason`) gets its
+// reason shown in the banner's alert region.
 
 import { Backoff } from './backoff.js';
 import { describe, hint, isFinal } from './closecodes.js';
 import { ControlClient, isAuthClose, retryAfterMs } from './control.js';
+import { HandoverUi } from './handover.js';
 import { channelUrl, sessionIdFromPath, takeFragmentToken } from './session.js';
 import { sessionTokenProvider } from './tokens.js';
 import { ViewerUi } from './ui.js';
@@ -52,6 +60,9 @@ function main() {
     url: () => channelUrl(id, 'control'),
   });
   const vnc = new VncConnection(document.getElementById('screen'));
+  const handover = new HandoverUi();
+  let role = 'interactive'; // of this page's token, from CONNECTED
+  let tookControl = false; // this page asked for control: focus the screen once it has it
   const vncBackoff = new Backoff();
   let vncRetryTimer = null;
   let vncConnectedAt = 0;
@@ -64,6 +75,7 @@ function main() {
   document.body.dataset.control = control.state;
   control.addEventListener('state', (ev) => {
     document.body.dataset.control = ev.detail.state;
+    handover.setConnected(ev.detail.state === 'connected');
   });
 
   const connectVnc = async ({ refresh = false } = {}) => {
@@ -115,6 +127,7 @@ function main() {
     ui.setState('ended', text);
     ui.notice(notice);
     ui.stopExpiry();
+    handover.clear();
     // The session is over for this page: drop the auth state too.
     if (!leaveControl && control.state !== 'stopped') control.forceDisconnect();
     vnc.disconnect();
@@ -149,8 +162,13 @@ function main() {
         log(`control: connected as ${msg.role ?? 'interactive'}; session expires at ${msg.expires_at}`);
         ui.expiry(msg.expires_at, msg.server_time);
         // A view link's role: no input from this page (the server drops it anyway).
-        ui.setViewOnly(msg.role === 'view');
-        vnc.viewOnly = msg.role === 'view';
+        role = msg.role ?? 'interactive';
+        ui.setViewOnly(role === 'view');
+        handover.setRole(role);
+        applyInputMode();
+        break;
+      case 'CONTROL':
+        onControl(msg);
         break;
       case 'DESKTOP_STATUS':
         onDesktopStatus(msg);
@@ -173,11 +191,41 @@ function main() {
         break;
       case 'ERROR':
         console.warn('[livesession] control: server error:', msg.message);
+        // A refused TAKE_CONTROL/RELEASE_CONTROL: the buttons need not wait.
+        if (handover.busy) handover.pending(false);
         if (!/^AUTH\b/.test(msg.message ?? '')) ui.notice(`Server: ${msg.message}`);
         break;
       default:
         log(`control: ignoring message type ${msg.type}`);
     }
+  });
+
+  /** Input goes to the desktop unless this is a view link or an agent drives. */
+  const applyInputMode = () => {
+    vnc.viewOnly = role === 'view' || handover.view.inputPaused;
+  };
+
+  const onControl = (msg) => {
+    log(`control: held by ${msg.holder} since ${msg.since}${msg.reason ? ` (the agent asks: ${msg.reason})` : ''}`);
+    if (ended) return;
+    handover.setState(msg);
+    applyInputMode();
+    if (msg.holder === 'person' && tookControl) vnc.focus();
+    tookControl = false;
+  };
+
+  handover.addEventListener('take', () => {
+    log('taking control');
+    tookControl = true;
+    if (!control.send({ type: 'TAKE_CONTROL' })) {
+      tookControl = false;
+      handover.pending(false);
+    }
+  });
+
+  handover.addEventListener('release', () => {
+    log('handing control back');
+    if (!control.send({ type: 'RELEASE_CONTROL' })) handover.pending(false);
   });
 
   const onDesktopStatus = (msg) => {
