@@ -126,15 +126,29 @@ describe('agents over CDP', { timeout: 600_000 }, () => {
     return session;
   }
 
-  /** The real viewer for `session`, opened with its token link as a person would; waits until the screen is live. */
-  async function openViewer(t, session) {
+  /** A view-only access token for the session (what a view link's holder gets). */
+  async function viewToken(session) {
+    const res = await server.admin(`/api/sessions/${session.id}/token`, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: '{"role":"view"}' });
+    const text = await res.text();
+    assert.equal(res.status, 200, `POST /api/sessions/{id}/token {"role":"view"}: ${text}`);
+    const body = JSON.parse(text);
+    assert.equal(body.role, 'view');
+    return body.token;
+  }
+
+  /**
+   * The real viewer for `session`, opened with a token link (the session's
+   * interactive token unless `token` is given) as a person would; waits until
+   * the screen is live.
+   */
+  async function openViewer(t, session, token = session.token) {
     const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
     t.after(() => context.close());
     const page = await context.newPage();
     const consoleTail = recordConsole(page);
     const viewerUrl = new URL(session.viewer_url, server.baseUrl).href;
     assertLoopback(viewerUrl);
-    await page.goto(`${viewerUrl}#token=${session.token}`);
+    await page.goto(`${viewerUrl}#token=${token}`);
     await page.waitForFunction(() => document.body.dataset.state === 'connected', null, { timeout: 90_000, polling: 200 });
     const diagnostics = async () => {
       const shot = path.join(os.tmpdir(), `livesession-e2e-agents-${process.pid}-${Date.now()}.png`);
@@ -247,6 +261,8 @@ describe('agents over CDP', { timeout: 600_000 }, () => {
   test('requestHuman: the viewer shows the reason, the person takes control, the agent waits until handed back', async (t) => {
     const session = await createSession();
     const { page: viewer, diagnostics } = await openViewer(t, session);
+    // Someone watching through a view link sees who drives but has no buttons.
+    const { page: watcher } = await openViewer(t, session, await viewToken(session));
     await withDiagnostics(
       server,
       async () => {
@@ -268,6 +284,8 @@ describe('agents over CDP', { timeout: 600_000 }, () => {
         await viewer.getByRole('status').filter({ hasText: 'An agent is driving; your input is paused' }).waitFor({ timeout: 15_000 });
         await take.waitFor({ state: 'visible' });
         assert.equal(await viewer.evaluate(() => document.body.dataset.holder), 'agent');
+        await watcher.getByRole('status').filter({ hasText: 'An agent is driving' }).waitFor({ timeout: 15_000 });
+        assert.equal(await watcher.getByRole('button', { name: 'Take control' }).isVisible(), false, 'no "Take control" for a view link');
 
         // The agent asks for a person: the reason is shown with "Take control".
         assert.deepEqual(await cdp.send('Livesession.requestHuman', { reason: 'Please solve the captcha' }), {});
@@ -275,10 +293,14 @@ describe('agents over CDP', { timeout: 600_000 }, () => {
         assert.ok(await take.isVisible(), '"Take control" is offered with the reason');
         assert.ok(await take.isEnabled());
         assert.match(await handover.innerText(), /Please solve the captcha/);
+        await watcher.getByRole('alert').filter({ hasText: 'Please solve the captcha' }).waitFor({ timeout: 10_000 });
+        assert.equal(await watcher.getByRole('button', { name: 'Take control' }).isVisible(), false, 'still no button for a view link');
 
         await take.click();
         await handBack.waitFor({ state: 'visible', timeout: 10_000 });
         assert.equal(await viewer.evaluate(() => document.body.dataset.holder), 'person');
+        await watcher.getByRole('status').filter({ hasText: 'A person has control' }).waitFor({ timeout: 10_000 });
+        assert.equal(await watcher.getByRole('button', { name: 'Hand back to the agent' }).isVisible(), false, 'no "Hand back" for a view link');
         assert.ok(!(await viewer.getByText('Please solve the captcha').isVisible()), 'the reason is gone once someone took control');
         assert.equal((await cdp.send('Livesession.getControl')).holder, 'person', 'the agent sees the person holds control');
 
@@ -310,4 +332,31 @@ describe('agents over CDP', { timeout: 600_000 }, () => {
       diagnostics,
     );
   });
+
+  // docs/agents.md: `const cdp = await browser.newBrowserCDPSession(); cdp.on('Livesession.controlChanged', …)`.
+  // Playwright's browser CDP session is one attached with Target.attachToBrowserTarget
+  // (its messages carry that sessionId), while the gateway sends the event only on the
+  // connection's root session (no sessionId), which Playwright does not expose: the
+  // listener hears nothing. Marked todo until the gateway also sends the event on the
+  // sessions attached to the browser target.
+  test(
+    'a Playwright browser CDP session hears Livesession.controlChanged when the person takes control',
+    { todo: 'the gateway sends controlChanged without the sessionId of Target.attachToBrowserTarget sessions' },
+    async (t) => {
+      const session = await createSession();
+      const agent = await chromium.connectOverCDP(`${server.baseUrl}${cdpPath(session)}`, { timeout: 90_000 });
+      t.after(() => agent.close());
+      const cdp = await agent.newBrowserCDPSession();
+      const changes = [];
+      cdp.on('Livesession.controlChanged', (e) => changes.push(e));
+      assert.equal((await cdp.send('Livesession.getControl')).holder, 'agent');
+      const res = await server.admin(`/api/sessions/${session.id}/control`, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: '{"holder":"person"}' });
+      assert.equal(res.status, 200, `POST /api/sessions/{id}/control: ${await res.text()}`);
+      assert.equal((await cdp.send('Livesession.getControl')).holder, 'person');
+      await waitFor(() => changes.some((c) => c.holder === 'person'), {
+        timeoutMs: 5_000,
+        what: () => `Livesession.controlChanged {holder: "person"} on the browser CDP session (got ${JSON.stringify(changes)})`,
+      });
+    },
+  );
 });
