@@ -34,6 +34,8 @@ const MAX_HELD_COMMANDS: usize = 1000;
 const MAX_HELD_BYTES: usize = 16 << 20;
 /// A reason given with `Livesession.requestHuman` is shown to people; keep it short.
 const MAX_REASON_CHARS: usize = 300;
+/// Browser-target sessions followed per connection (each gets the control events).
+const MAX_BROWSER_SESSIONS: usize = 32;
 
 pub enum Target {
     Browser,
@@ -141,9 +143,27 @@ async fn connect_upstream(app: &App, handle: &DesktopHandle, target: &Target) ->
     Ok(upstream)
 }
 
-fn control_event(state: &ControlState) -> Message {
+/// `Livesession.controlChanged` for the connection's root session and for every session
+/// it opened on the browser target (`Target.attachToBrowserTarget`: Playwright's
+/// `newBrowserCDPSession`, Puppeteer's `browser.target().createCDPSession()`), where
+/// clients listen for events of the browser.
+fn control_events(state: &ControlState, browser_sessions: &[String]) -> Vec<Message> {
     let params = serde_json::to_value(state).expect("serializable");
-    Message::Text(protocol::event("Livesession.controlChanged", params).into())
+    let root = protocol::event("Livesession.controlChanged", params.clone());
+    std::iter::once(root)
+        .chain(browser_sessions.iter().map(|s| {
+            json!({ "method": "Livesession.controlChanged", "params": params, "sessionId": s }).to_string()
+        }))
+        .map(|text| Message::Text(text.into()))
+        .collect()
+}
+
+/// The id of a reply from Chromium, read from its first bytes only (replies start with
+/// `{"id":N,`), so large messages are not parsed.
+fn reply_id(text: &str) -> Option<i64> {
+    let rest = text.strip_prefix("{\"id\":")?;
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    rest[..digits].parse().ok()
 }
 
 /// Chromium's frames, as the client's (no copy; text is checked as UTF-8 once more).
@@ -190,6 +210,8 @@ pub async fn relay(app: &Arc<App>, mut auth: Authorized, socket: WebSocket, targ
         forwarded: 0,
         held_total: 0,
         page_target: matches!(target, Target::Page(_)),
+        attaching: Default::default(),
+        browser_sessions: Vec::new(),
     };
     let end = conversation.run(&mut auth, &mut control, from_agent, from_chrome).await;
     let Conversation { to_agent, forwarded, held_total, held, .. } = conversation;
@@ -210,6 +232,10 @@ struct Conversation<'a> {
     held_total: u64,
     /// A page's own endpoint (not the browser's).
     page_target: bool,
+    /// Ids of `Target.attachToBrowserTarget` commands not answered yet.
+    attaching: std::collections::HashSet<i64>,
+    /// Sessions the agent opened on the browser target: control events go there too.
+    browser_sessions: Vec<String>,
 }
 
 impl Conversation<'_> {
@@ -224,7 +250,7 @@ impl Conversation<'_> {
     ) -> Option<Close> {
         // The agent learns who holds control as soon as it is connected.
         let first = control.borrow_and_update().clone();
-        if self.to_agent.send(control_event(&first)).await.is_err() {
+        if !self.tell_control(&first).await {
             return None;
         }
         let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + PING_INTERVAL, PING_INTERVAL);
@@ -237,13 +263,14 @@ impl Conversation<'_> {
                 changed = control.changed() => {
                     if changed.is_err() { continue; }
                     let state = control.borrow_and_update().clone();
-                    if self.to_agent.send(control_event(&state)).await.is_err() { return None; }
+                    if !self.tell_control(&state).await { return None; }
                     if state.holder != Holder::Person && !self.flush_held().await {
                         return Some(self.chrome_gone(auth).await);
                     }
                 }
                 message = from_chrome.next() => match message {
                     Some(Ok(m)) => {
+                        self.note_browser_session(&m);
                         if let Some(m) = to_client(m)
                             && self.to_agent.send(m).await.is_err() {
                             return None;
@@ -284,6 +311,33 @@ impl Conversation<'_> {
         }
     }
 
+    async fn tell_control(&mut self, state: &ControlState) -> bool {
+        for event in control_events(state, &self.browser_sessions) {
+            if self.to_agent.send(event).await.is_err() {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Remembers the session of an answered `Target.attachToBrowserTarget`.
+    fn note_browser_session(&mut self, message: &tungstenite::Message) {
+        if self.attaching.is_empty() {
+            return;
+        }
+        let tungstenite::Message::Text(text) = message else { return };
+        let Some(id) = reply_id(text.as_str()) else { return };
+        if !self.attaching.remove(&id) {
+            return;
+        }
+        if let Ok(reply) = serde_json::from_str::<serde_json::Value>(text.as_str())
+            && let Some(session) = reply["result"]["sessionId"].as_str()
+            && self.browser_sessions.len() < MAX_BROWSER_SESSIONS
+        {
+            self.browser_sessions.push(session.to_owned());
+        }
+    }
+
     /// Why Chromium's side ended: the session's end if that is the cause, else the
     /// desktop was lost.
     async fn chrome_gone(&self, auth: &mut Authorized) -> Close {
@@ -301,6 +355,13 @@ impl Conversation<'_> {
     async fn from_agent(&mut self, text: Utf8Bytes, holder: Holder) -> Result<(), Option<Close>> {
         let command = protocol::parse_command(text.as_str())
             .map_err(|e| Some(Close::new(CloseCode::MalformedCdp, format!("malformed CDP: {e}"))))?;
+        if command.method == "Target.attachToBrowserTarget"
+            && command.session_id.is_none()
+            && let Some(id) = command.id.as_i64()
+            && self.attaching.len() < MAX_BROWSER_SESSIONS
+        {
+            self.attaching.insert(id);
+        }
         if let Some(name) = command.method.strip_prefix(protocol::DOMAIN) {
             let reply = self.livesession_command(name, &command);
             return self.to_agent.send(Message::Text(reply.into())).await.map_err(|_| None);
@@ -347,5 +408,34 @@ impl Conversation<'_> {
             "getControl" => protocol::reply(command, serde_json::to_value(self.app.control.current(self.id)).expect("serializable")),
             _ => protocol::error_reply(command, -32601, &format!("'{}' wasn't found", command.method)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reply_ids_are_read_from_the_first_bytes() {
+        assert_eq!(reply_id(r#"{"id":42,"result":{"sessionId":"S"}}"#), Some(42));
+        assert_eq!(reply_id(r#"{"method":"Target.attachedToTarget","params":{}}"#), None);
+        assert_eq!(reply_id(r#"{"id":"x"}"#), None);
+    }
+
+    #[test]
+    fn control_events_reach_the_root_and_every_browser_session() {
+        let state = ControlState { holder: Holder::Person, since: time::OffsetDateTime::UNIX_EPOCH, reason: None };
+        let events = control_events(&state, &["B1".into()]);
+        let texts: Vec<serde_json::Value> = events
+            .iter()
+            .map(|m| match m {
+                Message::Text(t) => serde_json::from_str(t.as_str()).unwrap(),
+                _ => panic!("text"),
+            })
+            .collect();
+        assert_eq!(texts.len(), 2);
+        assert_eq!(texts[0]["params"]["holder"], "person");
+        assert!(texts[0].get("sessionId").is_none());
+        assert_eq!(texts[1]["sessionId"], "B1");
     }
 }

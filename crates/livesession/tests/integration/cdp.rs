@@ -145,7 +145,7 @@ async fn an_agent_drives_the_page_over_the_gateway_while_a_viewer_watches() {
 
     // Two agents at once: the browser target (from discovery) and the page target.
     let mut browser = Cdp::connect(&server, ws_url.split_once(&server.addr.to_string()).unwrap().1).await;
-    let first = browser.event("Livesession.controlChanged", Duration::from_secs(10)).await.expect("control state on connect");
+    let first = browser.event("Livesession.controlChanged", Duration::from_secs(90)).await.expect("control state on connect");
     assert_eq!(first["params"]["holder"], "agent", "{first}");
     let version = browser.call("Browser.getVersion", json!({}), None).await;
     assert!(version["product"].as_str().unwrap().contains("Chrome"));
@@ -231,10 +231,13 @@ async fn while_a_person_holds_control_the_agents_input_waits_and_then_arrives_on
     control_until(&mut control, |c| c["holder"] == "none").await;
 
     let mut agent = Cdp::connect(&server, &format!("/api/sessions/{id}/cdp?token={token}")).await;
-    assert_eq!(agent.event("Livesession.controlChanged", Duration::from_secs(30)).await.unwrap()["params"]["holder"], "agent");
+    assert_eq!(agent.event("Livesession.controlChanged", Duration::from_secs(90)).await.unwrap()["params"]["holder"], "agent");
     control_until(&mut control, |c| c["holder"] == "agent").await;
     let session = agent.attach_page().await;
     agent.call("Runtime.evaluate", json!({ "expression": "document.getElementById('t').focus()" }), Some(&session)).await;
+    // A session on the browser target (Playwright's newBrowserCDPSession) hears of changes too.
+    let attached = agent.call("Target.attachToBrowserTarget", json!({}), None).await;
+    let browser_session = attached["sessionId"].as_str().unwrap().to_owned();
 
     // The agent asks for a person; viewers see why.
     let asked = agent.call("Livesession.requestHuman", json!({ "reason": "Please solve the captcha" }), None).await;
@@ -246,6 +249,18 @@ async fn while_a_person_holds_control_the_agents_input_waits_and_then_arrives_on
     control.send(Message::text(r#"{"type":"TAKE_CONTROL"}"#)).await.unwrap();
     control_until(&mut control, |c| c["holder"] == "person" && c.get("reason").is_none()).await;
     agent.holder_becomes("person").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let seen = agent.events.iter().any(|e| {
+            e["method"] == "Livesession.controlChanged" && e["sessionId"] == browser_session.as_str() && e["params"]["holder"] == "person"
+        });
+        if seen {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no controlChanged on the browser session: {:?}", agent.events);
+        let ping = agent.send("Browser.getVersion", json!({}), None).await;
+        agent.reply(ping, Duration::from_secs(5)).await;
+    }
     let first = agent.send("Input.insertText", json!({ "text": "one " }), Some(&session)).await;
     let second = agent.send("Input.insertText", json!({ "text": "two" }), Some(&session)).await;
     // Reading passes while writing waits.
