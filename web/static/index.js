@@ -3,6 +3,7 @@
 // or neither (sessions come from the operator).
 
 import { formatPrice } from './price.js';
+import { wireStartForm } from './start.js';
 
 async function loadInfo() {
   const res = await fetch('/api/info', { headers: { Accept: 'application/json' } });
@@ -52,9 +53,13 @@ async function main() {
   }
 }
 
+// "Start a session" posts with fetch and shows a refusal (too many free sessions
+// from this address, a rate limit) on the page.
+wireStartForm(document.querySelector('#free-mode form'), document.getElementById('start-error'));
+
 // Disable a button once pressed: a second click would start a second session
 // (or a second checkout).
-for (const form of document.querySelectorAll('#free-mode form, #checkout form')) {
+for (const form of document.querySelectorAll('#checkout form')) {
   form.addEventListener('submit', (ev) => {
     ev.submitter?.setAttribute('disabled', '');
   });
