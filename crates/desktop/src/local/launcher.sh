@@ -17,6 +17,18 @@
 set -u
 declare -A piece=()
 
+# The server's read-only configuration (sandbox.rs, CONFIG): mounted at /etc/livesession
+# inside the sandbox; without the sandbox, the desktop's etc/ directory beside run/.
+if [ "$LS_RUN" = /run/desktop ] && [ -r /etc/livesession/openbox/rc.xml ]; then
+    sandboxed=1
+    openbox_conf=/etc/livesession
+    openbox_rc=/etc/livesession/openbox/rc.xml
+else
+    sandboxed=
+    openbox_conf="$LS_RUN/../etc"
+    openbox_rc="$LS_RUN/../etc/openbox-rc.xml"
+fi
+
 ended() {
     printf '%s %s\n' "$1" "$2" > "$LS_RUN/exit.tmp" && mv "$LS_RUN/exit.tmp" "$LS_RUN/exit"
     kill -TERM "${!piece[@]}" 2>/dev/null
@@ -43,7 +55,28 @@ xvnc=$!
 wait_for "$LS_RUN/display" "$xvnc"
 export DISPLAY=":$(head -n1 "$LS_RUN/display")"
 
-"$LS_OPENBOX" --sm-disable 2>"$LS_LOGS/openbox.log" &
+# Inside the sandbox: the command line's limiter sets, from outside, how many user
+# namespaces may exist below the sandbox's own (sandbox.rs, USER_NAMESPACES_MAX). Nothing
+# that could run a page or a program starts before it is in place.
+if [ "$sandboxed" ]; then
+    for ((i = 0; i < 1000; i++)); do
+        read -r userns_max < /proc/sys/user/max_user_namespaces
+        [ "$userns_max" != 2147483647 ] && break
+        sleep 0.01
+    done
+    if [ "$userns_max" = 2147483647 ]; then
+        echo "livesession: the sandbox's user-namespace limit was not set" >&2
+        ended sandbox 1
+    fi
+fi
+
+# openbox reads only the server's read-only configuration: --config-file, and its XDG
+# directories and HOME pointed at the same directory, so nothing in the desktop's home
+# (~/.config/openbox/rc.xml or menu.xml, even after a "Reconfigure") is ever read. That
+# configuration has no menu, no Execute and no Reconfigure action.
+HOME="$openbox_conf" XDG_CONFIG_HOME="$openbox_conf" XDG_CONFIG_DIRS="$openbox_conf" \
+    XDG_DATA_HOME="$openbox_conf" XDG_CACHE_HOME="$openbox_conf" \
+    "$LS_OPENBOX" --sm-disable --config-file "$openbox_rc" 2>"$LS_LOGS/openbox.log" &
 piece[$!]=openbox
 
 if [ -n "${LS_WAIT_NET:-}" ]; then

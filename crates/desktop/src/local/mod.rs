@@ -566,8 +566,13 @@ impl Inner {
         // The server's file, in the server's directory (beside supervisor.log).
         let log = std::fs::File::create(files.path().join("network.log"))
             .map_err(|e| DesktopError::Setup(format!("cannot create the network log: {e}")))?;
-        let mut slirp = Command::new(&tools.slirp4netns)
+        // slirp4netns runs as the desktop's own user, not root: it joins the sandbox's user
+        // namespace (which that user created, so it may) and from there its network
+        // namespace. Should it be compromised, it holds nothing the desktop does not.
+        let mut slirp = Command::new(&tools.slirp4netns);
+        slirp
             .args(["--configure", "--mtu=65520", "--disable-host-loopback", "--enable-seccomp"])
+            .arg(format!("--userns-path=/proc/{inner}/ns/user"))
             .arg(inner.to_string())
             .arg("tap0")
             .env_clear()
@@ -575,7 +580,12 @@ impl Inner {
             .stdout(Stdio::null())
             .stderr(log)
             .process_group(pgid)
-            .kill_on_drop(true)
+            .kill_on_drop(true);
+        if is_root() {
+            // Supplementary groups are dropped by std when root sets a uid.
+            slirp.uid(files.owner()).gid(files.owner());
+        }
+        let mut slirp = slirp
             .spawn()
             .map_err(|e| failed(format!("could not start {}: {e}", tools.slirp4netns)))?;
         // Up once the namespace has a default route.

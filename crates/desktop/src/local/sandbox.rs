@@ -11,10 +11,76 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
+pub mod seccomp;
+
 /// Where the desktop's directories appear inside the sandbox.
 pub const HOME: &str = "/home/desktop";
 pub const RUN: &str = "/run/desktop";
 pub const GATE: &str = "/run/gateway";
+/// The server's configuration for the desktop's programs, read-only inside: openbox's
+/// `rc.xml` and an empty menu under `openbox/`. Also openbox's `XDG_CONFIG_HOME`,
+/// `XDG_CONFIG_DIRS` and `HOME`, so it reads nothing the desktop's user wrote.
+pub const CONFIG: &str = "/etc/livesession";
+/// Chromium's managed policy, read-only inside.
+pub const CHROMIUM_POLICY: &str = "/etc/chromium/policies/managed/livesession.json";
+
+/// The fd bubblewrap reads the seccomp program from (opened by the command line's shell).
+const SECCOMP_FD: &str = "9";
+
+/// How many user namespaces may exist below the sandbox's own at once. Chromium's
+/// sandbox holds two for its zygote (a new user namespace, and inside it a second one it
+/// moves to) and, while it starts, briefly two more for its capability probe; nothing
+/// else in the desktop needs any. Set from outside the sandbox by the command line (the
+/// limit lives in the sandbox's user namespace, where nobody inside holds the capability
+/// to raise it), and the supervisor waits for it before it starts openbox or Chromium.
+pub const USER_NAMESPACES_MAX: u32 = 4;
+
+/// Programs that hand a file, a URL or a desktop entry to another program: masked (an
+/// empty, non-executable file bound over them) inside the sandbox, so that Chromium (a
+/// download's "Open", a `mailto:` link, "Show in folder") and anything else find nothing
+/// to start. Only regular files are masked: a symbolic link among them (`x-www-browser`,
+/// `open`) points at one of these or at Chromium itself, and a bind mount over a link
+/// would land on its target.
+pub const MASKED_HELPERS: &[&str] = &[
+    "/usr/bin/xdg-open",
+    "/usr/bin/xdg-mime",
+    "/usr/bin/xdg-settings",
+    "/usr/bin/xdg-email",
+    "/usr/bin/xdg-screensaver",
+    "/usr/bin/xdg-desktop-menu",
+    "/usr/bin/xdg-desktop-icon",
+    "/usr/bin/xdg-icon-resource",
+    "/usr/bin/gio",
+    "/usr/bin/gio-launch-desktop",
+    "/usr/bin/gtk-launch",
+    "/usr/bin/gtk4-launch",
+    "/usr/bin/gdbus",
+    "/usr/bin/exo-open",
+    "/usr/bin/kde-open",
+    "/usr/bin/kde-open5",
+    "/usr/bin/kioclient",
+    "/usr/bin/kioclient5",
+    "/usr/bin/gnome-open",
+    "/usr/bin/gvfs-open",
+    "/usr/bin/mimeopen",
+    "/usr/bin/mimeopen-gui",
+    "/usr/bin/run-mailcap",
+    "/usr/bin/sensible-browser",
+    "/usr/bin/sensible-editor",
+    "/usr/bin/sensible-terminal",
+    "/usr/bin/x-terminal-emulator",
+    "/usr/bin/dbus-launch",
+    "/usr/bin/dbus-daemon",
+    "/usr/bin/dbus-run-session",
+    "/usr/lib/x86_64-linux-gnu/glib-2.0/gio-launch-desktop",
+    "/usr/lib/aarch64-linux-gnu/glib-2.0/gio-launch-desktop",
+];
+
+/// The server's files for one desktop, written into its `etc/` directory (the server's,
+/// read-only inside) and mounted where the programs look for them.
+const OPENBOX_RC: &str = include_str!("sandbox/openbox-rc.xml");
+const OPENBOX_MENU: &str = include_str!("sandbox/openbox-menu.xml");
+const CHROMIUM_POLICY_JSON: &str = include_str!("sandbox/chromium-policy.json");
 
 /// `/etc` entries a desktop needs (fonts, certificates, the dynamic linker, Chromium's and
 /// openbox's configuration). Everything else in `/etc` stays out of view, so secrets an
@@ -102,12 +168,45 @@ pub fn command(
         );
     }
     if let Some(bwrap) = bwrap {
+        // A shell as the desktop's user, outside the sandbox: opens the seccomp program
+        // for bubblewrap (`--seccomp 9`), starts the user-namespace limiter (below), and
+        // becomes bubblewrap. It waits for the limiter's first fork, so that bubblewrap
+        // has no child but the sandbox (the runtime finds the sandbox as its first child).
+        argv.extend(
+            [
+                "/bin/sh".to_owned(),
+                "-c".to_owned(),
+                format!(
+                    r#"f=$1; shift; p=$$; ( ( {} ) & ); exec "$@" {SECCOMP_FD}<"$f""#,
+                    limiter_script()
+                ),
+                "livesession-sandbox".to_owned(),
+            ]
+            .map(OsString::from),
+        );
+        argv.push(dirs.etc.join("seccomp.bpf").into());
         argv.push(bwrap.into());
         argv.extend(bwrap_args(dirs).into_iter().map(OsString::from));
-        argv.push("--".into());
+        argv.extend(["--seccomp", SECCOMP_FD, "--"].map(OsString::from));
     }
     argv.extend(["/bin/bash", "-c", script, "livesession-desktop"].map(OsString::from));
     argv
+}
+
+/// The limiter, as a shell command run in the background by the desktop's user outside
+/// the sandbox (`$p`: the pid that becomes bubblewrap). It waits for bubblewrap's child
+/// (the sandbox's first process, already in the sandbox's user namespace), joins that
+/// namespace (as the user who created it, it may, and holds every capability there until
+/// it executes something) and, in the same process, sets `user.max_user_namespaces` there
+/// to [`USER_NAMESPACES_MAX`]. Perl (Essential on Debian) because `nsenter` would lose
+/// those capabilities when it executes the command that writes. Inside, the desktop's
+/// processes hold no capability in that namespace, so none can raise the limit again.
+fn limiter_script() -> String {
+    let setns = nix::libc::SYS_setns;
+    let newuser = nix::libc::CLONE_NEWUSER;
+    format!(
+        r#"me=$(readlink /proc/self/ns/user); i=0; while [ $i -lt 2000 ]; do for c in $(cat /proc/$p/task/$p/children 2>/dev/null); do ns=$(readlink /proc/$c/ns/user 2>/dev/null) && [ "$ns" != "$me" ] && exec perl -e 'open(my $ns, "<", "/proc/$ARGV[0]/ns/user") or die "livesession: $!\n"; syscall({setns}, fileno($ns), {newuser}) == 0 or die "livesession: setns: $!\n"; open(my $f, ">", "/proc/sys/user/max_user_namespaces") or die "livesession: $!\n"; print $f "{USER_NAMESPACES_MAX}\n"; close($f) or die "livesession: $!\n";' "$c"; done; i=$((i+1)); sleep 0.005; done; echo "livesession: the sandbox's user-namespace limit could not be set" >&2"#
+    )
 }
 
 /// bubblewrap's options for one desktop.
@@ -152,9 +251,31 @@ pub fn bwrap_args(dirs: &DesktopDirs) -> Vec<String> {
     }
     for entry in ETC_ENTRIES {
         let host = Path::new("/etc").join(entry);
-        if host.exists() {
+        if *entry == "chromium" {
+            // Entry by entry, so that our managed policy can be added beside the host's.
+            chromium_etc(&host, &mut a);
+        } else if host.exists() {
             let path = host.to_string_lossy().into_owned();
             a.extend(["--ro-bind".into(), path.clone(), path]);
+        }
+    }
+    // The server's configuration for openbox and Chromium (see [`etc_files`]).
+    let etc = |name: &str| dirs.etc.join(name).to_string_lossy().into_owned();
+    a.extend([
+        "--ro-bind".into(),
+        etc("openbox-rc.xml"),
+        format!("{CONFIG}/openbox/rc.xml"),
+        "--ro-bind".into(),
+        etc("openbox-menu.xml"),
+        format!("{CONFIG}/openbox/menu.xml"),
+        "--ro-bind".into(),
+        etc("chromium-policy.json"),
+        CHROMIUM_POLICY.into(),
+    ]);
+    // Nothing to hand a file or a link to.
+    for helper in MASKED_HELPERS {
+        if std::fs::symlink_metadata(helper).is_ok_and(|m| m.is_file()) {
+            a.extend(["--ro-bind".into(), "/dev/null".into(), (*helper).into()]);
         }
     }
     // Fontconfig's caches: without them every Chromium start rebuilds them in its home.
@@ -207,17 +328,54 @@ pub fn bwrap_args(dirs: &DesktopDirs) -> Vec<String> {
     a
 }
 
-/// The generated `/etc/hosts` and `/etc/resolv.conf` of a desktop.
-pub fn etc_files(dns: Option<std::net::Ipv4Addr>) -> [(&'static str, String); 2] {
+/// Host `/etc/chromium` inside, but for `policies/`: the host's managed policies file by
+/// file, then ours.
+fn chromium_etc(host: &Path, a: &mut Vec<String>) {
+    let Ok(entries) = std::fs::read_dir(host) else {
+        return;
+    };
+    let mut bind = |path: &Path| {
+        let path = path.to_string_lossy().into_owned();
+        a.extend(["--ro-bind".into(), path.clone(), path]);
+    };
+    for entry in entries.flatten() {
+        if entry.file_name() != "policies" {
+            bind(&entry.path());
+        }
+    }
+    if let Ok(policies) = std::fs::read_dir(host.join("policies")) {
+        for entry in policies.flatten() {
+            if entry.file_name() != "managed" {
+                bind(&entry.path());
+            }
+        }
+    }
+    if let Ok(managed) = std::fs::read_dir(host.join("policies/managed")) {
+        for entry in managed.flatten() {
+            if Path::new(CHROMIUM_POLICY).file_name() != Some(&entry.file_name()) {
+                bind(&entry.path());
+            }
+        }
+    }
+}
+
+/// The files the server writes into a desktop's `etc/` (its own directory, read-only
+/// inside): the generated `/etc/hosts` and `/etc/resolv.conf`, openbox's configuration
+/// and menu, Chromium's managed policy, and the seccomp program bubblewrap loads.
+pub fn etc_files(dns: Option<std::net::Ipv4Addr>) -> Vec<(&'static str, Vec<u8>)> {
     let resolv = match dns {
         Some(ip) => format!("nameserver {ip}\n"),
         // No network: nothing to ask, and the host's resolver (often on its loopback) is
         // not reachable anyway.
         None => String::new(),
     };
-    [
-        ("hosts", "127.0.0.1 localhost\n::1 localhost\n".to_owned()),
-        ("resolv.conf", resolv),
+    vec![
+        ("hosts", b"127.0.0.1 localhost\n::1 localhost\n".to_vec()),
+        ("resolv.conf", resolv.into_bytes()),
+        ("openbox-rc.xml", OPENBOX_RC.as_bytes().to_vec()),
+        ("openbox-menu.xml", OPENBOX_MENU.as_bytes().to_vec()),
+        ("chromium-policy.json", CHROMIUM_POLICY_JSON.as_bytes().to_vec()),
+        ("seccomp.bpf", seccomp::bytes()),
     ]
 }
 
@@ -286,6 +444,7 @@ mod tests {
                 src == "/usr" || src.starts_with("/etc/") || src.starts_with("/srv/ls/desktops/abc/etc/")
                     || src == "/srv/ls/desktops/abc/gate"
                     || src == "/var/cache/fontconfig"
+                    || (src == "/dev/null" && MASKED_HELPERS.contains(&dest.as_str()))
                     || ["/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"].contains(&src.as_str()),
                 "unexpected read-only mount {src} -> {dest}"
             );
@@ -332,10 +491,70 @@ mod tests {
 
     #[test]
     fn resolv_conf_names_slirps_forwarder_or_nothing() {
-        assert_eq!(etc_files(None)[1].1, "");
+        assert_eq!(etc_files(None)[1].1, b"");
         assert_eq!(
             etc_files(Some(crate::egress::SLIRP_DNS))[1].1,
-            "nameserver 10.0.2.3\n"
+            b"nameserver 10.0.2.3\n"
         );
+    }
+
+    #[test]
+    fn bubblewrap_loads_the_filter_from_the_servers_file_and_the_limiter_runs_outside() {
+        let confinement = Confinement { uid: Some(2_000_000_007), cgroup_procs: vec![] };
+        let argv: Vec<String> = command(Some("bwrap"), &dirs(), &confinement, "s")
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect();
+        let at = |s: &str| argv.iter().position(|a| a == s).unwrap_or_else(|| panic!("no {s}"));
+        // setpriv, then the shell that opens fd 9 from the server's etc/, then bubblewrap.
+        assert!(at("setpriv") < at("livesession-sandbox") && at("livesession-sandbox") < at("bwrap"));
+        assert_eq!(argv[at("livesession-sandbox") + 1], "/srv/ls/desktops/abc/etc/seccomp.bpf");
+        let shell = &argv[at("livesession-sandbox") - 1];
+        assert!(shell.contains(r#"exec "$@" 9<"$f""#), "{shell}");
+        assert!(shell.contains("max_user_namespaces") && shell.contains(&USER_NAMESPACES_MAX.to_string()));
+        let seccomp = at("--seccomp");
+        assert_eq!(argv[seccomp + 1], "9");
+        assert!(seccomp > at("bwrap") && seccomp < at("/bin/bash"));
+        assert!(etc_files(None).iter().any(|(n, b)| *n == "seccomp.bpf" && *b == seccomp::bytes()));
+    }
+
+    #[test]
+    fn openbox_and_chromium_get_the_servers_read_only_configuration() {
+        let ro = pairs(&bwrap_args(&dirs()), "--ro-bind");
+        for (name, dest) in [
+            ("openbox-rc.xml", format!("{CONFIG}/openbox/rc.xml")),
+            ("openbox-menu.xml", format!("{CONFIG}/openbox/menu.xml")),
+            ("chromium-policy.json", CHROMIUM_POLICY.to_owned()),
+        ] {
+            assert!(ro.contains(&(format!("/srv/ls/desktops/abc/etc/{name}"), dest.clone())), "{dest}");
+        }
+        // The configuration itself: no menu, nothing to execute or reload, one desktop.
+        let mut rc = OPENBOX_RC.to_owned();
+        while let Some(start) = rc.find("<!--") {
+            let end = rc[start..].find("-->").expect("a closed comment") + start + 3;
+            rc.replace_range(start..end, "");
+        }
+        for needle in ["Execute", "Reconfigure", "Restart", "root-menu", "\"Root\"", "GoToDesktop", "xi:include"] {
+            assert!(!rc.contains(needle), "rc.xml has {needle}");
+        }
+        assert!(OPENBOX_RC.contains("<number>1</number>"));
+        assert!(OPENBOX_RC.contains(&format!("<file>{CONFIG}/openbox/menu.xml</file>")));
+        assert!(!OPENBOX_MENU.contains("<item"));
+        let policy: serde_json::Value = serde_json::from_str(CHROMIUM_POLICY_JSON).unwrap();
+        assert_eq!(policy["ExternalProtocolDialogShowAlwaysOpenCheckbox"], false);
+        assert_eq!(policy["NativeMessagingUserLevelHosts"], false);
+    }
+
+    #[test]
+    fn only_regular_files_among_the_helpers_are_masked() {
+        let masked: Vec<String> = pairs(&bwrap_args(&dirs()), "--ro-bind")
+            .into_iter()
+            .filter(|(src, _)| src == "/dev/null")
+            .map(|(_, dest)| dest)
+            .collect();
+        for helper in MASKED_HELPERS {
+            let regular = std::fs::symlink_metadata(helper).is_ok_and(|m| m.is_file());
+            assert_eq!(masked.contains(&(*helper).to_owned()), regular, "{helper}");
+        }
     }
 }
