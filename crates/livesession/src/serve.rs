@@ -266,7 +266,10 @@ mod tests {
         let pending = PendingHandshakes::new(1, 10);
         let _v6 = pending.try_start("2001:db8::1".parse().unwrap()).unwrap();
         assert!(pending.try_start("2001:db8::2".parse().unwrap()).is_none());
-        assert!(pending.try_start("2001:db8:0:1::1".parse().unwrap()).is_some());
-        assert!(pending.0.counts.lock().unwrap().0.len() == 2);
+        let other = pending.try_start("2001:db8:0:1::1".parse().unwrap());
+        assert!(other.is_some(), "another /64 is another address");
+        assert_eq!(pending.0.counts.lock().unwrap().0.len(), 2);
+        drop((_v6, other));
+        assert!(pending.0.counts.lock().unwrap().0.is_empty(), "nothing left behind");
     }
 }
