@@ -823,6 +823,20 @@ describe('token provider (tokens.js)', () => {
     assert.deepEqual(seen, ['Bearer old', 'cookie']);
   });
 
+  test('a link whose token is an access token (refresh_required) and no cookie: the link\'s refusal is thrown', async () => {
+    const seen = [];
+    const fetchFn = async (_url, init) => {
+      seen.push(init.headers.Authorization ?? 'cookie');
+      return init.headers.Authorization ? err(401, 'refresh_required') : err(401, 'auth_required');
+    };
+    const provider = sessionTokenProvider('abc', { initialToken: 'access', fetchFn });
+    await assert.rejects(provider(), (e) => e instanceof TokenRefreshError && e.code === 'refresh_required' && e.final);
+    assert.deepEqual(seen, ['Bearer access', 'cookie']);
+    // Forgotten: the next call asks with the cookie only.
+    await assert.rejects(provider(), (e) => e.code === 'auth_required');
+    assert.deepEqual(seen, ['Bearer access', 'cookie', 'cookie']);
+  });
+
   test('a network error during the exchange keeps the link token for the next try', async () => {
     const seen = [];
     let down = true;

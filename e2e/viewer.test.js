@@ -171,7 +171,7 @@ describe('viewer', { timeout: 300_000 }, () => {
         const text = await res.text();
         assert.equal(res.status, 201, `POST /api/sessions: ${res.status} ${text}`);
         const session = JSON.parse(text);
-        for (const key of ['id', 'expires_at', 'token', 'viewer_url', 'vnc_url', 'control_url']) {
+        for (const key of ['id', 'expires_at', 'token', 'refresh_token', 'viewer_url', 'vnc_url', 'control_url']) {
           assert.equal(typeof session[key], 'string', `response has string "${key}": ${text}`);
           assert.ok(session[key].length > 0, `"${key}" is not empty`);
         }
@@ -179,24 +179,30 @@ describe('viewer', { timeout: 300_000 }, () => {
 
         const viewerUrl = new URL(session.viewer_url, server.baseUrl).href;
         assertLoopback(viewerUrl);
-        await page.goto(`${viewerUrl}#token=${session.token}`);
+        // The link a person is handed carries the session's refresh token: an
+        // access token cannot renew itself into the session's cookies.
+        const refused = await server.request(`/api/sessions/${session.id}/token`, { method: 'POST', headers: { Authorization: `Bearer ${session.token}` } });
+        assert.equal(refused.status, 401, 'an access token alone gets no new token');
+        assert.equal((await refused.json()).error.code, 'refresh_required');
+        assert.equal(refused.headers.get('set-cookie'), null, 'and no cookie');
+        await page.goto(`${viewerUrl}#token=${session.refresh_token}`);
 
         await waitForState(page, 'connected', 60_000);
         // The token left the address bar, was exchanged once (Bearer) for the
         // session's HttpOnly cookies, and is kept nowhere in the page.
         assert.equal(new URL(page.url()).hash, '', 'token fragment removed from the URL');
         assert.ok(tokenRequests.length >= 1, 'the viewer called the token endpoint');
-        assert.equal(tokenRequests[0].authorization, `Bearer ${session.token}`, 'the link token was exchanged with a Bearer header');
+        assert.equal(tokenRequests[0].authorization, `Bearer ${session.refresh_token}`, 'the link token was exchanged with a Bearer header');
         assert.ok(tokenRequests.slice(1).every((r) => !r.authorization), 'later token requests use the refresh cookie only');
         const storage = await page.evaluate(() => JSON.stringify({ ...sessionStorage }) + JSON.stringify({ ...localStorage }));
-        assert.ok(!storage.includes(session.token), 'the token is not kept in web storage');
+        assert.ok(!storage.includes(session.refresh_token), 'the token is not kept in web storage');
         const cookies = await context.cookies(server.baseUrl + `/api/sessions/${session.id}/token`);
         const names = cookies.map((c) => c.name).sort();
         assert.deepEqual(names, [`ls_${session.id}`, `lsr_${session.id}`], 'the exchange set both session cookies');
         assert.ok(cookies.every((c) => c.httpOnly), 'the session cookies are HttpOnly');
         assert.ok(wsUrls.length >= 2, `control and VNC sockets opened (${wsUrls.length})`);
         for (const url of wsUrls) {
-          assert.ok(!/[?&]token=/.test(url) && !url.includes(session.token), `no token in the WebSocket URL ${url.replace(session.token, '…')}`);
+          assert.ok(!/[?&]token=/.test(url) && !url.includes(session.refresh_token), `no token in the WebSocket URL ${url.replace(session.refresh_token, '…')}`);
         }
 
         const del = await server.request(`/api/sessions/${encodeURIComponent(session.id)}`, { method: 'DELETE', headers: auth });
@@ -222,6 +228,7 @@ describe('viewer', { timeout: 300_000 }, () => {
         // The token went to the server once (the exchange); it must not
         // come back out in its logs.
         assert.ok(!server.output().includes(session.token), 'the access token does not appear in the server log');
+        assert.ok(!server.output().includes(session.refresh_token), 'the refresh token does not appear in the server log');
       },
       diagnostics,
     );

@@ -16,7 +16,8 @@ export function sessionIdFromPath(pathname = location.pathname) {
 }
 
 /**
- * The access token of a `/s/{id}#token=…` link, removed from the address bar
+ * The token of a `/s/{id}#token=…` link (the session's refresh token, as
+ * POST /api/sessions answers it), removed from the address bar
  * at once (where it would be shown, bookmarked and copied along with the
  * link). The fragment never reaches the server. The caller exchanges the
  * token once at the token endpoint, which gives this browser the session's

@@ -11,12 +11,15 @@
 //   sessionTokenProvider(sessionId, {initialToken?, fetchFn?, base?})
 //       → async () => {token, expiresAt, sessionExpiresAt}
 //     The token refresh callback a ControlClient (control.js) takes. The
-//     first call exchanges `initialToken` (a `#token=` link) with
+//     first call exchanges `initialToken` (a `#token=` link: the session's
+//     refresh token, as POST /api/sessions answers it) with
 //     `Authorization: Bearer`, which sets the cookies; once exchanged that
 //     token is forgotten and every later call uses the refresh cookie. If the
-//     initial token is refused with 401 (an old link), the refresh cookie is
-//     tried at once; after a network error, 429 or 5xx it is kept for the
-//     next call.
+//     initial token is refused with 401 (an old link, or an access token,
+//     which cannot renew itself: `refresh_required`), the refresh cookie is
+//     tried at once, and if this browser has none either, the link's refusal
+//     is what is thrown; after a network error, 429 or 5xx it is kept for
+//     the next call.
 //   requestToken(sessionId, {bearer?, fetchFn?, base?})  one request, same result
 //   TokenRefreshError  what both throw: .status (HTTP status, 0 for a network
 //     error), .code (the API's error code), .retryAfterMs, .final (retrying
@@ -48,8 +51,8 @@ export function tokenPath(sessionId) {
 
 /**
  * One request to the token endpoint. With `bearer` the request authenticates
- * with that access token (the answer still sets the cookies); without it, with
- * the refresh cookie the browser sends by itself.
+ * with that refresh token (the answer sets the cookies); without it, with the
+ * refresh cookie the browser sends by itself.
  *
  * @returns {Promise<{token: string, expiresAt: number, sessionExpiresAt: number|null}>}
  * @throws {TokenRefreshError}
@@ -112,6 +115,14 @@ export function sessionTokenProvider(sessionId, { initialToken = null, fetchFn =
         // hold the session's cookies.
         pending = null;
         if (err.status !== 401) throw err;
+        try {
+          return await requestToken(sessionId, { fetchFn, base });
+        } catch (cookieErr) {
+          // No cookie either: why the link was refused says more than "no
+          // refresh cookie".
+          if (cookieErr instanceof TokenRefreshError && cookieErr.code === 'auth_required') throw err;
+          throw cookieErr;
+        }
       }
     }
     return requestToken(sessionId, { fetchFn, base });

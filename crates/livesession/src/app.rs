@@ -147,6 +147,17 @@ pub async fn build(config: ServeConfig, local_addr: SocketAddr) -> Result<Arc<Ap
         .data_dir
         .canonicalize()
         .map_err(|e| startup(format!("data directory {}: {e}", config.data_dir.display())))?;
+    if let Some(token) = config.admin_token.as_deref().map(str::trim).filter(|t| !t.is_empty())
+        && let Some(why) = secrets::admin_token_weakness(token)
+    {
+        // Never the token itself: only why it is refused.
+        return Err(startup(format!(
+            "the admin token (LIVESESSION_ADMIN_TOKEN / --admin-token) is too weak: {why}. \
+             Use at least {} random characters (e.g. `openssl rand -hex 32`), or leave it unset \
+             and the server generates one (docs/config.md)",
+            secrets::MIN_ADMIN_TOKEN_CHARS
+        )));
+    }
     let secrets =
         secrets::load_or_create(&data_dir, config.admin_token.as_deref()).map_err(|e| {
             startup(format!(
@@ -233,6 +244,7 @@ pub async fn build(config: ServeConfig, local_addr: SocketAddr) -> Result<Arc<Ap
             checkout: Rate::new(config.checkout_rate, config.checkout_burst),
             token: Rate::new(config.token_rate, config.token_burst),
             webhook_failures: Rate::new(config.webhook_failure_rate, config.webhook_failure_burst),
+            admin_failures: Rate::new(config.admin_failure_rate, config.admin_failure_burst),
         }),
         control: Default::default(),
         cdp_connections: Default::default(),
@@ -284,6 +296,12 @@ pub async fn launch(
             .clone()
             .run_expiry(app.shutdown.clone().cancelled_owned()),
     );
+    // Checkouts never paid are deleted once older than `--pending-checkout-ttl`.
+    let pending_cleanup = tokio::spawn(app.sessions.clone().run_pending_cleanup(
+        // At least a second, at most ten years (no date arithmetic overflows).
+        time::Duration::seconds(app.config.pending_checkout_ttl.clamp(1, 315_360_000) as i64),
+        app.shutdown.clone().cancelled_owned(),
+    ));
 
     tracing::info!(listen = %local_addr, public_url = %app.public_url, tls = app.tls.is_some(),
         trusted_proxies = app.config.trusted_proxies.len(), free_mode = app.config.free_mode(),
@@ -322,6 +340,7 @@ pub async fn launch(
     app.desktops.stop_all().await;
     cleanup.abort();
     let _ = expiry.await;
+    let _ = pending_cleanup.await;
     Ok(())
 }
 

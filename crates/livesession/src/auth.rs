@@ -12,6 +12,9 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 const AUDIENCE: &str = "livesession";
+/// The audience of checkout claim credentials: no other token is signed for it, and a
+/// claim credential is signed for nothing else, so neither verifies as the other.
+const CLAIM_AUDIENCE: &str = "livesession-claim";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -48,12 +51,15 @@ impl From<livesession_session::LinkRole> for Role {
 
 /// Access tokens open a session's WebSockets for minutes; refresh tokens, kept by
 /// browsers in an HttpOnly cookie scoped to the token endpoint, get new access tokens
-/// for as long as the session lives.
+/// for as long as the session lives. A claim credential is minted only for the browser
+/// that claimed a paid session (`lsc_<id>`, scoped to the claim endpoint): it lets that
+/// browser claim again (a reload of the success page) and does nothing else.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TokenKind {
     Access,
     Refresh,
+    Claim,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -81,6 +87,7 @@ pub struct Tokens {
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
+    claim_validation: Validation,
     access_ttl: time::Duration,
 }
 
@@ -90,11 +97,21 @@ impl Tokens {
         validation.set_audience(&[AUDIENCE]);
         validation.set_required_spec_claims(&["exp", "aud"]);
         validation.leeway = 0;
+        let mut claim_validation = validation.clone();
+        claim_validation.set_audience(&[CLAIM_AUDIENCE]);
         Self {
             encoding: EncodingKey::from_secret(key),
             decoding: DecodingKey::from_secret(key),
             validation,
+            claim_validation,
             access_ttl,
+        }
+    }
+
+    fn validation(&self, kind: TokenKind) -> &Validation {
+        match kind {
+            TokenKind::Claim => &self.claim_validation,
+            TokenKind::Access | TokenKind::Refresh => &self.validation,
         }
     }
 
@@ -112,7 +129,11 @@ impl Tokens {
             typ,
             iat: OffsetDateTime::now_utc().unix_timestamp(),
             exp: expires_at.unix_timestamp(),
-            aud: AUDIENCE.to_owned(),
+            aud: match typ {
+                TokenKind::Claim => CLAIM_AUDIENCE,
+                TokenKind::Access | TokenKind::Refresh => AUDIENCE,
+            }
+            .to_owned(),
             lnk: link.map(str::to_owned),
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
@@ -174,6 +195,19 @@ impl Tokens {
         )
     }
 
+    /// The claim credential of the browser that claimed a paid session: interactive, no
+    /// viewer link, its own kind and audience. Valid until the session's deadline at the
+    /// time of the claim.
+    pub fn claim(&self, session_id: &str, session_expires_at: OffsetDateTime) -> String {
+        self.sign(
+            session_id,
+            Role::Interactive,
+            None,
+            TokenKind::Claim,
+            session_expires_at,
+        )
+    }
+
     /// The claims of a genuine token of the given kind, even if it has expired: proof that
     /// this browser was given the session once (a reload of the claim page).
     pub fn verify_ignoring_expiry(
@@ -181,7 +215,7 @@ impl Tokens {
         token: &str,
         kind: TokenKind,
     ) -> Result<AccessClaims, TokenError> {
-        let mut validation = self.validation.clone();
+        let mut validation = self.validation(kind).clone();
         validation.validate_exp = false;
         match jsonwebtoken::decode::<AccessClaims>(token, &self.decoding, &validation) {
             Ok(data) if data.claims.typ == kind => Ok(data.claims),
@@ -192,12 +226,24 @@ impl Tokens {
     /// Verifies a token of the given kind: a refresh token never opens a WebSocket, and an
     /// access token is not a refresh credential.
     pub fn verify(&self, token: &str, kind: TokenKind) -> Result<AccessClaims, TokenError> {
-        match jsonwebtoken::decode::<AccessClaims>(token, &self.decoding, &self.validation) {
+        match jsonwebtoken::decode::<AccessClaims>(token, &self.decoding, self.validation(kind)) {
             Ok(data) if data.claims.typ == kind => Ok(data.claims),
             Ok(_) => Err(TokenError::Invalid),
             Err(e) if matches!(e.kind(), ErrorKind::ExpiredSignature) => Err(TokenError::Expired),
             Err(_) => Err(TokenError::Invalid),
         }
+    }
+}
+
+impl Tokens {
+    /// Whether `token` was signed by this server (any kind, any audience, expired or
+    /// not). A bearer that is not is a guess: at the admin token, or at a token.
+    pub fn signed_here(&self, token: &str) -> bool {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.validate_exp = false;
+        validation.validate_aud = false;
+        validation.set_required_spec_claims::<&str>(&[]);
+        jsonwebtoken::decode::<serde_json::Value>(token, &self.decoding, &validation).is_ok()
     }
 }
 
@@ -451,6 +497,49 @@ mod tests {
         );
         let (plain, _) = tokens.access("s1", Role::Interactive, end);
         assert_eq!(tokens.verify(&plain, TokenKind::Access).unwrap().lnk, None);
+    }
+
+    #[test]
+    fn a_claim_credential_is_its_own_kind_and_nothing_else_verifies_as_one() {
+        let tokens = Tokens::new(
+            b"0123456789abcdef0123456789abcdef",
+            time::Duration::minutes(15),
+        );
+        let end = OffsetDateTime::now_utc() + time::Duration::hours(1);
+        let claim = tokens.claim("s1", end);
+        let claims = tokens.verify(&claim, TokenKind::Claim).unwrap();
+        assert_eq!(
+            (claims.sid.as_str(), claims.role, claims.lnk),
+            ("s1", Role::Interactive, None)
+        );
+        assert_eq!(claims.aud, "livesession-claim");
+        for kind in [TokenKind::Access, TokenKind::Refresh] {
+            assert_eq!(
+                tokens.verify(&claim, kind).unwrap_err(),
+                TokenError::Invalid
+            );
+            assert!(tokens.verify_ignoring_expiry(&claim, kind).is_err());
+        }
+        let others = [
+            tokens.refresh("s1", Role::Interactive, end),
+            tokens.refresh_for("s1", Role::View, Some("l1"), end),
+            tokens.access("s1", Role::Interactive, end).0,
+        ];
+        for other in &others {
+            assert!(
+                tokens
+                    .verify_ignoring_expiry(other, TokenKind::Claim)
+                    .is_err()
+            );
+            assert!(tokens.signed_here(other));
+        }
+        assert!(tokens.signed_here(&claim));
+        assert!(!tokens.signed_here("test-admin-token"));
+        let other_key = Tokens::new(
+            b"another key, another server......",
+            time::Duration::minutes(15),
+        );
+        assert!(!other_key.signed_here(&claim));
     }
 
     #[test]

@@ -286,6 +286,19 @@ pub struct ServeConfig {
         default_value_t = 20.0
     )]
     pub webhook_failure_burst: f64,
+    /// Wrong admin tokens per second per client address, sustained. Once the burst is
+    /// spent, every admin-token request from that address (the right token too) gets 429
+    /// until the bucket refills.
+    #[arg(long, env = "LIVESESSION_ADMIN_FAILURE_RATE", default_value_t = 0.1)]
+    pub admin_failure_rate: f64,
+    /// Wrong admin tokens a client address may present in a burst.
+    #[arg(long, env = "LIVESESSION_ADMIN_FAILURE_BURST", default_value_t = 10.0)]
+    pub admin_failure_burst: f64,
+    /// Seconds after which a checkout that was never paid is deleted (Stripe's Checkout
+    /// Sessions expire after 24 hours by default). A payment confirmed later still gets
+    /// its session.
+    #[arg(long, env = "LIVESESSION_PENDING_CHECKOUT_TTL", default_value_t = 86_400)]
+    pub pending_checkout_ttl: u64,
     /// Seconds without any message from a control-channel client before it is closed (4006).
     #[arg(long, env = "LIVESESSION_HEARTBEAT_TIMEOUT", default_value_t = 90)]
     pub heartbeat_timeout: u64,

@@ -28,6 +28,9 @@ pub struct LimitsConfig {
     pub token: Rate,
     /// Stripe webhook deliveries whose signature fails (verified ones are never limited).
     pub webhook_failures: Rate,
+    /// Wrong admin tokens: each one takes from the bucket, and while it is empty every
+    /// admin-token request from the address (the right token too) is refused.
+    pub admin_failures: Rate,
 }
 
 /// A token bucket's size: `per_second` sustained, `burst` at once.
@@ -63,6 +66,8 @@ pub enum RateClass {
     Checkout,
     Token,
     WebhookFailure,
+    /// A wrong admin token ([`ConnectionLimits::admin_locked`], [`ConnectionLimits::admin_failed`]).
+    AdminFailure,
 }
 
 /// The key limits are counted under: IPv4-mapped addresses as IPv4, IPv6 by its /64.
@@ -97,6 +102,26 @@ impl RateLimiter {
         Self {
             rate,
             buckets: Mutex::default(),
+        }
+    }
+
+    /// Whether `ip` could make an attempt now, without counting one.
+    pub fn peek(&self, ip: IpAddr) -> Result<(), Refused> {
+        let now = Instant::now();
+        let Rate { per_second, burst } = self.rate;
+        let buckets = self.buckets.lock().unwrap();
+        let Some(bucket) = buckets.get(&client_key(ip)) else {
+            return Ok(());
+        };
+        let tokens = (bucket.tokens
+            + now.duration_since(bucket.updated).as_secs_f64() * per_second)
+            .min(burst);
+        if tokens >= 1.0 {
+            Ok(())
+        } else {
+            Err(Refused::Rate(Duration::from_secs_f64(
+                ((1.0 - tokens) / per_second).max(1.0),
+            )))
         }
     }
 
@@ -138,6 +163,7 @@ pub struct ConnectionLimits {
     checkout: RateLimiter,
     token: RateLimiter,
     webhook_failures: RateLimiter,
+    admin_failures: RateLimiter,
 }
 
 /// Why a connection was refused, for the 4009 close reason.
@@ -218,6 +244,7 @@ impl ConnectionLimits {
             checkout: RateLimiter::new(config.checkout),
             token: RateLimiter::new(config.token),
             webhook_failures: RateLimiter::new(config.webhook_failures),
+            admin_failures: RateLimiter::new(config.admin_failures),
         })
     }
 
@@ -234,8 +261,20 @@ impl ConnectionLimits {
             RateClass::Checkout => &self.checkout,
             RateClass::Token => &self.token,
             RateClass::WebhookFailure => &self.webhook_failures,
+            RateClass::AdminFailure => &self.admin_failures,
         }
         .attempt(ip)
+    }
+
+    /// Refused while `ip` has used up its wrong admin tokens: then every admin-token
+    /// request from it, the right token included, waits for the bucket to refill.
+    pub fn admin_locked(&self, ip: IpAddr) -> Result<(), Refused> {
+        self.admin_failures.peek(ip)
+    }
+
+    /// Counts one wrong admin token from `ip`.
+    pub fn admin_failed(&self, ip: IpAddr) {
+        let _ = self.admin_failures.attempt(ip);
     }
 
     /// Takes a place for a connection from `ip` to `session`.
@@ -272,6 +311,7 @@ mod tests {
             checkout: rate,
             token: rate,
             webhook_failures: rate,
+            admin_failures: rate,
         })
     }
 
@@ -323,6 +363,29 @@ mod tests {
         for class in [RateClass::Connect, RateClass::Checkout, RateClass::Token] {
             assert!(l.check(class, ip).is_ok(), "{class:?} is counted apart");
         }
+    }
+
+    #[test]
+    fn wrong_admin_tokens_lock_the_address_out_until_the_bucket_refills() {
+        let l = limits(10, 10);
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        for _ in 0..3 {
+            assert!(l.admin_locked(ip).is_ok(), "peeking counts nothing");
+        }
+        for _ in 0..3 {
+            l.admin_locked(ip).unwrap();
+            l.admin_failed(ip);
+        }
+        let Err(Refused::Rate(after)) = l.admin_locked(ip) else {
+            panic!("three wrong tokens spend a burst of three")
+        };
+        assert!(after >= Duration::from_secs(1));
+        assert!(
+            l.admin_locked("192.0.2.2".parse().unwrap()).is_ok(),
+            "other addresses go on"
+        );
+        std::thread::sleep(Duration::from_millis(600));
+        assert!(l.admin_locked(ip).is_ok(), "the bucket refills");
     }
 
     #[test]

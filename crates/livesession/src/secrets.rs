@@ -56,6 +56,56 @@ fn read_or_create(path: &Path, make: impl FnOnce() -> String) -> std::io::Result
     Ok((value, true))
 }
 
+/// The shortest admin token the server accepts from `--admin-token` /
+/// `LIVESESSION_ADMIN_TOKEN` (the generated one is 43 characters).
+pub const MIN_ADMIN_TOKEN_CHARS: usize = 32;
+
+/// Why a configured admin token is too weak to guard the admin API, if it is: shorter than
+/// [`MIN_ADMIN_TOKEN_CHARS`], fewer than 8 different characters (`aaaa…`, `0101…`), one
+/// short piece repeated (`abcdefgh` × 4), or a placeholder word from an example.
+pub fn admin_token_weakness(token: &str) -> Option<String> {
+    let chars: Vec<char> = token.chars().collect();
+    if chars.len() < MIN_ADMIN_TOKEN_CHARS {
+        return Some(format!(
+            "it is {} characters long; use at least {MIN_ADMIN_TOKEN_CHARS}",
+            chars.len()
+        ));
+    }
+    if chars.iter().any(|c| c.is_control()) {
+        return Some("it contains control characters".into());
+    }
+    let distinct: std::collections::HashSet<char> = chars.iter().copied().collect();
+    if distinct.len() < 8 {
+        return Some(format!(
+            "it uses only {} different characters; use random ones",
+            distinct.len()
+        ));
+    }
+    if (1..=chars.len() / 2)
+        .any(|p| chars.len() % p == 0 && chars.chunks(p).all(|c| c == &chars[..p]))
+    {
+        return Some("it repeats one short piece; use random characters".into());
+    }
+    let lower = token.to_ascii_lowercase();
+    if let Some(word) = [
+        "changeme",
+        "change-me",
+        "change_me",
+        "password",
+        "admin-token",
+        "example",
+        "replace",
+    ]
+    .iter()
+    .find(|w| lower.contains(*w))
+    {
+        return Some(format!(
+            "it contains the placeholder \"{word}\"; use random characters"
+        ));
+    }
+    None
+}
+
 pub fn load_or_create(data_dir: &Path, admin_token: Option<&str>) -> std::io::Result<Secrets> {
     let dir = secrets_dir(data_dir);
     std::fs::DirBuilder::new()
@@ -88,6 +138,33 @@ pub fn load_or_create(data_dir: &Path, admin_token: Option<&str>) -> std::io::Re
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn weak_admin_tokens_are_told_apart_from_random_ones() {
+        for weak in [
+            "test-admin-token",
+            "short",
+            "a".repeat(40).as_str(),
+            "01".repeat(20).as_str(),
+            "abcdefgh".repeat(4).as_str(),
+            "changeme-changeme-changeme-changeme-1234",
+            "password1234567890password1234567890",
+        ] {
+            assert!(admin_token_weakness(weak).is_some(), "{weak} is weak");
+        }
+        for strong in [
+            random_token(32),
+            random_token(24),
+            "9f1c2a7e4b3d8a6f0e5c1b2d3a4f6e7c".to_owned(),
+            "correct horse battery staple, and a pony".to_owned(),
+        ] {
+            assert_eq!(
+                admin_token_weakness(&strong),
+                None,
+                "{strong} is strong enough"
+            );
+        }
+    }
 
     #[test]
     fn secrets_are_generated_once_with_mode_0600() {

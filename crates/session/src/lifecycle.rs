@@ -358,6 +358,44 @@ impl Sessions {
         LinkSignal(Some(rx))
     }
 
+    /// Stripe says this checkout expired unpaid: its pending session is deleted now.
+    /// Returns whether there was one.
+    pub async fn forget_expired_checkout(&self, checkout_session_id: &str) -> Result<bool, StoreError> {
+        let deleted = self.store.delete_pending_checkout(checkout_session_id).await?;
+        if deleted {
+            tracing::info!(checkout_session_id, "checkout expired unpaid; pending session deleted");
+        }
+        Ok(deleted)
+    }
+
+    /// Deletes the pending sessions of checkouts never paid once they are older than
+    /// `max_age`: at start, then every quarter of `max_age` (at least every 10 minutes,
+    /// at most every second). A payment confirmed after the deletion still gets a session
+    /// ([`Sessions::activate_checkout`] creates one). Runs until `shutdown` resolves.
+    pub async fn run_pending_cleanup(
+        self: Arc<Self>,
+        max_age: time::Duration,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        let every = (max_age / 4_i32)
+            .clamp(time::Duration::seconds(1), time::Duration::minutes(10))
+            .unsigned_abs();
+        tokio::pin!(shutdown);
+        loop {
+            let cutoff = OffsetDateTime::now_utc() - max_age;
+            match self.store.delete_pending_before(cutoff).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(deleted = n, max_age_s = max_age.whole_seconds(),
+                    "deleted checkouts that were never paid"),
+                Err(e) => tracing::error!(error = %e, "could not delete unpaid checkouts; trying again later"),
+            }
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+        }
+    }
+
     fn schedule(&self, session: &Session) {
         self.deadlines
             .lock()

@@ -186,6 +186,7 @@ pub async fn set_control(
     State(app): State<AppState>,
     Path(id): Path<String>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    client: crate::proxy::ClientInfo,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
@@ -193,8 +194,8 @@ pub async fn set_control(
     struct SetControl {
         holder: livesession_session::Holder,
     }
-    let admin = crate::auth::bearer(&headers)
-        .is_some_and(|t| crate::auth::constant_time_eq(t.as_bytes(), app.admin_token.as_bytes()));
+    // A wrong admin token is counted (and a locked-out address refused) here.
+    let admin = crate::handlers::admin::is_admin(&app, client.ip, &headers)?;
     if !admin {
         let auth = ws::authorize(&app, peer.ip(), &id, &headers, None).await.map_err(http_refusal)?;
         if auth.claims.role != crate::auth::Role::Interactive {

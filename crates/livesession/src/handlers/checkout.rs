@@ -128,20 +128,25 @@ pub async fn claim_checkout(
         response
     };
     // The browser that claimed it asks again (a reload of the success page): it holds the
-    // claim cookie, scoped to this endpoint, and gets its session cookies renewed.
+    // claim cookie, scoped to this endpoint, and gets its session cookies renewed. Only a
+    // claim credential of this session counts: a refresh token (a view-only or revoked
+    // viewer link's, or any other) is no claim, and falls through to the claim below,
+    // which a claimed session refuses with 409.
     let claim_cookie = format!("lsc_{}", session.id);
-    if let Some(proof) = cookie(&headers, &claim_cookie)
-        && app
-            .tokens
-            .verify_ignoring_expiry(proof, TokenKind::Refresh)
-            .is_ok_and(|c| c.sid == session.id)
-    {
-        return Ok(claimed(&browser_cookies(
-            &app,
-            &session,
-            &claim_cookie,
-            app.secure_cookies_for(&client),
-        )));
+    if let Some(proof) = cookie(&headers, &claim_cookie) {
+        match app.tokens.verify_ignoring_expiry(proof, TokenKind::Claim) {
+            Ok(c) if c.sid == session.id && c.role == Role::Interactive && c.lnk.is_none() => {
+                return Ok(claimed(&browser_cookies(
+                    &app,
+                    &session,
+                    &claim_cookie,
+                    app.secure_cookies_for(&client),
+                )));
+            }
+            // Never the cookie's value: it may be a working credential of another kind.
+            _ => tracing::warn!(session_id = %session.id, client = %client.ip,
+                "a claim cookie that is not this session's claim credential was presented"),
+        }
     }
     if !app
         .sessions
@@ -164,8 +169,8 @@ pub async fn claim_checkout(
     )))
 }
 
-/// The session's access and refresh cookies, plus the claim cookie that lets this browser
-/// claim again.
+/// The session's access and refresh cookies, plus the claim cookie (a claim credential,
+/// [`TokenKind::Claim`]) that lets this browser claim again.
 fn browser_cookies(app: &App, session: &Session, claim_cookie: &str, secure: bool) -> Vec<String> {
     let mut cookies = session_cookies(
         &app.tokens,
@@ -174,9 +179,7 @@ fn browser_cookies(app: &App, session: &Session, claim_cookie: &str, secure: boo
         session.expires_at,
         secure,
     );
-    let proof = app
-        .tokens
-        .refresh(&session.id, Role::Interactive, session.expires_at);
+    let proof = app.tokens.claim(&session.id, session.expires_at);
     cookies.push(cookie_header(
         claim_cookie,
         &proof,

@@ -29,8 +29,8 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::app::{App, AppState};
 use crate::auth::{
-    Role, TokenError, TokenKind, TokenSource, bearer, constant_time_eq, find_access_token,
-    same_site_request, session_cookies_for, set_cookies,
+    Role, TokenError, TokenKind, TokenSource, find_access_token, same_site_request,
+    session_cookies_for, set_cookies,
 };
 use crate::error::ApiError;
 use crate::limits::RateClass;
@@ -140,8 +140,14 @@ enum Manager {
 
 /// The admin token, or an interactive access token of this session that did not come
 /// through a viewer link.
-fn require_manager(app: &App, headers: &HeaderMap, id: &str) -> Result<Manager, ApiError> {
-    if bearer(headers).is_some_and(|t| constant_time_eq(t.as_bytes(), app.admin_token.as_bytes())) {
+fn require_manager(
+    app: &App,
+    ip: std::net::IpAddr,
+    headers: &HeaderMap,
+    id: &str,
+) -> Result<Manager, ApiError> {
+    // A wrong admin token is counted (and a locked-out address refused) here.
+    if crate::handlers::admin::is_admin(app, ip, headers)? {
         return Ok(Manager::Admin);
     }
     let unauthorized =
@@ -244,11 +250,12 @@ fn validate_label(label: Option<String>) -> Result<Option<String>, ApiError> {
 /// answer only.
 pub async fn create_link(
     State(app): State<AppState>,
+    client: ClientInfo,
     headers: HeaderMap,
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let manager = require_manager(&app, &headers, &id)?;
+    let manager = require_manager(&app, client.ip, &headers, &id)?;
     let request: CreateLink = serde_json::from_slice(&body?).map_err(|e| {
         ApiError::bad_request(
             "invalid_json",
@@ -296,10 +303,11 @@ pub async fn create_link(
 /// oldest first, without secrets.
 pub async fn list_links(
     State(app): State<AppState>,
+    client: ClientInfo,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let manager = require_manager(&app, &headers, &id)?;
+    let manager = require_manager(&app, client.ip, &headers, &id)?;
     managed_session(&app, &id, manager).await?;
     let links = app.sessions.store().list_links(&id).await?;
     let links: Vec<Value> = links.iter().map(link_json).collect();
@@ -311,10 +319,11 @@ pub async fn list_links(
 /// its tokens are refused from now on. Revoking a revoked link changes nothing.
 pub async fn revoke_link(
     State(app): State<AppState>,
+    client: ClientInfo,
     headers: HeaderMap,
     Path((id, link_id)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    let manager = require_manager(&app, &headers, &id)?;
+    let manager = require_manager(&app, client.ip, &headers, &id)?;
     managed_session(&app, &id, manager).await?;
     let link = app
         .sessions

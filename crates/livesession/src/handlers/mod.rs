@@ -1,5 +1,6 @@
 //! Request handlers, grouped by resource.
 
+pub mod admin;
 pub mod cdp;
 pub mod checkout;
 pub mod control;

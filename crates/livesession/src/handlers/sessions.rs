@@ -12,17 +12,12 @@ use livesession_session::{NewSession, Session, SessionSource};
 use serde::{Deserialize, Serialize};
 
 use crate::app::{App, AppState};
-use crate::auth::{Role, bearer, constant_time_eq, session_cookies, set_cookies};
+use crate::auth::{Role, session_cookies, set_cookies};
 use crate::error::{ApiError, ApiQuery};
 use crate::limits::{RateClass, client_key};
 use crate::proxy::ClientInfo;
 
-pub(crate) fn require_admin(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
-    match bearer(headers) {
-        Some(t) if constant_time_eq(t.as_bytes(), app.admin_token.as_bytes()) => Ok(()),
-        _ => Err(ApiError::unauthorized()),
-    }
-}
+use crate::handlers::admin::require_admin;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -37,6 +32,10 @@ pub struct SessionCreated {
     #[serde(with = "time::serde::rfc3339")]
     pub expires_at: time::OffsetDateTime,
     pub token: String,
+    /// The session's refresh token (interactive, until the session ends): what a person's
+    /// browser needs, as `viewer_url#token=<refresh_token>`, and what renews `token` at
+    /// the token endpoint. An access token cannot renew itself.
+    pub refresh_token: String,
     pub viewer_url: String,
     pub vnc_url: String,
     pub control_url: String,
@@ -144,7 +143,7 @@ pub async fn create_session(
     app.limits
         .check(RateClass::Create, client.ip)
         .map_err(|r| ApiError::rate_limited(&r))?;
-    require_admin(&app, &headers)?;
+    require_admin(&app, client.ip, &headers)?;
     let body = body?;
     let request: CreateSession = if body.iter().all(u8::is_ascii_whitespace) {
         CreateSession::default()
@@ -155,6 +154,9 @@ pub async fn create_session(
     let (session, token) = create(&app, SessionSource::Api, request, None).await?;
     let ws_base = app.public_url.replacen("http", "ws", 1);
     let created = SessionCreated {
+        refresh_token: app
+            .tokens
+            .refresh(&session.id, Role::Interactive, session.expires_at),
         viewer_url: format!("{}/s/{}", app.public_url, session.id),
         vnc_url: format!("{ws_base}/api/sessions/{}/vnc", session.id),
         cdp_url: format!("{ws_base}/api/sessions/{}/cdp", session.id),
@@ -175,10 +177,11 @@ pub struct ListQuery {
 
 pub async fn list_sessions(
     State(app): State<AppState>,
+    client: ClientInfo,
     headers: HeaderMap,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    require_admin(&app, &headers)?;
+    require_admin(&app, client.ip, &headers)?;
     let store = app.sessions.store();
     let found = match &q.checkout_session_id {
         Some(cs) => store.find_by_checkout(cs).await?.into_iter().collect(),
@@ -194,10 +197,11 @@ pub async fn list_sessions(
 
 pub async fn get_session(
     State(app): State<AppState>,
+    client: ClientInfo,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<SessionView>, ApiError> {
-    require_admin(&app, &headers)?;
+    require_admin(&app, client.ip, &headers)?;
     let session = app
         .sessions
         .get(&id)
@@ -210,10 +214,11 @@ pub async fn get_session(
 /// is stopped before this answers. Revoking an ended session changes nothing.
 pub async fn revoke_session(
     State(app): State<AppState>,
+    client: ClientInfo,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<SessionView>, ApiError> {
-    require_admin(&app, &headers)?;
+    require_admin(&app, client.ip, &headers)?;
     let session = match app.sessions.revoke(&id, "revoked by the operator").await? {
         Some(revoked) => revoked,
         None => app
@@ -235,11 +240,12 @@ pub struct ExtendSession {
 /// Moves an active session's deadline later by `seconds`.
 pub async fn extend_session(
     State(app): State<AppState>,
+    client: ClientInfo,
     headers: HeaderMap,
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<SessionView>, ApiError> {
-    require_admin(&app, &headers)?;
+    require_admin(&app, client.ip, &headers)?;
     let request: ExtendSession = serde_json::from_slice(&body?).map_err(|e| {
         ApiError::bad_request(
             "invalid_json",

@@ -129,6 +129,19 @@ async fn handle(app: &App, event: &Event) -> Result<(), ApiError> {
                 );
             }
         }
+        // Stripe gave up on a checkout never paid (24 h by default): its pending session
+        // goes now rather than at the next cleanup. An already active or ended session is
+        // left alone, and a checkout we never recorded (or already deleted) is acknowledged.
+        "checkout.session.expired" => {
+            if let Some(checkout_id) = event.object_str("id")
+                && !app.sessions.forget_expired_checkout(checkout_id).await?
+            {
+                tracing::info!(
+                    checkout_session_id = checkout_id,
+                    "expired checkout without a pending session; nothing to delete"
+                );
+            }
+        }
         "charge.refunded" => {
             let Some(payment_intent) = event.object_str("payment_intent") else {
                 return Ok(());

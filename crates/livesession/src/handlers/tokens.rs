@@ -1,8 +1,10 @@
 //! `POST /api/sessions/{id}/token`: a fresh short-lived access token for a session.
 //!
 //! Browsers present their refresh cookie (and get both cookies renewed, so their
-//! WebSockets authenticate by cookie and no token appears in a URL); agents present a
-//! still-valid access token; operators present the admin token.
+//! WebSockets authenticate by cookie and no token appears in a URL); a viewer opened with
+//! a `#token=` link presents that link's refresh token once as a bearer; operators present
+//! the admin token. An access token alone is refused (`401 refresh_required`): it cannot
+//! renew itself into a new one and refresh cookies.
 
 use axum::Json;
 
@@ -13,10 +15,11 @@ use livesession_session::SessionState;
 use serde_json::json;
 
 use crate::app::AppState;
+use crate::app::App;
 use crate::auth::{
-    Role, TokenError, TokenKind, bearer, constant_time_eq, cookie, refresh_cookie_name,
-    session_cookies_for, set_cookies,
+    Role, TokenError, TokenKind, cookie, refresh_cookie_name, session_cookies_for, set_cookies,
 };
+use crate::handlers::admin::{Bearer, admin_bearer};
 use crate::error::ApiError;
 use crate::limits::RateClass;
 use crate::proxy::ClientInfo;
@@ -31,54 +34,30 @@ pub async fn issue_token(
     app.limits
         .check(RateClass::Token, client.ip)
         .map_err(|r| ApiError::rate_limited(&r))?;
-    let unauthorized =
-        |code: &'static str, message: &str| ApiError::new(StatusCode::UNAUTHORIZED, code, message);
-    // The role and viewer link of the credential carry over to the new tokens.
-    let (role, link) = if let Some(presented) = bearer(&headers) {
-        if constant_time_eq(presented.as_bytes(), app.admin_token.as_bytes()) {
-            // The operator may mint any role, e.g. `{"role": "agent"}` for a program that
-            // drives the browser over CDP (docs/agents.md).
-            (requested_role(&body)?.unwrap_or(Role::Interactive), None)
-        } else {
-            match app.tokens.verify(presented, TokenKind::Access) {
-                Ok(claims) if claims.sid == id => (claims.role, claims.lnk),
-                Ok(_) => {
-                    return Err(unauthorized(
-                        "token_invalid",
-                        "the token is for another session",
-                    ));
-                }
-                Err(TokenError::Expired) => {
-                    return Err(unauthorized(
-                        "token_expired",
-                        "the access token expired; refresh with the refresh cookie",
-                    ));
-                }
-                Err(TokenError::Invalid) => {
-                    return Err(unauthorized("token_invalid", "the token is invalid"));
-                }
-            }
-        }
-    } else if let Some(refresh) = cookie(&headers, &refresh_cookie_name(&id)) {
-        // A cookie is sent by the browser on its own: the CSRF layer (`security::csrf`)
-        // has already refused this request unless it came from our own pages.
-        match app.tokens.verify(refresh, TokenKind::Refresh) {
-            Ok(claims) if claims.sid == id => (claims.role, claims.lnk),
-            Ok(_) | Err(TokenError::Invalid) => {
+    // The role and viewer link of the credential carry over to the new tokens. Only a
+    // refresh credential (or the admin token) renews: an access token never renews
+    // itself, so one that leaks (a URL, a log, an agent) ends at its `exp`.
+    let presented = admin_bearer(&app, client.ip, &headers)?;
+    let by_admin = presented == Bearer::Admin;
+    let (role, link) = match presented {
+        // The operator may mint any role, e.g. `{"role": "agent"}` for a program that
+        // drives the browser over CDP (docs/agents.md).
+        Bearer::Admin => (requested_role(&body)?.unwrap_or(Role::Interactive), None),
+        // A refresh token as a bearer: a `#token=` link's (POST /api/sessions answers
+        // one as `refresh_token`), or a program's.
+        Bearer::Other(presented) => refresh_claims(&app, presented, &id, "refresh token")?,
+        Bearer::None => match cookie(&headers, &refresh_cookie_name(&id)) {
+            // A cookie is sent by the browser on its own: the CSRF layer
+            // (`security::csrf`) has already refused this request unless it came from
+            // our own pages.
+            Some(refresh) => refresh_claims(&app, refresh, &id, "refresh cookie")?,
+            None => {
                 return Err(unauthorized(
-                    "token_invalid",
-                    "the refresh cookie is invalid",
+                    "auth_required",
+                    "a refresh cookie, a refresh token or the admin token is required",
                 ));
             }
-            Err(TokenError::Expired) => {
-                return Err(unauthorized("token_expired", "the refresh cookie expired"));
-            }
-        }
-    } else {
-        return Err(unauthorized(
-            "auth_required",
-            "a refresh cookie or a bearer token is required",
-        ));
+        },
     };
 
     let session = app
@@ -115,12 +94,18 @@ pub async fn issue_token(
         link.as_deref(),
         session.expires_at,
     );
-    let body = json!({
+    let mut body = json!({
         "token": token,
         "role": role,
         "expires_at": expires_at.format(&time::format_description::well_known::Rfc3339).expect("formattable"),
         "session_expires_at": session.expires_at.format(&time::format_description::well_known::Rfc3339).expect("formattable"),
     });
+    // The operator also gets a refresh token of that role, to hand on (a person's
+    // `viewer_url#token=…`, a program that renews). Browsers renewing by cookie never see
+    // theirs in a body: it stays in the HttpOnly cookie.
+    if by_admin {
+        body["refresh_token"] = json!(app.tokens.refresh(&session.id, role, session.expires_at));
+    }
     let mut response = (StatusCode::OK, Json(body)).into_response();
     response
         .headers_mut()
@@ -153,4 +138,39 @@ fn requested_role(body: &[u8]) -> Result<Option<Role>, ApiError> {
             format!("expected {{\"role\": \"interactive\" | \"agent\" | \"view\"}}: {e}"),
         )
     })
+}
+
+fn unauthorized(code: &'static str, message: &str) -> ApiError {
+    ApiError::new(StatusCode::UNAUTHORIZED, code, message)
+}
+
+/// The role and viewer link of a refresh credential of session `id`. An access token in
+/// its place gets `401 refresh_required`.
+fn refresh_claims(
+    app: &App,
+    presented: &str,
+    id: &str,
+    what: &str,
+) -> Result<(Role, Option<String>), ApiError> {
+    // An access token, valid or expired, is told so, whatever its session.
+    if app
+        .tokens
+        .verify_ignoring_expiry(presented, TokenKind::Access)
+        .is_ok()
+    {
+        return Err(unauthorized(
+            "refresh_required",
+            "an access token cannot renew itself: present the refresh cookie, the \
+             session's refresh token, or the admin token",
+        ));
+    }
+    match app.tokens.verify(presented, TokenKind::Refresh) {
+        Ok(claims) if claims.sid == id => Ok((claims.role, claims.lnk)),
+        Ok(_) => Err(unauthorized(
+            "token_invalid",
+            &format!("the {what} is for another session"),
+        )),
+        Err(TokenError::Expired) => Err(unauthorized("token_expired", &format!("the {what} expired"))),
+        Err(TokenError::Invalid) => Err(unauthorized("token_invalid", &format!("the {what} is invalid"))),
+    }
 }

@@ -90,11 +90,16 @@ fn parse_serve(args: &[&str]) -> Result<livesession::config::ServeConfig, String
 
 /// Starts a server that must refuse to start; returns its start-up error.
 async fn startup_error(args: &[&str]) -> String {
+    startup_error_of(parse_serve(args).expect("the flags parse")).await
+}
+
+/// Starts a server with this configuration, which must refuse to start; returns its
+/// start-up error.
+async fn startup_error_of(mut config: livesession::config::ServeConfig) -> String {
     let data = tempfile::Builder::new()
         .prefix("ls")
         .tempdir_in("/tmp")
         .unwrap();
-    let mut config = parse_serve(args).expect("the flags parse");
     config.data_dir = data.path().to_owned();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let result = tokio::time::timeout(
@@ -660,6 +665,144 @@ async fn requests_are_limited_per_class_with_429_and_recover_after_the_window() 
     server.stop().await;
 }
 
+// ---------------------------------------------------------------- the admin token
+
+/// Wrong admin tokens as a client would send them: each a plausible guess, never logged.
+fn wrong_admin_token(n: usize) -> String {
+    format!("guess-{n}-5b1e0c7f9a2d4e6b8c3f1a0d9e7b2c4a")
+}
+
+#[tokio::test]
+async fn wrong_admin_tokens_lock_the_address_out_of_every_admin_route_until_the_window_passes() {
+    // Three wrong tokens, then one more every 5 s. The trusted proxy lets one test play
+    // two client addresses.
+    let server = TestServer::start(&[
+        "--admin-failure-burst",
+        "3",
+        "--admin-failure-rate",
+        "0.2",
+        "--trusted-proxies",
+        "127.0.0.1",
+    ])
+    .await;
+    let created = server.create_session(json!({})).await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let refresh_token = created["refresh_token"].as_str().unwrap().to_owned();
+    let routes: Vec<(reqwest::Method, String, Option<Value>)> = vec![
+        (reqwest::Method::GET, "/api/sessions".into(), None),
+        (reqwest::Method::GET, format!("/api/sessions/{id}"), None),
+        (reqwest::Method::POST, "/api/sessions".into(), Some(json!({}))),
+        (reqwest::Method::POST, format!("/api/sessions/{id}/extend"), Some(json!({ "seconds": 60 }))),
+        (reqwest::Method::POST, format!("/api/sessions/{id}/token"), None),
+        (reqwest::Method::GET, format!("/api/sessions/{id}/links"), None),
+        (reqwest::Method::POST, format!("/api/sessions/{id}/links"), Some(json!({ "role": "view" }))),
+        (reqwest::Method::POST, format!("/api/sessions/{id}/control"), Some(json!({ "holder": "none" }))),
+        (reqwest::Method::DELETE, format!("/api/sessions/{id}"), None),
+    ];
+    let send = |route: &(reqwest::Method, String, Option<Value>), token: &str, from: Option<&str>| {
+        let (method, path, body) = route;
+        let mut request = server.http.request(method.clone(), server.url(path)).bearer_auth(token);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        if let Some(from) = from {
+            request = request.header("x-forwarded-for", from);
+        }
+        request.send()
+    };
+
+    // Three wrong tokens on three different admin routes: 401, as any wrong token.
+    for (n, route) in routes.iter().take(3).enumerate() {
+        let refused = send(route, &wrong_admin_token(n), None).await.unwrap();
+        assert_eq!(refused.status(), 401, "{} {}", route.0, route.1);
+    }
+    // Now every admin route refuses this address with 429 and Retry-After: a fourth wrong
+    // token, and the right one too, before it is even compared.
+    let refused = send(&routes[0], &wrong_admin_token(3), None).await.unwrap();
+    assert_eq!(error_of(refused).await, (429, "rate_limited".into()));
+    let mut retry_after = 0;
+    for route in &routes {
+        let refused = send(route, ADMIN, None).await.unwrap();
+        let after: u64 = header(&refused, "retry-after")
+            .unwrap_or_else(|| panic!("Retry-After on {} {}", route.0, route.1))
+            .parse()
+            .unwrap();
+        assert!((1..=5).contains(&after), "{after}");
+        retry_after = retry_after.max(after);
+        assert_eq!(
+            error_of(refused).await,
+            (429, "rate_limited".into()),
+            "the right token from a locked-out address: {} {}",
+            route.0,
+            route.1
+        );
+    }
+    let elsewhere = send(&routes[1], ADMIN, Some("192.0.2.80")).await.unwrap();
+    assert_eq!(elsewhere.status(), 200, "another address is not locked out");
+    let elsewhere: Value = elsewhere.json().await.unwrap();
+    assert_eq!(elsewhere["state"], "active", "the refused DELETE did nothing");
+    // A token this server signed is no guess at the admin token: a viewer's refresh token
+    // still renews from the locked-out address.
+    let renewed = server
+        .http
+        .post(server.url(&format!("/api/sessions/{id}/token")))
+        .bearer_auth(&refresh_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(renewed.status(), 200);
+
+    // Once the window has passed, the right token works again from that address.
+    tokio::time::sleep(Duration::from_secs(retry_after)).await;
+    let listed = send(&routes[0], ADMIN, None).await.unwrap();
+    assert_eq!(listed.status(), 200);
+
+    // The attempts are logged, with the address; the tokens never are.
+    let logs = logs();
+    assert!(logs.contains("wrong admin token"), "the attempts are logged");
+    for n in 0..4 {
+        assert!(!logs.contains(&wrong_admin_token(n)), "a wrong admin token is in the logs");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_weak_configured_admin_token_refuses_to_start() {
+    for weak in [
+        "test-admin-token".to_owned(),
+        "k".repeat(48),
+        "0123abcd".repeat(5),
+        "changeme-please-changeme-please-2024".to_owned(),
+    ] {
+        let mut config = parse_serve(&[]).unwrap();
+        config.admin_token = Some(weak.clone());
+        let error = startup_error_of(config).await;
+        assert!(
+            error.contains("LIVESESSION_ADMIN_TOKEN") && error.contains("--admin-token") && error.contains("32"),
+            "the error names the setting and the minimum: {error}"
+        );
+        assert!(!error.contains(&weak), "the error does not repeat the token: {error}");
+    }
+    // The generated one, and a random one of the minimum length, start.
+    let mut config = parse_serve(&[]).unwrap();
+    config.admin_token = None;
+    let data = tempfile::tempdir().unwrap();
+    config.data_dir = data.path().to_owned();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(livesession::launch(config, listener, async move {
+        let _ = rx.await;
+    }));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!task.is_finished(), "a generated admin token starts");
+    let _ = tx.send(());
+    task.await.unwrap().unwrap();
+    let server = TestServer::start(&[]).await;
+    assert_eq!(ADMIN.len(), 35);
+    assert_eq!(server.http.get(server.url("/api/sessions")).bearer_auth(ADMIN).send().await.unwrap().status(), 200);
+    server.stop().await;
+}
+
 // ---------------------------------------------------------------- input limits
 
 #[tokio::test]
@@ -745,16 +888,18 @@ async fn no_token_or_key_ever_reaches_the_logs() {
     let mut secrets: Vec<String> =
         vec![ADMIN.to_owned(), stripe_key.clone(), webhook_secret.clone()];
 
-    // Admin API: a session and its token; another minted; one refreshed by bearer.
+    // Admin API: a session and its tokens; another minted; one refreshed by bearer (the
+    // session's refresh token; an access token cannot renew itself).
     let created = server.create_session(json!({})).await;
     let id = created["id"].as_str().unwrap().to_owned();
     let first = created["token"].as_str().unwrap().to_owned();
+    let refresh_token = created["refresh_token"].as_str().unwrap().to_owned();
     let minted = server.mint_token(&id).await;
     let token_url = server.url(&format!("/api/sessions/{id}/token"));
     let refreshed = server
         .http
         .post(&token_url)
-        .bearer_auth(&minted)
+        .bearer_auth(&refresh_token)
         .send()
         .await
         .unwrap();
@@ -898,7 +1043,7 @@ async fn no_token_or_key_ever_reaches_the_logs() {
     tls.stop().await;
     server.stop().await;
 
-    secrets.extend([first, minted, by_bearer, by_cookie, tls_token]);
+    secrets.extend([first, minted, refresh_token, by_bearer, by_cookie, tls_token]);
     for pair in refresh_cookies
         .iter()
         .chain(&browser_cookies)

@@ -30,7 +30,7 @@ fn pair(cookie: &str) -> &str {
 }
 
 #[tokio::test]
-async fn access_tokens_expire_and_are_refreshed_by_cookie_or_bearer() {
+async fn access_tokens_expire_and_only_a_refresh_credential_renews_them() {
     let server = TestServer::start(&["--access-token-ttl", "1"]).await;
     let started = no_redirect()
         .post(server.url("/start"))
@@ -100,28 +100,51 @@ async fn access_tokens_expire_and_are_refreshed_by_cookie_or_bearer() {
     assert!(hello.to_text().unwrap().contains("CONNECTED"));
     drop(ws);
 
-    // A still-valid access token refreshes itself (agents); an expired one does not.
-    let by_bearer = server
-        .http
-        .post(&token_url)
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(by_bearer.status(), 200);
-    tokio::time::sleep(Duration::from_millis(2200)).await;
-    let expired = server
-        .http
-        .post(&token_url)
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(expired.status(), 401);
-    assert_eq!(
-        expired.json::<Value>().await.unwrap()["error"]["code"],
-        "token_expired"
-    );
+    // An access token alone never renews itself, valid or expired: 401 refresh_required,
+    // and no cookie. (Before issue 16 a still-valid one got a new token and refresh
+    // cookies, so one leaked access token lasted as long as the session.)
+    for _ in 0..2 {
+        let by_access = server
+            .http
+            .post(&token_url)
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(by_access.status(), 401);
+        assert!(
+            cookies(&by_access).is_empty(),
+            "no cookie for an access token"
+        );
+        assert_eq!(
+            by_access.json::<Value>().await.unwrap()["error"]["code"],
+            "refresh_required"
+        );
+        tokio::time::sleep(Duration::from_millis(2200)).await;
+    }
+    // The refresh token works as a bearer too (a `#token=` link's), and keeps working.
+    let refresh_value = pair(refresh).split_once('=').unwrap().1;
+    for _ in 0..2 {
+        let by_refresh = server
+            .http
+            .post(&token_url)
+            .bearer_auth(refresh_value)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(by_refresh.status(), 200);
+        let minted: Value = by_refresh.json().await.unwrap();
+        let minted = minted["token"].as_str().unwrap().to_owned();
+        // The token it minted cannot mint another either.
+        let chained = server
+            .http
+            .post(&token_url)
+            .bearer_auth(&minted)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(chained.status(), 401);
+    }
     // The operator can always mint one.
     assert_eq!(
         server
@@ -134,6 +157,27 @@ async fn access_tokens_expire_and_are_refreshed_by_cookie_or_bearer() {
             .status(),
         200
     );
+    // With a refresh token of the role asked for, to hand on; it renews as that role.
+    let minted: Value = server
+        .http
+        .post(&token_url)
+        .bearer_auth(ADMIN)
+        .json(&json!({ "role": "view" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let handed_on = server
+        .http
+        .post(&token_url)
+        .bearer_auth(minted["refresh_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(handed_on.status(), 200);
+    assert_eq!(handed_on.json::<Value>().await.unwrap()["role"], "view");
     // Nothing, another site, a refresh token used as an access token: refused.
     assert_eq!(
         server.http.post(&token_url).send().await.unwrap().status(),
@@ -148,7 +192,6 @@ async fn access_tokens_expire_and_are_refreshed_by_cookie_or_bearer() {
         .await
         .unwrap();
     assert_eq!(cross.status(), 403);
-    let refresh_value = pair(refresh).split_once('=').unwrap().1;
     let mut ws = ws_connect(
         &server,
         &format!("/api/sessions/{id}/control?token={refresh_value}"),

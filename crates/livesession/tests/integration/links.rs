@@ -420,10 +420,11 @@ async fn a_link_of_one_session_opens_nothing_of_another() {
     let as_b_refresh = format!("lsr_{b_id}={}", a_refresh.split_once('=').unwrap().1);
     let (status, code, _) = error_of(refresh_with(&server, b_id, &as_b_refresh).await).await;
     assert_eq!((status, code.as_str()), (401, "token_invalid"));
+    let a_refresh_value = a_refresh.split_once('=').unwrap().1;
     let by_bearer = server
         .http
         .post(server.url(&format!("/api/sessions/{b_id}/token")))
-        .bearer_auth(&a_token)
+        .bearer_auth(a_refresh_value)
         .send()
         .await
         .unwrap();
@@ -532,6 +533,8 @@ async fn revoking_a_link_closes_its_connections_at_once_and_its_tokens_stop_work
         match message["type"].as_str().unwrap() {
             "PONG" => break,
             "DESKTOP_STATUS" => assert_ne!(message["status"], "failed", "{message}"),
+            // Who holds control of the browser (docs/agents.md): sent on connecting.
+            "CONTROL" => {}
             other => panic!("the owner's connection got {other}: {message}"),
         }
     }
@@ -544,24 +547,33 @@ async fn revoking_a_link_closes_its_connections_at_once_and_its_tokens_stop_work
         .unwrap();
     loop {
         let message = next_json(&mut owner_ws).await;
-        if message["type"] == "DESKTOP_STATUS" {
+        if message["type"] == "DESKTOP_STATUS" || message["type"] == "CONTROL" {
             continue;
         }
         assert_eq!(message["type"], "ERROR", "{message}");
         break;
     }
 
-    // Its tokens stop working: refresh (cookie or bearer), reconnect, claim again.
+    // Its tokens stop working: refresh (cookie or bearer), reconnect, claim again. (Its
+    // access token never renewed anything: an access token cannot renew itself.)
     let (status, code, _) = error_of(refresh_with(&server, id, &refresh).await).await;
     assert_eq!((status, code.as_str()), (410, "link_revoked"));
     let by_bearer = server
+        .http
+        .post(server.url(&format!("/api/sessions/{id}/token")))
+        .bearer_auth(refresh.split_once('=').unwrap().1)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(by_bearer).await.1, "link_revoked");
+    let by_access = server
         .http
         .post(server.url(&format!("/api/sessions/{id}/token")))
         .bearer_auth(&token)
         .send()
         .await
         .unwrap();
-    assert_eq!(error_of(by_bearer).await.1, "link_revoked");
+    assert_eq!(error_of(by_access).await.1, "refresh_required");
     for channel in ["control", "vnc"] {
         let mut ws = ws_connect(
             &server,

@@ -16,7 +16,8 @@ use tokio::io::DuplexStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-pub const ADMIN: &str = "test-admin-token";
+/// Strong enough for the server to start with (`--admin-token` has a minimum strength).
+pub const ADMIN: &str = "it-4d7e1f0a9c2b6e8d3a5f7c1b0e9d2a4f";
 
 // ---------------------------------------------------------------- captured logs
 

@@ -92,6 +92,12 @@ pub trait SessionStore: Send + Sync + 'static {
         &self,
         activation: &CheckoutActivation,
     ) -> Result<Option<Session>, StoreError>;
+    /// Deletes the pending sessions (checkouts never paid) created before `cutoff`;
+    /// returns how many. Active and ended sessions are never touched.
+    async fn delete_pending_before(&self, cutoff: OffsetDateTime) -> Result<u64, StoreError>;
+    /// Deletes the session of this checkout if it is still pending (Stripe says the
+    /// checkout expired); returns whether one was deleted.
+    async fn delete_pending_checkout(&self, checkout_session_id: &str) -> Result<bool, StoreError>;
     /// Marks a session claimed by a browser; `false` if it already was.
     async fn claim_session(&self, id: &str, at: OffsetDateTime) -> Result<bool, StoreError>;
     /// Records a Stripe event id; `false` if it was already recorded.

@@ -332,6 +332,23 @@ impl SessionStore for SqliteStore {
         row.as_ref().map(session_from_row).transpose()
     }
 
+    async fn delete_pending_before(&self, cutoff: OffsetDateTime) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM sessions WHERE state = 'pending' AND created_at < ?")
+            .bind(millis(cutoff))
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn delete_pending_checkout(&self, checkout_session_id: &str) -> Result<bool, StoreError> {
+        let done =
+            sqlx::query("DELETE FROM sessions WHERE state = 'pending' AND checkout_session_id = ?")
+                .bind(checkout_session_id)
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     async fn claim_session(&self, id: &str, at: OffsetDateTime) -> Result<bool, StoreError> {
         let done =
             sqlx::query("UPDATE sessions SET claimed_at = ? WHERE id = ? AND claimed_at IS NULL")
@@ -636,6 +653,52 @@ mod tests {
             store.get_session(&pending.id).await.unwrap().unwrap().state,
             SessionState::Revoked
         );
+    }
+
+    #[tokio::test]
+    async fn only_pending_checkouts_older_than_the_cutoff_are_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("db")).await.unwrap();
+        let pending = |cs: &str, age_s: i64| {
+            let mut s = session(60);
+            s.state = SessionState::Pending;
+            s.source = SessionSource::Checkout;
+            s.checkout_session_id = Some(cs.into());
+            s.activated_at = None;
+            s.created_at -= time::Duration::seconds(age_s);
+            s
+        };
+        let (old, young, expired) = (
+            pending("cs_old", 100),
+            pending("cs_young", 1),
+            pending("cs_gone", 1),
+        );
+        let mut ended = pending("cs_ended", 100);
+        ended.state = SessionState::Revoked;
+        let mut active = session(60);
+        active.created_at -= time::Duration::seconds(100);
+        for s in [&old, &young, &expired, &ended, &active] {
+            store.insert_session(s).await.unwrap();
+        }
+        let cutoff = OffsetDateTime::now_utc() - time::Duration::seconds(50);
+        assert_eq!(store.delete_pending_before(cutoff).await.unwrap(), 1);
+        assert_eq!(store.get_session(&old.id).await.unwrap(), None);
+        for kept in [&young, &ended, &active] {
+            assert!(store.get_session(&kept.id).await.unwrap().is_some());
+        }
+        assert!(store.delete_pending_checkout("cs_gone").await.unwrap());
+        assert!(!store.delete_pending_checkout("cs_gone").await.unwrap());
+        assert!(
+            !store.delete_pending_checkout("cs_ended").await.unwrap(),
+            "ended ones stay"
+        );
+        // A payment for a deleted checkout still makes its session (as for a Payment Link).
+        let made = store
+            .activate_checkout(&activation("cs_old"))
+            .await
+            .unwrap()
+            .expect("a new session");
+        assert_eq!(made.state, SessionState::Active);
     }
 
     #[tokio::test]
