@@ -697,10 +697,16 @@ fn spawn(argv: &[OsString], env: &[(&str, String)], log: &Path) -> Result<Child,
         .map_err(|e| DesktopError::Setup(format!("could not start {:?}: {e}", argv[0])))
 }
 
-/// The sandbox's first process (bubblewrap's child in the new PID namespace).
+/// The sandbox's first process (bubblewrap's child in the new PID namespace). Before the
+/// command line becomes bubblewrap, its shell briefly has another child (the user-namespace
+/// limiter's first fork, `sandbox::command`), in our own PID namespace: never that one.
 fn sandbox_init(outer: i32) -> Option<i32> {
     let children = std::fs::read_to_string(format!("/proc/{outer}/task/{outer}/children")).ok()?;
-    children.split_whitespace().next()?.parse().ok()
+    let ours = pidns_of(std::process::id() as i32);
+    children
+        .split_whitespace()
+        .filter_map(|c| c.parse().ok())
+        .find(|c| pidns_of(*c).is_some_and(|ns| Some(ns) != ours))
 }
 
 /// If the desktop has stopped: the error naming the piece that exited, from the

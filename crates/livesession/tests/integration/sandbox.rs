@@ -136,3 +136,56 @@ async fn a_desktop_that_links_its_vnc_socket_to_another_sessions_shows_its_viewe
     drop(rfb_b);
     server.stop().await;
 }
+
+/// A session's desktop, started through the gateway, runs every process under the
+/// seccomp filter, and a person driving it through the viewer starts nothing, even after
+/// the desktop's user wrote openbox a hostile configuration and had it reloaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sessions_desktop_runs_under_the_filter_and_its_viewer_can_start_nothing() {
+    let page = PageServer::start().await;
+    let args = page.server_args();
+    let server = TestServer::start(&[&args[0], &args[1]]).await;
+    let s = server.create_session(json!({ "start_url": page.url })).await;
+    let (id, token) = (s["id"].as_str().unwrap(), s["token"].as_str().unwrap());
+    let binary = [("Sec-WebSocket-Protocol", "binary")];
+    let mut rfb =
+        rfb_over_ws(ws_connect(&server, &format!("/api/sessions/{id}/vnc?token={token}"), &binary).await).await;
+    assert!(wait_for_colour(&mut rfb, (255, 0, 255), 0.5, Duration::from_secs(30)).await >= 0.5);
+
+    let desktop = server.desktop_procs(id);
+    let procs = livesession_desktop::members(0, desktop.pidns);
+    assert!(procs.len() >= 5, "{procs:?} {:?} {:?}", desktop.pidns, desktop.members());
+    for pid in &procs {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let name = status.lines().next().unwrap_or_default().to_owned();
+        assert!(
+            status.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["Seccomp:", "2"]),
+            "{name} ({pid}) runs without the seccomp filter"
+        );
+    }
+
+    let display = std::fs::read_to_string(server.desktop_dir(id).join("run/display")).unwrap();
+    let out = as_desktop_user(
+        &server,
+        id,
+        &format!(
+            r#"mkdir -p ~/.config/openbox && cd ~/.config/openbox
+            printf '%s' '<openbox_config xmlns="http://openbox.org/3.4/rc"><mouse><context name="Client"><mousebind button="Right" action="Press"><action name="Execute"><command>touch /home/desktop/pwned</command></action></mousebind></context></mouse></openbox_config>' > rc.xml
+            HOME=/home/desktop DISPLAY=:{} openbox --reconfigure
+            /usr/bin/xdg-open https://example.org/ >/dev/null 2>&1; echo "xdg-open $?""#,
+            display.trim()
+        ),
+    )
+    .await;
+    assert!(String::from_utf8_lossy(&out.stdout).contains("xdg-open 126"), "{out:?}");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    // The person right-clicks the page through the gateway.
+    for buttons in [4, 0] {
+        rfb.pointer(640, 360, buttons).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!server.desktop_dir(id).join("home/pwned").exists(), "openbox ran the desktop's command");
+    assert_eq!(server.get_session(id).await["desktop"], "ready");
+    drop(rfb);
+    server.stop().await;
+}
