@@ -22,9 +22,11 @@ describe('controlView', () => {
   });
 
   test('the person holds control: "Hand back to the agent"', () => {
-    const v = controlView({ holder: 'person' }, 'interactive');
+    const v = controlView({ holder: 'person', agents: 1 }, 'interactive');
     assert.deepEqual([v.visible, v.take, v.release, v.inputPaused], [true, false, true, false]);
     assert.equal(v.text, 'You have control; the agent waits');
+    // No agent connected any more: nobody to hand back to.
+    assert.equal(controlView({ holder: 'person', agents: 0 }, 'interactive').release, false);
   });
 
   test('no agent: nothing to show, input as usual', () => {

@@ -38,10 +38,9 @@ export function controlView(state, role = 'interactive') {
       else view.text = mayAct ? 'An agent is driving; your input is paused' : 'An agent is driving';
       break;
     case 'person':
-      // The control channel does not say whether an agent is still connected
-      // while a person holds control; handing back with none connected simply
-      // leaves nobody in particular in control (the person drives as before).
-      view.release = mayAct;
+      // Handing back needs an agent to hand to (CONTROL counts them; a server
+      // that does not send the count is taken to have one).
+      view.release = mayAct && (typeof state?.agents !== 'number' || state.agents > 0);
       view.text = mayAct ? 'You have control; the agent waits' : 'A person has control; the agent waits';
       break;
     default:

@@ -424,7 +424,7 @@ mod tests {
 
     #[test]
     fn control_events_reach_the_root_and_every_browser_session() {
-        let state = ControlState { holder: Holder::Person, since: time::OffsetDateTime::UNIX_EPOCH, reason: None };
+        let state = ControlState { holder: Holder::Person, since: time::OffsetDateTime::UNIX_EPOCH, reason: None, agents: 1 };
         let events = control_events(&state, &["B1".into()]);
         let texts: Vec<serde_json::Value> = events
             .iter()

@@ -47,6 +47,8 @@ pub struct ControlState {
     /// takes control.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Agents (CDP connections) connected now: a person can hand control back only to one.
+    pub agents: usize,
 }
 
 impl ControlState {
@@ -55,6 +57,7 @@ impl ControlState {
             holder,
             since: OffsetDateTime::now_utc(),
             reason: None,
+            agents: 0,
         }
     }
 }
@@ -77,6 +80,11 @@ impl Entry {
             state: watch::Sender::new(ControlState::new(Holder::None)),
             agents: 0,
         }
+    }
+
+    fn count_agents(&self) {
+        let agents = self.agents;
+        self.state.send_if_modified(|s| std::mem::replace(&mut s.agents, agents) != agents);
     }
 
     fn set(&self, holder: Holder, reason: Option<String>) {
@@ -112,6 +120,7 @@ impl Drop for AgentPresence<'_> {
         let mut sessions = self.board.sessions.lock().expect("control board");
         if let Some(entry) = sessions.get_mut(&self.session_id) {
             entry.agents = entry.agents.saturating_sub(1);
+            entry.count_agents();
             if entry.agents == 0 && entry.state.borrow().holder == Holder::Agent {
                 entry.set(Holder::None, None);
             }
@@ -144,6 +153,7 @@ impl ControlBoard {
     pub fn agent_joined(&self, session_id: &str) -> AgentPresence<'_> {
         self.with(session_id, |e| {
             e.agents += 1;
+            e.count_agents();
             if e.state.borrow().holder == Holder::None {
                 e.set(Holder::Agent, None);
             }
@@ -204,6 +214,7 @@ mod tests {
         let first = board.agent_joined("s");
         assert_eq!(board.current("s").holder, Holder::Agent);
         let second = board.agent_joined("s");
+        assert_eq!(board.current("s").agents, 2);
         drop(first);
         assert_eq!(board.current("s").holder, Holder::Agent, "one agent is still there");
         drop(second);

@@ -232,7 +232,7 @@ async fn while_a_person_holds_control_the_agents_input_waits_and_then_arrives_on
 
     let mut agent = Cdp::connect(&server, &format!("/api/sessions/{id}/cdp?token={token}")).await;
     assert_eq!(agent.event("Livesession.controlChanged", Duration::from_secs(90)).await.unwrap()["params"]["holder"], "agent");
-    control_until(&mut control, |c| c["holder"] == "agent").await;
+    control_until(&mut control, |c| c["holder"] == "agent" && c["agents"] == 1).await;
     let session = agent.attach_page().await;
     agent.call("Runtime.evaluate", json!({ "expression": "document.getElementById('t').focus()" }), Some(&session)).await;
     // A session on the browser target (Playwright's newBrowserCDPSession) hears of changes too.
@@ -301,7 +301,7 @@ async fn while_a_person_holds_control_the_agents_input_waits_and_then_arrives_on
     control.send(Message::text(r#"{"type":"RELEASE_CONTROL"}"#)).await.unwrap();
     control_until(&mut control, |c| c["holder"] == "agent").await;
     drop(agent);
-    control_until(&mut control, |c| c["holder"] == "none").await;
+    control_until(&mut control, |c| c["holder"] == "none" && c["agents"] == 0).await;
     server.stop().await;
 }
 
