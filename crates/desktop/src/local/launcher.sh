@@ -91,6 +91,10 @@ chromium=$!
 # it through a Unix socket in $LS_RUN.
 wait_for "$LS_PROFILE/DevToolsActivePort" "$chromium"
 devtools_port=$(head -n1 "$LS_PROFILE/DevToolsActivePort")
+# The profile is the desktop's own: take nothing from it but a port number.
+case "$devtools_port" in
+    ''|*[!0-9]*) echo "DevToolsActivePort does not start with a port number" >&2; ended devtools 1 ;;
+esac
 "$LS_SOCAT" UNIX-LISTEN:"$LS_RUN/devtools.sock",fork,mode=0600 TCP:127.0.0.1:"$devtools_port" \
     2>"$LS_LOGS/devtools.log" &
 piece[$!]=devtools
