@@ -224,7 +224,13 @@ pub struct RfbClientFilter {
     /// While set, input is dropped as for a view-only connection: an agent holds control
     /// of the session (`hold_input_while`).
     input_held: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// Keys and buttons the forwarded input holds down (for `hold_input_while`).
+    keys_down: std::collections::HashSet<u32>,
+    buttons_down: u8,
 }
+
+/// Keys followed as held down; a client pressing more gets the rest dropped as usual.
+const MAX_KEYS_DOWN: usize = 64;
 
 impl RfbClientFilter {
     pub fn new(policy: Policy) -> Self {
@@ -237,6 +243,8 @@ impl RfbClientFilter {
             stats: FilterStats::default(),
             failed: None,
             input_held: None,
+            keys_down: Default::default(),
+            buttons_down: 0,
         }
     }
 
@@ -245,6 +253,36 @@ impl RfbClientFilter {
     pub fn hold_input_while(mut self, flag: std::sync::Arc<std::sync::atomic::AtomicBool>) -> Self {
         self.input_held = Some(flag);
         self
+    }
+
+    /// The keysym and whether it is a press, of a complete key message.
+    fn key_of(&self, kind: MessageKind) -> Option<(u32, bool)> {
+        let b = &self.buf;
+        match kind {
+            MessageKind::KeyEvent => Some((u32::from_be_bytes([b[4], b[5], b[6], b[7]]), b[1] != 0)),
+            MessageKind::QemuKeyEvent => Some((u32::from_be_bytes([b[4], b[5], b[6], b[7]]), b[2] != 0 || b[3] != 0)),
+            _ => None,
+        }
+    }
+
+    fn releases_a_forwarded_press(&self, kind: MessageKind) -> bool {
+        if let Some((key, down)) = self.key_of(kind) {
+            return !down && self.keys_down.contains(&key);
+        }
+        kind == MessageKind::PointerEvent && self.buttons_down != 0 && self.buf[1] & 0x7f == 0
+    }
+
+    /// Keeps track of what forwarded input holds down.
+    fn note_forwarded(&mut self, kind: MessageKind) {
+        if let Some((key, down)) = self.key_of(kind) {
+            if !down {
+                self.keys_down.remove(&key);
+            } else if self.keys_down.len() < MAX_KEYS_DOWN {
+                self.keys_down.insert(key);
+            }
+        } else if kind == MessageKind::PointerEvent {
+            self.buttons_down = self.buf[1] & 0x7f;
+        }
     }
 
     fn input_allowed(&self) -> bool {
@@ -359,7 +397,7 @@ impl RfbClientFilter {
         let kind = MessageKind::from_type_byte(self.buf[0])
             .ok_or_else(|| FilterError::new(format!("unknown message type {}", self.buf[0])))?;
         let frame = self.frame(kind)?;
-        let keep = !kind.is_input() || self.input_allowed();
+        let mut keep = !kind.is_input() || self.input_allowed();
         match frame {
             Frame::Header(len) | Frame::Whole(len) if len > self.buf.len() => {
                 debug_assert!(len <= MAX_BUFFERED);
@@ -374,7 +412,11 @@ impl RfbClientFilter {
                             == PSEUDO_ENCODING_EXTENDED_MOUSE_BUTTONS
                     });
                 }
+                // A key or button pressed before the input was held is still released:
+                // otherwise the X server keeps it down while someone else drives.
+                keep = keep || (self.input_held.is_some() && self.releases_a_forwarded_press(kind));
                 if keep {
+                    self.note_forwarded(kind);
                     out.extend_from_slice(&self.buf);
                 }
                 self.next_unit(Phase::Messages);
@@ -857,6 +899,27 @@ mod tests {
         filter.feed(&key, &mut out).unwrap();
         assert_eq!(out, key, "input flows again once released");
         assert_eq!(filter.stats().dropped(MessageKind::KeyEvent), 1);
+    }
+
+    #[test]
+    fn a_key_or_button_pressed_before_the_hold_is_still_released() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let held = Arc::new(AtomicBool::new(false));
+        let mut filter = RfbClientFilter::new(Policy::Interactive).hold_input_while(held.clone());
+        let mut out = Vec::new();
+        filter.feed(&handshake(V38).0, &mut out).unwrap();
+        // The person presses 'a', a mouse button and qemu 'b'; then an agent takes control.
+        let presses = [key(0x61, true), pointer(10, 10, 1), qemu_key(0x62, 0x30, true)].concat();
+        out.clear();
+        filter.feed(&presses, &mut out).unwrap();
+        assert_eq!(out, presses);
+        held.store(true, Ordering::Relaxed);
+        let releases = [key(0x61, false), pointer(12, 12, 0), qemu_key(0x62, 0x30, false)].concat();
+        let others = [key(0x63, true), key(0x63, false), pointer(20, 20, 1), key(0x61, false)].concat();
+        out.clear();
+        filter.feed(&[releases.clone(), others].concat(), &mut out).unwrap();
+        assert_eq!(out, releases, "only the releases of earlier presses pass, once");
     }
 
     #[test]
