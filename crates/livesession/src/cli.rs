@@ -76,6 +76,9 @@ enum BenchCommand {
     Capacity(BenchRunArgs),
     /// Bandwidth and update rate of a scrolling page with noVNC's encodings.
     Scroll(BenchRunArgs),
+    /// DevTools (CDP) through the gateway against direct to the desktop's socket, in
+    /// alternating rounds: Runtime.evaluate round trips and 1280x720 PNG screenshots/s.
+    Cdp(BenchRunArgs),
     /// Everything above; prints one summary table and the details, and writes them into
     /// docs/performance.md between its bench markers.
     All {
@@ -103,10 +106,10 @@ struct BenchRunArgs {
     /// `--serve-arg=--desktop-memory-mib=0` (repeatable).
     #[arg(long = "serve-arg", allow_hyphen_values = true)]
     serve_args: Vec<String>,
-    /// Session starts per variant (`start`).
+    /// Session starts per variant (`start`); Runtime.evaluate calls per path (`cdp`).
     #[arg(long)]
     runs: Option<usize>,
-    /// Seconds per measurement (`proxy`, `scroll`).
+    /// Seconds per measurement (`proxy`, `scroll`; screenshots per path for `cdp`).
     #[arg(long)]
     seconds: Option<f64>,
     /// Most sessions to start (`capacity`).
@@ -286,6 +289,13 @@ async fn bench_command(command: BenchCommand) -> ExitCode {
                 println!("{}", bench::scroll::encodings_note());
                 code
             }
+            BenchCommand::Cdp(a) => match bench::cdp::run(&a.options()).await {
+                Ok(r) => {
+                    println!("{}\n{}", r.table().render(), r.note());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => print(Err(e)),
+            },
             BenchCommand::All { run, no_write, doc } => {
                 let report = bench::all(&run.options()).await;
                 let markdown = report.markdown();

@@ -1,14 +1,16 @@
 //! `livesession bench`: whole-system measurements.
 //!
 //! - `control`: a soak of a running server's control channel ([`control`]).
-//! - `proxy`, `start`, `memory`, `capacity`, `scroll`, `all`: each starts this binary's
-//!   own `serve` as a child process (temporary data directory, loopback port, generated
-//!   admin token) and a loopback page server, measures, and prints Markdown tables; `all`
-//!   runs every one and writes the tables into docs/performance.md between markers.
+//! - `proxy`, `start`, `memory`, `capacity`, `scroll`, `cdp`, `all`: each starts this
+//!   binary's own `serve` as a child process (temporary data directory, loopback port,
+//!   generated admin token) and a loopback page server, measures, and prints Markdown
+//!   tables; `all` runs every one and writes the tables into docs/performance.md between
+//!   markers.
 //!
 //! They measure; they do not judge (the summary shows the goals beside the figures).
 
 pub mod capacity;
+pub mod cdp;
 pub mod client;
 pub mod control;
 pub mod memory;
@@ -135,6 +137,8 @@ pub async fn all(options: &Options) -> summary::Report {
     report.memory = Some(memory::run(options).await);
     progress("scrolling");
     report.scroll = Some(scroll::run(options).await);
+    progress("DevTools (CDP) through the gateway and direct");
+    report.cdp = Some(cdp::run(options).await);
     progress("capacity");
     report.capacity = Some(capacity::run(options).await);
     report.elapsed = started.elapsed();

@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use super::capacity::CapacityReport;
+use super::cdp::{self, CdpReport};
 use super::memory::MemoryReport;
 use super::proxy::{ProxyReport, Via};
 use super::report::{Table, fmt_mib, fmt_ms, machine};
@@ -12,6 +13,7 @@ use super::scroll::{self, Mode, ScrollReport};
 use super::start::StartReport;
 
 const SCROLLING: &str = "Scrolling";
+const CDP: &str = "DevTools (CDP): gateway and direct, alternating rounds";
 
 /// Everything one `bench all` measured.
 #[derive(Debug, Default)]
@@ -25,6 +27,7 @@ pub struct Report {
     pub start: Option<Result<StartReport, String>>,
     pub memory: Option<Result<MemoryReport, String>>,
     pub scroll: Option<Result<ScrollReport, String>>,
+    pub cdp: Option<Result<CdpReport, String>>,
     pub capacity: Option<Result<CapacityReport, String>>,
 }
 
@@ -133,6 +136,11 @@ impl Report {
             Some(Err(e)) => failed(&mut t, "Scrolling", e),
             None => {}
         }
+        match &self.cdp {
+            Some(Ok(c)) => cdp_summary(&mut t, c),
+            Some(Err(e)) => failed(&mut t, "DevTools (CDP)", e),
+            None => {}
+        }
         match &self.capacity {
             Some(Ok(c)) => t.row([
                 "Concurrent live sessions (each getting frames)".into(),
@@ -175,7 +183,7 @@ impl Report {
             self.load_at_start
         );
         out.push_str(&self.summary().render());
-        let details: [(&str, Option<Result<Table, String>>); 5] = [
+        let details: [(&str, Option<Result<Table, String>>); 6] = [
             (
                 "VNC proxy, Raw 1280x720 full-screen updates",
                 self.proxy
@@ -201,6 +209,12 @@ impl Report {
                     .map(|r| r.as_ref().map(ScrollReport::table).map_err(Clone::clone)),
             ),
             (
+                CDP,
+                self.cdp
+                    .as_ref()
+                    .map(|r| r.as_ref().map(CdpReport::table).map_err(Clone::clone)),
+            ),
+            (
                 "Capacity",
                 self.capacity
                     .as_ref()
@@ -214,6 +228,11 @@ impl Report {
                     if title == SCROLLING {
                         let _ = writeln!(out, "\n{}", scroll::encodings_note());
                     }
+                    if title == CDP
+                        && let Some(Ok(c)) = &self.cdp
+                    {
+                        let _ = writeln!(out, "\n{}", c.note());
+                    }
                 }
                 Some(Err(e)) => {
                     let _ = writeln!(out, "\n#### {title}\n\nFailed: {e}");
@@ -223,6 +242,38 @@ impl Report {
         }
         out
     }
+}
+
+fn cdp_summary(t: &mut Table, c: &CdpReport) {
+    let added = c.added_p50();
+    t.row([
+        "CDP Runtime.evaluate round trip, p50, gateway vs direct".into(),
+        format!(
+            "{:+.3} ms ({:.3} vs {:.3} ms; p99 {:.3} vs {:.3} ms)",
+            added,
+            c.gateway.evaluate.p50,
+            c.direct.evaluate.p50,
+            c.gateway.evaluate.p99,
+            c.direct.evaluate.p99
+        ),
+        format!("≤ direct + {} ms", cdp::GOAL_ADDED_P50_MS),
+        met(added <= cdp::GOAL_ADDED_P50_MS),
+    ]);
+    let ratio = c.screenshot_ratio();
+    t.row([
+        format!(
+            "CDP Page.captureScreenshot PNG {}x{}, gateway vs direct",
+            cdp::WIDTH,
+            cdp::HEIGHT
+        ),
+        format!(
+            "{ratio:.3}× ({:.2} vs {:.2} screenshots/s)",
+            c.gateway.screenshots_per_s(),
+            c.direct.screenshots_per_s()
+        ),
+        format!("≥ {:.2}× direct", cdp::GOAL_SCREENSHOT_RATIO),
+        met(ratio >= cdp::GOAL_SCREENSHOT_RATIO),
+    ]);
 }
 
 fn proxy_summary(t: &mut Table, p: &ProxyReport) {
