@@ -10,39 +10,9 @@ use livesession_desktop::{
     LocalRuntimeConfig, Piece, ResourceLimits, ToolPaths, members,
 };
 
-fn config(root: &std::path::Path, tools: ToolPaths) -> LocalRuntimeConfig {
-    LocalRuntimeConfig {
-        root: root.to_owned(),
-        tools,
-        start_timeout: Duration::from_secs(60),
-        stop_grace: Duration::from_secs(3),
-        sandbox: true,
-        egress: EgressPolicy::default(),
-        host_ports: Vec::new(),
-        limits: ResourceLimits::default(),
-        uid_base: 2_000_000_000,
-        warm: 0,
-        warm_size: (1280, 720),
-        warm_url: "about:blank".into(),
-        chromium_flags: Vec::new(),
-        writable_mib: Some(1024),
-    }
-}
+mod common;
+use common::{GREEN_PAGE, MAGENTA_PAGE, as_desktop_user, config, desktop_uid, runtime, spec};
 
-fn runtime(root: &std::path::Path, tools: ToolPaths) -> LocalRuntime {
-    LocalRuntime::new(config(root, tools)).unwrap()
-}
-
-fn spec(id: &str, url: &str) -> DesktopSpec {
-    DesktopSpec {
-        id: id.into(),
-        width: 1280,
-        height: 720,
-        start_url: url.into(),
-    }
-}
-
-const MAGENTA_PAGE: &str = "data:text/html,<body style='background:rgb(255,0,255)'>";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_desktop_starts_draws_its_page_and_stops_without_leftovers() {
@@ -410,28 +380,6 @@ async fn with_the_sandbox_off_the_same_supervisor_runs_the_desktop() {
 // to run a program) owns `run/` and can put anything there. These tests play that user for
 // real, inside the desktop's mount namespace with its uid, and check the runtime never
 // follows what it put there.
-
-const GREEN_PAGE: &str = "data:text/html,<body style='background:rgb(0,255,0)'>";
-
-/// The uid desktop `h` runs as (the owner of its run directory).
-fn desktop_uid(h: &DesktopHandle) -> u32 {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(h.vnc_socket.path().parent().unwrap()).unwrap().uid()
-}
-
-/// Runs `script` as the desktop's user, in its mount namespace (it sees `/run/desktop`).
-async fn as_desktop_user(h: &DesktopHandle, script: &str) -> std::process::Output {
-    let pid = *members(0, h.pidns).first().expect("the desktop has processes");
-    let uid = desktop_uid(h).to_string();
-    tokio::process::Command::new("nsenter")
-        .arg(format!("--target={pid}"))
-        .args(["--mount", "--net", "--", "setpriv"])
-        .args([format!("--reuid={uid}"), format!("--regid={uid}")])
-        .args(["--clear-groups", "--", "/bin/bash", "-c", script])
-        .output()
-        .await
-        .unwrap()
-}
 
 /// The share of `rgb` on the screen behind `stream`, once a frame shows it (or after ~5 s).
 async fn share_seen(stream: tokio::net::UnixStream, rgb: (u8, u8, u8)) -> f64 {

@@ -176,7 +176,7 @@ fn to_client(message: tungstenite::Message) -> Option<Message> {
 }
 
 fn to_upstream(text: Utf8Bytes) -> tungstenite::Message {
-    let bytes = bytes::Bytes::from(Message::Text(text).into_data());
+    let bytes = Message::Text(text).into_data();
     tungstenite::Message::Text(tungstenite::Utf8Bytes::try_from(bytes).expect("it was text"))
 }
 
@@ -281,7 +281,7 @@ impl Conversation<'_> {
                 message = from_agent.next() => match message {
                     Some(Ok(Message::Text(text))) => {
                         let holder = control.borrow().holder;
-                        match self.from_agent(text, holder).await {
+                        match self.command_from_agent(text, holder).await {
                             Ok(()) => {}
                             Err(Some(close)) => return Some(close),
                             Err(None) => return Some(self.chrome_gone(auth).await),
@@ -352,7 +352,7 @@ impl Conversation<'_> {
     }
 
     /// One command from the agent. `Err(Some)` closes with that; `Err(None)`: Chromium is gone.
-    async fn from_agent(&mut self, text: Utf8Bytes, holder: Holder) -> Result<(), Option<Close>> {
+    async fn command_from_agent(&mut self, text: Utf8Bytes, holder: Holder) -> Result<(), Option<Close>> {
         let command = protocol::parse_command(text.as_str())
             .map_err(|e| Some(Close::new(CloseCode::MalformedCdp, format!("malformed CDP: {e}"))))?;
         if command.method == "Target.attachToBrowserTarget"

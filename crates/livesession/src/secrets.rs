@@ -82,7 +82,7 @@ pub fn admin_token_weakness(token: &str) -> Option<String> {
         ));
     }
     if (1..=chars.len() / 2)
-        .any(|p| chars.len() % p == 0 && chars.chunks(p).all(|c| c == &chars[..p]))
+        .any(|p| chars.len().is_multiple_of(p) && chars.chunks(p).all(|c| c == &chars[..p]))
     {
         return Some("it repeats one short piece; use random characters".into());
     }
