@@ -197,8 +197,10 @@ async fn converse(app: &App, mut auth: Authorized, socket: &mut WebSocket) -> Op
         }
     };
     desktop.mark_changed(); // so the current status is sent first
+    // Who holds control comes second, before the desktop's status (docs/protocol.md).
     let mut control = app.control.subscribe(&session.id);
-    control.mark_changed();
+    let state = control.borrow_and_update().clone();
+    send(socket, ServerMessage::Control { state }.text()).await?;
     let may_take_control = auth.claims.role == crate::auth::Role::Interactive;
     let mut last_sent = None;
     let mut expires_at = session.expires_at;

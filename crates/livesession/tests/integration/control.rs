@@ -43,6 +43,8 @@ async fn the_control_channel_reports_progress_answers_pings_and_ends_with_the_se
     assert_eq!(hello["session_id"], id);
     assert_eq!(hello["expires_at"], created["expires_at"]);
     assert!(hello["server_time"].is_string());
+    let control = next_json(&mut ws).await;
+    assert_eq!((control["type"].as_str(), control["holder"].as_str(), control["agents"].as_u64()), (Some("CONTROL"), Some("none"), Some(0)), "{control}");
 
     // Progress through the pieces, then ready.
     let mut steps = Vec::new();
