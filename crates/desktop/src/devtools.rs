@@ -81,6 +81,9 @@ pub fn websocket_path(url: &str) -> Option<String> {
     Some(rest[at..].to_owned())
 }
 
+/// The most of one discovery answer read (Chrome's target list is a few KiB).
+const MAX_RESPONSE: usize = 1 << 20;
+
 async fn get(socket: &DesktopSocket, path: &str) -> std::io::Result<Vec<u8>> {
     let exchange = async {
         let mut stream = socket.connect().await?;
@@ -100,6 +103,12 @@ async fn get(socket: &DesktopSocket, path: &str) -> std::io::Result<Vec<u8>> {
                 ));
             }
             response.extend_from_slice(&chunk[..n]);
+            // The socket is the desktop's: whatever answers there may stream without end.
+            if response.len() > MAX_RESPONSE {
+                return Err(std::io::Error::other(format!(
+                    "DevTools answered more than {MAX_RESPONSE} bytes"
+                )));
+            }
             if let Some(body) = complete_body(&response)? {
                 return Ok(body);
             }

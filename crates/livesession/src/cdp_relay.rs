@@ -29,6 +29,8 @@ use crate::ws::{self, Authorized, Close, CloseCode};
 /// Proxies and load balancers drop WebSockets that are quiet for a minute or so; CDP
 /// connections are often quiet while a person works.
 const PING_INTERVAL: Duration = Duration::from_secs(30);
+/// An agent that has not read what was sent for this long is dropped.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// Commands held for one connection while a person has control.
 const MAX_HELD_COMMANDS: usize = 1000;
 const MAX_HELD_BYTES: usize = 16 << 20;
@@ -122,12 +124,16 @@ async fn connect_upstream(app: &App, handle: &DesktopHandle, target: &Target) ->
         }
         Target::Page(id) => format!("/devtools/page/{id}"),
     };
-    let stream = handle.devtools_socket.connect().await.map_err(|e| {
-        if e.is_tampered() {
-            tracing::error!(error = %e, "desktop tampered with its DevTools socket");
+    let stream = match handle.devtools_socket.connect().await {
+        Ok(stream) => stream,
+        Err(e) if e.is_tampered() => {
+            // As for VNC: the desktop is not trusted any further; the next start is fresh.
+            tracing::error!(error = %e, "desktop tampered with its DevTools socket; stopping it");
+            app.desktops.stop(&handle.id).await;
+            return Err(lost("its DevTools socket was tampered with, so it was stopped".into()));
         }
-        lost(format!("its DevTools socket: {e}"))
-    })?;
+        Err(e) => return Err(lost(format!("its DevTools socket: {e}"))),
+    };
     let max = app.config.cdp_max_message_bytes;
     let config = tungstenite::protocol::WebSocketConfig::default()
         .max_message_size(Some(max))
@@ -156,6 +162,11 @@ fn control_events(state: &ControlState, browser_sessions: &[String]) -> Vec<Mess
         }))
         .map(|text| Message::Text(text.into()))
         .collect()
+}
+
+/// A `Livesession.*` event coming from Chromium's side (it can only be forged there).
+fn forged_livesession(message: &Message) -> bool {
+    matches!(message, Message::Text(t) if t.as_str().starts_with("{\"method\":\"Livesession."))
 }
 
 /// The id of a reply from Chromium, read from its first bytes only (replies start with
@@ -271,8 +282,10 @@ impl Conversation<'_> {
                 message = from_chrome.next() => match message {
                     Some(Ok(m)) => {
                         self.note_browser_session(&m);
-                        if let Some(m) = to_client(m)
-                            && self.to_agent.send(m).await.is_err() {
+                        // Only the gateway speaks for the `Livesession` domain: the desktop's
+                        // browser cannot forge its events.
+                        if let Some(m) = to_client(m).filter(|m| !forged_livesession(m))
+                            && !self.send_to_agent(m).await {
                             return None;
                         }
                     }
@@ -305,7 +318,7 @@ impl Conversation<'_> {
                     }
                 },
                 _ = ping.tick() => {
-                    if self.to_agent.send(Message::Ping(Default::default())).await.is_err() { return None; }
+                    if !self.send_to_agent(Message::Ping(Default::default())).await { return None; }
                 }
             }
         }
@@ -313,11 +326,24 @@ impl Conversation<'_> {
 
     async fn tell_control(&mut self, state: &ControlState) -> bool {
         for event in control_events(state, &self.browser_sessions) {
-            if self.to_agent.send(event).await.is_err() {
+            if !self.send_to_agent(event).await {
                 return false;
             }
         }
         true
+    }
+
+    /// Sends to the agent; `false` if it is gone or has stopped reading: the relay never
+    /// waits on it for long, so expiry, revocation and shutdown are always heard.
+    async fn send_to_agent(&mut self, message: Message) -> bool {
+        match tokio::time::timeout(SEND_TIMEOUT, self.to_agent.send(message)).await {
+            Ok(Ok(())) => true,
+            Ok(Err(_)) => false,
+            Err(_) => {
+                tracing::warn!("cdp client stopped reading; connection dropped");
+                false
+            }
+        }
     }
 
     /// Remembers the session of an answered `Target.attachToBrowserTarget`.
@@ -364,7 +390,7 @@ impl Conversation<'_> {
         }
         if let Some(name) = command.method.strip_prefix(protocol::DOMAIN) {
             let reply = self.livesession_command(name, &command);
-            return self.to_agent.send(Message::Text(reply.into())).await.map_err(|_| None);
+            return if self.send_to_agent(Message::Text(reply.into())).await { Ok(()) } else { Err(None) };
         }
         // Released control with commands still held (the change not seen yet): they go first.
         if holder != Holder::Person && !self.held.is_empty() && !self.flush_held().await {

@@ -102,7 +102,7 @@ pub struct DesktopArgs {
     #[arg(long, env = "LIVESESSION_DESKTOP_PIDS_MAX", default_value_t = 4096)]
     pub desktop_pids_max: u64,
     /// Size cap of a desktop's writable space, MiB: its home (browser profile, downloads)
-    /// is a tmpfs of this size, its run directory and /tmp smaller ones (0 for no cap;
+    /// is a tmpfs of this size, its run directory one of 64 MiB (0 for no cap;
     /// applied when the server runs as root with the sandbox on). Counts toward the
     /// desktop's memory limit as it fills.
     #[arg(long, env = "LIVESESSION_DESKTOP_DISK_MIB", default_value_t = 1024)]

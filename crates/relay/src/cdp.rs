@@ -9,43 +9,58 @@ use std::collections::VecDeque;
 
 use serde_json::{Value, json};
 
-/// Commands held back while a person holds control: everything that types, clicks,
-/// navigates, runs script in a page, opens or closes tabs, or ends the browser. The exact
-/// list is part of the contract (`docs/agents.md`); other commands (reading the DOM,
-/// screenshots, enabling domains, events) pass.
-pub const HELD_BACK_DOMAINS: &[&str] = &["Input."];
-pub const HELD_BACK_METHODS: &[&str] = &[
-    "Page.navigate",
-    "Page.reload",
-    "Page.navigateToHistoryEntry",
-    "Page.setDocumentContent",
-    "Page.close",
-    "Page.handleJavaScriptDialog",
-    "Runtime.evaluate",
-    "Runtime.callFunctionOn",
-    "Runtime.compileScript",
-    "Runtime.runScript",
-    "DOM.setFileInputFiles",
-    "DOM.setAttributeValue",
-    "DOM.setAttributesAsText",
-    "DOM.setNodeValue",
-    "DOM.setOuterHTML",
-    "DOM.removeNode",
-    "DOM.focus",
-    "Target.createTarget",
-    "Target.closeTarget",
-    "Target.activateTarget",
-    "Browser.close",
-    "Browser.crash",
+/// What passes while a person holds control: an allowlist, because a denylist of
+/// page-changing commands is never complete (a command can travel inside another one,
+/// `Target.sendMessageToTarget`; the debugger runs script; `Fetch` stalls the person's
+/// requests). Everything else waits until control is handed back. The exact rule is part
+/// of the contract (`docs/agents.md`).
+///
+/// Passes: the methods in [`PASSING_METHODS`], and in any domain but the
+/// [`HELD_DOMAINS`], `enable`, `disable` and methods whose name starts with `get`,
+/// `query`, `describe`, `resolve` or `request` (reading the DOM, the accessibility tree,
+/// resources, properties).
+pub const HELD_DOMAINS: &[&str] = &[
+    "Input", "Fetch", "Debugger", "Emulation", "Storage", "Overlay", "Browser", "SystemInfo",
+    "Tethering", "BackgroundService", "Cast", "WebAuthn", "DeviceAccess", "Extensions", "PWA",
 ];
-
-/// The gateway's own domain.
-pub const DOMAIN: &str = "Livesession.";
+pub const PASSING_METHODS: &[&str] = &[
+    "Browser.getVersion",
+    "Target.getTargets",
+    "Target.getTargetInfo",
+    "Target.attachToTarget",
+    "Target.attachToBrowserTarget",
+    "Target.detachFromTarget",
+    "Target.setAutoAttach",
+    "Target.setDiscoverTargets",
+    "Page.captureScreenshot",
+    "Page.captureSnapshot",
+    "Page.createIsolatedWorld",
+    "Page.setLifecycleEventsEnabled",
+    "DOMSnapshot.captureSnapshot",
+    "Runtime.releaseObject",
+    "Runtime.releaseObjectGroup",
+    "Runtime.runIfWaitingForDebugger",
+];
 
 /// Whether `method` waits while a person holds control.
 pub fn is_held_back(method: &str) -> bool {
-    HELD_BACK_DOMAINS.iter().any(|d| method.starts_with(d)) || HELD_BACK_METHODS.contains(&method)
+    if PASSING_METHODS.contains(&method) {
+        return false;
+    }
+    let Some((domain, name)) = method.split_once('.') else {
+        return true;
+    };
+    if HELD_DOMAINS.contains(&domain) {
+        return true;
+    }
+    let reads = name == "enable"
+        || name == "disable"
+        || ["get", "query", "describe", "resolve", "request"].iter().any(|p| name.starts_with(p));
+    !reads
 }
+
+/// The gateway's own domain.
+pub const DOMAIN: &str = "Livesession.";
 
 /// The envelope of one client command.
 #[derive(Debug, Clone, PartialEq)]
@@ -162,10 +177,21 @@ mod tests {
 
     #[test]
     fn page_changing_commands_are_held_and_reading_ones_pass() {
-        for m in ["Input.insertText", "Input.dispatchMouseEvent", "Page.navigate", "Runtime.evaluate", "Runtime.callFunctionOn", "Target.createTarget", "Target.closeTarget", "Browser.close"] {
+        for m in [
+            "Input.insertText", "Input.dispatchMouseEvent", "Page.navigate", "Page.reload", "Runtime.evaluate",
+            "Runtime.callFunctionOn", "Target.createTarget", "Target.closeTarget", "Browser.close",
+            // Commands inside commands, script through the debugger, stalled requests.
+            "Target.sendMessageToTarget", "Debugger.enable", "Debugger.evaluateOnCallFrame", "Fetch.enable",
+            "Page.addScriptToEvaluateOnNewDocument", "Page.bringToFront", "DOM.setOuterHTML", "Network.setCookie",
+            "Emulation.setScriptExecutionDisabled", "Storage.clearDataForOrigin", "NoDomain", "Page.navigateX",
+        ] {
             assert!(is_held_back(m), "{m}");
         }
-        for m in ["Page.captureScreenshot", "DOM.getDocument", "Runtime.enable", "Target.setAutoAttach", "Browser.getVersion", "Inputs.x", "Page.navigateX"] {
+        for m in [
+            "Page.captureScreenshot", "DOM.getDocument", "DOM.querySelectorAll", "DOM.describeNode", "Runtime.enable",
+            "Runtime.getProperties", "Target.setAutoAttach", "Target.attachToTarget", "Browser.getVersion",
+            "Accessibility.getFullAXTree", "Network.getResponseBody", "Page.getFrameTree",
+        ] {
             assert!(!is_held_back(m), "{m}");
         }
     }

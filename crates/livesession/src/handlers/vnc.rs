@@ -133,7 +133,7 @@ async fn relay(app: &App, mut auth: Authorized, mut socket: WebSocket) {
     };
     // While an agent holds control, the person's input is dropped here (the viewer says
     // so and offers to take control); it flows again the moment they take it.
-    let input_held = Arc::new(AtomicBool::new(false));
+    let input_held = Arc::new(AtomicBool::new(app.control.current(&id).holder == Holder::Agent));
     let follow_control = {
         let held = input_held.clone();
         let mut control = app.control.subscribe(&id);

@@ -15,11 +15,12 @@ struct Cdp {
     ws: Ws,
     next_id: i64,
     events: Vec<Value>,
+    replies: std::collections::HashMap<i64, Value>,
 }
 
 impl Cdp {
     async fn connect(server: &TestServer, path: &str) -> Self {
-        Self { ws: ws_connect(server, path, &[]).await, next_id: 0, events: Vec::new() }
+        Self { ws: ws_connect(server, path, &[]).await, next_id: 0, events: Vec::new(), replies: Default::default() }
     }
 
     async fn send(&mut self, method: &str, params: Value, session: Option<&str>) -> i64 {
@@ -32,8 +33,12 @@ impl Cdp {
         self.next_id
     }
 
-    /// Reads until the reply to `id` (or `limit`); events met on the way are kept.
+    /// Reads until the reply to `id` (or `limit`); events and other replies met on the way
+    /// are kept (replies from different targets can come in any order).
     async fn reply(&mut self, id: i64, limit: Duration) -> Option<Value> {
+        if let Some(reply) = self.replies.remove(&id) {
+            return Some(reply);
+        }
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             let message = tokio::time::timeout_at(deadline, self.ws.next()).await.ok()??.ok()?;
@@ -44,6 +49,8 @@ impl Cdp {
             }
             if value.get("method").is_some() {
                 self.events.push(value);
+            } else if let Some(other) = value["id"].as_i64() {
+                self.replies.insert(other, value);
             }
         }
     }
@@ -141,7 +148,7 @@ async fn an_agent_drives_the_page_over_the_gateway_while_a_viewer_watches() {
     // A viewer watches through the VNC proxy.
     let vnc = ws_connect(&server, &format!("/api/sessions/{id}/vnc?token={token}"), &[("Sec-WebSocket-Protocol", "binary")]).await;
     let mut rfb = rfb_over_ws(vnc).await;
-    assert!(wait_for_colour(&mut rfb, (255, 0, 255), 0.5, Duration::from_secs(30)).await >= 0.5);
+    assert!(wait_for_colour(&mut rfb, (255, 0, 255), 0.5, Duration::from_secs(90)).await >= 0.5);
 
     // Two agents at once: the browser target (from discovery) and the page target.
     let mut browser = Cdp::connect(&server, ws_url.split_once(&server.addr.to_string()).unwrap().1).await;
@@ -263,10 +270,18 @@ async fn while_a_person_holds_control_the_agents_input_waits_and_then_arrives_on
     }
     let first = agent.send("Input.insertText", json!({ "text": "one " }), Some(&session)).await;
     let second = agent.send("Input.insertText", json!({ "text": "two" }), Some(&session)).await;
-    // Reading passes while writing waits.
+    // Reading passes while writing waits, also a command wrapped in another one.
     let read = agent.call("Runtime.getHeapUsage", json!({}), Some(&session)).await;
     assert!(read["usedSize"].is_number());
+    let targets = agent.call("Target.getTargets", json!({}), None).await;
+    let page_id = targets["targetInfos"].as_array().unwrap().iter().find(|t| t["type"] == "page").unwrap()["targetId"].clone();
+    let unflat = agent.call("Target.attachToTarget", json!({ "targetId": page_id, "flatten": false }), None).await;
+    let inner = json!({ "id": 1, "method": "Runtime.evaluate", "params": { "expression": "window.wrapped = 1" } }).to_string();
+    let wrapped = agent
+        .send("Target.sendMessageToTarget", json!({ "sessionId": unflat["sessionId"], "message": inner }), None)
+        .await;
     assert!(agent.reply(first, Duration::from_secs(2)).await.is_none(), "held back while the person has control");
+    assert!(agent.reply(wrapped, Duration::from_secs(1)).await.is_none(), "a wrapped command is held back too");
     assert!(page.reports().iter().all(|r| !r.contains("one")), "{:?}", page.reports());
 
     // Handed back: both arrive, once, in order.
@@ -274,6 +289,7 @@ async fn while_a_person_holds_control_the_agents_input_waits_and_then_arrives_on
     agent.holder_becomes("agent").await;
     assert!(agent.reply(first, Duration::from_secs(10)).await.is_some());
     assert!(agent.reply(second, Duration::from_secs(10)).await.is_some());
+    assert!(agent.reply(wrapped, Duration::from_secs(10)).await.is_some());
     assert_eq!(page.wait_typed("one two", Duration::from_secs(10)).await.as_deref(), Some("one two"));
     let value = agent.call("Runtime.evaluate", json!({ "expression": "document.getElementById('t').value" }), Some(&session)).await;
     assert_eq!(value["result"]["value"], "one two");

@@ -105,10 +105,10 @@ async fn a_desktop_that_links_its_vnc_socket_to_another_sessions_shows_its_viewe
     let binary = [("Sec-WebSocket-Protocol", "binary")];
 
     let mut rfb_a = rfb_over_ws(ws_connect(&server, &viewer(a_id, a_token), &binary).await).await;
-    assert!(wait_for_colour(&mut rfb_a, (255, 0, 255), 0.5, Duration::from_secs(30)).await >= 0.5);
+    assert!(wait_for_colour(&mut rfb_a, (255, 0, 255), 0.5, Duration::from_secs(90)).await >= 0.5);
     drop(rfb_a);
     let mut rfb_b = rfb_over_ws(ws_connect(&server, &viewer(b_id, b_token), &binary).await).await;
-    assert!(wait_for_colour(&mut rfb_b, (255, 255, 255), 0.5, Duration::from_secs(30)).await >= 0.5);
+    assert!(wait_for_colour(&mut rfb_b, (255, 255, 255), 0.5, Duration::from_secs(90)).await >= 0.5);
 
     // Desktop A swaps its VNC socket for a link to B's.
     let out = as_desktop_user(
@@ -150,7 +150,7 @@ async fn a_sessions_desktop_runs_under_the_filter_and_its_viewer_can_start_nothi
     let binary = [("Sec-WebSocket-Protocol", "binary")];
     let mut rfb =
         rfb_over_ws(ws_connect(&server, &format!("/api/sessions/{id}/vnc?token={token}"), &binary).await).await;
-    assert!(wait_for_colour(&mut rfb, (255, 0, 255), 0.5, Duration::from_secs(30)).await >= 0.5);
+    assert!(wait_for_colour(&mut rfb, (255, 0, 255), 0.5, Duration::from_secs(90)).await >= 0.5);
 
     let desktop = server.desktop_procs(id);
     let procs = livesession_desktop::members(0, desktop.pidns);
