@@ -31,7 +31,7 @@ pub struct App {
     /// Who holds control of each session's browser (agent, person, none).
     pub control: livesession_session::ControlBoard,
     /// Live DevTools connections, under their own caps.
-    pub cdp_connections: crate::cdp_relay::CdpConnections,
+    pub cdp_connections: Arc<crate::limits::ConnectionCaps>,
     /// Scheme, host and port browsers use to reach us, without a trailing slash.
     pub public_url: String,
     /// Built-in TLS, when `--tls-cert`/`--tls-key` are set.
@@ -247,7 +247,7 @@ pub async fn build(config: ServeConfig, local_addr: SocketAddr) -> Result<Arc<Ap
             admin_failures: Rate::new(config.admin_failure_rate, config.admin_failure_burst),
         }),
         control: Default::default(),
-        cdp_connections: Default::default(),
+        cdp_connections: crate::limits::ConnectionCaps::new(config.max_cdp_per_ip, config.max_cdp_per_session),
         public_url,
         tls,
         policy_headers: PolicyHeaders::new(&config.frame_ancestors),

@@ -9,9 +9,8 @@
 //! with a real close frame and reason: expiry (4007), revocation (4008), the desktop's
 //! loss (4010), shutdown (4011).
 
-use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
@@ -23,7 +22,6 @@ use serde_json::json;
 use tokio_tungstenite::tungstenite;
 
 use crate::app::App;
-use crate::desktops::{Desktops, Unavailable};
 use crate::ws::{self, Authorized, Close, CloseCode};
 
 /// Proxies and load balancers drop WebSockets that are quiet for a minute or so; CDP
@@ -44,66 +42,14 @@ pub enum Target {
     Page(String),
 }
 
-/// Live CDP connections per session and per client address, under their own caps: agents
-/// hold connections for a long time and must not crowd out viewers.
-#[derive(Default)]
-pub struct CdpConnections {
-    counts: Mutex<HashMap<String, usize>>,
-}
-
-/// A CDP connection's place under the caps, released when dropped.
-pub struct CdpSlot {
-    owner: Arc<App>,
-    keys: [String; 2],
-}
-
-impl Drop for CdpSlot {
-    fn drop(&mut self) {
-        let mut counts = self.owner.cdp_connections.counts.lock().expect("cdp counts");
-        for key in &self.keys {
-            if let Some(n) = counts.get_mut(key) {
-                *n -= 1;
-                if *n == 0 {
-                    counts.remove(key);
-                }
-            }
-        }
-    }
-}
-
-/// Takes a place for a CDP connection, or refuses it (4009).
-pub fn admit(app: &Arc<App>, peer: IpAddr, auth: Authorized) -> Result<Authorized, Close> {
-    let session_key = format!("s:{}", auth.session.id);
-    let peer_key = format!("a:{peer}");
-    let mut counts = app.cdp_connections.counts.lock().expect("cdp counts");
-    let (per_session, per_ip) = (app.config.max_cdp_per_session, app.config.max_cdp_per_ip);
-    if counts.get(&session_key).copied().unwrap_or(0) >= per_session {
-        return Err(Close::new(CloseCode::RateLimited, format!("this session has {per_session} DevTools connections already")));
-    }
-    if counts.get(&peer_key).copied().unwrap_or(0) >= per_ip {
-        return Err(Close::new(CloseCode::RateLimited, format!("this address has {per_ip} DevTools connections already")));
-    }
-    *counts.entry(session_key.clone()).or_default() += 1;
-    *counts.entry(peer_key.clone()).or_default() += 1;
-    drop(counts);
-    let slot = CdpSlot { owner: app.clone(), keys: [session_key, peer_key] };
+/// Takes a place for a CDP connection under the DevTools endpoint's own caps (agents hold
+/// connections for a long time and must not crowd out viewers), or refuses it (4009).
+pub fn admit(app: &App, peer: IpAddr, auth: Authorized) -> Result<Authorized, Close> {
+    let slot = app
+        .cdp_connections
+        .acquire(peer, &auth.session.id)
+        .map_err(|refused| Close::new(CloseCode::RateLimited, format!("DevTools: {refused}")))?;
     Ok(Authorized { _cdp_slot: Some(slot), ..auth })
-}
-
-/// The session's desktop, started if it is not running; waits for it unless the session
-/// ends, its link is revoked or the server stops first.
-pub async fn desktop_of(app: &App, auth: &Authorized) -> Result<Arc<DesktopHandle>, Close> {
-    let id = &auth.session.id;
-    let unavailable = |e: Unavailable| Close::new(CloseCode::DesktopUnavailable, format!("desktop unavailable: {e}"));
-    app.desktops.forget_if_dead(id).await;
-    let status = app.desktops.watch(&auth.session, &auth.end).map_err(unavailable)?;
-    let mut end = app.sessions.subscribe(id);
-    tokio::select! {
-        biased;
-        ended = end.ended() => Err(Close::ended(ended)),
-        _ = app.shutdown.cancelled() => Err(Close::shutting_down()),
-        ready = Desktops::ready(status) => ready.map_err(unavailable),
-    }
 }
 
 type Upstream = tokio_tungstenite::WebSocketStream<tokio::net::UnixStream>;
@@ -195,7 +141,7 @@ pub async fn relay(app: &Arc<App>, mut auth: Authorized, socket: WebSocket, targ
     let id = auth.session.id.clone();
     let role = auth.claims.role;
     tracing::info!(?role, target = match &target { Target::Browser => "browser", Target::Page(_) => "page" }, "cdp connection opened");
-    let handle = match desktop_of(app, &auth).await {
+    let handle = match ws::desktop_for(app, &mut auth).await {
         Ok(h) => h,
         Err(close) => return ws::close(socket, close).await,
     };

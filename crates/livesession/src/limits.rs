@@ -156,8 +156,7 @@ impl RateLimiter {
 }
 
 pub struct ConnectionLimits {
-    config: LimitsConfig,
-    counts: Mutex<Counts>,
+    caps: Arc<ConnectionCaps>,
     connect: RateLimiter,
     create: RateLimiter,
     checkout: RateLimiter,
@@ -210,9 +209,17 @@ impl Refused {
     }
 }
 
+/// Caps on live connections per client address and per session. The WebSocket limits
+/// hold one; the DevTools endpoint has its own, with its own caps.
+pub struct ConnectionCaps {
+    per_ip: usize,
+    per_session: usize,
+    counts: Mutex<Counts>,
+}
+
 /// A held connection; dropping it frees its place.
 pub struct ConnectionSlot {
-    limits: Arc<ConnectionLimits>,
+    limits: Arc<ConnectionCaps>,
     ip: IpAddr,
     session: String,
 }
@@ -237,8 +244,7 @@ fn decrement<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, key: &K) {
 impl ConnectionLimits {
     pub fn new(config: LimitsConfig) -> Arc<Self> {
         Arc::new(Self {
-            config,
-            counts: Mutex::default(),
+            caps: ConnectionCaps::new(config.per_ip, config.per_session),
             connect: RateLimiter::new(config.connect),
             create: RateLimiter::new(config.create),
             checkout: RateLimiter::new(config.checkout),
@@ -278,14 +284,28 @@ impl ConnectionLimits {
     }
 
     /// Takes a place for a connection from `ip` to `session`.
+    pub fn acquire(&self, ip: IpAddr, session: &str) -> Result<ConnectionSlot, Refused> {
+        self.caps.acquire(ip, session)
+    }
+}
+
+impl ConnectionCaps {
+    pub fn new(per_ip: usize, per_session: usize) -> Arc<Self> {
+        Arc::new(Self {
+            per_ip,
+            per_session,
+            counts: Mutex::default(),
+        })
+    }
+
     pub fn acquire(self: &Arc<Self>, ip: IpAddr, session: &str) -> Result<ConnectionSlot, Refused> {
         let ip = client_key(ip);
         let mut counts = self.counts.lock().unwrap();
-        if counts.by_ip.get(&ip).copied().unwrap_or(0) >= self.config.per_ip {
-            return Err(Refused::PerIp(self.config.per_ip));
+        if counts.by_ip.get(&ip).copied().unwrap_or(0) >= self.per_ip {
+            return Err(Refused::PerIp(self.per_ip));
         }
-        if counts.by_session.get(session).copied().unwrap_or(0) >= self.config.per_session {
-            return Err(Refused::PerSession(self.config.per_session));
+        if counts.by_session.get(session).copied().unwrap_or(0) >= self.per_session {
+            return Err(Refused::PerSession(self.per_session));
         }
         *counts.by_ip.entry(ip).or_default() += 1;
         *counts.by_session.entry(session.to_owned()).or_default() += 1;

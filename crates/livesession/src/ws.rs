@@ -21,7 +21,9 @@ use tracing::Instrument;
 
 use crate::app::App;
 use crate::auth::{AccessClaims, TokenError, TokenKind, find_access_token};
+use crate::desktops::{Desktops, Unavailable};
 use crate::limits::ConnectionSlot;
+use livesession_desktop::DesktopHandle;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u16)]
@@ -179,7 +181,24 @@ pub struct Authorized {
     /// This connection's place under the per-address and per-session caps.
     pub _slot: ConnectionSlot,
     /// A DevTools connection's place under the CDP caps (`cdp_relay::admit`).
-    pub _cdp_slot: Option<crate::cdp_relay::CdpSlot>,
+    pub _cdp_slot: Option<ConnectionSlot>,
+}
+
+/// The session's desktop for an authorized connection, started if it is not running:
+/// waits for it unless the session ends, the connection's viewer link is revoked or the
+/// server stops first.
+pub async fn desktop_for(app: &App, auth: &mut Authorized) -> Result<Arc<DesktopHandle>, Close> {
+    let unavailable =
+        |e: Unavailable| Close::new(CloseCode::DesktopUnavailable, format!("desktop unavailable: {e}"));
+    app.desktops.forget_if_dead(&auth.session.id).await;
+    let status = app.desktops.watch(&auth.session, &auth.end).map_err(unavailable)?;
+    tokio::select! {
+        biased;
+        end = auth.end.ended() => Err(Close::ended(end)),
+        () = auth.link.revoked() => Err(Close::link_revoked()),
+        _ = app.shutdown.cancelled() => Err(Close::shutting_down()),
+        ready = Desktops::ready(status) => ready.map_err(unavailable),
+    }
 }
 
 /// Decides whether a WebSocket request for `session_id` may proceed. Touches the token,

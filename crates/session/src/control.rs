@@ -69,22 +69,24 @@ pub enum ControlError {
     NoAgent,
 }
 
+/// One session's state; the agent count lives in it (viewers are told it).
 struct Entry {
     state: watch::Sender<ControlState>,
-    agents: usize,
 }
 
 impl Entry {
     fn new() -> Self {
         Self {
             state: watch::Sender::new(ControlState::new(Holder::None)),
-            agents: 0,
         }
     }
 
-    fn count_agents(&self) {
-        let agents = self.agents;
-        self.state.send_if_modified(|s| std::mem::replace(&mut s.agents, agents) != agents);
+    fn agents(&self) -> usize {
+        self.state.borrow().agents
+    }
+
+    fn count_agents(&self, count: impl FnOnce(usize) -> usize) {
+        self.state.send_modify(|s| s.agents = count(s.agents));
     }
 
     fn set(&self, holder: Holder, reason: Option<String>) {
@@ -119,9 +121,8 @@ impl Drop for AgentPresence<'_> {
     fn drop(&mut self) {
         let mut sessions = self.board.sessions.lock().expect("control board");
         if let Some(entry) = sessions.get_mut(&self.session_id) {
-            entry.agents = entry.agents.saturating_sub(1);
-            entry.count_agents();
-            if entry.agents == 0 && entry.state.borrow().holder == Holder::Agent {
+            entry.count_agents(|n| n.saturating_sub(1));
+            if entry.agents() == 0 && entry.state.borrow().holder == Holder::Agent {
                 entry.set(Holder::None, None);
             }
         }
@@ -134,7 +135,7 @@ impl ControlBoard {
         // Sessions nobody follows any more (ended, or simply left) are forgotten once
         // there are many: their state is `none` again the next time anyone looks.
         if sessions.len() >= FORGET_ABOVE && !sessions.contains_key(session_id) {
-            sessions.retain(|_, e| e.agents > 0 || e.state.receiver_count() > 0);
+            sessions.retain(|_, e| e.agents() > 0 || e.state.receiver_count() > 0);
         }
         f(sessions.entry(session_id.to_owned()).or_insert_with(Entry::new))
     }
@@ -152,8 +153,7 @@ impl ControlBoard {
     /// holds it keeps it.
     pub fn agent_joined(&self, session_id: &str) -> AgentPresence<'_> {
         self.with(session_id, |e| {
-            e.agents += 1;
-            e.count_agents();
+            e.count_agents(|n| n + 1);
             if e.state.borrow().holder == Holder::None {
                 e.set(Holder::Agent, None);
             }
@@ -164,10 +164,6 @@ impl ControlBoard {
         }
     }
 
-    pub fn agents(&self, session_id: &str) -> usize {
-        self.with(session_id, |e| e.agents)
-    }
-
     /// A person takes control (from the agent, or before one connects).
     pub fn take(&self, session_id: &str) {
         self.with(session_id, |e| e.set(Holder::Person, None));
@@ -176,7 +172,7 @@ impl ControlBoard {
     /// The person hands control back: to the agents if any is connected, else to nobody.
     pub fn release(&self, session_id: &str) {
         self.with(session_id, |e| {
-            let to = if e.agents > 0 { Holder::Agent } else { Holder::None };
+            let to = if e.agents() > 0 { Holder::Agent } else { Holder::None };
             e.set(to, None);
         });
     }
@@ -184,7 +180,7 @@ impl ControlBoard {
     /// Sets the holder outright (the HTTP API). `agent` needs a connected agent.
     pub fn set(&self, session_id: &str, holder: Holder) -> Result<(), ControlError> {
         self.with(session_id, |e| {
-            if holder == Holder::Agent && e.agents == 0 {
+            if holder == Holder::Agent && e.agents() == 0 {
                 return Err(ControlError::NoAgent);
             }
             e.set(holder, None);

@@ -477,7 +477,7 @@ impl Inner {
         let display = loop {
             match files.read_tail("run/display", 64) {
                 Ok(bytes) => {
-                    if let Some(d) = String::from_utf8_lossy(&bytes).trim().parse::<u32>().ok() {
+                    if let Ok(d) = String::from_utf8_lossy(&bytes).trim().parse::<u32>() {
                         break d;
                     }
                 }

@@ -120,10 +120,10 @@ pub async fn cdp_discovery(
         "json/list" | "json" => "/json/list",
         _ => return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", "DevTools discovery has json/version, json/list and json")),
     };
-    let auth = authorize_cdp(&app, peer, &id, &headers, query.token.as_deref())
+    let mut auth = authorize_cdp(&app, peer, &id, &headers, query.token.as_deref())
         .await
         .map_err(http_refusal)?;
-    let handle = cdp_relay::desktop_of(&app, &auth).await.map_err(http_refusal)?;
+    let handle = ws::desktop_for(&app, &mut auth).await.map_err(http_refusal)?;
     let mut body = devtools::get_json(&handle.devtools_socket, path)
         .await
         .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "desktop_unavailable", format!("the browser's DevTools did not answer: {e}")))?;

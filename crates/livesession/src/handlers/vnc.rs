@@ -21,7 +21,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use livesession_session::Holder;
-use crate::desktops::{Desktops, Unavailable};
 use crate::error::ApiError;
 use crate::handlers::TokenQuery;
 use crate::ws::{self, Authorized, Close, CloseCode};
@@ -58,27 +57,10 @@ async fn relay(app: &App, mut auth: Authorized, mut socket: WebSocket) {
     let id = auth.session.id.clone();
     tracing::info!(role = ?auth.claims.role, "vnc connection opened");
 
-    let unavailable = |e: Unavailable| {
-        Close::new(
-            CloseCode::DesktopUnavailable,
-            format!("desktop unavailable: {e}"),
-        )
-    };
-    app.desktops.forget_if_dead(&id).await;
-    let status = match app.desktops.watch(&auth.session, &auth.end) {
-        Ok(status) => status,
-        Err(e) => return ws::close(socket, unavailable(e)).await,
-    };
     // Wait for the desktop, unless the session ends or the server stops first.
-    let handle = tokio::select! {
-        biased;
-        end = auth.end.ended() => return ws::close(socket, Close::ended(end)).await,
-        () = auth.link.revoked() => return ws::close(socket, Close::link_revoked()).await,
-        _ = app.shutdown.cancelled() => return ws::close(socket, Close::shutting_down()).await,
-        ready = Desktops::ready(status) => match ready {
-            Ok(handle) => handle,
-            Err(e) => return ws::close(socket, unavailable(e)).await,
-        },
+    let handle = match ws::desktop_for(app, &mut auth).await {
+        Ok(handle) => handle,
+        Err(close) => return ws::close(socket, close).await,
     };
     // The socket is in a directory the desktop owns: reached only if it is still the
     // desktop's own socket, never through a link it may have put there (`confined`).

@@ -295,24 +295,10 @@ async fn while_a_person_holds_control_the_agents_input_waits_and_then_arrives_on
     assert_eq!(value["result"]["value"], "one two");
 
     // Over HTTP too; the agent leaving gives control back to nobody.
-    let taken = server
-        .http
-        .post(server.url(&format!("/api/sessions/{id}/control")))
-        .bearer_auth(crate::support::ADMIN)
-        .json(&json!({ "holder": "person" }))
-        .send()
-        .await
-        .unwrap();
+    let taken = server.admin_post(&format!("/api/sessions/{id}/control"), json!({ "holder": "person" })).await;
     assert_eq!(taken.status(), 200);
     agent.holder_becomes("person").await;
-    let bad = server
-        .http
-        .post(server.url(&format!("/api/sessions/{id}/control")))
-        .bearer_auth(crate::support::ADMIN)
-        .json(&json!({ "holder": "robot" }))
-        .send()
-        .await
-        .unwrap();
+    let bad = server.admin_post(&format!("/api/sessions/{id}/control"), json!({ "holder": "robot" })).await;
     assert_eq!(bad.status(), 400);
     control.send(Message::text(r#"{"type":"RELEASE_CONTROL"}"#)).await.unwrap();
     control_until(&mut control, |c| c["holder"] == "agent").await;
@@ -327,27 +313,13 @@ async fn bad_cdp_input_is_answered_or_closed_with_a_reason() {
     let created = server.create_session(json!({})).await;
     let id = created["id"].as_str().unwrap();
     // The operator mints an agent token: CDP yes, taking control from a person no.
-    let minted: Value = server
-        .http
-        .post(server.url(&format!("/api/sessions/{id}/token")))
-        .bearer_auth(crate::support::ADMIN)
-        .json(&json!({ "role": "agent" }))
-        .send()
-        .await
-        .unwrap()
+    let minted: Value = server.admin_post(&format!("/api/sessions/{id}/token"), json!({ "role": "agent" })).await
         .json()
         .await
         .unwrap();
     assert_eq!(minted["role"], "agent", "{minted}");
     let token = minted["token"].as_str().unwrap();
-    let bad_role = server
-        .http
-        .post(server.url(&format!("/api/sessions/{id}/token")))
-        .bearer_auth(crate::support::ADMIN)
-        .json(&json!({ "role": "root" }))
-        .send()
-        .await
-        .unwrap();
+    let bad_role = server.admin_post(&format!("/api/sessions/{id}/token"), json!({ "role": "root" })).await;
     assert_eq!(bad_role.status(), 400);
     let mut control = ws_connect(&server, &format!("/api/sessions/{id}/control?token={token}"), &[]).await;
     control.send(Message::text(r#"{"type":"TAKE_CONTROL"}"#)).await.unwrap();

@@ -285,6 +285,17 @@ impl TestServer {
         response.json().await.unwrap()
     }
 
+    /// `POST path` with a JSON body, as the admin.
+    pub async fn admin_post(&self, path: &str, body: Value) -> reqwest::Response {
+        self.http
+            .post(self.url(path))
+            .bearer_auth(ADMIN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// A fresh access token for a session, minted with the admin token.
     pub async fn mint_token(&self, id: &str) -> String {
         let response = self

@@ -102,14 +102,12 @@ fn link_from_row(row: &SqliteRow) -> Result<ViewerLink, StoreError> {
     })
 }
 
-#[async_trait::async_trait]
-impl SessionStore for SqliteStore {
-    async fn insert_session(&self, s: &Session) -> Result<(), StoreError> {
-        sqlx::query(concat!(
-            "INSERT INTO sessions (",
-            columns!(),
-            ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-        ))
+/// Binds a session's fields in the order of `columns!()`.
+fn bind_session<'q>(
+    query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
+    s: &'q Session,
+) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
+    query
         .bind(&s.id)
         .bind(s.state.as_str())
         .bind(s.source.as_str())
@@ -122,8 +120,17 @@ impl SessionStore for SqliteStore {
         .bind(&s.payment_intent)
         .bind(s.activated_at.map(millis))
         .bind(s.claimed_at.map(millis))
-        .execute(&self.pool)
-        .await?;
+}
+
+#[async_trait::async_trait]
+impl SessionStore for SqliteStore {
+    async fn insert_session(&self, s: &Session) -> Result<(), StoreError> {
+        let insert = sqlx::query(concat!(
+            "INSERT INTO sessions (",
+            columns!(),
+            ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        ));
+        bind_session(insert, s).execute(&self.pool).await?;
         Ok(())
     }
 
@@ -133,31 +140,20 @@ impl SessionStore for SqliteStore {
         client_addr: &str,
         max_live: u32,
     ) -> Result<bool, StoreError> {
-        let done = sqlx::query(concat!(
+        let insert = sqlx::query(concat!(
             "INSERT INTO sessions (",
             columns!(),
             ", client_addr) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? \
              WHERE (SELECT COUNT(*) FROM sessions WHERE client_addr = ? AND state = 'active' \
              AND expires_at > ?) < ?"
-        ))
-        .bind(&s.id)
-        .bind(s.state.as_str())
-        .bind(s.source.as_str())
-        .bind(&s.start_url)
-        .bind(millis(s.created_at))
-        .bind(millis(s.expires_at))
-        .bind(s.ended_at.map(millis))
-        .bind(&s.end_reason)
-        .bind(&s.checkout_session_id)
-        .bind(&s.payment_intent)
-        .bind(s.activated_at.map(millis))
-        .bind(s.claimed_at.map(millis))
-        .bind(client_addr)
-        .bind(client_addr)
-        .bind(millis(s.created_at))
-        .bind(i64::from(max_live))
-        .execute(&self.pool)
-        .await?;
+        ));
+        let done = bind_session(insert, s)
+            .bind(client_addr)
+            .bind(client_addr)
+            .bind(millis(s.created_at))
+            .bind(i64::from(max_live))
+            .execute(&self.pool)
+            .await?;
         Ok(done.rows_affected() == 1)
     }
 
