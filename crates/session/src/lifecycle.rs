@@ -120,6 +120,7 @@ impl Sessions {
             payment_intent: None,
             activated_at: Some(now),
             claimed_at: None,
+            goal: None,
         }
     }
 
@@ -164,6 +165,7 @@ impl Sessions {
         id: String,
         checkout_session_id: String,
         start_url: String,
+        goal: Option<String>,
     ) -> Result<Session, StoreError> {
         let now = Self::now();
         let session = Session {
@@ -179,6 +181,7 @@ impl Sessions {
             payment_intent: None,
             activated_at: None,
             claimed_at: None,
+            goal,
         };
         self.store.insert_session(&session).await?;
         tracing::info!(session_id = %session.id, "checkout started; session pending payment");

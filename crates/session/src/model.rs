@@ -103,6 +103,10 @@ pub struct Session {
     /// When a browser claimed a paid session (one browser per checkout).
     #[serde(with = "time::serde::rfc3339::option")]
     pub claimed_at: Option<OffsetDateTime>,
+    /// The goal written at checkout: an agent task starts with it once the payment is
+    /// confirmed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub goal: Option<String>,
 }
 
 impl Session {
@@ -235,6 +239,7 @@ mod tests {
             payment_intent: None,
             activated_at: Some(now),
             claimed_at: None,
+            goal: None,
         };
         assert_eq!(s.end_at(now), None);
         assert_eq!(

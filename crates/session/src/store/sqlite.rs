@@ -31,13 +31,19 @@ impl SqliteStore {
         sqlx::migrate!("migrations/sqlite").run(&pool).await?;
         Ok(Self { pool })
     }
+
+    /// The connection pool, shared with the task store (same file, its own tables and
+    /// migrations).
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
 }
 
 // A macro rather than a const so queries stay `&'static str` (sqlx 0.9 refuses built strings).
 macro_rules! columns {
     () => {
         "id, state, source, start_url, created_at, expires_at, ended_at, end_reason, \
-         checkout_session_id, payment_intent, activated_at, claimed_at"
+         checkout_session_id, payment_intent, activated_at, claimed_at, goal"
     };
 }
 
@@ -83,6 +89,7 @@ fn session_from_row(row: &SqliteRow) -> Result<Session, StoreError> {
             .try_get::<Option<i64>, _>("claimed_at")?
             .map(from_millis)
             .transpose()?,
+        goal: row.try_get("goal")?,
     })
 }
 
@@ -120,6 +127,7 @@ fn bind_session<'q>(
         .bind(&s.payment_intent)
         .bind(s.activated_at.map(millis))
         .bind(s.claimed_at.map(millis))
+        .bind(&s.goal)
 }
 
 #[async_trait::async_trait]
@@ -128,7 +136,7 @@ impl SessionStore for SqliteStore {
         let insert = sqlx::query(concat!(
             "INSERT INTO sessions (",
             columns!(),
-            ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         ));
         bind_session(insert, s).execute(&self.pool).await?;
         Ok(())
@@ -143,7 +151,7 @@ impl SessionStore for SqliteStore {
         let insert = sqlx::query(concat!(
             "INSERT INTO sessions (",
             columns!(),
-            ", client_addr) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? \
+            ", client_addr) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? \
              WHERE (SELECT COUNT(*) FROM sessions WHERE client_addr = ? AND state = 'active' \
              AND expires_at > ?) < ?"
         ));
@@ -472,6 +480,7 @@ mod tests {
             payment_intent: None,
             activated_at: Some(now),
             claimed_at: None,
+            goal: None,
         }
     }
 
