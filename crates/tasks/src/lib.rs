@@ -20,5 +20,6 @@ pub use model::{
     EventNote, InputError, Lease, NewTask, Step, Task, TaskEvent, TaskInput, TaskKind, TaskState,
 };
 
+pub use queue::{CreateError, QueueConfig, TaskQueue};
 pub use runner::{RunContext, Stopped};
 pub use store::{SqliteTaskStore, StoreError, TaskStore, WriteError};
