@@ -28,6 +28,10 @@ pub struct App {
     /// Stripe Checkout, when a secret key is configured.
     pub checkout: Option<livesession_billing::CheckoutClient>,
     pub limits: Arc<ConnectionLimits>,
+    /// The task queue: tasks, leases, events, live updates per session.
+    pub queue: Arc<livesession_tasks::TaskQueue>,
+    /// What the built-in steps and agent runners are configured with.
+    pub runner_settings: crate::task_runners::RunnerSettings,
     /// Who holds control of each session's browser (agent, person, none).
     pub control: livesession_session::ControlBoard,
     /// Live DevTools connections, under their own caps.
@@ -173,11 +177,16 @@ pub async fn build(config: ServeConfig, local_addr: SocketAddr) -> Result<Arc<Ap
             secrets.admin_token
         );
     }
-    let store: Arc<dyn SessionStore> = Arc::new(
-        SqliteStore::open(&data_dir.join("livesession.db"))
+    let sqlite = SqliteStore::open(&data_dir.join("livesession.db"))
+        .await
+        .map_err(|e| startup(format!("cannot open the session store: {e}")))?;
+    // Tasks live in the same database file, in their own tables.
+    let task_store: Arc<dyn livesession_tasks::TaskStore> = Arc::new(
+        livesession_tasks::SqliteTaskStore::new(sqlite.pool().clone())
             .await
-            .map_err(|e| startup(format!("cannot open the session store: {e}")))?,
+            .map_err(|e| startup(format!("cannot open the task store: {e}")))?,
     );
+    let store: Arc<dyn SessionStore> = Arc::new(sqlite);
     let runtime: Arc<dyn DesktopRuntime> = Arc::new(
         LocalRuntime::new(livesession_desktop::LocalRuntimeConfig {
             // Warm desktops show the default start page already.
@@ -222,7 +231,20 @@ pub async fn build(config: ServeConfig, local_addr: SocketAddr) -> Result<Arc<Ap
             let scheme = if tls.is_some() { "https" } else { "http" };
             format!("{scheme}://{local_addr}")
         });
+    let queue = livesession_tasks::TaskQueue::new(
+        task_store,
+        livesession_tasks::queue::QueueConfig {
+            lease: config.tasks.lease(),
+            max_attempts: config.tasks.task_max_attempts.max(1),
+            ..Default::default()
+        },
+    );
+    if config.tasks.agent.agent_api_base.is_none() {
+        tracing::info!("no model configured (LIVESESSION_AGENT_API_BASE): agent tasks wait for an external worker");
+    }
     Ok(Arc::new(App {
+        queue,
+        runner_settings: crate::task_runners::settings(&config.tasks),
         sessions: Sessions::new(store),
         desktops: Desktops::new(
             runtime,
@@ -270,15 +292,25 @@ pub async fn launch(
     let app = build(config, local_addr).await?;
     let state = AppState(app.clone());
 
-    // Session ends (expiry, revocation) stop the session's desktop.
+    // Session ends (expiry, revocation) cancel the session's tasks and stop its desktop.
     let mut ended = app.sessions.ended_events();
     let desktops = app.desktops.clone();
     let sessions = app.sessions.clone();
+    let queue = app.queue.clone();
     let cleanup = tokio::spawn(async move {
         use tokio::sync::broadcast::error::RecvError;
         loop {
             match ended.recv().await {
-                Ok((id, _)) => desktops.stop(&id).await,
+                Ok((id, end)) => {
+                    let reason = match end {
+                        livesession_session::SessionEnd::Expired => "the session expired",
+                        livesession_session::SessionEnd::Revoked => "the session was revoked",
+                    };
+                    if let Err(e) = queue.cancel_session(&id, reason).await {
+                        tracing::error!(session_id = %id, error = %e, "could not cancel the ended session's tasks");
+                    }
+                    desktops.stop(&id).await
+                }
                 // Ends arrived faster than desktops stopped: sweep instead of giving up.
                 Err(RecvError::Lagged(missed)) => {
                     tracing::warn!(
@@ -286,6 +318,7 @@ pub async fn launch(
                         "desktop cleanup fell behind; sweeping ended sessions"
                     );
                     desktops.stop_ended(&sessions).await;
+                    crate::task_runners::cancel_tasks_of_ended_sessions(&sessions, &queue).await;
                 }
                 Err(RecvError::Closed) => break,
             }
@@ -302,6 +335,10 @@ pub async fn launch(
         time::Duration::seconds(app.config.pending_checkout_ttl.clamp(1, 315_360_000) as i64),
         app.shutdown.clone().cancelled_owned(),
     ));
+
+    // Leases that run out put their tasks back in the queue; the built-in runners claim.
+    let sweeper = tokio::spawn(app.queue.clone().run_sweeper(app.shutdown.clone().cancelled_owned()));
+    crate::task_runners::spawn(&app);
 
     tracing::info!(listen = %local_addr, public_url = %app.public_url, tls = app.tls.is_some(),
         trusted_proxies = app.config.trusted_proxies.len(), free_mode = app.config.free_mode(),
@@ -340,6 +377,7 @@ pub async fn launch(
     app.desktops.stop_all().await;
     cleanup.abort();
     let _ = expiry.await;
+    let _ = sweeper.await;
     let _ = pending_cleanup.await;
     Ok(())
 }

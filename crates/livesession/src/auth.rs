@@ -247,6 +247,45 @@ impl Tokens {
     }
 }
 
+/// The audience of worker tokens: they claim tasks and nothing else, and no session token
+/// is signed for it.
+const WORKER_AUDIENCE: &str = "livesession-worker";
+
+/// A worker token's claims: which worker (its name, chosen by the operator) may claim
+/// tasks until `exp`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkerClaims {
+    /// The worker's name, as the queue records it (`worker` of a lease).
+    pub sub: String,
+    pub iat: i64,
+    pub exp: i64,
+    pub aud: String,
+}
+
+impl Tokens {
+    /// A worker token for `name`, valid until `expires_at`.
+    pub fn worker(&self, name: &str, expires_at: OffsetDateTime) -> String {
+        let claims = WorkerClaims {
+            sub: name.to_owned(),
+            iat: OffsetDateTime::now_utc().unix_timestamp(),
+            exp: expires_at.unix_timestamp(),
+            aud: WORKER_AUDIENCE.to_owned(),
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .expect("HS256 signing cannot fail")
+    }
+
+    pub fn verify_worker(&self, token: &str) -> Result<WorkerClaims, TokenError> {
+        let mut validation = self.validation.clone();
+        validation.set_audience(&[WORKER_AUDIENCE]);
+        match jsonwebtoken::decode::<WorkerClaims>(token, &self.decoding, &validation) {
+            Ok(data) => Ok(data.claims),
+            Err(e) if matches!(e.kind(), ErrorKind::ExpiredSignature) => Err(TokenError::Expired),
+            Err(_) => Err(TokenError::Invalid),
+        }
+    }
+}
+
 /// Where a token was found. Cookie-borne tokens are sent by browsers on their own, so
 /// requests that use them need an Origin check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -31,6 +31,9 @@ enum Command {
     /// Manage sessions on a running server.
     #[command(subcommand)]
     Session(SessionCommand),
+    /// Manage tasks on a running server: list, show, cancel; mint worker tokens.
+    #[command(subcommand)]
+    Tasks(TaskCommand),
     /// Measure: a running server's control channel, or the whole system (these start
     /// their own servers).
     #[command(subcommand)]
@@ -189,6 +192,48 @@ enum SessionCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum TaskCommand {
+    /// List recent tasks, most recent first.
+    List {
+        /// Only this session's tasks (oldest first).
+        #[arg(long)]
+        session: Option<String>,
+        /// Only tasks in this state: queued, running, waiting_for_person, succeeded,
+        /// failed, cancelled.
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show a task with its events.
+    Show {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Cancel a queued, running or waiting task.
+    Cancel {
+        id: String,
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Mint a token for an external worker (docs/tasks.md).
+    WorkerToken {
+        /// The worker's name, as leases and /readyz show it.
+        name: String,
+        /// Days it lasts (at most the server's --worker-token-days).
+        #[arg(long)]
+        days: Option<u64>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // Outgoing HTTPS (Stripe, `session` commands against an https server) uses rustls
@@ -215,6 +260,7 @@ pub fn main() -> ExitCode {
                 }
             }
             Command::Session(command) => session_command(&cli.common, command).await,
+            Command::Tasks(command) => task_command(&cli.common, command).await,
             Command::Bench(BenchCommand::Control {
                 conns,
                 minutes,
@@ -415,11 +461,49 @@ async fn session_command(common: &CommonArgs, command: SessionCommand) -> ExitCo
             None,
         ),
     };
+    admin_request(common, &client, method, &path, body).await
+}
+
+async fn task_command(common: &CommonArgs, command: TaskCommand) -> ExitCode {
+    let (client, method, path, body) = match command {
+        TaskCommand::List { session, state, limit, client } => {
+            let mut query = format!("/api/tasks?limit={limit}");
+            if let Some(session) = session {
+                query.push_str(&format!("&session_id={}", form_escape(&session)));
+            }
+            if let Some(state) = state {
+                query.push_str(&format!("&state={}", form_escape(&state)));
+            }
+            (client, reqwest::Method::GET, query, None)
+        }
+        TaskCommand::Show { id, client } => {
+            (client, reqwest::Method::GET, format!("/api/tasks/{}", form_escape(&id)), None)
+        }
+        TaskCommand::Cancel { id, reason, client } => {
+            let body = serde_json::json!({ "reason": reason });
+            (client, reqwest::Method::POST, format!("/api/tasks/{}/cancel", form_escape(&id)), Some(body))
+        }
+        TaskCommand::WorkerToken { name, days, client } => {
+            let body = serde_json::json!({ "name": name, "days": days });
+            (client, reqwest::Method::POST, "/api/workers/tokens".to_owned(), Some(body))
+        }
+    };
+    admin_request(common, &client, method, &path, body).await
+}
+
+/// One request to a running server's admin API; prints the answer (or the error).
+async fn admin_request(
+    common: &CommonArgs,
+    client: &ClientArgs,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> ExitCode {
     let server = client
         .server
         .clone()
         .unwrap_or_else(|| format!("http://{}", client.listen.replace("0.0.0.0", "127.0.0.1")));
-    let Some(token) = admin_token(common, &client) else {
+    let Some(token) = admin_token(common, client) else {
         return ExitCode::FAILURE;
     };
     let mut request = reqwest::Client::new()

@@ -353,6 +353,8 @@ pub struct ServeConfig {
     pub desktop: DesktopArgs,
     #[command(flatten)]
     pub stripe: StripeArgs,
+    #[command(flatten)]
+    pub tasks: TaskArgs,
 }
 
 impl ServeConfig {
@@ -463,5 +465,90 @@ mod tests {
         );
         assert!("1280".parse::<DesktopSize>().is_err());
         assert!("10x10".parse::<DesktopSize>().is_err());
+    }
+}
+
+/// Tasks, their queue and the built-in workers (see docs/tasks.md).
+#[derive(Debug, Clone, Args)]
+pub struct TaskArgs {
+    /// Built-in steps runners on this node: how many `steps` tasks run at once (each in
+    /// its own session). 0 leaves steps tasks to external workers.
+    #[arg(long, env = "LIVESESSION_STEPS_RUNNERS", default_value_t = 2)]
+    pub steps_runners: usize,
+    /// Built-in agent runners on this node (only with LIVESESSION_AGENT_API_BASE set).
+    #[arg(long, env = "LIVESESSION_AGENT_RUNNERS", default_value_t = 2)]
+    pub agent_runners: usize,
+    /// Seconds a worker's lease lasts without a heartbeat; a worker that is not heard from
+    /// for this long loses its task, which goes back to the queue.
+    #[arg(long, env = "LIVESESSION_TASK_LEASE", default_value_t = 30.0)]
+    pub task_lease: f64,
+    /// Claims of one task before a lost worker fails it ("worker lost").
+    #[arg(long, env = "LIVESESSION_TASK_MAX_ATTEMPTS", default_value_t = 3)]
+    pub task_max_attempts: u32,
+    /// Seconds one step of a steps task may take (a `wait_for` may set its own).
+    #[arg(long, env = "LIVESESSION_STEP_TIMEOUT", default_value_t = 30.0)]
+    pub step_timeout: f64,
+    /// `/readyz` reports the task queue degraded once a queued task has waited this many
+    /// seconds.
+    #[arg(long, env = "LIVESESSION_TASK_STALL_SECONDS", default_value_t = 300)]
+    pub task_stall_seconds: u64,
+    /// Days a worker token lasts (`POST /api/workers/tokens` may ask for less).
+    #[arg(long, env = "LIVESESSION_WORKER_TOKEN_DAYS", default_value_t = 30)]
+    pub worker_token_days: u64,
+    #[command(flatten)]
+    pub agent: AgentArgs,
+}
+
+impl TaskArgs {
+    pub fn lease(&self) -> Duration {
+        seconds(self.task_lease)
+    }
+
+    pub fn step_timeout(&self) -> Duration {
+        seconds(self.step_timeout)
+    }
+}
+
+/// The built-in agent's model: any OpenAI-compatible Chat Completions API (OpenAI,
+/// llama.cpp's server, vLLM, Ollama). Without an API base, agent tasks wait for an
+/// external worker.
+#[derive(Clone, Args)]
+pub struct AgentArgs {
+    /// Base URL of the API, up to and including `/v1` (e.g. https://api.openai.com/v1,
+    /// http://127.0.0.1:11434/v1 for Ollama).
+    #[arg(long, env = "LIVESESSION_AGENT_API_BASE")]
+    pub agent_api_base: Option<String>,
+    /// Sent as `Authorization: Bearer`; never logged.
+    #[arg(long, env = "LIVESESSION_AGENT_API_KEY", hide_env_values = true)]
+    pub agent_api_key: Option<String>,
+    #[arg(long, env = "LIVESESSION_AGENT_MODEL", default_value = "gpt-4o-mini")]
+    pub agent_model: String,
+    /// Send a screenshot each turn (models without image input: set false).
+    #[arg(long, env = "LIVESESSION_AGENT_IMAGES", default_value_t = true, action = ArgAction::Set)]
+    pub agent_images: bool,
+    /// Model turns per task.
+    #[arg(long, env = "LIVESESSION_AGENT_MAX_TURNS", default_value_t = 30)]
+    pub agent_max_turns: u32,
+    /// Seconds the agent may work on one task, from its claim.
+    #[arg(long, env = "LIVESESSION_AGENT_MAX_SECONDS", default_value_t = 600)]
+    pub agent_max_seconds: u64,
+    /// Tokens (prompt and completion, as the API reports them) per task.
+    #[arg(long, env = "LIVESESSION_AGENT_MAX_TOKENS", default_value_t = 200_000)]
+    pub agent_max_tokens: u64,
+    /// Seconds one request to the model may take.
+    #[arg(long, env = "LIVESESSION_AGENT_REQUEST_TIMEOUT", default_value_t = 120)]
+    pub agent_request_timeout: u64,
+}
+
+impl std::fmt::Debug for AgentArgs {
+    // The API key is a secret: never in debug output.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentArgs")
+            .field("agent_api_base", &self.agent_api_base)
+            .field("agent_api_key", &self.agent_api_key.as_ref().map(|_| "<redacted>"))
+            .field("agent_model", &self.agent_model)
+            .field("agent_images", &self.agent_images)
+            .field("agent_max_turns", &self.agent_max_turns)
+            .finish_non_exhaustive()
     }
 }

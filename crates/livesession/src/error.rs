@@ -84,6 +84,12 @@ impl From<livesession_session::StoreError> for ApiError {
     }
 }
 
+impl From<livesession_tasks::StoreError> for ApiError {
+    fn from(e: livesession_tasks::StoreError) -> Self {
+        ApiError::internal("the task store failed", e)
+    }
+}
+
 impl From<axum::extract::rejection::BytesRejection> for ApiError {
     fn from(e: axum::extract::rejection::BytesRejection) -> Self {
         let status = e.status();

@@ -22,6 +22,8 @@ mod router;
 mod secrets;
 pub mod security;
 mod serve;
+mod task_feed;
+mod task_runners;
 mod tls;
 mod web;
 mod ws;

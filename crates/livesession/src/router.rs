@@ -21,6 +21,13 @@
 //!   (interactive or agent token; 4013 for view), with their own caps; `GET
 //!   …/cdp/json/version|list`: discovery, same token. `POST /api/sessions/{id}/control`:
 //!   hand control over (admin, or the session's interactive token; CSRF-checked).
+//! - `POST|GET /api/sessions/{id}/tasks`, `GET /api/sessions/{id}/tasks/{task_id}` (+
+//!   `/cancel`, `/screenshots/{seq}`), `GET /api/tasks` (admin), `GET /api/tasks/{id}`, `POST …/cancel`: admin
+//!   bearer, or the session's access token (bearer, cookie — CSRF-checked — or `?token=`
+//!   for reads); view tokens read only.
+//! - `POST /api/workers/tokens`: admin bearer. `POST /api/workers/claim`, `POST
+//!   /api/tasks/{id}/heartbeat|events|complete|fail`: a worker token or the admin bearer
+//!   (never a cookie); writes name the lease. Events and results have a 3 MiB body limit (screenshots).
 //!
 //! Layers, outermost first: [`proxy::client_info`] (who the client is), the request log,
 //! [`security::security_headers`] (on every response, errors included),
@@ -33,10 +40,14 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 
 use crate::app::AppState;
-use crate::handlers::{cdp, checkout, control, health, links, pages, sessions, stripe, tokens, vnc};
+use crate::handlers::{
+    cdp, checkout, control, health, links, pages, sessions, stripe, tasks, tokens, vnc, workers,
+};
 use crate::{error, logging, proxy, security};
 
 const STRIPE_WEBHOOK_MAX_BODY: usize = 1 << 20;
+/// A worker's event may carry a screenshot (base64 of at most 2 MiB), a result 256 KiB.
+const WORKER_EVENT_MAX_BODY: usize = 3 << 20;
 
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
@@ -69,7 +80,27 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/sessions/{id}/cdp", get(cdp::cdp_browser))
         .route("/api/sessions/{id}/cdp/page/{target}", get(cdp::cdp_page))
-        .route("/api/sessions/{id}/cdp/{*what}", get(cdp::cdp_discovery));
+        .route("/api/sessions/{id}/cdp/{*what}", get(cdp::cdp_discovery))
+        .route(
+            "/api/sessions/{id}/tasks",
+            post(tasks::post_task).get(tasks::list_tasks),
+        )
+        .route("/api/sessions/{id}/tasks/{task_id}", get(tasks::get_session_task))
+        .route(
+            "/api/sessions/{id}/tasks/{task_id}/cancel",
+            post(tasks::cancel_session_task),
+        )
+        .route(
+            "/api/sessions/{id}/tasks/{task_id}/screenshots/{seq}",
+            get(tasks::screenshot),
+        )
+        .route("/api/tasks", get(tasks::list_all_tasks))
+        .route("/api/tasks/{id}", get(tasks::get_task))
+        .route("/api/tasks/{id}/cancel", post(tasks::cancel_task))
+        .route("/api/workers/tokens", post(workers::mint_worker_token))
+        .route("/api/workers/claim", post(workers::claim))
+        .route("/api/tasks/{id}/heartbeat", post(workers::heartbeat))
+        .route("/api/tasks/{id}/fail", post(workers::fail));
     let pages = Router::new()
         .route("/", get(pages::landing))
         .route("/start", post(sessions::start_free_session))
@@ -83,6 +114,10 @@ pub fn router(state: AppState) -> Router {
     let webhook = Router::new()
         .route("/api/stripe/webhook", post(stripe::stripe_webhook))
         .layer(DefaultBodyLimit::max(STRIPE_WEBHOOK_MAX_BODY));
+    let worker_events = Router::new()
+        .route("/api/tasks/{id}/events", post(workers::post_event))
+        .route("/api/tasks/{id}/complete", post(workers::complete))
+        .layer(DefaultBodyLimit::max(WORKER_EVENT_MAX_BODY));
     let health = Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz));
@@ -93,6 +128,7 @@ pub fn router(state: AppState) -> Router {
         .merge(health)
         .layer(DefaultBodyLimit::max(max_body))
         .merge(webhook)
+        .merge(worker_events)
         .layer(from_fn_with_state(state.clone(), security::csrf))
         .layer(map_response(error::json_errors))
         .layer(from_fn_with_state(state.clone(), security::header_limit))

@@ -26,10 +26,13 @@ use crate::proxy::ClientInfo;
 pub async fn start_checkout(
     State(app): State<AppState>,
     client: ClientInfo,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     app.limits
         .check(RateClass::Checkout, client.ip)
         .map_err(|r| ApiError::rate_limited(&r))?;
+    // An optional goal: the agent task that starts once the payment is confirmed.
+    let goal = crate::handlers::tasks::form_goal(&body?)?;
     let Some(checkout) = &app.checkout else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -66,7 +69,7 @@ pub async fn start_checkout(
         )
     })?;
     app.sessions
-        .create_pending(reference, created.id.clone(), app.config.start_url.clone())
+        .create_pending(reference, created.id.clone(), app.config.start_url.clone(), goal)
         .await?;
     let location = HeaderValue::from_str(&created.url)
         .map_err(|e| ApiError::internal("Stripe returned an unusable URL", e))?;

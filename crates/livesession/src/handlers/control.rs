@@ -18,7 +18,6 @@ use crate::app::{App, AppState};
 use crate::auth::{TokenError, TokenKind};
 use crate::desktops::DesktopStatus;
 use crate::error::ApiError;
-use crate::handlers::TokenQuery;
 use crate::ws::{self, Authorized, Close, CloseCode};
 
 /// A client that has not read what was sent for this long is dropped: the server never
@@ -66,6 +65,22 @@ pub enum ServerMessage {
     Error {
         message: String,
     },
+    /// One change of one of the session's tasks (`docs/protocol.md`).
+    TaskUpdate {
+        task_id: String,
+        seq: u64,
+        /// Resume after this on reconnect: `?tasks_after=CURSOR`.
+        cursor: u64,
+        state: livesession_tasks::TaskState,
+        #[serde(with = "time::serde::rfc3339")]
+        at: OffsetDateTime,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        step: Option<u32>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        message: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        screenshot_url: Option<String>,
+    },
 }
 
 #[derive(Debug, Deserialize)]
@@ -84,6 +99,19 @@ enum ClientMessage {
 }
 
 impl ServerMessage {
+    fn task_update(event: livesession_tasks::TaskEvent) -> Self {
+        ServerMessage::TaskUpdate {
+            screenshot_url: crate::handlers::tasks::screenshot_url(&event),
+            task_id: event.task_id,
+            seq: event.seq,
+            cursor: event.cursor,
+            state: event.state,
+            at: event.at,
+            step: event.step,
+            message: event.message,
+        }
+    }
+
     fn desktop(status: &DesktopStatus) -> Self {
         let (step, error) = match status {
             DesktopStatus::Starting(piece) => (Some(piece.step()), None),
@@ -102,10 +130,19 @@ impl ServerMessage {
     }
 }
 
+/// The control channel's query: the token (as for VNC) and where task updates resume.
+#[derive(Debug, Default, Deserialize)]
+pub struct ControlQuery {
+    pub token: Option<String>,
+    /// The `cursor` of the last TASK_UPDATE this viewer saw; later ones are sent first.
+    /// Without it, every update of the session's tasks is sent.
+    pub tasks_after: Option<u64>,
+}
+
 pub async fn control_channel(
     State(app): State<AppState>,
     Path(id): Path<String>,
-    Query(query): Query<TokenQuery>,
+    Query(query): Query<ControlQuery>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
@@ -128,8 +165,8 @@ pub async fn control_channel(
         "control",
         &id,
         decision,
-        |app, auth, mut socket| async move {
-            match converse(&app, auth, &mut socket).await {
+        move |app, auth, mut socket| async move {
+            match converse(&app, auth, &mut socket, query.tasks_after.unwrap_or(0)).await {
                 Some(close) => {
                     tracing::info!(code = close.code.code(), reason = %close.reason, "control connection closed by the server");
                     ws::close(socket, close).await;
@@ -170,7 +207,7 @@ fn claims_expiry(claims: &crate::auth::AccessClaims) -> OffsetDateTime {
 }
 
 /// Runs the conversation; returns the close to send, or `None` if the client went away.
-async fn converse(app: &App, mut auth: Authorized, socket: &mut WebSocket) -> Option<Close> {
+async fn converse(app: &App, mut auth: Authorized, socket: &mut WebSocket, tasks_after: u64) -> Option<Close> {
     tracing::info!(role = ?auth.claims.role, "control connection opened");
     let session = &auth.session;
     let hello = ServerMessage::Connected {
@@ -202,6 +239,8 @@ async fn converse(app: &App, mut auth: Authorized, socket: &mut WebSocket) -> Op
     let state = control.borrow_and_update().clone();
     send(socket, ServerMessage::Control { state }.text()).await?;
     let may_take_control = auth.claims.role == crate::auth::Role::Interactive;
+    // Task updates come after the desktop's first status; the feed reads from the store.
+    let mut tasks = crate::task_feed::TaskFeed::new(app.queue.clone(), &session.id, tasks_after);
     let mut last_sent = None;
     let mut expires_at = session.expires_at;
     let mut warned = false;
@@ -249,6 +288,14 @@ async fn converse(app: &App, mut auth: Authorized, socket: &mut WebSocket) -> Op
                     send(socket, ServerMessage::Control { state }.text()).await?;
                 }
             }
+            // After the first desktop status (sent by the branch above, which is ready first).
+            event = tasks.next(), if last_sent.is_some() => match event {
+                Ok(event) => send(socket, ServerMessage::task_update(event).text()).await?,
+                Err(e) => {
+                    tracing::error!(error = %e, "task store failed while following task updates");
+                    return Some(Close::new(CloseCode::DesktopUnavailable, "task updates unavailable; reconnect to resume"));
+                }
+            },
             message = socket.recv() => {
                 let Some(Ok(message)) = message else { return None };
                 last_heard = Instant::now();

@@ -29,8 +29,17 @@ pub async fn readyz(State(app): State<AppState>) -> (StatusCode, Json<Value>) {
     let web_client = crate::web::novnc_present();
     let ready =
         store["ok"] == true && missing.is_empty() && web_client && !app.shutdown.is_cancelled();
+    let (tasks, degraded) = task_queues(&app).await;
+    let status = match (ready, degraded.is_empty()) {
+        (false, _) => "not_ready",
+        (true, true) => "ready",
+        // Degraded still serves sessions: the answer stays 200, the reasons say what waits.
+        (true, false) => "degraded",
+    };
     let body = json!({
-        "status": if ready { "ready" } else { "not_ready" },
+        "status": status,
+        "degraded": degraded,
+        "tasks": tasks,
         "checks": {
             "store": store,
             "desktop_tools": { "ok": missing.is_empty(), "missing": missing },
@@ -48,4 +57,49 @@ pub async fn readyz(State(app): State<AppState>) -> (StatusCode, Json<Value>) {
         },
         Json(body),
     )
+}
+
+/// The task queues per kind, and why they are degraded (if they are): a queued task
+/// waited past `--task-stall-seconds`, or a kind has queued tasks and no live worker.
+async fn task_queues(app: &crate::app::App) -> (Value, Vec<String>) {
+    use livesession_tasks::TaskKind;
+    let now = time::OffsetDateTime::now_utc();
+    let store = app.queue.store();
+    // A worker is alive if it claimed or heartbeated within two leases (a claim's long
+    // poll repeats well within one).
+    let window = time::Duration::try_from(app.queue.config().lease * 2).unwrap_or(time::Duration::MINUTE);
+    let (stats, workers) = match (store.stats(now).await, store.workers_seen_since(now - window).await) {
+        (Ok(stats), Ok(workers)) => (stats, workers),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::error!(error = %e, "readiness: task store unreachable");
+            return (json!({ "ok": false, "error": "task store unreachable" }), vec!["the task store is unreachable".into()]);
+        }
+    };
+    let stall = time::Duration::seconds(app.config.tasks.task_stall_seconds as i64);
+    let mut degraded = Vec::new();
+    let mut kinds = serde_json::Map::new();
+    for (kind, s) in stats {
+        let alive: Vec<&str> = workers.iter().filter(|w| w.kinds.contains(&kind)).map(|w| w.worker.as_str()).collect();
+        let builtin = alive.iter().filter(|w| w.starts_with("builtin-")).count();
+        let oldest_age = s.oldest_queued_at.map(|t| (now - t).whole_seconds().max(0));
+        if s.queued > 0 && alive.is_empty() {
+            let hint = match kind {
+                TaskKind::Agent => " (set LIVESESSION_AGENT_API_BASE, or run an external worker)",
+                TaskKind::Steps => " (LIVESESSION_STEPS_RUNNERS is 0; run an external worker)",
+            };
+            degraded.push(format!("{} {} task(s) queued and no worker is alive for them{hint}", s.queued, kind.as_str()));
+        }
+        if let Some(age) = oldest_age.filter(|&age| age > stall.whole_seconds()) {
+            degraded.push(format!("a queued {} task has waited {age} s (more than {} s)", kind.as_str(), stall.whole_seconds()));
+        }
+        kinds.insert(kind.as_str().into(), json!({
+            "queued": s.queued,
+            "running": s.running,
+            "waiting_for_person": s.waiting_for_person,
+            "oldest_queued_seconds": oldest_age,
+            "stalled_leases": s.stalled_leases,
+            "workers": { "builtin": builtin, "external": alive.len() - builtin },
+        }));
+    }
+    (json!({ "ok": true, "kinds": kinds }), degraded)
 }

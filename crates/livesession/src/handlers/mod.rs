@@ -9,8 +9,10 @@ pub mod links;
 pub mod pages;
 pub mod sessions;
 pub mod stripe;
+pub mod tasks;
 pub mod tokens;
 pub mod vnc;
+pub mod workers;
 
 use serde::Deserialize;
 

@@ -284,10 +284,13 @@ pub async fn extend_session(
 pub async fn start_free_session(
     State(app): State<AppState>,
     client: ClientInfo,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     app.limits
         .check(RateClass::Create, client.ip)
         .map_err(|r| ApiError::rate_limited(&r))?;
+    // An optional goal: an agent task that starts in the new session.
+    let goal = crate::handlers::tasks::form_goal(&body?)?;
     if !app.config.free_mode() {
         return Err(ApiError::forbidden(
             "free_mode_off",
@@ -302,6 +305,9 @@ pub async fn start_free_session(
         ),
     };
     let (session, _) = create(&app, SessionSource::Free, request, Some(&client)).await?;
+    if let Some(goal) = &goal {
+        crate::handlers::tasks::start_goal(&app, &session, goal).await?;
+    }
     let mut response = StatusCode::SEE_OTHER.into_response();
     let headers = response.headers_mut();
     headers.insert(

@@ -122,11 +122,20 @@ async fn handle(app: &App, event: &Event) -> Result<(), ApiError> {
                 .sessions
                 .activate_checkout(checkout_id, payment_intent, &app.config.start_url, ttl)
                 .await?;
-            if activated.is_none() {
-                tracing::info!(
+            match activated {
+                None => tracing::info!(
                     checkout_session_id = checkout_id,
                     "checkout already handled"
-                );
+                ),
+                // Activation happens once per checkout, so the goal's task starts once.
+                Some(session) => {
+                    if let Some(goal) = session.goal.as_deref()
+                        && let Err(e) = crate::handlers::tasks::start_goal(app, &session, goal).await
+                    {
+                        // A retried delivery finds the checkout handled: say it here.
+                        tracing::error!(session_id = %session.id, error = %e.message, "the paid goal's agent task could not be queued");
+                    }
+                }
             }
         }
         // Stripe gave up on a checkout never paid (24 h by default): its pending session

@@ -15,4 +15,5 @@ mod processes;
 mod resources;
 mod sandbox;
 mod support;
+mod tasks;
 mod vnc;

@@ -8,7 +8,7 @@ use crate::support::{ADMIN, TestServer};
 
 const SECRET: &str = "whsec_integration";
 
-async fn paid_server() -> TestServer {
+pub(crate) async fn paid_server() -> TestServer {
     // The API base is never called in these tests (no checkout is created here).
     TestServer::start(&[
         "--stripe-secret-key",
@@ -21,7 +21,7 @@ async fn paid_server() -> TestServer {
     .await
 }
 
-async fn deliver(server: &TestServer, event: Value) -> u16 {
+pub(crate) async fn deliver(server: &TestServer, event: Value) -> u16 {
     let body = event.to_string();
     let header = livesession_billing::signature_header(
         body.as_bytes(),
@@ -39,7 +39,7 @@ async fn deliver(server: &TestServer, event: Value) -> u16 {
     response.status().as_u16()
 }
 
-fn completed(cs: &str, pi: &str, amount: u64) -> Value {
+pub(crate) fn completed(cs: &str, pi: &str, amount: u64) -> Value {
     json!({ "id": format!("evt_{cs}_{amount}"), "type": "checkout.session.completed", "data": { "object": {
         "id": cs, "object": "checkout.session", "payment_status": "paid", "payment_intent": pi,
         "amount_total": amount, "currency": "usd", "metadata": {}
@@ -291,7 +291,7 @@ async fn a_viewer_links_credential_posted_as_the_claim_cookie_gets_nothing() {
 // ---------------------------------------------------------------- unpaid checkouts
 
 /// A stand-in for Stripe's `POST /v1/checkout/sessions`: answers `cs_fake_<n>`.
-async fn fake_stripe() -> String {
+pub(crate) async fn fake_stripe() -> String {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
     let next = Arc::new(AtomicUsize::new(1));

@@ -1,0 +1,435 @@
+//! The task API (`docs/tasks.md`):
+//!
+//! - `POST /api/sessions/{id}/tasks` `{"kind": "steps", "steps": [...]}` or
+//!   `{"kind": "agent", "goal": "..."}` → `201` and the task, `queued`;
+//! - `GET /api/sessions/{id}/tasks`: the session's tasks, oldest first;
+//! - `GET /api/tasks/{id}` (with its events; `?after=SEQ` for the later ones only) and
+//!   `GET /api/sessions/{id}/tasks/{task_id}` (the same, under the session's path, where
+//!   the viewer's cookie goes);
+//! - `POST /api/tasks/{id}/cancel` (and under the session's path);
+//! - `GET /api/sessions/{id}/tasks/{task_id}/screenshots/{seq}`: the image of an event.
+//!
+//! Who may do what: the admin token anything; a session's interactive or agent access
+//! token create and cancel in its own session; its view tokens read.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use livesession_session::{Session, SessionState};
+use livesession_tasks::queue::CreateError;
+use livesession_tasks::{Task, TaskEvent, TaskInput, WriteError};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::app::{App, AppState};
+use crate::auth::{Role, TokenError, TokenKind, TokenSource, find_access_token, same_site_request};
+use crate::error::{ApiError, ApiQuery};
+use crate::proxy::ClientInfo;
+
+/// Events returned by one `GET /api/tasks/{id}`; a client pages with `?after=`.
+const EVENTS_PER_PAGE: u32 = 500;
+
+/// Who is calling, for one session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Caller {
+    Admin,
+    Token(Role),
+}
+
+impl Caller {
+    /// Creating and cancelling tasks: the admin, or a token that may drive the browser.
+    fn may_change(self) -> bool {
+        match self {
+            Caller::Admin => true,
+            Caller::Token(role) => matches!(role, Role::Interactive | Role::Agent),
+        }
+    }
+}
+
+/// The admin token, or an access token of session `id` (bearer, `?token=`, or the
+/// viewer's cookie from our own pages), whose viewer link, if any, is not revoked.
+pub(crate) async fn session_caller(
+    app: &App,
+    client: &ClientInfo,
+    headers: &HeaderMap,
+    query_token: Option<&str>,
+    id: &str,
+) -> Result<Caller, ApiError> {
+    // A wrong admin token is counted (and a locked-out address refused) here.
+    if crate::handlers::admin::is_admin(app, client.ip, headers)? {
+        return Ok(Caller::Admin);
+    }
+    let unauthorized = |code: &'static str, message: &str| ApiError::new(StatusCode::UNAUTHORIZED, code, message);
+    let Some((token, source)) = find_access_token(headers, query_token, id) else {
+        return Err(unauthorized(
+            "auth_required",
+            "the admin token or an access token of the session is required",
+        ));
+    };
+    // A cookie is sent by the browser on its own: only our own pages may use it.
+    if source == TokenSource::Cookie && !same_site_request(headers, |o, h| app.origin_allowed(o, h)) {
+        return Err(ApiError::cross_site());
+    }
+    let claims = match app.tokens.verify(&token, TokenKind::Access) {
+        Ok(claims) => claims,
+        Err(TokenError::Expired) => {
+            return Err(unauthorized(
+                "token_expired",
+                "the access token expired; get a fresh one from the token endpoint",
+            ));
+        }
+        Err(TokenError::Invalid) => return Err(unauthorized("token_invalid", "the token is invalid")),
+    };
+    if claims.sid != id {
+        return Err(unauthorized("token_invalid", "the token is for another session"));
+    }
+    if let Some(link) = &claims.lnk {
+        crate::handlers::links::check_link(app, id, link)
+            .await
+            .map_err(|refused| refused.api_error())?;
+    }
+    Ok(Caller::Token(claims.role))
+}
+
+fn forbidden_change() -> ApiError {
+    ApiError::forbidden(
+        "role_forbidden",
+        "a view-only token can read tasks but not create or cancel them",
+    )
+}
+
+async fn existing_session(app: &App, id: &str) -> Result<Session, ApiError> {
+    app.sessions.get(id).await?.ok_or_else(ApiError::session_not_found)
+}
+
+fn task_not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "task_not_found", "no task has this id")
+}
+
+/// A task as the API shows it, with the URLs a client follows.
+pub(crate) fn task_view(task: &Task) -> Value {
+    let mut view = serde_json::to_value(task).expect("serializable");
+    view["url"] = json!(format!("/api/tasks/{}", task.id));
+    view
+}
+
+/// An event as the API shows it: with the URL of its screenshot, if it has one.
+pub(crate) fn event_view(event: &TaskEvent) -> Value {
+    let mut view = serde_json::to_value(event).expect("serializable");
+    if let Some(url) = screenshot_url(event) {
+        view["screenshot_url"] = json!(url);
+    }
+    view
+}
+
+pub(crate) fn screenshot_url(event: &TaskEvent) -> Option<String> {
+    event.screenshot.then(|| {
+        format!(
+            "/api/sessions/{}/tasks/{}/screenshots/{}",
+            event.session_id, event.task_id, event.seq
+        )
+    })
+}
+
+/// Creates a task in an active session (also used by the checkout and free-start flows).
+pub(crate) async fn create_task(app: &App, session: &Session, input: &TaskInput) -> Result<Task, ApiError> {
+    match session.state {
+        SessionState::Active if session.end_at(time::OffsetDateTime::now_utc()).is_none() => {}
+        SessionState::Pending => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "session_not_active",
+                "the session's payment is not confirmed yet",
+            ));
+        }
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::GONE,
+                "session_ended",
+                "the session has ended; its tasks were cancelled",
+            ));
+        }
+    }
+    let task = app.queue.create(&session.id, input).await.map_err(|e| match e {
+        CreateError::SessionFull(max) => ApiError::new(
+            StatusCode::CONFLICT,
+            "too_many_tasks",
+            format!("a session can have at most {max} tasks queued or running; wait for some to finish"),
+        ),
+        CreateError::Store(e) => ApiError::internal("the task store failed", e),
+    })?;
+    tracing::info!(session_id = %session.id, task_id = %task.id, kind = task.kind.as_str(), "task queued");
+    Ok(task)
+}
+
+/// `POST /api/sessions/{id}/tasks`.
+pub async fn post_task(
+    State(app): State<AppState>,
+    client: ClientInfo,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let caller = session_caller(&app, &client, &headers, None, &id).await?;
+    if !caller.may_change() {
+        return Err(forbidden_change());
+    }
+    let body: Value = serde_json::from_slice(&body?).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_json",
+            format!("request body: {e}; expected {{\"kind\": \"steps\", \"steps\": [...]}} or {{\"kind\": \"agent\", \"goal\": \"...\"}}"),
+        )
+    })?;
+    let input = TaskInput::parse(&body).map_err(|e| ApiError::bad_request("invalid_task", e.to_string()))?;
+    let session = existing_session(&app, &id).await?;
+    let task = create_task(&app, &session, &input).await?;
+    Ok((StatusCode::CREATED, Json(task_view(&task))).into_response())
+}
+
+/// `GET /api/sessions/{id}/tasks`.
+pub async fn list_tasks(
+    State(app): State<AppState>,
+    client: ClientInfo,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    session_caller(&app, &client, &headers, None, &id).await?;
+    existing_session(&app, &id).await?;
+    let tasks = app
+        .queue
+        .store()
+        .list_tasks(&livesession_tasks::store::TaskFilter {
+            session_id: Some(id),
+            state: None,
+            limit: 1000,
+        })
+        .await
+        .map_err(|e| ApiError::internal("the task store failed", e))?;
+    let tasks: Vec<Value> = tasks.iter().map(task_view).collect();
+    Ok(Json(json!({ "tasks": tasks })))
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct ListQuery {
+    pub session_id: Option<String>,
+    pub state: Option<String>,
+    pub limit: Option<u32>,
+}
+
+/// `GET /api/tasks` (admin): recent tasks of every session, most recent first, or one
+/// session's (`?session_id=`, oldest first); `?state=` filters.
+pub async fn list_all_tasks(
+    State(app): State<AppState>,
+    client: ClientInfo,
+    headers: HeaderMap,
+    ApiQuery(query): ApiQuery<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    crate::handlers::admin::require_admin(&app, client.ip, &headers)?;
+    let state = match query.state.as_deref() {
+        None => None,
+        Some(s) => Some(livesession_tasks::TaskState::parse(s).ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_state",
+                "state: queued, running, waiting_for_person, succeeded, failed or cancelled",
+            )
+        })?),
+    };
+    let filter = livesession_tasks::store::TaskFilter {
+        session_id: query.session_id,
+        state,
+        limit: query.limit.unwrap_or(100).clamp(1, 1000),
+    };
+    let tasks = app.queue.store().list_tasks(&filter).await?;
+    let tasks: Vec<Value> = tasks.iter().map(task_view).collect();
+    Ok(Json(json!({ "tasks": tasks })))
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct TaskQuery {
+    /// Only events with a greater `seq`.
+    pub after: Option<u64>,
+    pub token: Option<String>,
+}
+
+/// The task, and the caller's right to it: the token's session must be the task's.
+async fn task_for(
+    app: &App,
+    client: &ClientInfo,
+    headers: &HeaderMap,
+    query_token: Option<&str>,
+    task_id: &str,
+    session_in_path: Option<&str>,
+) -> Result<(Task, Caller), ApiError> {
+    let task = app
+        .queue
+        .store()
+        .get_task(task_id)
+        .await
+        .map_err(|e| ApiError::internal("the task store failed", e))?;
+    // A task of another session is "not found" to a session's token, as an unknown id is.
+    let Some(task) = task.filter(|t| session_in_path.is_none_or(|s| s == t.session_id)) else {
+        // Under a session's path the credentials are checked first, as for a known task.
+        if let Some(session) = session_in_path {
+            session_caller(app, client, headers, query_token, session).await?;
+        }
+        return Err(task_not_found());
+    };
+    let caller = session_caller(app, client, headers, query_token, &task.session_id)
+        .await
+        .map_err(|e| if e.code == "token_invalid" { task_not_found() } else { e })?;
+    Ok((task, caller))
+}
+
+async fn show(app: &App, task: Task, after: u64) -> Result<Json<Value>, ApiError> {
+    let events = app
+        .queue
+        .store()
+        .task_events(&task.id, after, EVENTS_PER_PAGE)
+        .await
+        .map_err(|e| ApiError::internal("the task store failed", e))?;
+    let mut view = task_view(&task);
+    view["events"] = Value::Array(events.iter().map(event_view).collect());
+    Ok(Json(view))
+}
+
+/// `GET /api/tasks/{id}`.
+pub async fn get_task(
+    State(app): State<AppState>,
+    client: ClientInfo,
+    headers: HeaderMap,
+    Path(task_id): Path<String>,
+    ApiQuery(query): ApiQuery<TaskQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let (task, _) = task_for(&app, &client, &headers, None, &task_id, None).await?;
+    show(&app, task, query.after.unwrap_or(0)).await
+}
+
+/// `GET /api/sessions/{id}/tasks/{task_id}`.
+pub async fn get_session_task(
+    State(app): State<AppState>,
+    client: ClientInfo,
+    headers: HeaderMap,
+    Path((id, task_id)): Path<(String, String)>,
+    ApiQuery(query): ApiQuery<TaskQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let (task, _) = task_for(&app, &client, &headers, query.token.as_deref(), &task_id, Some(&id)).await?;
+    show(&app, task, query.after.unwrap_or(0)).await
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CancelRequest {
+    reason: Option<String>,
+}
+
+async fn cancel(
+    app: &App,
+    client: &ClientInfo,
+    headers: &HeaderMap,
+    task_id: &str,
+    session_in_path: Option<&str>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let (task, caller) = task_for(app, client, headers, None, task_id, session_in_path).await?;
+    if !caller.may_change() {
+        return Err(forbidden_change());
+    }
+    let request: CancelRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        CancelRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request("invalid_json", format!("request body: {e}; expected {{\"reason\": \"...\"}} or nothing")))?
+    };
+    let by = match caller {
+        Caller::Admin => "the operator",
+        Caller::Token(Role::Agent) => "the session's agent",
+        Caller::Token(_) => "the person",
+    };
+    let reason = match request.reason.as_deref().map(str::trim).filter(|r| !r.is_empty()) {
+        Some(r) if r.chars().count() > 300 || r.chars().any(char::is_control) => {
+            return Err(ApiError::bad_request("invalid_reason", "reason: at most 300 characters, no control characters"));
+        }
+        Some(r) => format!("cancelled by {by}: {r}"),
+        None => format!("cancelled by {by}"),
+    };
+    let task = app.queue.cancel(&task.id, &reason).await.map_err(|e| match e {
+        WriteError::WrongState(state) => ApiError::new(
+            StatusCode::CONFLICT,
+            "task_finished",
+            format!("the task is already {state}"),
+        ),
+        WriteError::NotFound => task_not_found(),
+        e => ApiError::internal("the task store failed", e),
+    })?;
+    tracing::info!(task_id = %task.id, session_id = %task.session_id, "task cancelled");
+    Ok(Json(task_view(&task)))
+}
+
+/// `POST /api/tasks/{id}/cancel` `{"reason"?}`.
+pub async fn cancel_task(
+    State(app): State<AppState>,
+    client: ClientInfo,
+    headers: HeaderMap,
+    Path(task_id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    cancel(&app, &client, &headers, &task_id, None, body?).await
+}
+
+/// `POST /api/sessions/{id}/tasks/{task_id}/cancel`.
+pub async fn cancel_session_task(
+    State(app): State<AppState>,
+    client: ClientInfo,
+    headers: HeaderMap,
+    Path((id, task_id)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    cancel(&app, &client, &headers, &task_id, Some(&id), body?).await
+}
+
+/// `GET /api/sessions/{id}/tasks/{task_id}/screenshots/{seq}`.
+pub async fn screenshot(
+    State(app): State<AppState>,
+    client: ClientInfo,
+    headers: HeaderMap,
+    Path((id, task_id, seq)): Path<(String, String, u64)>,
+    ApiQuery(query): ApiQuery<TaskQuery>,
+) -> Result<Response, ApiError> {
+    let (task, _) = task_for(&app, &client, &headers, query.token.as_deref(), &task_id, Some(&id)).await?;
+    let image = app
+        .queue
+        .store()
+        .screenshot(&task.id, seq)
+        .await
+        .map_err(|e| ApiError::internal("the task store failed", e))?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "screenshot_not_found", "this event has no screenshot"))?;
+    let content_type = if image.starts_with(&[0x89, b'P', b'N', b'G']) { "image/png" } else { "image/jpeg" };
+    let mut response = image.into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    // An event's image never changes; it is private to the session.
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, max-age=86400, immutable"));
+    Ok(response)
+}
+
+/// The optional `goal` field of the landing page's forms (`application/x-www-form-urlencoded`;
+/// an empty body has none). A blank goal is none.
+pub(crate) fn form_goal(body: &[u8]) -> Result<Option<String>, ApiError> {
+    let goal = form_urlencoded::parse(body)
+        .find(|(name, _)| name == "goal")
+        .map(|(_, value)| value.trim().to_owned())
+        .filter(|goal| !goal.is_empty());
+    if let Some(goal) = &goal {
+        livesession_tasks::model::check_goal(goal)
+            .map_err(|e| ApiError::bad_request("invalid_goal", e.to_string()))?;
+    }
+    Ok(goal)
+}
+
+/// Starts the agent task of a goal written on the landing page, in its new session.
+pub(crate) async fn start_goal(app: &App, session: &Session, goal: &str) -> Result<Task, ApiError> {
+    create_task(app, session, &TaskInput::Agent { goal: goal.to_owned() }).await
+}
