@@ -93,12 +93,17 @@ async fn run_claimed(app: &Arc<App>, http: &Option<reqwest::Client>, claimed: Cl
         session_id: task.session_id.clone(),
         lease: lease.clone(),
         stop: stop.clone(),
+        asked: Default::default(),
     };
     let outcome = tokio::select! {
         outcome = execute(app, http, &task, &ctx) => outcome,
         why = ctx.stopped() => Err(RunError::Stopped(why)),
     };
     heartbeat.abort();
+    // A request for the person ends with the run that made it.
+    if ctx.asked.load(std::sync::atomic::Ordering::Relaxed) {
+        app.control.withdraw_request(&task.session_id);
+    }
     let written = match outcome {
         Ok(result) => {
             let note = EventNote::message("done");
@@ -225,6 +230,8 @@ struct LocalRun {
     session_id: String,
     lease: String,
     stop: CancellationToken,
+    /// Whether this run asked for the person (its request is withdrawn when it ends).
+    asked: std::sync::atomic::AtomicBool,
 }
 
 impl LocalRun {
@@ -282,6 +289,7 @@ impl RunContext for LocalRun {
         self.write(Transition::WaitForPerson, EventNote::message(reason)).await?;
         let already_holding = self.app.control.current(&self.session_id).holder == Holder::Person;
         if !already_holding {
+            self.asked.store(true, std::sync::atomic::Ordering::Relaxed);
             self.app.control.request_human(&self.session_id, reason);
             self.wait_for_holder(|holder| holder == Holder::Person).await?;
         }

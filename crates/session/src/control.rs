@@ -188,6 +188,15 @@ impl ControlBoard {
         })
     }
 
+    /// Withdraws an agent's request for a person (its task ended or was cancelled before
+    /// anyone took control); the holder stays.
+    pub fn withdraw_request(&self, session_id: &str) {
+        self.with(session_id, |e| {
+            let holder = e.state.borrow().holder;
+            e.set(holder, None);
+        });
+    }
+
     /// An agent asks for a person: the viewers show `reason` and offer to take control.
     /// Control does not change until someone takes it.
     pub fn request_human(&self, session_id: &str, reason: &str) {

@@ -355,6 +355,7 @@ async fn cancel(
         Some(r) => format!("cancelled by {by}: {r}"),
         None => format!("cancelled by {by}"),
     };
+    let was_waiting = task.state == livesession_tasks::TaskState::WaitingForPerson;
     let task = app.queue.cancel(&task.id, &reason).await.map_err(|e| match e {
         WriteError::WrongState(state) => ApiError::new(
             StatusCode::CONFLICT,
@@ -365,6 +366,10 @@ async fn cancel(
         e => ApiError::internal("the task store failed", e),
     })?;
     tracing::info!(task_id = %task.id, session_id = %task.session_id, "task cancelled");
+    if was_waiting {
+        // Nobody needs to take control for a task that no longer runs.
+        app.control.withdraw_request(&task.session_id);
+    }
     Ok(Json(task_view(&task)))
 }
 

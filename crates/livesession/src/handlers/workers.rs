@@ -323,5 +323,7 @@ pub async fn fail(
 async fn finish(app: &App, task_id: &str, lease: &str, change: Transition, message: &str) -> Result<Task, ApiError> {
     let note = EventNote::message(message.chars().take(500).collect::<String>());
     let task = app.queue.update(task_id, lease, change, note).await.map_err(lease_refused)?;
+    // A request for the person ends with the task that made it.
+    app.control.withdraw_request(&task.session_id);
     Ok(task)
 }
