@@ -43,6 +43,9 @@ pub async fn info(State(app): State<AppState>) -> Json<Value> {
         "version": env!("CARGO_PKG_VERSION"),
         "free_mode": app.config.free_mode(),
         "checkout": app.checkout.is_some(),
+        // Whether the built-in agent (a configured model) runs goals; without it a goal
+        // waits for an external agent worker.
+        "agent": app.runner_settings.agent.is_some() && app.config.tasks.agent_runners > 0,
         "price": app.checkout.as_ref().map(|_| json!({
             "amount_cents": app.config.stripe.price_cents,
             "currency": app.config.stripe.currency,

@@ -181,6 +181,7 @@ async fn free_mode_starts_a_session_from_the_landing_page_with_a_cookie() {
         .await
         .unwrap();
     assert_eq!(info["free_mode"], true);
+    assert_eq!(info["agent"], false, "no model is configured");
     let landing = server.http.get(server.url("/")).send().await.unwrap();
     assert_eq!(landing.status(), 200);
     assert!(

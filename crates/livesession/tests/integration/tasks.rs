@@ -655,6 +655,8 @@ async fn the_agent_runner_works_in_the_real_browser_asks_the_person_and_survives
         "--agent-model", MODEL,
     ])
     .await;
+    let info: Value = server.http.get(server.url("/api/info")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(info["agent"], true, "the landing page offers the agent");
     let session = server.create_session(json!({ "start_url": format!("{}/form", form.base) })).await;
     let id = session["id"].as_str().unwrap();
     let token = session["token"].as_str().unwrap();
