@@ -706,3 +706,43 @@ async fn the_agent_runner_works_in_the_real_browser_asks_the_person_and_survives
     assert!(!crate::support::logs().contains(API_KEY), "the model's API key is never logged");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_viewer_resumes_task_updates_across_a_server_restart_without_gap_or_repeat() {
+    let server = TestServer::start(&["--steps-runners", "0", "--task-lease", "60"]).await;
+    let session = server.create_session(json!({})).await;
+    let id = session["id"].as_str().unwrap().to_owned();
+    let token = session["token"].as_str().unwrap().to_owned();
+    let task = new_task(&server, &id, json!({"kind": "steps", "steps": [{"action": "screenshot"}]})).await;
+    let task_id = task["id"].as_str().unwrap().to_owned();
+    let worker = worker_token(&server, "restart-worker").await;
+    let claimed = claim(&server, &worker, &["steps"], 5).await;
+    let lease = claimed["lease"]["id"].as_str().unwrap().to_owned();
+    for n in 0..3 {
+        let r = worker_post(&server, &worker, &format!("/api/tasks/{task_id}/events"), json!({"lease": lease, "message": format!("before {n}")})).await;
+        assert_eq!(r.status(), 200);
+    }
+    let mut viewer = control(&server, &id, &token, None).await;
+    let before = task_updates(&mut viewer, Duration::from_secs(20), |u| u["message"] == "before 2").await;
+    let seqs: Vec<u64> = before.iter().map(|u| u["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, vec![1, 2, 3, 4, 5], "queued, claimed and three events");
+    let cursor = before.last().unwrap()["cursor"].as_u64().unwrap();
+    drop(viewer);
+
+    // The server restarts on the same data; the lease is still good, so the worker goes on.
+    let data = server.stop().await;
+    let server = TestServer::start_in(data, &["--steps-runners", "0", "--task-lease", "60"]).await;
+    let worker = worker_token(&server, "restart-worker").await;
+    let r = worker_post(&server, &worker, &format!("/api/tasks/{task_id}/events"), json!({"lease": lease, "message": "after"})).await;
+    assert_eq!(r.status(), 200);
+    let r = worker_post(&server, &worker, &format!("/api/tasks/{task_id}/complete"), json!({"lease": lease, "result": 1})).await;
+    assert_eq!(r.status(), 200);
+
+    let mut viewer = control(&server, &id, &token, Some(cursor)).await;
+    let after = task_updates(&mut viewer, Duration::from_secs(20), final_update).await;
+    let seqs: Vec<u64> = after.iter().map(|u| u["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, vec![6, 7], "only what came after the last update seen");
+    assert_eq!(after[0]["message"], "after");
+    assert_eq!(after[1]["state"], "succeeded");
+    server.stop().await;
+}
