@@ -17,3 +17,4 @@ mod sandbox;
 mod support;
 mod tasks;
 mod vnc;
+mod worker_example;
