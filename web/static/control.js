@@ -39,6 +39,14 @@
  *   the same-origin `ws(s)://<host>/api/sessions/<id>/control`. The
  *   connection authenticates with the session's `ls_<id>` cookie: a URL
  *   carrying a `token` parameter is refused (tokens never go into URLs).
+ * - `query` (`() => object`, optional): extra query parameters, computed
+ *   afresh for every connection attempt and added to the URL (entries whose
+ *   value is `null`, `undefined` or `''` are left out). The viewer uses it to
+ *   resume task updates where it left off:
+ *   `query: () => ({ tasks_after: panel.lastCursor || null })`, so a
+ *   reconnect gets every TASK_UPDATE after the last one seen, none twice and
+ *   none lost. A `token` parameter is refused here too. If the function
+ *   throws, the attempt fails like a bad URL (the client stops).
  * - Tuning: `pingIntervalMs` (30 s), `silenceLimitMs` (75 s: no message for
  *   this long → the socket is presumed dead and closed as 4900),
  *   `renewBeforeMs` (60 s), `backoff` (a Backoff, or options for one:
@@ -84,9 +92,11 @@
  * - `connecting` `{attempt}` — a socket is being opened
  * - `open` `{}` — the socket is open (the server may still refuse it)
  * - `message` `{type, …}` — each server message (`CONNECTED`,
- *   `DESKTOP_STATUS`, `CONTROL`, `PONG`, `AUTH_OK`, `SESSION_EXPIRING`,
- *   `SESSION_ENDED`, `ERROR`). `CONTROL` says who drives the browser (agent,
- *   person or none; handover.js); answer it with
+ *   `DESKTOP_STATUS`, `CONTROL`, `TASK_UPDATE`, `PONG`, `AUTH_OK`,
+ *   `SESSION_EXPIRING`, `SESSION_ENDED`, `ERROR`). `TASK_UPDATE` carries a
+ *   `cursor`: pass the last one seen back through `query` as `tasks_after`.
+ *   `CONTROL` says who drives the browser (agent, person or none;
+ *   handover.js); answer it with
  *   `send({type: 'TAKE_CONTROL'})` / `send({type: 'RELEASE_CONTROL'})`.
  * - `close` `{code, reason, wasClean, final, refresh, retryInMs}` — the
  *   socket closed; `refresh`: a token refresh and one reconnect follow;
@@ -179,6 +189,10 @@ export class ControlClient extends EventTarget {
       stableMs: opts.stableMs ?? DEFAULTS.stableMs,
     };
     this._url = opts.url ?? null;
+    if (opts.query !== undefined && opts.query !== null && typeof opts.query !== 'function') {
+      throw new TypeError('ControlClient: query must be a function returning the extra query parameters');
+    }
+    this._query = opts.query ?? null;
     this._WebSocket = opts.WebSocket ?? globalThis.WebSocket;
     this._clock = opts.clock ?? realClock;
     this._backoff =
@@ -724,7 +738,8 @@ export class ControlClient extends EventTarget {
     if (typeof this._url === 'function') url = this._url(id);
     else if (typeof this._url === 'string') url = this._url;
     else url = defaultControlUrl(id);
-    if (/[?&]token=/.test(url)) throw new Error('ControlClient: tokens never go into WebSocket URLs');
+    if (this._query) url = withQuery(url, this._query());
+    if (/[?&]token=/i.test(url)) throw new Error('ControlClient: tokens never go into WebSocket URLs');
     return url;
   }
 
@@ -752,6 +767,28 @@ export class ControlClient extends EventTarget {
 export function defaultControlUrl(sessionId, loc = globalThis.location) {
   const scheme = loc.protocol === 'https:' ? 'wss:' : 'ws:';
   return `${scheme}//${loc.host}/api/sessions/${encodeURIComponent(sessionId)}/control`;
+}
+
+/**
+ * `url` with the entries of `params` added as query parameters; entries whose
+ * value is null, undefined or '' are left out. A `token` entry is refused:
+ * tokens never go into WebSocket URLs.
+ */
+export function withQuery(url, params) {
+  if (params === null || params === undefined) return url;
+  if (typeof params !== 'object') throw new TypeError('ControlClient: query() must return an object');
+  const search = new URLSearchParams();
+  for (const [key, value] of Object.entries(params)) {
+    if (value === null || value === undefined || value === '') continue;
+    if (key.toLowerCase() === 'token') throw new Error('ControlClient: tokens never go into WebSocket URLs');
+    search.append(key, String(value));
+  }
+  const extra = search.toString();
+  if (!extra) return url;
+  const hash = url.indexOf('#');
+  const base = hash === -1 ? url : url.slice(0, hash);
+  const sep = base.includes('?') ? (base.endsWith('?') || base.endsWith('&') ? '' : '&') : '?';
+  return base + sep + extra;
 }
 
 /**

@@ -68,8 +68,10 @@ const PENDING_MS = 5_000;
  * </section>
  * ```
  *
- * Events: `take` and `release` (the person clicked; the caller sends the
- * message and calls `pending(false)` if it could not).
+ * Events: `take` and `release` (the person clicked, here or through `take()`
+ * / `release()`; the caller sends the message and calls `pending(false)` if
+ * it could not); `change` after every render, with the view in `detail` (the
+ * task panel follows it).
  */
 export class HandoverUi extends EventTarget {
   constructor(doc = document) {
@@ -97,7 +99,7 @@ export class HandoverUi extends EventTarget {
 
   /** A CONTROL message. */
   setState(msg) {
-    this.state = { holder: msg.holder, since: msg.since, reason: msg.reason };
+    this.state = { holder: msg.holder, since: msg.since, reason: msg.reason, agents: msg.agents };
     this.pending(false);
     this.render();
   }
@@ -145,11 +147,29 @@ export class HandoverUi extends EventTarget {
     const disabled = !this.connected || Boolean(this.busy);
     this.takeBtn.disabled = disabled;
     this.releaseBtn.disabled = disabled;
+    this.dispatchEvent(new CustomEvent('change', { detail: { ...view, disabled, active: Boolean(this.state) } }));
+  }
+
+  /**
+   * "Take control" from elsewhere on the page (the task panel's button for a
+   * task waiting for the person): the same action as the banner's button, with
+   * the same checks. Returns whether it was started.
+   */
+  take() {
+    if (!this.view.take) return false;
+    return this._click('take');
+  }
+
+  /** "Hand back to the agent" from elsewhere on the page; as `take()`. */
+  release() {
+    if (!this.view.release) return false;
+    return this._click('release');
   }
 
   _click(kind) {
-    if (this.busy || !this.connected) return;
+    if (this.busy || !this.connected) return false;
     this.pending(true);
     this.dispatchEvent(new CustomEvent(kind));
+    return true;
   }
 }

@@ -3,7 +3,7 @@
 // or neither (sessions come from the operator).
 
 import { formatPrice } from './price.js';
-import { wireStartForm } from './start.js';
+import { goalProblem, wireStartForm } from './start.js';
 
 async function loadInfo() {
   const res = await fetch('/api/info', { headers: { Accept: 'application/json' } });
@@ -39,6 +39,14 @@ async function main() {
     const paid = info.checkout === true && showCheckout(info.price);
     const free = info.free_mode === true;
     if (free) show('free-mode');
+    // Without a built-in agent (no model configured), a goal waits for an external
+    // agent worker: say so where the goal is written.
+    if (info.agent === false) {
+      for (const id of ['checkout-goal-hint', 'start-goal-hint']) {
+        document.getElementById(id).textContent =
+          'This server has no built-in agent: your goal is queued until an agent worker takes it. You can use the session yourself meanwhile.';
+      }
+    }
     if (!paid && !free) show('operator-mode');
     if (info.name && info.version) {
       document.getElementById('version').textContent = `${info.name} ${info.version}`;
@@ -58,9 +66,18 @@ async function main() {
 wireStartForm(document.querySelector('#free-mode form'), document.getElementById('start-error'));
 
 // Disable a button once pressed: a second click would start a second session
-// (or a second checkout).
+// (or a second checkout). The checkout form posts itself (Stripe's page is on
+// another origin), so a goal the server would refuse is caught here first.
 for (const form of document.querySelectorAll('#checkout form')) {
   form.addEventListener('submit', (ev) => {
+    const errorEl = document.getElementById('checkout-error');
+    const problem = goalProblem(form.elements.goal?.value, { crlf: true });
+    errorEl.textContent = problem ?? '';
+    errorEl.hidden = !problem;
+    if (problem) {
+      ev.preventDefault();
+      return;
+    }
     ev.submitter?.setAttribute('disabled', '');
   });
 }

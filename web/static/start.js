@@ -1,7 +1,27 @@
 // The landing page's free-mode "Start a session" form, posted with fetch so that a
-// refusal (the per-address cap on live free sessions, a rate limit) is shown on the
-// page instead of a bare JSON error. Without JavaScript the form still posts
-// normally.
+// refusal (the per-address cap on live free sessions, a rate limit, a goal the server
+// refuses) is shown on the page instead of a bare JSON error. Without JavaScript the
+// form still posts normally. The form's fields (the optional `goal`, an agent task
+// started in the new session) go as `application/x-www-form-urlencoded`, as the
+// browser itself would post them.
+
+/** The server's limit on a goal (`docs/tasks.md`), in characters. */
+export const MAX_GOAL_CHARS = 4000;
+
+/**
+ * What is wrong with a goal before it is sent, or null. The server counts Unicode
+ * characters of the trimmed goal; a blank goal is none. `crlf`: the browser posts the
+ * form itself and sends each line break as CR LF (two characters).
+ */
+export function goalProblem(value, { crlf = false } = {}) {
+  let goal = String(value ?? '').replace(/\r\n?/g, '\n').trim();
+  if (crlf) goal = goal.replace(/\n/g, '\r\n');
+  const chars = [...goal].length;
+  if (chars > MAX_GOAL_CHARS) {
+    return `The goal is too long: ${chars} characters, at most ${MAX_GOAL_CHARS}.`;
+  }
+  return null;
+}
 
 /** A server message as a sentence: capital first letter, closing full stop. */
 function sentence(text) {
@@ -38,18 +58,28 @@ export function wireStartForm(form, errorEl, { fetchImpl = fetch, go = (url) => 
     errorEl.hidden = true;
     errorEl.textContent = '';
     let text;
+    const body = new URLSearchParams(new FormData(form));
+    const problem = goalProblem(body.get('goal'));
+    if (problem) {
+      errorEl.textContent = problem;
+      errorEl.hidden = false;
+      button?.removeAttribute('disabled');
+      return;
+    }
     try {
+      // A URLSearchParams body goes as application/x-www-form-urlencoded.
       const res = await fetchImpl(form.action, {
         method: 'POST',
         credentials: 'same-origin',
         headers: { Accept: 'application/json' },
+        body,
       });
       if (res.ok && res.redirected && new URL(res.url).pathname.startsWith('/s/')) {
         go(res.url);
         return;
       }
-      const body = await res.json().catch(() => null);
-      text = startErrorMessage(res.status, body);
+      const answer = await res.json().catch(() => null);
+      text = startErrorMessage(res.status, answer);
     } catch (err) {
       console.warn('[livesession] starting a session failed:', err);
       text = 'Could not reach the server. Try again in a moment.';

@@ -24,11 +24,20 @@
 // (TAKE_CONTROL); while the person holds it, "Hand back to the agent"
 // (RELEASE_CONTROL). An agent asking for a person (CONTROL `reason`) gets its
 // reason shown in the banner's alert region.
+//
+// Tasks (task-panel.js): the session's tasks, listed at GET
+// /api/sessions/{id}/tasks on every CONNECTED and followed live through
+// TASK_UPDATE. The control channel reconnects with `?tasks_after=<the last
+// cursor seen>`, so an update is neither repeated nor lost across reconnects
+// (the panel also drops any it has seen). A task waiting for the person offers
+// the banner's own "Take control".
 
 import { Backoff } from './backoff.js';
 import { describe, hint, isFinal } from './closecodes.js';
 import { ControlClient, isAuthClose, retryAfterMs } from './control.js';
 import { HandoverUi } from './handover.js';
+import { TaskPanel } from './task-panel.js';
+import { TaskApi } from './tasks.js';
 import { channelUrl, sessionIdFromPath, takeFragmentToken } from './session.js';
 import { sessionTokenProvider } from './tokens.js';
 import { ViewerUi } from './ui.js';
@@ -54,13 +63,30 @@ function main() {
   const linkToken = takeFragmentToken(id);
   log(`viewer for session ${id}; auth by ${linkToken ? 'link token, exchanged for cookies' : 'cookie'}`);
 
-  const control = new ControlClient({
+  // Created before the control client, whose URL asks for the task updates
+  // after the last one the panel saw; its API calls renew the access cookie
+  // through the control client.
+  let control = null;
+  const tasks = new TaskPanel({
+    sessionId: id,
+    api: new TaskApi(id, {
+      auth: {
+        ensure: () => control.ensureToken(),
+        renew: () => control.refreshAuth('expired'),
+      },
+    }),
+  });
+  control = new ControlClient({
     sessionId: id,
     refreshToken: sessionTokenProvider(id, { initialToken: linkToken }),
     url: () => channelUrl(id, 'control'),
+    query: () => ({ tasks_after: tasks.lastCursor > 0 ? tasks.lastCursor : null }),
   });
   const vnc = new VncConnection(document.getElementById('screen'));
   const handover = new HandoverUi();
+  handover.addEventListener('change', (ev) => tasks.setControl(ev.detail));
+  tasks.addEventListener('take', () => handover.take());
+  tasks.addEventListener('release', () => handover.release());
   let role = 'interactive'; // of this page's token, from CONNECTED
   let tookControl = false; // this page asked for control: focus the screen once it has it
   const vncBackoff = new Backoff();
@@ -128,6 +154,7 @@ function main() {
     ui.notice(notice);
     ui.stopExpiry();
     handover.clear();
+    tasks.end();
     // The session is over for this page: drop the auth state too.
     if (!leaveControl && control.state !== 'stopped') control.forceDisconnect();
     vnc.disconnect();
@@ -165,13 +192,20 @@ function main() {
         role = msg.role ?? 'interactive';
         ui.setViewOnly(role === 'view');
         handover.setRole(role);
+        tasks.setRole(role);
+        tasks.connected(msg.server_time);
         applyInputMode();
+        // The list on every (re)connect: tasks and states while this page was away.
+        tasks.refresh();
         break;
       case 'CONTROL':
         onControl(msg);
         break;
       case 'DESKTOP_STATUS':
         onDesktopStatus(msg);
+        break;
+      case 'TASK_UPDATE':
+        tasks.update(msg);
         break;
       case 'PONG':
         break;
