@@ -82,6 +82,9 @@ enum BenchCommand {
     /// DevTools (CDP) through the gateway against direct to the desktop's socket, in
     /// alternating rounds: Runtime.evaluate round trips and 1280x720 PNG screenshots/s.
     Cdp(BenchRunArgs),
+    /// The task system: steps tasks per minute with the built-in runners, the runner's
+    /// time per step against raw CDP, claim latency with 1,000 tasks queued.
+    Tasks(BenchRunArgs),
     /// Everything above; prints one summary table and the details, and writes them into
     /// docs/performance.md between its bench markers.
     All {
@@ -336,6 +339,13 @@ async fn bench_command(command: BenchCommand) -> ExitCode {
                 code
             }
             BenchCommand::Cdp(a) => match bench::cdp::run(&a.options()).await {
+                Ok(r) => {
+                    println!("{}\n{}", r.table().render(), r.note());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => print(Err(e)),
+            },
+            BenchCommand::Tasks(a) => match bench::tasks::run(&a.options()).await {
                 Ok(r) => {
                     println!("{}\n{}", r.table().render(), r.note());
                     ExitCode::SUCCESS

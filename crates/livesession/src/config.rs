@@ -529,7 +529,8 @@ pub struct AgentArgs {
     /// Model turns per task.
     #[arg(long, env = "LIVESESSION_AGENT_MAX_TURNS", default_value_t = 30)]
     pub agent_max_turns: u32,
-    /// Seconds the agent may work on one task, from its claim.
+    /// Seconds the agent may work on one task, from when its browser is ready; time
+    /// waiting for the person is not counted.
     #[arg(long, env = "LIVESESSION_AGENT_MAX_SECONDS", default_value_t = 600)]
     pub agent_max_seconds: u64,
     /// Tokens (prompt and completion, as the API reports them) per task.

@@ -646,16 +646,7 @@ impl Page {
     /// Presses and releases `key` (`Enter`, `Tab`, `ArrowDown`, `a`, …) in the focused
     /// element.
     pub async fn press_key(&self, key: &str) -> Result<(), CdpError> {
-        let key_info = KeyInfo::named(key).ok_or_else(|| {
-            CdpError::Unexpected(format!(
-                "unknown key {key:?}: expected a single character or one of {}",
-                NAMED_KEYS
-                    .iter()
-                    .map(|k| k.0)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))
-        })?;
+        let key_info = KeyInfo::named(key).ok_or_else(|| CdpError::Unexpected(unknown_key(key)))?;
         let mut down = json!({
             "type": if key_info.text.is_some() { "keyDown" } else { "rawKeyDown" },
             "key": key_info.key,
@@ -765,4 +756,15 @@ impl KeyInfo {
             text: Some(c.to_string()),
         })
     }
+}
+
+/// Whether [`Page::press_key`] knows `key`: a single character or one of the named keys.
+pub fn is_known_key(key: &str) -> bool {
+    KeyInfo::named(key).is_some()
+}
+
+/// Why `key` cannot be pressed, naming the keys that can.
+pub fn unknown_key(key: &str) -> String {
+    let named: Vec<&str> = NAMED_KEYS.iter().map(|k| k.0).collect();
+    format!("unknown key {key:?}: expected a single character or one of {}", named.join(", "))
 }

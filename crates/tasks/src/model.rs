@@ -21,7 +21,7 @@ pub mod limits {
     pub const MAX_WAIT_MS: u64 = 300_000;
     /// `scroll.dy`, either way.
     pub const MAX_SCROLL: i64 = 100_000;
-    /// Bytes of a result or of an event's data.
+    /// Bytes of a task's result.
     pub const MAX_RESULT_BYTES: usize = 256 * 1024;
     /// Characters in an event's message or an error.
     pub const MAX_MESSAGE_CHARS: usize = 2000;
@@ -233,7 +233,8 @@ pub enum Step {
         selector: String,
         text: String,
     },
-    /// A key name as Playwright and Puppeteer spell it: `Enter`, `Tab`, `ArrowDown`, `a`.
+    /// One key, named as Playwright and Puppeteer name it (`Enter`, `Tab`, `ArrowDown`) or
+    /// a single character; no modifier combinations.
     Press {
         key: String,
     },
@@ -530,7 +531,11 @@ fn parse_step(index: usize, value: &Value) -> Result<Step, InputError> {
         }
         "press" => {
             only_fields(object, &prefix, &["action", "key"])?;
-            Step::Press { key: string("key", 64)? }
+            let key = string("key", 64)?;
+            if !crate::cdp::is_known_key(&key) {
+                return Err(InputError::new(at("key"), crate::cdp::unknown_key(&key)));
+            }
+            Step::Press { key }
         }
         "wait_for" => {
             only_fields(object, &prefix, &["action", "selector", "text", "url", "timeout_ms"])?;
@@ -597,6 +602,7 @@ mod tests {
             {"action": "press", "key": "Enter"},
             {"action": "wait_for", "selector": "#answer", "timeout_ms": 5000},
             {"action": "wait_for", "url": "/done"},
+            {"action": "press", "key": "a"},
             {"action": "extract", "selector": "#answer", "name": "answer"},
             {"action": "screenshot"},
             {"action": "scroll", "dy": -300},
@@ -604,7 +610,7 @@ mod tests {
             {"action": "assert_text", "text": "Thanks"}
         ]);
         let parsed = parse_steps(steps.as_array().unwrap()).unwrap();
-        assert_eq!(parsed.len(), 12);
+        assert_eq!(parsed.len(), 13);
         assert_eq!(serde_json::to_value(&parsed).unwrap(), steps);
         let input = TaskInput::parse(&json!({"kind": "steps", "steps": steps})).unwrap();
         assert_eq!(TaskInput::from_stored(TaskKind::Steps, &input.to_value()).unwrap(), input);
@@ -626,6 +632,7 @@ mod tests {
         assert!(err(json!({"kind": "steps", "steps": [{"action": "goto", "url": "file:///etc/passwd"}]})).starts_with("steps[0].url:"));
         assert!(err(json!({"kind": "steps", "steps": [{"action": "screenshot", "extra": 1}]})).starts_with("steps[0].extra: unknown field"));
         assert_eq!(err(json!({"kind": "steps", "steps": []})), "steps: must have at least one step");
+        assert!(err(json!({"kind": "steps", "steps": [{"action": "press", "key": "Control+A"}]})).starts_with("steps[0].key: unknown key \"Control+A\""));
         let many: Vec<Value> = (0..201).map(|_| json!({"action": "screenshot"})).collect();
         assert!(err(json!({"kind": "steps", "steps": many})).starts_with("steps: at most 200 steps"));
         assert_eq!(err(json!({"kind": "agent"})), "goal: required: a non-empty string");

@@ -1,7 +1,7 @@
 //! `livesession bench`: whole-system measurements.
 //!
 //! - `control`: a soak of a running server's control channel ([`control`]).
-//! - `proxy`, `start`, `memory`, `capacity`, `scroll`, `cdp`, `all`: each starts this
+//! - `proxy`, `start`, `memory`, `capacity`, `scroll`, `cdp`, `tasks`, `all`: each starts this
 //!   binary's own `serve` as a child process (temporary data directory, loopback port,
 //!   generated admin token) and a loopback page server, measures, and prints Markdown
 //!   tables; `all` runs every one and writes the tables into docs/performance.md between
@@ -23,6 +23,7 @@ pub mod server;
 pub mod start;
 pub mod stats;
 pub mod summary;
+pub mod tasks;
 pub mod wire;
 
 use std::path::PathBuf;
@@ -139,6 +140,8 @@ pub async fn all(options: &Options) -> summary::Report {
     report.scroll = Some(scroll::run(options).await);
     progress("DevTools (CDP) through the gateway and direct");
     report.cdp = Some(cdp::run(options).await);
+    progress("tasks: steps runners, per-step overhead, claims with a deep queue");
+    report.tasks = Some(tasks::run(options).await);
     progress("capacity");
     report.capacity = Some(capacity::run(options).await);
     report.elapsed = started.elapsed();

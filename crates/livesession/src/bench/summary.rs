@@ -11,9 +11,11 @@ use super::proxy::{ProxyReport, Via};
 use super::report::{Table, fmt_mib, fmt_ms, machine};
 use super::scroll::{self, Mode, ScrollReport};
 use super::start::StartReport;
+use super::tasks::TasksReport;
 
 const SCROLLING: &str = "Scrolling";
 const CDP: &str = "DevTools (CDP): gateway and direct, alternating rounds";
+const TASKS: &str = "Tasks";
 
 /// Everything one `bench all` measured.
 #[derive(Debug, Default)]
@@ -28,6 +30,7 @@ pub struct Report {
     pub memory: Option<Result<MemoryReport, String>>,
     pub scroll: Option<Result<ScrollReport, String>>,
     pub cdp: Option<Result<CdpReport, String>>,
+    pub tasks: Option<Result<TasksReport, String>>,
     pub capacity: Option<Result<CapacityReport, String>>,
 }
 
@@ -141,6 +144,11 @@ impl Report {
             Some(Err(e)) => failed(&mut t, "DevTools (CDP)", e),
             None => {}
         }
+        match &self.tasks {
+            Some(Ok(r)) => tasks_summary(&mut t, r),
+            Some(Err(e)) => failed(&mut t, "Tasks", e),
+            None => {}
+        }
         match &self.capacity {
             Some(Ok(c)) => t.row([
                 "Concurrent live sessions (each getting frames)".into(),
@@ -183,7 +191,7 @@ impl Report {
             self.load_at_start
         );
         out.push_str(&self.summary().render());
-        let details: [(&str, Option<Result<Table, String>>); 6] = [
+        let details: [(&str, Option<Result<Table, String>>); 7] = [
             (
                 "VNC proxy, Raw 1280x720 full-screen updates",
                 self.proxy
@@ -215,6 +223,12 @@ impl Report {
                     .map(|r| r.as_ref().map(CdpReport::table).map_err(Clone::clone)),
             ),
             (
+                TASKS,
+                self.tasks
+                    .as_ref()
+                    .map(|r| r.as_ref().map(TasksReport::table).map_err(Clone::clone)),
+            ),
+            (
                 "Capacity",
                 self.capacity
                     .as_ref()
@@ -232,6 +246,11 @@ impl Report {
                         && let Some(Ok(c)) = &self.cdp
                     {
                         let _ = writeln!(out, "\n{}", c.note());
+                    }
+                    if title == TASKS
+                        && let Some(Ok(r)) = &self.tasks
+                    {
+                        let _ = writeln!(out, "\n{}", r.note());
                     }
                 }
                 Some(Err(e)) => {
@@ -273,6 +292,47 @@ fn cdp_summary(t: &mut Table, c: &CdpReport) {
         ),
         format!("≥ {:.2}× direct", cdp::GOAL_SCREENSHOT_RATIO),
         met(ratio >= cdp::GOAL_SCREENSHOT_RATIO),
+    ]);
+}
+
+/// The issue names no goal for tasks: figures only.
+fn tasks_summary(t: &mut Table, r: &TasksReport) {
+    for row in &r.throughput {
+        t.row([
+            format!(
+                "Steps tasks per minute, {} ({} runners)",
+                row.steps, row.runners
+            ),
+            format!(
+                "{:.0} per minute; each created → succeeded p50 {}, p99 {} ({} tasks)",
+                row.per_minute(),
+                fmt_ms(row.latency.p50),
+                fmt_ms(row.latency.p99),
+                row.succeeded
+            ),
+        ]);
+    }
+    let s = &r.steps;
+    t.row([
+        "Steps runner per step against raw CDP (`assert_text`)".into(),
+        format!(
+            "{} vs {} ({:+.2} ms); raw evaluate + thumbnail {}",
+            fmt_ms(s.runner_mean),
+            fmt_ms(s.raw_evaluate_mean),
+            s.runner_mean - s.raw_evaluate_mean,
+            fmt_ms(s.raw_thumbnail_mean)
+        ),
+    ]);
+    let c = &r.claims;
+    t.row([
+        format!("Worker claim with {} tasks queued", c.queued),
+        format!(
+            "p50 {}, p99 {} (first {} claims); {:.0} creates/s",
+            fmt_ms(c.deep.p50),
+            fmt_ms(c.deep.p99),
+            c.deep.count,
+            c.creates_per_s
+        ),
     ]);
 }
 

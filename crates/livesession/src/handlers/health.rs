@@ -84,7 +84,10 @@ async fn task_queues(app: &crate::app::App) -> (Value, Vec<String>) {
         let oldest_age = s.oldest_queued_at.map(|t| (now - t).whole_seconds().max(0));
         if s.queued > 0 && alive.is_empty() {
             let hint = match kind {
-                TaskKind::Agent => " (set LIVESESSION_AGENT_API_BASE, or run an external worker)",
+                TaskKind::Agent if app.runner_settings.agent.is_none() => {
+                    " (set LIVESESSION_AGENT_API_BASE, or run an external worker)"
+                }
+                TaskKind::Agent => " (LIVESESSION_AGENT_RUNNERS is 0; run an external worker)",
                 TaskKind::Steps => " (LIVESESSION_STEPS_RUNNERS is 0; run an external worker)",
             };
             degraded.push(format!("{} {} task(s) queued and no worker is alive for them{hint}", s.queued, kind.as_str()));

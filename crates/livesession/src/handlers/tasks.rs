@@ -195,8 +195,9 @@ pub async fn list_tasks(
     client: ClientInfo,
     headers: HeaderMap,
     Path(id): Path<String>,
+    ApiQuery(query): ApiQuery<TaskQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    session_caller(&app, &client, &headers, None, &id).await?;
+    session_caller(&app, &client, &headers, query.token.as_deref(), &id).await?;
     existing_session(&app, &id).await?;
     let tasks = app
         .queue
@@ -303,7 +304,7 @@ pub async fn get_task(
     Path(task_id): Path<String>,
     ApiQuery(query): ApiQuery<TaskQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let (task, _) = task_for(&app, &client, &headers, None, &task_id, None).await?;
+    let (task, _) = task_for(&app, &client, &headers, query.token.as_deref(), &task_id, None).await?;
     show(&app, task, query.after.unwrap_or(0)).await
 }
 
@@ -425,7 +426,8 @@ pub async fn screenshot(
 pub(crate) fn form_goal(body: &[u8]) -> Result<Option<String>, ApiError> {
     let goal = form_urlencoded::parse(body)
         .find(|(name, _)| name == "goal")
-        .map(|(_, value)| value.trim().to_owned())
+        // A browser posts a textarea's line breaks as CR LF; the page counted them as one.
+        .map(|(_, value)| value.trim().replace("\r\n", "\n"))
         .filter(|goal| !goal.is_empty());
     if let Some(goal) = &goal {
         livesession_tasks::model::check_goal(goal)

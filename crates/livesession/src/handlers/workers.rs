@@ -57,8 +57,11 @@ fn json_body<T: serde::de::DeserializeOwned>(body: &[u8], expected: &str) -> Res
         .map_err(|e| ApiError::bad_request("invalid_json", format!("request body: {e}; expected {expected}")))
 }
 
+/// Built-in runners claim as `builtin-…` (`/readyz` counts them apart); external workers
+/// may not take such a name.
 fn valid_worker_name(name: &str) -> bool {
     !name.is_empty()
+        && !name.starts_with("builtin-")
         && name.chars().count() <= MAX_WORKER_NAME_CHARS
         && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:@".contains(c))
 }
@@ -82,7 +85,7 @@ pub async fn mint_worker_token(
     if !valid_worker_name(&request.name) {
         return Err(ApiError::bad_request(
             "invalid_name",
-            format!("name: 1 to {MAX_WORKER_NAME_CHARS} letters, digits or - _ . : @"),
+            format!("name: 1 to {MAX_WORKER_NAME_CHARS} letters, digits or - _ . : @, not starting with \"builtin-\""),
         ));
     }
     let max_days = app.config.tasks.worker_token_days.max(1);
@@ -260,6 +263,7 @@ pub async fn post_event(
         }
     };
     let asks_person = matches!(change, Transition::WaitForPerson);
+    let resumes = matches!(change, Transition::Resume);
     let reason = request.message.clone();
     let note = EventNote { step: request.step, message: request.message, screenshot };
     let task = app.queue.update(&task_id, &request.lease, change, note).await.map_err(lease_refused)?;
@@ -267,6 +271,9 @@ pub async fn post_event(
         // The viewers show the reason and offer "Take control", as for an agent's
         // Livesession.requestHuman.
         app.control.request_human(&task.session_id, reason.as_deref().unwrap_or("the agent needs a person"));
+    } else if resumes {
+        // The worker goes on (the person is done, or was never needed after all).
+        app.control.withdraw_request(&task.session_id);
     }
     Ok(Json(json!({ "task": task_view(&task) })))
 }
