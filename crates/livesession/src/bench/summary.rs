@@ -300,8 +300,8 @@ fn tasks_summary(t: &mut Table, r: &TasksReport) {
     for row in &r.throughput {
         t.row([
             format!(
-                "Steps tasks per minute, {} ({} runners)",
-                row.steps, row.runners
+                "Steps tasks per minute, {} runners: {}",
+                row.runners, row.steps
             ),
             format!(
                 "{:.0} per minute; each created → succeeded p50 {}, p99 {} ({} tasks)",

@@ -698,7 +698,7 @@ async fn step_overhead(
 async fn with_runners(options: &Options) -> Result<(Vec<Throughput>, StepOverhead), String> {
     let sessions = if options.quick { 2 } else { 4 };
     let per_session = if options.quick { 15 } else { 40 };
-    let (rounds, steps) = if options.quick { (2, 30) } else { (4, 100) };
+    let (rounds, steps) = if options.quick { (2, 30) } else { (8, 50) };
     let page = TextPage::start().await?;
     let mut flags: Vec<String> = [
         "--desktop-host-ports",
