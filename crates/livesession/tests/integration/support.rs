@@ -296,6 +296,13 @@ impl TestServer {
             .unwrap()
     }
 
+    /// `GET path` as the admin; asserts 200 and returns the body.
+    pub async fn admin_get(&self, path: &str) -> Value {
+        let response = self.http.get(self.url(path)).bearer_auth(ADMIN).send().await.unwrap();
+        assert_eq!(response.status(), 200, "GET {path}");
+        response.json().await.unwrap()
+    }
+
     /// A fresh access token for a session, minted with the admin token.
     pub async fn mint_token(&self, id: &str) -> String {
         let response = self

@@ -28,9 +28,7 @@ async fn new_task(server: &TestServer, session: &str, body: Value) -> Value {
 }
 
 async fn get_task(server: &TestServer, id: &str) -> Value {
-    let response = server.http.get(server.url(&format!("/api/tasks/{id}"))).bearer_auth(ADMIN).send().await.unwrap();
-    assert_eq!(response.status(), 200, "get task");
-    response.json().await.unwrap()
+    server.admin_get(&format!("/api/tasks/{id}")).await
 }
 
 /// Polls the task until `done` holds (or panics after `limit`, showing the task).
@@ -410,28 +408,19 @@ async fn a_paid_checkout_with_a_goal_starts_the_agent_task() {
         .unwrap();
     assert_eq!(started.status(), 303);
     // Before the payment: no session to run in, no task.
-    let tasks: Value = server.http.get(server.url("/api/tasks")).bearer_auth(ADMIN).send().await.unwrap().json().await.unwrap();
+    let tasks = server.admin_get("/api/tasks").await;
     assert!(tasks["tasks"].as_array().unwrap().is_empty());
 
     let event = crate::payments::completed("cs_fake_1", "pi_fake_1", 100);
     assert_eq!(crate::payments::deliver(&server, event.clone()).await, 200);
     // A redelivery starts nothing more.
     assert_eq!(crate::payments::deliver(&server, event).await, 200);
-    let tasks: Value = server.http.get(server.url("/api/tasks")).bearer_auth(ADMIN).send().await.unwrap().json().await.unwrap();
+    let tasks = server.admin_get("/api/tasks").await;
     let tasks = tasks["tasks"].as_array().unwrap();
     assert_eq!(tasks.len(), 1, "{tasks:?}");
     assert_eq!(tasks[0]["kind"], "agent");
     assert_eq!(tasks[0]["input"]["goal"], "Book a table for two at 8pm");
-    let session: Value = server
-        .http
-        .get(server.url("/api/sessions?checkout_session_id=cs_fake_1"))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let session = server.admin_get("/api/sessions?checkout_session_id=cs_fake_1").await;
     assert_eq!(tasks[0]["session_id"], session["sessions"][0]["id"]);
 
     // A goal that is too long is refused before anything is paid.
@@ -668,7 +657,7 @@ async fn the_agent_runner_works_in_the_real_browser_asks_the_person_and_survives
     let updates = task_updates(&mut viewer, Duration::from_secs(120), |u| u["state"] == "waiting_for_person").await;
     let waiting = updates.last().unwrap_or_else(|| panic!("no waiting_for_person: {updates:#?}"));
     assert_eq!(waiting["message"], "please solve the captcha");
-    let current: Value = server.http.get(server.url(&format!("/api/tasks/{task_id}"))).bearer_auth(ADMIN).send().await.unwrap().json().await.unwrap();
+    let current = get_task(&server, task_id).await;
     assert_eq!(current["state"], "waiting_for_person");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = state.lock().unwrap().requests.len();
