@@ -54,9 +54,13 @@ pub fn admit(app: &App, peer: IpAddr, auth: Authorized) -> Result<Authorized, Cl
 
 type Upstream = tokio_tungstenite::WebSocketStream<tokio::net::UnixStream>;
 
-/// Opens the DevTools WebSocket of `target` inside the desktop, as a local client (Chrome
-/// refuses other Host headers).
-async fn connect_upstream(app: &App, handle: &DesktopHandle, target: &Target) -> Result<Upstream, Close> {
+/// The path of `target`'s DevTools WebSocket inside the desktop, and a fresh stream to the
+/// desktop's DevTools socket to open it on. A tampered socket stops the desktop.
+pub(crate) async fn devtools_stream(
+    app: &App,
+    handle: &DesktopHandle,
+    target: &Target,
+) -> Result<(tokio::net::UnixStream, String), Close> {
     let lost = |what: String| Close::new(CloseCode::DesktopUnavailable, format!("desktop unavailable: {what}"));
     let path = match target {
         Target::Browser => {
@@ -80,6 +84,14 @@ async fn connect_upstream(app: &App, handle: &DesktopHandle, target: &Target) ->
         }
         Err(e) => return Err(lost(format!("its DevTools socket: {e}"))),
     };
+    Ok((stream, path))
+}
+
+/// Opens the DevTools WebSocket of `target` inside the desktop, as a local client (Chrome
+/// refuses other Host headers).
+async fn connect_upstream(app: &App, handle: &DesktopHandle, target: &Target) -> Result<Upstream, Close> {
+    let lost = |what: String| Close::new(CloseCode::DesktopUnavailable, format!("desktop unavailable: {what}"));
+    let (stream, path) = devtools_stream(app, handle, target).await?;
     let max = app.config.cdp_max_message_bytes;
     let config = tungstenite::protocol::WebSocketConfig::default()
         .max_message_size(Some(max))

@@ -10,11 +10,13 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use livesession_tasks::{StoreError, TaskEvent, TaskQueue};
+use livesession_tasks::{TaskEvent, TaskQueue};
 use tokio::sync::broadcast::error::RecvError;
 
 /// Events read from the store at a time.
 const PAGE: u32 = 200;
+/// How long the feed waits before reading again after the store failed.
+const STORE_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
 
 pub struct TaskFeed {
     queue: Arc<TaskQueue>,
@@ -42,21 +44,25 @@ impl TaskFeed {
         }
     }
 
-    /// The next event, waiting for one if there is none yet.
-    pub async fn next(&mut self) -> Result<TaskEvent, StoreError> {
+    /// The next event, waiting for one if there is none yet. A store that fails is read
+    /// again after a pause: the feed resumes where it was, nothing is skipped.
+    pub async fn next(&mut self) -> TaskEvent {
         loop {
             if let Some(event) = self.pending.pop_front() {
                 self.last = event.cursor;
-                return Ok(event);
+                return event;
             }
             if self.behind {
-                let page = self
-                    .queue
-                    .store()
-                    .session_events(&self.session_id, self.last, PAGE)
-                    .await?;
-                self.behind = page.len() as u32 == PAGE;
-                self.pending.extend(page);
+                match self.queue.store().session_events(&self.session_id, self.last, PAGE).await {
+                    Ok(page) => {
+                        self.behind = page.len() as u32 == PAGE;
+                        self.pending.extend(page);
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "task store failed while following task updates; retrying");
+                        tokio::time::sleep(STORE_RETRY).await;
+                    }
+                }
                 continue;
             }
             match self.live.recv().await {

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use livesession_desktop::{DesktopHandle, devtools};
+use livesession_desktop::DesktopHandle;
 use livesession_session::Holder;
 use livesession_tasks::agent::{self, AgentError, AgentSettings};
 use livesession_tasks::cdp::{Cdp, Page};
@@ -199,24 +199,12 @@ async fn session_desktop(app: &Arc<App>, session_id: &str, ctx: &LocalRun) -> Re
         .map_err(|e| RunError::Failed(format!("desktop unavailable: {e}")))
 }
 
-/// The browser-level DevTools connection of a desktop, through its `devtools.sock`.
+/// The browser-level DevTools connection of a desktop, through its `devtools.sock` (as
+/// an agent's connection is opened by the relay).
 async fn open_browser(app: &App, handle: &DesktopHandle) -> Result<Cdp, String> {
-    let version = devtools::get_json(&handle.devtools_socket, "/json/version")
+    let (stream, path) = crate::cdp_relay::devtools_stream(app, handle, &crate::cdp_relay::Target::Browser)
         .await
-        .map_err(|e| format!("the browser's DevTools did not answer: {e}"))?;
-    let path = version["webSocketDebuggerUrl"]
-        .as_str()
-        .and_then(devtools::websocket_path)
-        .ok_or("the browser's DevTools named no browser target")?;
-    let stream = match handle.devtools_socket.connect().await {
-        Ok(stream) => stream,
-        Err(e) if e.is_tampered() => {
-            tracing::error!(error = %e, "desktop tampered with its DevTools socket; stopping it");
-            app.desktops.stop(&handle.id).await;
-            return Err("the desktop's DevTools socket was tampered with, so it was stopped".into());
-        }
-        Err(e) => return Err(format!("the browser's DevTools socket: {e}")),
-    };
+        .map_err(|close| close.reason)?;
     Cdp::connect(stream, &format!("ws://localhost{path}"))
         .await
         .map_err(|e| format!("the browser's DevTools refused the connection: {e}"))

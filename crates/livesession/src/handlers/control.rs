@@ -241,7 +241,6 @@ async fn converse(app: &App, mut auth: Authorized, socket: &mut WebSocket, tasks
     let may_take_control = auth.claims.role == crate::auth::Role::Interactive;
     // Task updates come after the desktop's first status; the feed reads from the store.
     let mut tasks = crate::task_feed::TaskFeed::new(app.queue.clone(), &session.id, tasks_after);
-    let mut tasks_paused_until: Option<Instant> = None;
     let mut last_sent = None;
     let mut expires_at = session.expires_at;
     let mut warned = false;
@@ -290,15 +289,9 @@ async fn converse(app: &App, mut auth: Authorized, socket: &mut WebSocket, tasks
                 }
             }
             // After the first desktop status (sent by the branch above, which is ready first).
-            event = tasks.next(), if last_sent.is_some() && tasks_paused_until.is_none_or(|t| Instant::now() >= t) => match event {
-                Ok(event) => send(socket, ServerMessage::task_update(event).text()).await?,
-                Err(e) => {
-                    // The feed resumes where it was: nothing is skipped, only delayed.
-                    tracing::error!(error = %e, "task store failed while following task updates; retrying");
-                    tasks_paused_until = Some(Instant::now() + Duration::from_secs(2));
-                }
-            },
-            _ = tokio::time::sleep_until(tasks_paused_until.unwrap_or_else(Instant::now)), if tasks_paused_until.is_some_and(|t| Instant::now() < t) => {}
+            event = tasks.next(), if last_sent.is_some() => {
+                send(socket, ServerMessage::task_update(event).text()).await?;
+            }
             message = socket.recv() => {
                 let Some(Ok(message)) = message else { return None };
                 last_heard = Instant::now();

@@ -66,8 +66,9 @@ async fn task_queues(app: &crate::app::App) -> (Value, Vec<String>) {
     let now = time::OffsetDateTime::now_utc();
     let store = app.queue.store();
     // A worker is alive if it claimed or heartbeated within two leases (a claim's long
-    // poll repeats well within one).
-    let window = time::Duration::try_from(app.queue.config().lease * 2).unwrap_or(time::Duration::MINUTE);
+    // poll repeats well within one), allowing for how stale the store keeps a sighting.
+    let window = (app.queue.config().lease * 2).max(livesession_tasks::store::SEEN_GRANULARITY * 3);
+    let window = time::Duration::try_from(window).unwrap_or(time::Duration::MINUTE);
     let (stats, workers) = match (store.stats(now).await, store.workers_seen_since(now - window).await) {
         (Ok(stats), Ok(workers)) => (stats, workers),
         (Err(e), _) | (_, Err(e)) => {

@@ -28,10 +28,7 @@ use serde_json::{Value, json};
 use time::format_description::well_known::Rfc3339;
 
 use crate::app::{App, AppState};
-use crate::auth::{
-    Role, TokenError, TokenKind, TokenSource, find_access_token, same_site_request,
-    session_cookies_for, set_cookies,
-};
+use crate::auth::{Role, session_cookies_for, set_cookies};
 use crate::error::ApiError;
 use crate::limits::RateClass;
 use crate::proxy::ClientInfo;
@@ -150,38 +147,7 @@ fn require_manager(
     if crate::handlers::admin::is_admin(app, ip, headers)? {
         return Ok(Manager::Admin);
     }
-    let unauthorized =
-        |code: &'static str, message: &str| ApiError::new(StatusCode::UNAUTHORIZED, code, message);
-    let Some((token, source)) = find_access_token(headers, None, id) else {
-        return Err(unauthorized(
-            "auth_required",
-            "the admin token or the session's access token is required",
-        ));
-    };
-    // A cookie is sent by the browser on its own: only our own pages may use it. (The
-    // CSRF layer covers the state-changing methods; this also covers the list.)
-    if source == TokenSource::Cookie && !same_site_request(headers, |o, h| app.origin_allowed(o, h))
-    {
-        return Err(ApiError::cross_site());
-    }
-    let claims = match app.tokens.verify(&token, TokenKind::Access) {
-        Ok(claims) => claims,
-        Err(TokenError::Expired) => {
-            return Err(unauthorized(
-                "token_expired",
-                "the access token expired; get a fresh one from the token endpoint",
-            ));
-        }
-        Err(TokenError::Invalid) => {
-            return Err(unauthorized("token_invalid", "the token is invalid"));
-        }
-    };
-    if claims.sid != id {
-        return Err(unauthorized(
-            "token_invalid",
-            "the token is for another session",
-        ));
-    }
+    let claims = crate::handlers::session_token(app, headers, None, id)?;
     if claims.role != Role::Interactive {
         return Err(ApiError::forbidden(
             "forbidden",

@@ -25,7 +25,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::app::{App, AppState};
-use crate::auth::{Role, TokenError, TokenKind, TokenSource, find_access_token, same_site_request};
+use crate::auth::Role;
 use crate::error::{ApiError, ApiQuery};
 use crate::proxy::ClientInfo;
 
@@ -62,30 +62,7 @@ pub(crate) async fn session_caller(
     if crate::handlers::admin::is_admin(app, client.ip, headers)? {
         return Ok(Caller::Admin);
     }
-    let unauthorized = |code: &'static str, message: &str| ApiError::new(StatusCode::UNAUTHORIZED, code, message);
-    let Some((token, source)) = find_access_token(headers, query_token, id) else {
-        return Err(unauthorized(
-            "auth_required",
-            "the admin token or an access token of the session is required",
-        ));
-    };
-    // A cookie is sent by the browser on its own: only our own pages may use it.
-    if source == TokenSource::Cookie && !same_site_request(headers, |o, h| app.origin_allowed(o, h)) {
-        return Err(ApiError::cross_site());
-    }
-    let claims = match app.tokens.verify(&token, TokenKind::Access) {
-        Ok(claims) => claims,
-        Err(TokenError::Expired) => {
-            return Err(unauthorized(
-                "token_expired",
-                "the access token expired; get a fresh one from the token endpoint",
-            ));
-        }
-        Err(TokenError::Invalid) => return Err(unauthorized("token_invalid", "the token is invalid")),
-    };
-    if claims.sid != id {
-        return Err(unauthorized("token_invalid", "the token is for another session"));
-    }
+    let claims = crate::handlers::session_token(app, headers, query_token, id)?;
     if let Some(link) = &claims.lnk {
         crate::handlers::links::check_link(app, id, link)
             .await

@@ -99,7 +99,7 @@ pub async fn mint_worker_token(
     let body = json!({
         "worker": request.name,
         "token": token,
-        "expires_at": expires_at.format(&time::format_description::well_known::Rfc3339).expect("formattable"),
+        "expires_at": rfc3339(expires_at),
     });
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }

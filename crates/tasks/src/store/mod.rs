@@ -12,6 +12,11 @@ pub use sqlite::SqliteTaskStore;
 use crate::model::{EventNote, Lease, NewTask, Task, TaskEvent, TaskKind, TaskState};
 use time::OffsetDateTime;
 
+/// How stale a claiming worker's recorded sighting may be: an idle worker's long poll
+/// looks every second, and rewriting its sighting each time would be a write per second
+/// per worker for nothing. Readers of [`TaskStore::workers_seen_since`] allow for it.
+pub const SEEN_GRANULARITY: std::time::Duration = std::time::Duration::from_secs(5);
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database error: {0}")]
@@ -185,7 +190,9 @@ pub trait TaskStore: Send + Sync + 'static {
     async fn expire_leases(&self, now: OffsetDateTime) -> Result<Vec<ExpiredLease>, StoreError>;
     /// Per kind (every kind present, zero counts included).
     async fn stats(&self, now: OffsetDateTime) -> Result<Vec<(TaskKind, KindStats)>, StoreError>;
-    /// Records that `worker` is alive and serves `kinds` (also done by claim and heartbeat).
+    /// Records that `worker` is alive and serves `kinds` (also done by heartbeat, and by
+    /// claim, where a backend may keep the time to within [`SEEN_GRANULARITY`] so that an
+    /// idle worker's repeated looks write nothing).
     async fn worker_seen(
         &self,
         worker: &str,

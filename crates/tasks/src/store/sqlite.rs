@@ -277,6 +277,11 @@ async fn add_event(
     event_from_row(&row)
 }
 
+/// A claim rewrites its worker's last sighting only once it is [`super::SEEN_GRANULARITY`]
+/// old (or the kinds change), so an idle worker's empty look commits no change. Heartbeats
+/// (a third of a lease apart) always write.
+const SEEN_GRANULARITY_MS: i64 = super::SEEN_GRANULARITY.as_millis() as i64;
+
 async fn record_worker(
     conn: &mut SqliteConnection,
     worker: &str,
@@ -288,11 +293,13 @@ async fn record_worker(
             sqlx::query(
                 "INSERT INTO task_workers (worker, kinds, last_seen) VALUES (?, ?, ?) \
                  ON CONFLICT (worker) DO UPDATE SET kinds = excluded.kinds, \
-                 last_seen = MAX(task_workers.last_seen, excluded.last_seen)",
+                 last_seen = MAX(task_workers.last_seen, excluded.last_seen) \
+                 WHERE task_workers.kinds <> excluded.kinds OR task_workers.last_seen < ?",
             )
             .bind(worker)
             .bind(kinds_list(kinds))
             .bind(millis(now))
+            .bind(millis(now) - SEEN_GRANULARITY_MS)
             .execute(conn)
             .await?;
         }
