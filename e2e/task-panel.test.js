@@ -195,6 +195,19 @@ describe('TaskModel', () => {
     assert.equal(again.needsDetail, false);
   });
 
+  test("a cancel or failure told over the channel shows its reason before the API answers", () => {
+    const m = new TaskModel();
+    m.load({ tasks: [apiTask('t_a', { state: 'running', seq: 2 }), apiTask('t_b', { state: 'running', seq: 2 })] });
+    m.applyUpdate(update('t_a', 3, 40, 'cancelled', { message: 'cancelled by the person' }));
+    assert.deepEqual([resultView(m.get('t_a')).headline, resultView(m.get('t_a')).answer], ['Cancelled', 'cancelled by the person']);
+    m.applyUpdate(update('t_b', 3, 41, 'failed', { message: 'step 1 (goto): timed out' }));
+    assert.equal(resultView(m.get('t_b')).answer, 'step 1 (goto): timed out');
+    assert.equal(m.needsDetail(m.get('t_a')), true, 'the stored result is still fetched');
+    // The API's answer is the truth once it arrives.
+    m.applyTask(apiTask('t_a', { state: 'cancelled', seq: 3, error: 'cancelled by the operator' }));
+    assert.equal(resultView(m.get('t_a')).answer, 'cancelled by the operator');
+  });
+
   test('tasks are listed oldest first; waiting and open are told', () => {
     const m = new TaskModel();
     m.load({

@@ -224,6 +224,11 @@ export class TaskModel {
     if (event.seq >= task.seq && TASK_STATES.includes(raw.state)) {
       task.seq = event.seq;
       task.state = raw.state;
+      // A failure's or cancel's event carries its reason: show it now rather
+      // than a bare headline until the API's answer arrives.
+      if ((raw.state === 'failed' || raw.state === 'cancelled') && !task.resultLoaded && event.message) {
+        task.error = event.message;
+      }
     }
     return event;
   }
