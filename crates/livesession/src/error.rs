@@ -80,7 +80,15 @@ impl ApiError {
 
 impl From<livesession_session::StoreError> for ApiError {
     fn from(e: livesession_session::StoreError) -> Self {
-        ApiError::internal("the session store failed", e)
+        match e {
+            livesession_session::StoreError::ProfileInUse => ApiError::new(
+                StatusCode::CONFLICT,
+                "profile_in_use",
+                "another session is using this profile with persist: true (one writer at a time); \
+                 end that session, or start this one with \"persist\": false to read a copy",
+            ),
+            e => ApiError::internal("the session store failed", e),
+        }
     }
 }
 

@@ -12,7 +12,7 @@ pub mod store;
 pub use control::{AgentPresence, ControlBoard, ControlError, ControlState, Holder};
 pub use lifecycle::{EndSignal, LinkSignal, Sessions};
 pub use model::{
-    LinkRole, NewSession, Session, SessionEnd, SessionSource, SessionState, ViewerLink,
+    LinkRole, NewSession, ProfileUse, Session, SessionEnd, SessionSource, SessionState, ViewerLink,
     link_secret_hash, new_link_secret, new_session_id,
 };
 pub use store::{CheckoutActivation, SessionStore, StoreError};

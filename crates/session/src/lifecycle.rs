@@ -121,6 +121,10 @@ impl Sessions {
             activated_at: Some(now),
             claimed_at: None,
             goal: None,
+            profile: new.profile.as_ref().map(|p| p.name.clone()),
+            profile_persist: new.profile.as_ref().is_some_and(|p| p.persist),
+            idle_timeout_seconds: new.idle_timeout_seconds,
+            hibernated_at: None,
         }
     }
 
@@ -182,6 +186,10 @@ impl Sessions {
             activated_at: None,
             claimed_at: None,
             goal,
+            profile: None,
+            profile_persist: false,
+            idle_timeout_seconds: None,
+            hibernated_at: None,
         };
         self.store.insert_session(&session).await?;
         tracing::info!(session_id = %session.id, "checkout started; session pending payment");
@@ -244,6 +252,18 @@ impl Sessions {
                 .or(Some(session)));
         }
         Ok(Some(session))
+    }
+
+    /// Records that the session's desktop hibernated (its state saved, the desktop
+    /// stopped; `true`) or resumed (`false`). The session stays active and its deadline is
+    /// unchanged. `None` if it is not active.
+    pub async fn set_hibernated(&self, id: &str, hibernated: bool) -> Result<Option<Session>, StoreError> {
+        let at = hibernated.then(Self::now);
+        let session = self.store.set_hibernated(id, at).await?;
+        if session.is_some() {
+            tracing::info!(session_id = %id, hibernated, "session desktop {}", if hibernated { "hibernated" } else { "resumed" });
+        }
+        Ok(session)
     }
 
     pub async fn revoke(&self, id: &str, reason: &str) -> Result<Option<Session>, StoreError> {
@@ -475,6 +495,8 @@ mod tests {
             source: SessionSource::Api,
             start_url: "about:blank".into(),
             ttl: time::Duration::milliseconds(ttl_ms),
+            profile: None,
+            idle_timeout_seconds: None,
         }
     }
 

@@ -107,6 +107,20 @@ pub struct Session {
     /// confirmed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub goal: Option<String>,
+    /// The named profile the session's browser starts from (docs/profiles.md).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    /// Whether the session saves its browser's state back to `profile` when it
+    /// hibernates or ends (the profile's one writer).
+    pub profile_persist: bool,
+    /// Seconds without a viewer, DevTools client or running task before the desktop
+    /// hibernates; `None`: the server's default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_seconds: Option<u32>,
+    /// When the desktop was hibernated (state saved, desktop stopped); `None` while it
+    /// runs, or before it first started.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub hibernated_at: Option<OffsetDateTime>,
 }
 
 impl Session {
@@ -127,6 +141,18 @@ pub struct NewSession {
     pub source: SessionSource,
     pub start_url: String,
     pub ttl: time::Duration,
+    /// A named profile to start from, and whether to save back to it.
+    pub profile: Option<ProfileUse>,
+    pub idle_timeout_seconds: Option<u32>,
+}
+
+/// How a session uses a named profile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProfileUse {
+    pub name: String,
+    /// Save the session's state back (one writer per profile); otherwise the session
+    /// reads a copy and its changes are not kept.
+    pub persist: bool,
 }
 
 /// A new session id: 128 bits from the OS RNG, hex encoded. Ids are not secrets (the
@@ -240,6 +266,10 @@ mod tests {
             activated_at: Some(now),
             claimed_at: None,
             goal: None,
+            profile: None,
+            profile_persist: false,
+            idle_timeout_seconds: None,
+            hibernated_at: None,
         };
         assert_eq!(s.end_at(now), None);
         assert_eq!(

@@ -102,6 +102,8 @@ async fn create(
         source,
         start_url,
         ttl: time::Duration::seconds(ttl as i64),
+        profile: None,
+        idle_timeout_seconds: None,
     };
     let session = match client {
         None => app.sessions.create(new).await?,

@@ -27,6 +27,9 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stored row is invalid: {0}")]
     Corrupt(String),
+    /// Another pending or active session already persists to this profile.
+    #[error("the profile is in use by another session that saves to it")]
+    ProfileInUse,
 }
 
 #[async_trait::async_trait]
@@ -125,6 +128,15 @@ pub trait SessionStore: Send + Sync + 'static {
         &self,
         secret_hash: &str,
     ) -> Result<Option<ViewerLink>, StoreError>;
+    /// Records that an active session's desktop was hibernated (`Some`) or resumed
+    /// (`None`). Returns the session, or `None` if it is not active.
+    async fn set_hibernated(
+        &self,
+        id: &str,
+        at: Option<OffsetDateTime>,
+    ) -> Result<Option<Session>, StoreError>;
+    /// The pending or active session that persists to this profile, if any.
+    async fn profile_writer(&self, profile: &str) -> Result<Option<Session>, StoreError>;
     /// A cheap round trip, for `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;
 }

@@ -43,7 +43,8 @@ impl SqliteStore {
 macro_rules! columns {
     () => {
         "id, state, source, start_url, created_at, expires_at, ended_at, end_reason, \
-         checkout_session_id, payment_intent, activated_at, claimed_at, goal"
+         checkout_session_id, payment_intent, activated_at, claimed_at, goal, profile, \
+         profile_persist, idle_timeout_seconds, hibernated_at"
     };
 }
 
@@ -90,6 +91,16 @@ fn session_from_row(row: &SqliteRow) -> Result<Session, StoreError> {
             .map(from_millis)
             .transpose()?,
         goal: row.try_get("goal")?,
+        profile: row.try_get("profile")?,
+        profile_persist: row.try_get::<i64, _>("profile_persist")? != 0,
+        idle_timeout_seconds: row
+            .try_get::<Option<i64>, _>("idle_timeout_seconds")?
+            .map(|s| u32::try_from(s).map_err(|_| StoreError::Corrupt(format!("idle_timeout_seconds {s}"))))
+            .transpose()?,
+        hibernated_at: row
+            .try_get::<Option<i64>, _>("hibernated_at")?
+            .map(from_millis)
+            .transpose()?,
     })
 }
 
@@ -128,6 +139,20 @@ fn bind_session<'q>(
         .bind(s.activated_at.map(millis))
         .bind(s.claimed_at.map(millis))
         .bind(&s.goal)
+        .bind(&s.profile)
+        .bind(i64::from(s.profile_persist))
+        .bind(s.idle_timeout_seconds.map(i64::from))
+        .bind(s.hibernated_at.map(millis))
+}
+
+/// A second writer of a profile: the partial unique index `sessions_one_profile_writer`.
+fn profile_conflict(e: sqlx::Error) -> StoreError {
+    match &e {
+        sqlx::Error::Database(db) if db.is_unique_violation() && db.message().contains("profile") => {
+            StoreError::ProfileInUse
+        }
+        _ => StoreError::Database(e),
+    }
 }
 
 #[async_trait::async_trait]
@@ -136,9 +161,9 @@ impl SessionStore for SqliteStore {
         let insert = sqlx::query(concat!(
             "INSERT INTO sessions (",
             columns!(),
-            ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         ));
-        bind_session(insert, s).execute(&self.pool).await?;
+        bind_session(insert, s).execute(&self.pool).await.map_err(profile_conflict)?;
         Ok(())
     }
 
@@ -151,7 +176,7 @@ impl SessionStore for SqliteStore {
         let insert = sqlx::query(concat!(
             "INSERT INTO sessions (",
             columns!(),
-            ", client_addr) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? \
+            ", client_addr) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? \
              WHERE (SELECT COUNT(*) FROM sessions WHERE client_addr = ? AND state = 'active' \
              AND expires_at > ?) < ?"
         ));
@@ -161,7 +186,8 @@ impl SessionStore for SqliteStore {
             .bind(millis(s.created_at))
             .bind(i64::from(max_live))
             .execute(&self.pool)
-            .await?;
+            .await
+            .map_err(profile_conflict)?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -454,6 +480,34 @@ impl SessionStore for SqliteStore {
         row.as_ref().map(link_from_row).transpose()
     }
 
+    async fn set_hibernated(
+        &self,
+        id: &str,
+        at: Option<OffsetDateTime>,
+    ) -> Result<Option<Session>, StoreError> {
+        let row = sqlx::query(concat!(
+            "UPDATE sessions SET hibernated_at = ? WHERE id = ? AND state = 'active' RETURNING ",
+            columns!()
+        ))
+        .bind(at.map(millis))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(session_from_row).transpose()
+    }
+
+    async fn profile_writer(&self, profile: &str) -> Result<Option<Session>, StoreError> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            columns!(),
+            " FROM sessions WHERE profile = ? AND profile_persist = 1 AND state IN ('pending', 'active')"
+        ))
+        .bind(profile)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(session_from_row).transpose()
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
@@ -481,7 +535,45 @@ mod tests {
             activated_at: Some(now),
             claimed_at: None,
             goal: None,
+            profile: None,
+            profile_persist: false,
+            idle_timeout_seconds: None,
+            hibernated_at: None,
         }
+    }
+
+    #[tokio::test]
+    async fn one_persistent_writer_per_profile_and_hibernation_is_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("livesession.db")).await.unwrap();
+        let with_profile = |persist| Session { profile: Some("shop".into()), profile_persist: persist, idle_timeout_seconds: Some(30), ..session(60) };
+        let writer = with_profile(true);
+        store.insert_session(&writer).await.unwrap();
+        assert_eq!(store.get_session(&writer.id).await.unwrap(), Some(writer.clone()));
+        // A second writer is refused by the database; readers are not.
+        assert!(matches!(store.insert_session(&with_profile(true)).await, Err(StoreError::ProfileInUse)));
+        assert!(matches!(
+            store.insert_session_capped(&with_profile(true), "10.0.0.1", 5).await,
+            Err(StoreError::ProfileInUse)
+        ));
+        store.insert_session(&with_profile(false)).await.unwrap();
+        assert_eq!(store.profile_writer("shop").await.unwrap().map(|s| s.id), Some(writer.id.clone()));
+        assert_eq!(store.profile_writer("other").await.unwrap(), None);
+
+        let at = OffsetDateTime::now_utc().replace_nanosecond(0).unwrap();
+        let hibernated = store.set_hibernated(&writer.id, Some(at)).await.unwrap().unwrap();
+        assert_eq!(hibernated.hibernated_at, Some(at));
+        assert_eq!(store.get_session(&writer.id).await.unwrap().unwrap().hibernated_at, Some(at));
+        assert_eq!(store.set_hibernated(&writer.id, None).await.unwrap().unwrap().hibernated_at, None);
+
+        // Once the writer ends, the profile is free for the next one.
+        store
+            .end_session(&writer.id, SessionEnd::Revoked, "done", OffsetDateTime::now_utc())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(store.set_hibernated(&writer.id, Some(at)).await.unwrap(), None, "only active sessions hibernate");
+        store.insert_session(&with_profile(true)).await.unwrap();
     }
 
     #[tokio::test]
