@@ -248,7 +248,7 @@ pub async fn build(config: ServeConfig, local_addr: SocketAddr) -> Result<Arc<Ap
         sessions: Sessions::new(store),
         desktops: Desktops::new(
             runtime,
-            config.max_desktops,
+            config.max_desktops(),
             config.desktop.desktop_size,
             tasks.clone(),
         ),

@@ -311,9 +311,11 @@ pub struct ServeConfig {
     /// DevTools (CDP) connections one client address may have at once.
     #[arg(long, env = "LIVESESSION_MAX_CDP_PER_IP", default_value_t = 16)]
     pub max_cdp_per_ip: usize,
-    /// Desktops that may run at once; further viewers are told the server is at capacity.
-    #[arg(long, env = "LIVESESSION_MAX_DESKTOPS", default_value_t = 4)]
-    pub max_desktops: usize,
+    /// Desktops that may run at once (hibernated sessions do not count); further viewers
+    /// wait in order while an idle desktop is hibernated to make room. Default: from this
+    /// machine's memory ([`default_max_desktops`]; `livesession doctor` prints it).
+    #[arg(long, env = "LIVESESSION_MAX_DESKTOPS")]
+    pub max_desktops: Option<usize>,
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "LIVESESSION_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,
@@ -355,6 +357,8 @@ pub struct ServeConfig {
     pub stripe: StripeArgs,
     #[command(flatten)]
     pub tasks: TaskArgs,
+    #[command(flatten)]
+    pub profiles: ProfileArgs,
 }
 
 impl ServeConfig {
@@ -551,5 +555,105 @@ impl std::fmt::Debug for AgentArgs {
             .field("agent_images", &self.agent_images)
             .field("agent_max_turns", &self.agent_max_turns)
             .finish_non_exhaustive()
+    }
+}
+
+/// Profiles, idle hibernation, the wait queue for desktops, login capture and the events
+/// sent about them (see docs/profiles.md).
+#[derive(Clone, Args)]
+pub struct ProfileArgs {
+    /// Seconds a session's desktop stays up with no viewer, DevTools client or running
+    /// task before it hibernates (its state saved, the desktop stopped); a session may set
+    /// its own (`idle_timeout_seconds`). 0: never hibernate for idleness.
+    #[arg(long, env = "LIVESESSION_IDLE_TIMEOUT", default_value_t = 600)]
+    pub idle_timeout: u64,
+    /// Largest saved state (a profile, or a hibernated session's own), MiB of files before
+    /// compression.
+    #[arg(long, env = "LIVESESSION_PROFILE_MAX_MIB", default_value_t = 200)]
+    pub profile_max_mib: u64,
+    /// Connections that may wait for a desktop when all are in use. Once this many wait,
+    /// `POST /api/sessions` and `/start` answer 503 with Retry-After.
+    #[arg(long, env = "LIVESESSION_MAX_QUEUED", default_value_t = 100)]
+    pub max_queued: usize,
+    /// Default lifetime of a login-capture session (`POST /api/logins`), seconds.
+    #[arg(long, env = "LIVESESSION_LOGIN_TTL", default_value_t = 900)]
+    pub login_ttl: u64,
+    /// Where events (`login.captured`) are POSTed, signed with LIVESESSION_EVENTS_SECRET.
+    #[arg(long, env = "LIVESESSION_EVENTS_URL")]
+    pub events_url: Option<String>,
+    /// The key events are signed with (HMAC-SHA256, header `Livesession-Signature`);
+    /// required with LIVESESSION_EVENTS_URL. Never logged.
+    #[arg(long, env = "LIVESESSION_EVENTS_SECRET", hide_env_values = true)]
+    pub events_secret: Option<String>,
+}
+
+impl std::fmt::Debug for ProfileArgs {
+    // The events secret is a secret: never in debug output.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProfileArgs")
+            .field("idle_timeout", &self.idle_timeout)
+            .field("profile_max_mib", &self.profile_max_mib)
+            .field("max_queued", &self.max_queued)
+            .field("login_ttl", &self.login_ttl)
+            .field("events_url", &self.events_url)
+            .field("events_secret", &self.events_secret.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// Memory a desktop is planned at when the default number of desktops is worked out: an
+/// idle desktop measures ~240–490 MiB PSS (docs/performance.md), and pages grow.
+pub const PLANNED_DESKTOP_MIB: u64 = 768;
+/// Memory left to the server and the system when planning desktops.
+pub const RESERVED_MIB: u64 = 1024;
+
+/// The default `--max-desktops`: what this machine's memory holds at
+/// [`PLANNED_DESKTOP_MIB`] per desktop after [`RESERVED_MIB`], at least 1, at most 256.
+pub fn default_max_desktops() -> usize {
+    let total_mib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map(|kib| kib / 1024)
+        .unwrap_or(4 * PLANNED_DESKTOP_MIB + RESERVED_MIB);
+    desktops_for_memory(total_mib)
+}
+
+/// How many desktops `total_mib` of memory holds (see [`default_max_desktops`]).
+pub fn desktops_for_memory(total_mib: u64) -> usize {
+    (total_mib.saturating_sub(RESERVED_MIB) / PLANNED_DESKTOP_MIB).clamp(1, 256) as usize
+}
+
+impl ServeConfig {
+    /// `--max-desktops`, or the default for this machine's memory.
+    pub fn max_desktops(&self) -> usize {
+        self.max_desktops.unwrap_or_else(default_max_desktops).max(1)
+    }
+
+    /// A session's idle timeout: its own, else the server's; `None`: never.
+    pub fn idle_timeout(&self, session_seconds: Option<u32>) -> Option<Duration> {
+        let s = session_seconds.map(u64::from).unwrap_or(self.profiles.idle_timeout);
+        (s > 0).then(|| Duration::from_secs(s))
+    }
+
+    pub fn profile_max_bytes(&self) -> u64 {
+        self.profiles.profile_max_mib.saturating_mul(1 << 20)
+    }
+}
+
+#[cfg(test)]
+mod desktop_count_tests {
+    use super::*;
+
+    #[test]
+    fn the_default_number_of_desktops_follows_memory() {
+        assert_eq!(desktops_for_memory(512), 1, "at least one");
+        assert_eq!(desktops_for_memory(4096), 4);
+        assert_eq!(desktops_for_memory(24 * 1024), 30);
+        assert_eq!(desktops_for_memory(u64::MAX / 2), 256, "at most 256");
+        assert!(default_max_desktops() >= 1);
     }
 }
