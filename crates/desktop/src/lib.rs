@@ -91,6 +91,34 @@ pub struct DesktopSpec {
     pub width: u16,
     pub height: u16,
     pub start_url: String,
+    /// Saved browser state to start from (a profile, a hibernated session); `None`: a
+    /// fresh browser.
+    pub restore: Option<RestoreFrom>,
+}
+
+/// What a new desktop's browser starts from.
+#[derive(Debug, Clone, Default)]
+pub struct RestoreFrom {
+    /// A directory the server owns holding a Chromium user-data directory (as copied out
+    /// by [`DesktopRuntime::save_and_stop`]). Copied, not moved, into the new desktop's
+    /// profile before Chromium starts, owned by the desktop's user.
+    pub user_data: Option<std::path::PathBuf>,
+    /// Tabs to open, in order (when empty: the spec's `start_url`).
+    pub tabs: Vec<String>,
+    /// CDP `Network.CookieParam` objects set before the tabs load (an operator's
+    /// imported cookies).
+    pub cookies: Vec<serde_json::Value>,
+}
+
+/// What [`DesktopRuntime::save_and_stop`] read and copied out of a desktop.
+#[derive(Debug, Clone, Default)]
+pub struct SavedState {
+    /// URLs of the open tabs, in Chromium's order.
+    pub tabs: Vec<String>,
+    /// `Storage.getCookies` of the browser (CDP `Network.Cookie` objects).
+    pub cookies: Vec<serde_json::Value>,
+    pub files: u64,
+    pub bytes: u64,
 }
 
 /// A running desktop, as the rest of the server sees it.
@@ -164,6 +192,20 @@ pub trait DesktopRuntime: Send + Sync + 'static {
     ) -> Result<DesktopHandle, DesktopError>;
     /// Stops a desktop and everything it started; a no-op for an unknown id.
     async fn stop(&self, id: &str);
+    /// Reads the open tabs and the cookies over DevTools, closes Chromium gracefully (so
+    /// it writes its state), copies its user-data directory into `into` (created by this
+    /// call, the server's; caches left out; at most `max_bytes`), then stops the desktop,
+    /// whatever the outcome.
+    async fn save_and_stop(
+        &self,
+        id: &str,
+        into: &std::path::Path,
+        max_bytes: u64,
+    ) -> Result<SavedState, DesktopError> {
+        let _ = (into, max_bytes);
+        self.stop(id).await;
+        Err(DesktopError::Setup("this runtime cannot save a browser's state".into()))
+    }
     /// Stops every desktop (server shutdown).
     async fn stop_all(&self);
     /// Whether the desktop's processes are still running.

@@ -23,6 +23,8 @@ pub struct App {
     pub config: ServeConfig,
     pub sessions: Arc<Sessions>,
     pub desktops: Arc<Desktops>,
+    /// Saved browser state: profiles and hibernated sessions (saved_state.rs).
+    pub states: Arc<crate::saved_state::StateKeeper>,
     pub tokens: Tokens,
     pub admin_token: String,
     /// Stripe Checkout, when a secret key is configured.
@@ -242,8 +244,14 @@ pub async fn build(config: ServeConfig, local_addr: SocketAddr) -> Result<Arc<Ap
     if config.tasks.agent.agent_api_base.is_none() {
         tracing::info!("no model configured (LIVESESSION_AGENT_API_BASE): agent tasks wait for an external worker");
     }
+    let states = crate::saved_state::StateKeeper::new(
+        runtime.clone(),
+        data_dir.join("staging"),
+        config.profile_max_bytes(),
+    );
     Ok(Arc::new(App {
         queue,
+        states,
         runner_settings: crate::task_runners::settings(&config.tasks),
         sessions: Sessions::new(store),
         desktops: Desktops::new(

@@ -159,6 +159,7 @@ impl Desktops {
             width: self.size.width,
             height: self.size.height,
             start_url: session.start_url.clone(),
+            restore: None,
         };
         // The start runs on its own task: a viewer that goes away mid-start does not
         // cancel it for the others, and shutdown waits for it.

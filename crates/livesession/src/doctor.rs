@@ -116,6 +116,7 @@ async fn throwaway_desktop(data_dir: &Path, args: &DesktopArgs) -> Result<String
         width: args.desktop_size.width,
         height: args.desktop_size.height,
         start_url: "about:blank".into(),
+        restore: None,
     };
     say(if args.sandbox {
         "  starting Xvnc, openbox and Chromium in a bubblewrap sandbox…"

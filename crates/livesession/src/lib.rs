@@ -19,6 +19,7 @@ mod limits;
 pub mod logging;
 pub mod proxy;
 mod router;
+mod saved_state;
 mod secrets;
 pub mod security;
 mod serve;

@@ -59,6 +59,7 @@ pub(super) fn spawn_refill(inner: &Arc<Inner>) {
                 width,
                 height,
                 start_url: inner.config.warm_url.clone(),
+                restore: None,
             };
             match inner.start_cold(spec, &|_| {}).await {
                 Ok(handle) if !pool.closed.load(Ordering::SeqCst) => {
