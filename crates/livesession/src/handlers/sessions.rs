@@ -24,6 +24,41 @@ use crate::handlers::admin::require_admin;
 pub struct CreateSession {
     pub start_url: Option<String>,
     pub ttl_seconds: Option<u64>,
+    /// A named profile to start from; with `persist`, the session saves back to it.
+    pub profile: Option<ProfileRequest>,
+    /// Seconds without a viewer, DevTools client or running task before the desktop
+    /// hibernates; 0: never. Default: the server's `--idle-timeout`.
+    pub idle_timeout_seconds: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileRequest {
+    pub name: String,
+    #[serde(default)]
+    pub persist: bool,
+}
+
+/// The longest idle timeout a session may ask for: a week.
+const MAX_IDLE_TIMEOUT_SECONDS: u32 = 7 * 24 * 3600;
+
+// Until the profiles API lands: the same rule as livesession_profiles::check_profile_name.
+fn check_profile_name(name: &str) -> Result<(), ApiError> {
+    let ok = (1..=64).contains(&name.len())
+        && !name.starts_with(['.', '-'])
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request("invalid_profile", "profile name: 1–64 of A–Z, a–z, 0–9, '.', '_', '-', not starting with '.' or '-'"))
+    }
+}
+
+/// A profile as a session asks for it, checked.
+pub(crate) fn profile_use(request: Option<ProfileRequest>) -> Result<Option<livesession_session::ProfileUse>, ApiError> {
+    let Some(request) = request else { return Ok(None) };
+    check_profile_name(&request.name)?;
+    Ok(Some(livesession_session::ProfileUse { name: request.name, persist: request.persist }))
 }
 
 #[derive(Debug, Serialize)]
@@ -98,12 +133,18 @@ async fn create(
             ),
         ));
     }
+    if request.idle_timeout_seconds.is_some_and(|s| s > MAX_IDLE_TIMEOUT_SECONDS) {
+        return Err(ApiError::bad_request(
+            "invalid_idle_timeout",
+            format!("idle_timeout_seconds must be between 0 (never) and {MAX_IDLE_TIMEOUT_SECONDS}"),
+        ));
+    }
     let new = NewSession {
         source,
         start_url,
         ttl: time::Duration::seconds(ttl as i64),
-        profile: None,
-        idle_timeout_seconds: None,
+        profile: profile_use(request.profile)?,
+        idle_timeout_seconds: request.idle_timeout_seconds,
     };
     let session = match client {
         None => app.sessions.create(new).await?,
@@ -301,10 +342,10 @@ pub async fn start_free_session(
     }
     // Free sessions are short (`--free-session-ttl`); admin-created ones keep the default.
     let request = CreateSession {
-        start_url: None,
         ttl_seconds: Some(
             (app.config.free_session_ttl).clamp(1, app.config.max_session_ttl.max(1)),
         ),
+        ..CreateSession::default()
     };
     let (session, _) = create(&app, SessionSource::Free, request, Some(&client)).await?;
     if let Some(goal) = &goal {
