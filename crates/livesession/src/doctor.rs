@@ -52,6 +52,15 @@ pub async fn run(data_dir: &Path, desktop: &DesktopArgs) -> bool {
         say("  MISSING  noVNC client; run `npm ci --prefix web` and rebuild");
     }
 
+    say("Capacity:");
+    let max = crate::config::default_max_desktops();
+    say(format!(
+        "  ok       {max} desktops by default (this machine's memory at {} MiB per desktop after {} MiB; \
+         set LIVESESSION_MAX_DESKTOPS to change it)",
+        crate::config::PLANNED_DESKTOP_MIB,
+        crate::config::RESERVED_MIB
+    ));
+
     say("Data directory:");
     match check_writable(data_dir) {
         Ok(()) => say(format!("  ok       {} is writable", data_dir.display())),

@@ -51,6 +51,10 @@ fn doctor_passes_on_a_complete_machine_and_reads_a_frame() {
         "prints the version it found:\n{out}"
     );
     assert!(out.contains("read a 1280x720 frame"), "{out}");
+    // The default number of desktops, from this machine's memory.
+    let expected = livesession::config::default_max_desktops();
+    assert!(expected >= 1);
+    assert!(out.contains(&format!("ok       {expected} desktops by default")), "{out}");
     assert!(
         !data.path().join("doctor").exists(),
         "the throwaway desktop is cleaned up"
