@@ -1,7 +1,9 @@
 //! The session store: a trait with one module per backend, each with its own migrations.
 
+pub mod logins;
 mod sqlite;
 
+pub use logins::{DoneCondition, Login, LoginOutcome, LoginStore, OutgoingEvent, SqliteLogins};
 pub use sqlite::SqliteStore;
 
 use crate::model::{Session, SessionEnd, ViewerLink};
