@@ -25,6 +25,10 @@ pub struct App {
     pub desktops: Arc<Desktops>,
     /// Saved browser state: profiles and hibernated sessions (saved_state.rs).
     pub states: Arc<crate::saved_state::StateKeeper>,
+    /// Login captures (`POST /api/logins`) and which of them are saving right now.
+    pub logins: Arc<crate::login_capture::Logins>,
+    /// Signed events to the operator's endpoint (`LIVESESSION_EVENTS_URL`), if set.
+    pub events: Arc<crate::events::Events>,
     pub tokens: Tokens,
     pub admin_token: String,
     /// Stripe Checkout, when a secret key is configured.
@@ -188,6 +192,9 @@ pub async fn build(config: ServeConfig, local_addr: SocketAddr) -> Result<Arc<Ap
             .await
             .map_err(|e| startup(format!("cannot open the task store: {e}")))?,
     );
+    // Login captures and outgoing events too (migration 0008).
+    let login_store: Arc<dyn livesession_session::store::LoginStore> =
+        Arc::new(livesession_session::store::SqliteLogins::new(sqlite.pool().clone()));
     let store: Arc<dyn SessionStore> = Arc::new(sqlite);
     let runtime: Arc<dyn DesktopRuntime> = Arc::new(
         LocalRuntime::new(livesession_desktop::LocalRuntimeConfig {
@@ -224,6 +231,12 @@ pub async fn build(config: ServeConfig, local_addr: SocketAddr) -> Result<Arc<Ap
         }
         (None, _) => None,
     };
+    let events_target = crate::events::EventsTarget::from_config(&config.profiles).map_err(startup)?;
+    if let Some(url) = &config.profiles.events_url
+        && events_target.is_some()
+    {
+        tracing::info!(endpoint = %crate::events::redact_url(url), "events are sent, signed, to the configured endpoint");
+    }
     let tasks = TaskTracker::new();
     let public_url = config
         .public_url
@@ -249,9 +262,13 @@ pub async fn build(config: ServeConfig, local_addr: SocketAddr) -> Result<Arc<Ap
         data_dir.join("staging"),
         config.profile_max_bytes(),
     );
+    let shutdown = CancellationToken::new();
+    let events = crate::events::Events::new(events_target, login_store.clone(), tasks.clone(), shutdown.clone());
     Ok(Arc::new(App {
         queue,
         states,
+        logins: crate::login_capture::Logins::new(login_store),
+        events,
         runner_settings: crate::task_runners::settings(&config.tasks),
         sessions: Sessions::new(store),
         desktops: Desktops::new(
@@ -281,7 +298,7 @@ pub async fn build(config: ServeConfig, local_addr: SocketAddr) -> Result<Arc<Ap
         public_url,
         tls,
         policy_headers: PolicyHeaders::new(&config.frame_ancestors),
-        shutdown: CancellationToken::new(),
+        shutdown,
         tasks,
         connections: AtomicUsize::new(0),
         next_conn_id: AtomicU64::new(0),
@@ -347,6 +364,8 @@ pub async fn launch(
     // Leases that run out put their tasks back in the queue; the built-in runners claim.
     let sweeper = tokio::spawn(app.queue.clone().run_sweeper(app.shutdown.clone().cancelled_owned()));
     crate::task_runners::spawn(&app);
+    // Login captures of active sessions are watched again; events left undelivered resume.
+    crate::login_capture::resume(&app).await;
 
     tracing::info!(listen = %local_addr, public_url = %app.public_url, tls = app.tls.is_some(),
         trusted_proxies = app.config.trusted_proxies.len(), free_mode = app.config.free_mode(),

@@ -226,7 +226,7 @@ impl Conversation<'_> {
         loop {
             tokio::select! {
                 biased;
-                end = auth.end.ended() => return Some(Close::ended(end)),
+                end = auth.end.ended() => return Some(crate::ws::ended_close(&self.app, self.id, end).await),
                 () = auth.link.revoked() => return Some(Close::link_revoked()),
                 _ = self.app.shutdown.cancelled() => return Some(Close::shutting_down()),
                 changed = control.changed() => {
@@ -325,8 +325,9 @@ impl Conversation<'_> {
     /// Why Chromium's side ended: the session's end if that is the cause, else the
     /// desktop was lost.
     async fn chrome_gone(&self, auth: &mut Authorized) -> Close {
-        if auth.end.is_ended() {
-            return Close::ended(auth.end.ended().await);
+        // (A login capture that is saving the browser ends the session next.)
+        if let Some(close) = crate::ws::capture_end(&self.app, auth).await {
+            return close;
         }
         // A page target ends with its tab; the browser (and the desktop) go on.
         if self.page_target && self.app.desktops.runtime().is_alive(self.id).await {

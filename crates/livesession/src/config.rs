@@ -588,14 +588,15 @@ pub struct ProfileArgs {
 }
 
 impl std::fmt::Debug for ProfileArgs {
-    // The events secret is a secret: never in debug output.
+    // The events secret is a secret, and the URL may hold one: never in debug output.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ProfileArgs")
             .field("idle_timeout", &self.idle_timeout)
             .field("profile_max_mib", &self.profile_max_mib)
             .field("max_queued", &self.max_queued)
             .field("login_ttl", &self.login_ttl)
-            .field("events_url", &self.events_url)
+            // The URL may carry credentials (user:password@, a key in the query).
+            .field("events_url", &self.events_url.as_ref().map(|_| "<redacted>"))
             .field("events_secret", &self.events_secret.as_ref().map(|_| "<redacted>"))
             .finish()
     }

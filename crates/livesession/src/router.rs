@@ -6,6 +6,7 @@
 //! - `POST /api/sessions`: admin bearer; create limit; `--max-body-bytes`.
 //! - `GET /api/sessions`, `GET|DELETE /api/sessions/{id}`, `POST …/extend`: admin bearer
 //!   (a header, never a cookie, so not forgeable cross-site); body limit.
+//! - `POST /api/logins`: admin bearer; create limit; body limit (a session, as above).
 //! - `POST /api/sessions/{id}/token`: refresh cookie (CSRF-checked) or bearer; token limit.
 //! - `POST /start`: free mode, CSRF-checked; create limit.
 //! - `POST /api/checkout`, `POST /api/checkout/claim` (claim cookie): CSRF-checked;
@@ -41,7 +42,7 @@ use axum::routing::{get, post};
 
 use crate::app::AppState;
 use crate::handlers::{
-    cdp, checkout, control, health, links, pages, sessions, stripe, tasks, tokens, vnc, workers,
+    cdp, checkout, control, health, links, logins, pages, sessions, stripe, tasks, tokens, vnc, workers,
 };
 use crate::{error, logging, proxy, security};
 
@@ -71,6 +72,7 @@ pub fn router(state: AppState) -> Router {
             axum::routing::delete(links::revoke_link),
         )
         .route("/api/links/claim", post(links::claim_link))
+        .route("/api/logins", post(logins::create_login))
         .route("/api/checkout", post(checkout::start_checkout))
         .route("/api/checkout/claim", post(checkout::claim_checkout))
         .route("/api/sessions/{id}/vnc", get(vnc::vnc_proxy))

@@ -87,10 +87,13 @@ impl Close {
         }
     }
 
-    pub fn ended(end: SessionEnd) -> Self {
-        match end {
-            SessionEnd::Expired => Close::new(CloseCode::SessionExpired, "session expired"),
-            SessionEnd::Revoked => Close::new(CloseCode::SessionRevoked, "session revoked"),
+    /// The close for a session that ended, told apart by how: see [`Ended`].
+    pub fn session_ended(ended: Ended) -> Self {
+        match ended {
+            Ended::Expired => Close::new(CloseCode::SessionExpired, "session expired"),
+            Ended::Revoked => Close::new(CloseCode::SessionRevoked, "session revoked"),
+            Ended::LoginCaptured => Close::new(CloseCode::SessionRevoked, "login captured"),
+            Ended::LoginNotSaved => Close::new(CloseCode::SessionRevoked, "login not saved"),
         }
     }
 
@@ -109,6 +112,74 @@ impl Close {
             reason: truncate_reason(&self.reason).into(),
         }))
     }
+}
+
+/// How a session ended, as its connections tell it: expired, revoked, or (a revocation
+/// whose recorded reason says so) a login capture that saved the profile or failed to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    Expired,
+    Revoked,
+    LoginCaptured,
+    LoginNotSaved,
+}
+
+impl Ended {
+    /// From the end and the reason the store recorded with it.
+    pub fn from_session(end: SessionEnd, end_reason: Option<&str>) -> Self {
+        match (end, end_reason) {
+            (SessionEnd::Expired, _) => Ended::Expired,
+            (SessionEnd::Revoked, Some(crate::login_capture::LOGIN_CAPTURED_REASON)) => Ended::LoginCaptured,
+            (SessionEnd::Revoked, Some(crate::login_capture::LOGIN_NOT_SAVED_REASON)) => Ended::LoginNotSaved,
+            (SessionEnd::Revoked, _) => Ended::Revoked,
+        }
+    }
+
+    /// From an end signal: a revocation's reason is read from the store (a plain
+    /// revocation if it cannot be read).
+    pub async fn of(app: &App, session_id: &str, end: SessionEnd) -> Self {
+        if end == SessionEnd::Expired {
+            return Ended::Expired;
+        }
+        match app.sessions.store().get_session(session_id).await {
+            Ok(Some(session)) => Ended::from_session(end, session.end_reason.as_deref()),
+            _ => Ended::Revoked,
+        }
+    }
+
+    /// The `reason` of the control channel's `SESSION_ENDED` (docs/protocol.md).
+    pub fn message_reason(self) -> &'static str {
+        match self {
+            Ended::Expired => "expired",
+            Ended::Revoked => "revoked",
+            Ended::LoginCaptured => "login_captured",
+            Ended::LoginNotSaved => "login_not_saved",
+        }
+    }
+
+    pub fn close(self) -> Close {
+        Close::session_ended(self)
+    }
+}
+
+/// The close for a connection whose session ended with `end` (see [`Ended::of`]).
+pub async fn ended_close(app: &App, session_id: &str, end: SessionEnd) -> Close {
+    Ended::of(app, session_id, end).await.close()
+}
+
+/// How long a connection whose desktop went away while a login capture saved it waits
+/// for the session's end (which follows the save) before it reports the desktop lost.
+pub const CAPTURE_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// A connection lost its desktop: if a login capture of its session is saving it (and so
+/// stopped it), waits for the session's end and answers its close; `None` otherwise, or
+/// if the end does not come within [`CAPTURE_WAIT`].
+pub async fn capture_end(app: &App, auth: &mut Authorized) -> Option<Close> {
+    if !app.logins.is_capturing(&auth.session.id) && !auth.end.is_ended() {
+        return None;
+    }
+    let end = tokio::time::timeout(CAPTURE_WAIT, auth.end.ended()).await.ok()?;
+    Some(ended_close(app, &auth.session.id, end).await)
 }
 
 /// Close reasons are limited to 123 bytes by the WebSocket protocol.
@@ -192,9 +263,10 @@ pub async fn desktop_for(app: &App, auth: &mut Authorized) -> Result<Arc<Desktop
         |e: Unavailable| Close::new(CloseCode::DesktopUnavailable, format!("desktop unavailable: {e}"));
     app.desktops.forget_if_dead(&auth.session.id).await;
     let status = app.desktops.watch(&auth.session, &auth.end).map_err(unavailable)?;
+    let id = auth.session.id.clone();
     tokio::select! {
         biased;
-        end = auth.end.ended() => Err(Close::ended(end)),
+        end = auth.end.ended() => Err(ended_close(app, &id, end).await),
         () = auth.link.revoked() => Err(Close::link_revoked()),
         _ = app.shutdown.cancelled() => Err(Close::shutting_down()),
         ready = Desktops::ready(status) => ready.map_err(unavailable),
@@ -259,7 +331,7 @@ pub async fn authorize(
         }
     };
     if let Some(ended) = session.end_at(OffsetDateTime::now_utc()) {
-        return Err(Close::ended(ended));
+        return Err(Ended::from_session(ended, session.end_reason.as_deref()).close());
     }
     if session.state == livesession_session::SessionState::Pending {
         return Err(Close::new(

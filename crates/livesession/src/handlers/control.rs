@@ -242,6 +242,8 @@ async fn converse(app: &App, mut auth: Authorized, socket: &mut WebSocket, tasks
     // Task updates come after the desktop's first status; the feed reads from the store.
     let mut tasks = crate::task_feed::TaskFeed::new(app.queue.clone(), &session.id, tasks_after);
     let mut last_sent = None;
+    // Set while a login capture saves the desktop (see the branch below).
+    let mut capture_deadline: Option<Instant> = None;
     let mut expires_at = session.expires_at;
     let mut warned = false;
     // The connection lives as long as its access token; AUTH messages renew it.
@@ -257,17 +259,25 @@ async fn converse(app: &App, mut auth: Authorized, socket: &mut WebSocket, tasks
             // learn that the session ended, not that its desktop went away.
             biased;
             end = auth.end.ended() => {
-                let reason = match end {
-                    livesession_session::SessionEnd::Expired => "expired",
-                    livesession_session::SessionEnd::Revoked => "revoked",
-                };
+                // A revocation may be a login capture's end: its recorded reason says.
+                let ended = ws::Ended::of(app, &auth.session.id, end).await;
+                let reason = ended.message_reason();
                 let _ = send(socket, ServerMessage::SessionEnded { reason }.text()).await;
-                return Some(Close::ended(end));
+                return Some(ended.close());
             }
             () = auth.link.revoked() => return Some(Close::link_revoked()),
             _ = app.shutdown.cancelled() => return Some(Close::shutting_down()),
-            changed = desktop.changed() => {
+            // A login capture saving the browser stopped the desktop: the session's end
+            // follows, and is the news (not a lost desktop). Bounded, in case it does not.
+            _ = tokio::time::sleep_until(capture_deadline.unwrap_or_else(Instant::now)), if capture_deadline.is_some() => {
+                return Some(Close::new(CloseCode::DesktopUnavailable, "desktop stopped"));
+            }
+            changed = desktop.changed(), if capture_deadline.is_none() => {
                 let status = if changed.is_ok() { desktop.borrow_and_update().clone() } else { DesktopStatus::Stopped };
+                if matches!(status, DesktopStatus::Stopped | DesktopStatus::Failed(_)) && app.logins.is_capturing(&auth.session.id) {
+                    capture_deadline = Some(Instant::now() + ws::CAPTURE_WAIT);
+                    continue;
+                }
                 let message = ServerMessage::desktop(&status);
                 let text = serde_json::to_string(&message).expect("serializable");
                 // The desktop's watch may repeat a status (a start re-announces its first step).

@@ -6,6 +6,7 @@ pub mod checkout;
 pub mod control;
 pub mod health;
 pub mod links;
+pub mod logins;
 pub mod pages;
 pub mod sessions;
 pub mod stripe;

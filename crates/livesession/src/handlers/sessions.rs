@@ -112,8 +112,8 @@ fn validate_start_url(url: &str) -> Result<(), ApiError> {
 
 /// Creates a session. With `client` (free mode), the session records the client's
 /// address and is refused when that address already has its
-/// `--max-free-sessions-per-ip` live sessions.
-async fn create(
+/// `--max-free-sessions-per-ip` live sessions. (Also `POST /api/logins`.)
+pub(crate) async fn create(
     app: &App,
     source: SessionSource,
     request: CreateSession,

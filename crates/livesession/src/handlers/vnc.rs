@@ -108,7 +108,7 @@ async fn relay(app: &App, mut auth: Authorized, mut socket: WebSocket) {
     });
     let stop = async {
         tokio::select! {
-            end = auth.end.ended() => Close::ended(end),
+            end = auth.end.ended() => ws::ended_close(app, &id, end).await,
             () = auth.link.revoked() => Close::link_revoked(),
             _ = app.shutdown.cancelled() => Close::shutting_down(),
         }
@@ -153,17 +153,18 @@ async fn relay(app: &App, mut auth: Authorized, mut socket: WebSocket) {
                 format!("malformed RFB: {e}"),
             ))
         }
-        // The session ended and its desktop went away: say why the session ended.
-        PumpEnd::UpstreamClosed | PumpEnd::UpstreamError(_) if auth.end.is_ended() => {
-            Some(Close::ended(auth.end.ended().await))
-        }
-        PumpEnd::UpstreamClosed | PumpEnd::UpstreamError(_) => {
-            app.desktops.lost(&id, &handle).await;
-            Some(Close::new(
-                CloseCode::DesktopUnavailable,
-                "desktop unavailable: its VNC server closed the connection",
-            ))
-        }
+        // The session ended and its desktop went away (or a login capture is saving it,
+        // and the end follows): say why the session ended.
+        PumpEnd::UpstreamClosed | PumpEnd::UpstreamError(_) => match ws::capture_end(app, &mut auth).await {
+            Some(close) => Some(close),
+            None => {
+                app.desktops.lost(&id, &handle).await;
+                Some(Close::new(
+                    CloseCode::DesktopUnavailable,
+                    "desktop unavailable: its VNC server closed the connection",
+                ))
+            }
+        },
     };
     let stats = filter.stats();
     tracing::info!(

@@ -1,0 +1,198 @@
+//! `POST /api/logins` (admin token): a login-capture session. A person logs in to a
+//! provider through the viewer link this answers; when the done condition holds, the
+//! browser's state is saved to the profile and the session ends (login_capture.rs).
+//! docs/profiles.md, "Login capture"; docs/api.md.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use livesession_session::SessionSource;
+use livesession_session::store::{DoneCondition, Login};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::app::AppState;
+use crate::auth::Role;
+use crate::error::ApiError;
+use crate::handlers::admin::require_admin;
+use crate::handlers::sessions::{CreateSession, ProfileRequest, create};
+use crate::limits::RateClass;
+use crate::proxy::ClientInfo;
+
+/// The longest cookie name or URL prefix taken.
+const MAX_CONDITION_LEN: usize = 2048;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateLogin {
+    start_url: Option<String>,
+    profile: Option<String>,
+    done: Option<Value>,
+    ttl_seconds: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+struct LoginCreated {
+    id: String,
+    session_id: String,
+    /// The link to hand the person: the viewer with the session's refresh token in the
+    /// fragment (`#token=`), as for `POST /api/sessions`.
+    viewer_url: String,
+    #[serde(with = "time::serde::rfc3339")]
+    expires_at: time::OffsetDateTime,
+    profile: String,
+    done: DoneCondition,
+}
+
+fn invalid_done(message: impl Into<String>) -> ApiError {
+    ApiError::bad_request("invalid_done", message)
+}
+
+/// The done condition: exactly one of `url_prefix` (an http(s) URL) and `cookie` (a
+/// cookie name: token characters).
+fn done_condition(value: Option<Value>) -> Result<DoneCondition, ApiError> {
+    let shape = "done must be {\"url_prefix\": \"https://…\"} or {\"cookie\": \"name\"}";
+    let Some(Value::Object(fields)) = value else {
+        return Err(invalid_done(format!("{shape}: it is missing or not an object")));
+    };
+    if fields.len() != 1 {
+        return Err(invalid_done(format!("{shape}: exactly one of url_prefix and cookie")));
+    }
+    let (key, value) = fields.into_iter().next().expect("one field");
+    let Value::String(text) = value else {
+        return Err(invalid_done(format!("done.{key} must be a string")));
+    };
+    match key.as_str() {
+        "url_prefix" => {
+            let web = ["http://", "https://"].iter().any(|scheme| {
+                text.len() > scheme.len() && text.get(..scheme.len()).is_some_and(|p| p.eq_ignore_ascii_case(scheme))
+            });
+            if !web || text.len() > MAX_CONDITION_LEN || text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(invalid_done(format!(
+                    "done.url_prefix must be an http(s) URL (or its beginning) of at most {MAX_CONDITION_LEN} characters"
+                )));
+            }
+            Ok(DoneCondition::UrlPrefix(text))
+        }
+        "cookie" => {
+            // RFC 9110 token characters: what a cookie name may be.
+            let tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+            if text.is_empty() || text.len() > 256 || !text.chars().all(tchar) {
+                return Err(invalid_done(
+                    "done.cookie must be a cookie name: 1–256 letters, digits or !#$%&'*+-.^_`|~",
+                ));
+            }
+            Ok(DoneCondition::Cookie(text))
+        }
+        other => Err(invalid_done(format!("{shape}: unknown field done.{other}"))),
+    }
+}
+
+/// An id for a login: `lg_` and 128 random bits in hex.
+fn new_login_id() -> String {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).expect("the OS random number generator is unavailable");
+    format!("lg_{}", hex::encode(bytes))
+}
+
+pub async fn create_login(
+    State(app): State<AppState>,
+    client: ClientInfo,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    // As `POST /api/sessions`: counted before the token is checked.
+    app.limits
+        .check(RateClass::Create, client.ip)
+        .map_err(|r| ApiError::rate_limited(&r))?;
+    require_admin(&app, client.ip, &headers)?;
+    let request: CreateLogin = serde_json::from_slice(&body?).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_json",
+            format!("request body: {e}; expected {{\"start_url\", \"profile\", \"done\", \"ttl_seconds\"?}}"),
+        )
+    })?;
+    let Some(start_url) = request.start_url else {
+        return Err(ApiError::bad_request("invalid_start_url", "start_url is required: the provider's login page"));
+    };
+    let Some(profile) = request.profile else {
+        return Err(ApiError::bad_request("invalid_profile", "profile is required: the name the login is saved under"));
+    };
+    let done = done_condition(request.done)?;
+    // A login's own default lifetime; the sessions' bounds apply.
+    let ttl = request
+        .ttl_seconds
+        .unwrap_or_else(|| app.config.profiles.login_ttl.clamp(1, app.config.max_session_ttl.max(1)));
+    let session_request = CreateSession {
+        start_url: Some(start_url),
+        ttl_seconds: Some(ttl),
+        profile: Some(ProfileRequest { name: profile.clone(), persist: true }),
+        idle_timeout_seconds: None,
+    };
+    // Checks start_url, ttl_seconds and the profile's name; 409 profile_in_use when
+    // another session persists to it.
+    let (session, _) = create(&app, SessionSource::Api, session_request, None).await?;
+    let login = Login {
+        id: new_login_id(),
+        session_id: session.id.clone(),
+        profile,
+        done,
+        created_at: session.created_at,
+        outcome: None,
+        finished_at: None,
+    };
+    if let Err(e) = app.logins.store().insert_login(&login).await {
+        // Not a login without its record: the session goes (and frees the profile).
+        let _ = app.sessions.revoke(&session.id, "login capture could not be recorded").await;
+        return Err(ApiError::internal("could not record the login capture", e));
+    }
+    tracing::info!(session_id = %session.id, login_id = %login.id, profile = %login.profile, "login capture started");
+    crate::login_capture::watch(&app.0, login.clone());
+    let refresh = app.tokens.refresh(&session.id, Role::Interactive, session.expires_at);
+    let created = LoginCreated {
+        id: login.id,
+        viewer_url: format!("{}/s/{}#token={refresh}", app.public_url, session.id),
+        session_id: session.id,
+        expires_at: session.expires_at,
+        profile: login.profile,
+        done: login.done,
+    };
+    Ok((StatusCode::CREATED, Json(created)).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_done_condition_is_one_url_prefix_or_one_cookie_name() {
+        assert_eq!(
+            done_condition(Some(json!({"url_prefix": "https://a.example/home"}))).unwrap(),
+            DoneCondition::UrlPrefix("https://a.example/home".into())
+        );
+        assert_eq!(done_condition(Some(json!({"cookie": "__Host-sid"}))).unwrap(), DoneCondition::Cookie("__Host-sid".into()));
+        for bad in [
+            json!(null),
+            json!("https://a.example"),
+            json!({}),
+            json!({"url_prefix": "https://a.example", "cookie": "sid"}),
+            json!({"url_prefix": "ftp://a.example"}),
+            json!({"url_prefix": "https://"}),
+            json!({"url_prefix": "https://a.example/ x"}),
+            json!({"url_prefix": 7}),
+            json!({"cookie": ""}),
+            json!({"cookie": "a b"}),
+            json!({"cookie": "a=b"}),
+            json!({"cookie": "a;b"}),
+            json!({"title": "Home"}),
+        ] {
+            let refused = done_condition(Some(bad.clone()));
+            assert!(refused.is_err(), "{bad}");
+        }
+        assert!(done_condition(None).is_err());
+    }
+}
