@@ -162,7 +162,8 @@ const MIN_RENEW_INTERVAL_MS = 1_000;
 /** Synthetic close code for a connection this client declared dead. */
 export const CLIENT_HEARTBEAT_LOST = 4900;
 // SESSION_ENDED reasons and the close codes that carry the same news.
-const ENDED_CODE = Object.freeze({ expired: 4007, revoked: 4008 });
+// (A login-capture session ends with 4008 too: docs/profiles.md, "Login capture".)
+const ENDED_CODE = Object.freeze({ expired: 4007, revoked: 4008, login_captured: 4008, login_not_saved: 4008 });
 const AUTH_CLOSE_CODES = new Set([4001, 4002, 4003]);
 const FINAL_HTTP_STATUSES = new Set([400, 401, 403, 404, 409, 410]);
 

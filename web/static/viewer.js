@@ -218,6 +218,10 @@ function main() {
         break;
       case 'SESSION_ENDED':
         log(`control: session ended (${msg.reason})`);
+        if (LOGIN_ENDS[msg.reason]) {
+          endLogin(LOGIN_ENDS[msg.reason], { leaveControl: true });
+          break;
+        }
         {
           const code = { expired: 4007, revoked: 4008 }[msg.reason] ?? null;
           end(code, code ? describe(code) : 'session ended', hint(code), { leaveControl: true });
@@ -333,6 +337,8 @@ function main() {
     if (ended) return;
     if (source === 'refresh') {
       endAfterRefusedRefresh(status, errorCode, message);
+    } else if (loginEndOf(code, reason)) {
+      endLogin(loginEndOf(code, reason));
     } else if (isLinkRevoked(code, reason)) {
       endLinkRevoked();
     } else if (code !== null && isAuthClose(code)) {
@@ -341,6 +347,30 @@ function main() {
       end(isFinal(code) ? code : null, code ? describe(code) : message);
     }
   });
+
+  /**
+   * A login-capture session's end (docs/profiles.md, "Login capture"): the
+   * SESSION_ENDED reasons, and the 4008 close reasons that carry the same news
+   * (a connection that meets the end before or after the message).
+   */
+  const LOGIN_ENDS = {
+    login_captured: {
+      closeReason: 'login captured',
+      text: 'Login saved',
+      notice: 'Your login was saved. You can close this page.',
+    },
+    login_not_saved: {
+      closeReason: 'login not saved',
+      text: 'Login not saved',
+      notice: 'You logged in, but the login could not be saved. Ask for a new link to try again.',
+    },
+  };
+  const loginEndOf = (code, reason) =>
+    code === 4008 ? Object.values(LOGIN_ENDS).find((e) => e.closeReason === reason) : undefined;
+  const endLogin = (login, options) => {
+    document.body.dataset.login = login.closeReason.replaceAll(' ', '-');
+    end(4008, login.text, login.notice, options);
+  };
 
   /** A viewer link's revocation: 4008 with its own reason; the session goes on without us. */
   const isLinkRevoked = (code, reason) => code === 4008 && reason === 'viewer link revoked';
@@ -385,6 +415,10 @@ function main() {
       return;
     }
     ui.lastClose('vnc', code, reason);
+    if (loginEndOf(code, reason)) {
+      endLogin(loginEndOf(code, reason));
+      return;
+    }
     if (isLinkRevoked(code, reason)) {
       endLinkRevoked();
       return;

@@ -200,7 +200,16 @@ async fn check(cdp: &Cdp, done: &DoneCondition) -> Result<Option<String>, CdpErr
                 .into_iter()
                 .flatten()
                 .any(|c| c["name"].as_str() == Some(name.as_str()));
-            Ok(found.then(|| pages.first().map(|u| reportable(u)).unwrap_or_default()))
+            if !found {
+                return Ok(None);
+            }
+            // The first tab's URL; a tab between two documents may have none for a moment:
+            // then the next poll reports it.
+            match pages.iter().map(|u| reportable(u)).find(|u| !u.is_empty()) {
+                Some(url) => Ok(Some(url)),
+                None if pages.is_empty() => Ok(Some(String::new())),
+                None => Ok(None),
+            }
         }
     }
 }

@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use livesession_session::SessionSource;
 use livesession_session::store::{DoneCondition, Login};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
 
 use crate::app::AppState;
@@ -25,13 +25,47 @@ use crate::proxy::ClientInfo;
 /// The longest cookie name or URL prefix taken.
 const MAX_CONDITION_LEN: usize = 2048;
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The request's fields, each checked on its own so a refusal names the one at fault.
 struct CreateLogin {
-    start_url: Option<String>,
-    profile: Option<String>,
-    done: Option<Value>,
+    start_url: String,
+    profile: String,
+    done: DoneCondition,
     ttl_seconds: Option<u64>,
+}
+
+const FIELDS: &str = "start_url, profile, done and ttl_seconds (optional)";
+
+fn parse_request(body: &[u8]) -> Result<CreateLogin, ApiError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request("invalid_json", format!("request body: {e}; expected a JSON object with {FIELDS}")))?;
+    let Value::Object(mut fields) = value else {
+        return Err(ApiError::bad_request("invalid_json", format!("request body: expected a JSON object with {FIELDS}")));
+    };
+    if let Some(unknown) = fields.keys().find(|k| !["start_url", "profile", "done", "ttl_seconds"].contains(&k.as_str())) {
+        return Err(ApiError::bad_request("invalid_json", format!("unknown field {unknown}; expected {FIELDS}")));
+    }
+    let start_url = match fields.remove("start_url") {
+        Some(Value::String(url)) => url,
+        None | Some(Value::Null) => {
+            return Err(ApiError::bad_request("invalid_start_url", "start_url is required: the provider's login page"));
+        }
+        Some(_) => return Err(ApiError::bad_request("invalid_start_url", "start_url must be a string: an http(s) URL")),
+    };
+    let profile = match fields.remove("profile") {
+        Some(Value::String(name)) => name,
+        None | Some(Value::Null) => {
+            return Err(ApiError::bad_request("invalid_profile", "profile is required: the name the login is saved under"));
+        }
+        Some(_) => return Err(ApiError::bad_request("invalid_profile", "profile must be a string: the profile's name")),
+    };
+    let done = done_condition(fields.remove("done"))?;
+    let ttl_seconds = match fields.remove("ttl_seconds") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(v.as_u64().ok_or_else(|| {
+            ApiError::bad_request("invalid_ttl", "ttl_seconds must be a whole number of seconds")
+        })?),
+    };
+    Ok(CreateLogin { start_url, profile, done, ttl_seconds })
 }
 
 #[derive(Debug, Serialize)]
@@ -109,23 +143,9 @@ pub async fn create_login(
         .check(RateClass::Create, client.ip)
         .map_err(|r| ApiError::rate_limited(&r))?;
     require_admin(&app, client.ip, &headers)?;
-    let request: CreateLogin = serde_json::from_slice(&body?).map_err(|e| {
-        ApiError::bad_request(
-            "invalid_json",
-            format!("request body: {e}; expected {{\"start_url\", \"profile\", \"done\", \"ttl_seconds\"?}}"),
-        )
-    })?;
-    let Some(start_url) = request.start_url else {
-        return Err(ApiError::bad_request("invalid_start_url", "start_url is required: the provider's login page"));
-    };
-    let Some(profile) = request.profile else {
-        return Err(ApiError::bad_request("invalid_profile", "profile is required: the name the login is saved under"));
-    };
-    let done = done_condition(request.done)?;
+    let CreateLogin { start_url, profile, done, ttl_seconds } = parse_request(&body?)?;
     // A login's own default lifetime; the sessions' bounds apply.
-    let ttl = request
-        .ttl_seconds
-        .unwrap_or_else(|| app.config.profiles.login_ttl.clamp(1, app.config.max_session_ttl.max(1)));
+    let ttl = ttl_seconds.unwrap_or_else(|| app.config.profiles.login_ttl.clamp(1, app.config.max_session_ttl.max(1)));
     let session_request = CreateSession {
         start_url: Some(start_url),
         ttl_seconds: Some(ttl),

@@ -89,7 +89,7 @@ fn parse_serve(args: &[&str]) -> Result<livesession::config::ServeConfig, String
 }
 
 /// Starts a server that must refuse to start; returns its start-up error.
-async fn startup_error(args: &[&str]) -> String {
+pub(crate) async fn startup_error(args: &[&str]) -> String {
     startup_error_of(parse_serve(args).expect("the flags parse")).await
 }
 

@@ -9,6 +9,7 @@ mod doctor;
 mod lifecycle;
 mod limits;
 mod links;
+mod logins;
 mod payments;
 mod pool;
 mod processes;

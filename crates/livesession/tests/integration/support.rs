@@ -68,6 +68,45 @@ pub struct PageServer {
     pub port: u16,
     /// Every value the page reported (its requests may arrive out of order).
     typed: Arc<Mutex<Vec<String>>>,
+    /// The test login: who signed in, and which login pages were served.
+    login: Arc<Mutex<LoginLog>>,
+}
+
+/// What the test login pages saw (see [`PageServer::login_url`]).
+#[derive(Debug, Default, Clone)]
+pub struct LoginLog {
+    /// `/login` pages served.
+    pub login_pages: usize,
+    /// The user names submitted, in order.
+    pub submitted: Vec<String>,
+    /// `/home` pages served, and whether each came with the login cookie.
+    pub homes: Vec<bool>,
+}
+
+/// The cookie the test login sets (HttpOnly, path /) when its form is submitted.
+pub const LOGIN_COOKIE: &str = "ls_test_session";
+
+/// A login page: a blue form (user name, Sign in; Enter submits). Its server answers a
+/// cookie `ls_test_visitor` on every load, so a done condition on the login cookie must
+/// tell names apart. Submitting posts to /login, which sets the login cookie and
+/// redirects to /home.
+const LOGIN_PAGE: &str = r#"<!doctype html><html><head><title>livesession test login</title>
+<style>html,body{margin:0;height:100%;background:rgb(0,64,255)} input,button{display:block;margin:40px;font-size:32px;width:600px}</style>
+</head><body><form method="post" action="/login"><input id="user" name="user" autofocus autocomplete="off"><button id="submit" type="submit">Sign in</button></form>
+<script>window.addEventListener('load', () => document.getElementById('user').focus());</script></body></html>"#;
+
+/// The page behind the login: green with "Signed in as NAME" (and a localStorage value)
+/// with the login cookie, red "Not signed in" without.
+fn home_page(user: Option<&str>) -> String {
+    match user {
+        Some(user) => format!(
+            "<!doctype html><html><head><title>Signed in</title><style>html,body{{margin:0;height:100%;background:rgb(0,160,0)}}</style></head>\
+             <body><h1 id=\"who\">Signed in as {user}</h1><script>localStorage.setItem('ls_test_login', {user:?});</script></body></html>"
+        ),
+        None => "<!doctype html><html><head><title>Not signed in</title><style>html,body{margin:0;height:100%;background:rgb(200,0,0)}</style></head>\
+                 <body><h1 id=\"who\">Not signed in</h1></body></html>"
+            .to_owned(),
+    }
 }
 
 const PAGE: &str = r#"<!doctype html><html><head><title>livesession test page</title>
@@ -88,6 +127,44 @@ for (const url of new URLSearchParams(location.search).getAll('probe')) {
 impl PageServer {
     pub async fn start() -> Self {
         let typed = Arc::new(Mutex::new(Vec::new()));
+        let login = Arc::new(Mutex::new(LoginLog::default()));
+        let login_routes = axum::Router::new()
+            .route(
+                "/login",
+                axum::routing::get(|State(log): State<Arc<Mutex<LoginLog>>>| async move {
+                    log.lock().unwrap().login_pages += 1;
+                    ([(axum::http::header::SET_COOKIE, "ls_test_visitor=1; Path=/")], Html(LOGIN_PAGE))
+                })
+                .post(|State(log): State<Arc<Mutex<LoginLog>>>, body: String| async move {
+                    let user = form_urlencoded::parse(body.as_bytes())
+                        .find(|(k, _)| k == "user")
+                        .map(|(_, v)| v.into_owned())
+                        .unwrap_or_default();
+                    let user: String = user.chars().filter(char::is_ascii_alphanumeric).take(40).collect();
+                    log.lock().unwrap().submitted.push(user.clone());
+                    (
+                        axum::http::StatusCode::SEE_OTHER,
+                        [
+                            (axum::http::header::SET_COOKIE, format!("{LOGIN_COOKIE}={user}; Path=/; HttpOnly; SameSite=Lax")),
+                            (axum::http::header::LOCATION, "/home".to_owned()),
+                        ],
+                    )
+                }),
+            )
+            .route(
+                "/home",
+                axum::routing::get(|State(log): State<Arc<Mutex<LoginLog>>>, headers: axum::http::HeaderMap| async move {
+                    let user = headers
+                        .get_all(axum::http::header::COOKIE)
+                        .iter()
+                        .filter_map(|v| v.to_str().ok())
+                        .flat_map(|v| v.split(';'))
+                        .find_map(|c| c.trim().strip_prefix(&format!("{LOGIN_COOKIE}=")).map(str::to_owned));
+                    log.lock().unwrap().homes.push(user.is_some());
+                    Html(home_page(user.as_deref()))
+                }),
+            )
+            .with_state(login.clone());
         let app = axum::Router::new()
             .route("/page", axum::routing::get(|| async { Html(PAGE) }))
             .route(
@@ -97,12 +174,28 @@ impl PageServer {
                     "ok"
                 }),
             )
-            .with_state(typed.clone());
+            .with_state(typed.clone())
+            .merge(login_routes);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let url = format!("http://127.0.0.1:{port}/page");
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        Self { url, port, typed }
+        Self { url, port, typed, login }
+    }
+
+    /// The test login page (see [`LoginLog`] for what it records).
+    pub fn login_url(&self) -> String {
+        format!("http://127.0.0.1:{}/login", self.port)
+    }
+
+    /// The page the login redirects to.
+    pub fn home_url(&self) -> String {
+        format!("http://127.0.0.1:{}/home", self.port)
+    }
+
+    /// What the login pages saw so far.
+    pub fn login_log(&self) -> LoginLog {
+        self.login.lock().unwrap().clone()
     }
 
     /// Every value the page has reported so far.
@@ -301,6 +394,25 @@ impl TestServer {
         let response = self.http.get(self.url(path)).bearer_auth(ADMIN).send().await.unwrap();
         assert_eq!(response.status(), 200, "GET {path}");
         response.json().await.unwrap()
+    }
+
+    /// The data directory, resolved (as the server sees it).
+    pub fn data_path(&self) -> std::path::PathBuf {
+        self.data.path().canonicalize().unwrap()
+    }
+
+    /// The status of a GET with an optional bearer.
+    pub async fn http_get_status(&self, path: &str, bearer: Option<&str>) -> u16 {
+        let mut request = self.http.get(self.url(path));
+        if let Some(b) = bearer {
+            request = request.bearer_auth(b);
+        }
+        request.send().await.unwrap().status().as_u16()
+    }
+
+    /// The status of a DELETE with the admin token.
+    pub async fn http_delete_admin(&self, path: &str) -> u16 {
+        self.http.delete(self.url(path)).bearer_auth(ADMIN).send().await.unwrap().status().as_u16()
     }
 
     /// A fresh access token for a session, minted with the admin token.
