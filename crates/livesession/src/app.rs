@@ -259,10 +259,30 @@ pub async fn build(config: ServeConfig, local_addr: SocketAddr) -> Result<Arc<Ap
     }
     let states = crate::saved_state::StateKeeper::new(
         runtime.clone(),
+        &data_dir.join("profiles"),
+        secrets.profile_key,
         data_dir.join("staging"),
         config.profile_max_bytes(),
-    );
+    )
+    .map_err(|e| startup(format!("cannot open the profiles directory: {e}")))?;
     let shutdown = CancellationToken::new();
+    let sessions = Sessions::new(store);
+    let desktops = Desktops::new(
+        runtime,
+        states.clone(),
+        sessions.clone(),
+        queue.clone(),
+        crate::desktops::DesktopLimits {
+            max: config.max_desktops(),
+            max_queued: config.profiles.max_queued,
+            size: config.desktop.desktop_size,
+            idle_timeout: {
+                let config = config.clone();
+                Box::new(move |own| config.idle_timeout(own))
+            },
+        },
+        tasks.clone(),
+    );
     let events = crate::events::Events::new(events_target, login_store.clone(), tasks.clone(), shutdown.clone());
     Ok(Arc::new(App {
         queue,
@@ -270,13 +290,8 @@ pub async fn build(config: ServeConfig, local_addr: SocketAddr) -> Result<Arc<Ap
         logins: crate::login_capture::Logins::new(login_store),
         events,
         runner_settings: crate::task_runners::settings(&config.tasks),
-        sessions: Sessions::new(store),
-        desktops: Desktops::new(
-            runtime,
-            config.max_desktops(),
-            config.desktop.desktop_size,
-            tasks.clone(),
-        ),
+        desktops,
+        sessions,
         tokens: Tokens::new(
             &secrets.signing_key,
             time::Duration::seconds(config.access_token_ttl as i64),
@@ -307,7 +322,8 @@ pub async fn build(config: ServeConfig, local_addr: SocketAddr) -> Result<Arc<Ap
 }
 
 /// Runs the server on `listener` until `shutdown` resolves, then closes every live
-/// connection with "server shutting down" and stops every desktop.
+/// connection with "server shutting down", hibernates every running desktop (within
+/// [`crate::desktops::SHUTDOWN_SAVE_BOUND`]) and stops the rest.
 pub async fn launch(
     config: ServeConfig,
     listener: TcpListener,
@@ -334,7 +350,9 @@ pub async fn launch(
                     if let Err(e) = queue.cancel_session(&id, reason).await {
                         tracing::error!(session_id = %id, error = %e, "could not cancel the ended session's tasks");
                     }
-                    desktops.stop(&id).await
+                    // A session persisting to a profile saves to it first; its own
+                    // saved state (a hibernation's) is deleted.
+                    desktops.end_session(&id).await
                 }
                 // Ends arrived faster than desktops stopped: sweep instead of giving up.
                 Err(RecvError::Lagged(missed)) => {
@@ -342,7 +360,7 @@ pub async fn launch(
                         missed,
                         "desktop cleanup fell behind; sweeping ended sessions"
                     );
-                    desktops.stop_ended(&sessions).await;
+                    desktops.end_ended(&sessions).await;
                     crate::task_runners::cancel_tasks_of_ended_sessions(&sessions, &queue).await;
                 }
                 Err(RecvError::Closed) => break,
@@ -364,6 +382,8 @@ pub async fn launch(
     // Leases that run out put their tasks back in the queue; the built-in runners claim.
     let sweeper = tokio::spawn(app.queue.clone().run_sweeper(app.shutdown.clone().cancelled_owned()));
     crate::task_runners::spawn(&app);
+    // Idle desktops hibernate; while sessions wait in line, idle ones make room.
+    let keeper = tokio::spawn(app.desktops.clone().run_keeper(app.shutdown.clone()));
     // Login captures of active sessions are watched again; events left undelivered resume.
     crate::login_capture::resume(&app).await;
 
@@ -401,7 +421,9 @@ pub async fn launch(
     {
         tracing::warn!("some connections did not close within 10 s");
     }
-    app.desktops.stop_all().await;
+    // Running desktops are saved (hibernated) so a restart resumes them; the rest stop.
+    let _ = keeper.await;
+    app.desktops.shut_down(crate::desktops::SHUTDOWN_SAVE_BOUND).await;
     cleanup.abort();
     let _ = expiry.await;
     let _ = sweeper.await;

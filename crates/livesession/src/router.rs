@@ -42,7 +42,7 @@ use axum::routing::{get, post};
 
 use crate::app::AppState;
 use crate::handlers::{
-    cdp, checkout, control, health, links, logins, pages, sessions, stripe, tasks, tokens, vnc, workers,
+    cdp, checkout, control, health, links, logins, pages, profiles, sessions, stripe, tasks, tokens, vnc, workers,
 };
 use crate::{error, logging, proxy, security};
 
@@ -99,6 +99,15 @@ pub fn router(state: AppState) -> Router {
         .route("/api/tasks", get(tasks::list_all_tasks))
         .route("/api/tasks/{id}", get(tasks::get_task))
         .route("/api/tasks/{id}/cancel", post(tasks::cancel_task))
+        .route("/api/profiles", get(profiles::list_profiles))
+        .route(
+            "/api/profiles/{name}",
+            get(profiles::get_profile).delete(profiles::delete_profile),
+        )
+        .route(
+            "/api/profiles/{name}/cookies",
+            get(profiles::get_cookies).post(profiles::import_cookies),
+        )
         .route("/api/workers/tokens", post(workers::mint_worker_token))
         .route("/api/workers/claim", post(workers::claim))
         .route("/api/tasks/{id}/heartbeat", post(workers::heartbeat))

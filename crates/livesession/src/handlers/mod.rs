@@ -8,6 +8,7 @@ pub mod health;
 pub mod links;
 pub mod logins;
 pub mod pages;
+pub mod profiles;
 pub mod sessions;
 pub mod stripe;
 pub mod tasks;

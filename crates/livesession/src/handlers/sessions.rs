@@ -42,22 +42,10 @@ pub struct ProfileRequest {
 /// The longest idle timeout a session may ask for: a week.
 const MAX_IDLE_TIMEOUT_SECONDS: u32 = 7 * 24 * 3600;
 
-// Until the profiles API lands: the same rule as livesession_profiles::check_profile_name.
-fn check_profile_name(name: &str) -> Result<(), ApiError> {
-    let ok = (1..=64).contains(&name.len())
-        && !name.starts_with(['.', '-'])
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::bad_request("invalid_profile", "profile name: 1–64 of A–Z, a–z, 0–9, '.', '_', '-', not starting with '.' or '-'"))
-    }
-}
-
 /// A profile as a session asks for it, checked.
 pub(crate) fn profile_use(request: Option<ProfileRequest>) -> Result<Option<livesession_session::ProfileUse>, ApiError> {
     let Some(request) = request else { return Ok(None) };
-    check_profile_name(&request.name)?;
+    crate::handlers::profiles::check_name(&request.name)?;
     Ok(Some(livesession_session::ProfileUse { name: request.name, persist: request.persist }))
 }
 
@@ -87,7 +75,7 @@ pub struct SessionView {
 }
 
 pub(crate) fn view(app: &App, session: Session) -> SessionView {
-    let desktop = app.desktops.status(&session.id).name();
+    let desktop = app.desktops.status_name(&session);
     SessionView { session, desktop }
 }
 
@@ -139,6 +127,10 @@ pub(crate) async fn create(
             format!("idle_timeout_seconds must be between 0 (never) and {MAX_IDLE_TIMEOUT_SECONDS}"),
         ));
     }
+    // Refused only when not even a place in line is left.
+    if app.desktops.queue_full() {
+        return Err(desktops_busy());
+    }
     let new = NewSession {
         source,
         start_url,
@@ -163,6 +155,22 @@ pub(crate) async fn create(
         .access(&session.id, Role::Interactive, session.expires_at);
     Ok((session, token))
 }
+
+/// Every desktop is in use and the wait queue is full (docs/profiles.md, "Capacity and
+/// the wait queue").
+fn desktops_busy() -> ApiError {
+    ApiError {
+        retry_after: Some(DESKTOPS_BUSY_RETRY_SECONDS),
+        ..ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "desktops_busy",
+            "every desktop is in use and the wait queue is full; try again later",
+        )
+    }
+}
+
+/// `Retry-After` of a `503 desktops_busy`.
+const DESKTOPS_BUSY_RETRY_SECONDS: u64 = 30;
 
 fn free_session_limit(cap: u32) -> ApiError {
     let sessions = if cap == 1 { "session" } else { "sessions" };
@@ -270,7 +278,8 @@ pub async fn revoke_session(
             .await?
             .ok_or_else(ApiError::session_not_found)?,
     };
-    app.desktops.stop(&id).await;
+    // (A profile's writer saves to it first; the cleanup of the end does the same, once.)
+    app.desktops.end_session(&id).await;
     Ok(Json(view(&app, session)))
 }
 
