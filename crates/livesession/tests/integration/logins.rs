@@ -388,6 +388,45 @@ async fn a_login_is_captured_by_its_cookie_and_watched_again_after_a_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_whose_state_cannot_be_saved_ends_as_not_saved_and_sends_login_failed() {
+    let page = PageServer::start().await;
+    let receiver = EventReceiver::start(0).await;
+    let events_url = format!("http://127.0.0.1:{}/events", receiver.port);
+    let args = page.server_args();
+    // A cap of 0 MiB: no browser state fits, so the save fails (the vault's size cap).
+    let server = TestServer::start(&[
+        &args[0], &args[1], "--profile-max-mib", "0", "--events-url", &events_url, "--events-secret", EVENTS_SECRET,
+    ])
+    .await;
+    let (status, created) = post_login(
+        &server,
+        json!({"start_url": page.login_url(), "profile": "too-big", "done": {"url_prefix": page.home_url()}}),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let session_id = created["session_id"].as_str().unwrap().to_owned();
+    let mut control = watch_as_viewer(&server, &session_id).await;
+    sign_in(&server, &session_id, "carol").await;
+    let (ended, _) = until(&mut control, "SESSION_ENDED", Duration::from_secs(90)).await;
+    assert_eq!(ended["reason"], "login_not_saved", "{ended}");
+    assert_eq!(close_of(&mut control, Duration::from_secs(10)).await, (4008, "login not saved".to_owned()));
+    assert_eq!(server.get_session(&session_id).await["end_reason"], "login not saved");
+
+    let deliveries = receiver.wait_for(1, Duration::from_secs(30)).await;
+    assert_eq!(deliveries.len(), 1, "{deliveries:#?}");
+    let signature = deliveries[0].signature.as_deref().unwrap();
+    verify_signature(signature, &deliveries[0].body, EVENTS_SECRET).unwrap();
+    let event: Value = serde_json::from_str(&deliveries[0].body).unwrap();
+    assert_eq!(event["type"], "login.failed", "{event}");
+    assert_eq!(event["data"]["session_id"], session_id.as_str());
+    assert_eq!(event["data"]["login_id"], created["id"]);
+    assert_eq!(event["data"]["profile"], "too-big");
+    assert_eq!(event["data"]["url"], page.home_url());
+    assert_eq!(event["data"]["error"], "the browser's state could not be saved");
+    assert!(event["data"]["failed_at"].is_string() && event["data"].get("captured_at").is_none(), "{event}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_requests_are_checked_field_by_field_and_a_profile_has_one_writer() {
     let receiver = EventReceiver::start(0).await;
     let events_url = format!("http://127.0.0.1:{}/events", receiver.port);
