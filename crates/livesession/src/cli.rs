@@ -85,6 +85,10 @@ enum BenchCommand {
     /// The task system: steps tasks per minute with the built-in runners, the runner's
     /// time per step against raw CDP, claim latency with 1,000 tasks queued.
     Tasks(BenchRunArgs),
+    /// Idle hibernation: hibernate time, resume to the restored page's first frame (cold
+    /// and with a warm pool), profile size, and how many hibernated sessions one server
+    /// holds (`--max-sessions`, default 1,000) with its memory and disk per session.
+    Hibernate(BenchRunArgs),
     /// Everything above; prints one summary table and the details, and writes them into
     /// docs/performance.md between its bench markers.
     All {
@@ -118,7 +122,7 @@ struct BenchRunArgs {
     /// Seconds per measurement (`proxy`, `scroll`; screenshots per path for `cdp`).
     #[arg(long)]
     seconds: Option<f64>,
-    /// Most sessions to start (`capacity`).
+    /// Most sessions to start (`capacity`); sessions to hold hibernated (`hibernate`).
     #[arg(long)]
     max_sessions: Option<usize>,
 }
@@ -348,6 +352,13 @@ async fn bench_command(command: BenchCommand) -> ExitCode {
             BenchCommand::Tasks(a) => match bench::tasks::run(&a.options()).await {
                 Ok(r) => {
                     println!("{}\n{}", r.table().render(), r.note());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => print(Err(e)),
+            },
+            BenchCommand::Hibernate(a) => match bench::hibernate::run(&a.options()).await {
+                Ok(r) => {
+                    println!("{}\n{}", r.table().render(), r.hold_table().render());
                     ExitCode::SUCCESS
                 }
                 Err(e) => print(Err(e)),

@@ -13,6 +13,7 @@ pub mod capacity;
 pub mod cdp;
 pub mod client;
 pub mod control;
+pub mod hibernate;
 pub mod memory;
 pub mod pages;
 pub mod procfs;

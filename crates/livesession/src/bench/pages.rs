@@ -53,6 +53,27 @@ setInterval(() => fetch('/frames?n=' + frames), 500);
 fetch('/loaded?page=scrolling');
 </script></body></html>"#;
 
+/// A signed-in page for the hibernation benchmark: on its first visit it stores a login
+/// (a persistent cookie and a localStorage value) and shows orange; on every later visit
+/// with both intact it shows green. A resumed desktop shows green only if its saved
+/// state came back.
+pub const LOGIN_FIRST_RGB: (u8, u8, u8) = (255, 140, 0);
+pub const LOGIN_KEPT_RGB: (u8, u8, u8) = (0, 200, 0);
+const LOGIN_STATE: &str = r#"<!doctype html><html><head><title>bench: login</title>
+<style>html,body{margin:0;height:100%;background:rgb(255,140,0)}</style></head><body><h1 id="who"></h1><script>
+const kept = document.cookie.includes('bench_login=') && localStorage.getItem('bench_login');
+if (kept) {
+  document.body.style.background = 'rgb(0,200,0)';
+  document.documentElement.style.background = 'rgb(0,200,0)';
+  document.getElementById('who').textContent = 'Signed in as ' + localStorage.getItem('bench_login');
+} else {
+  const user = 'user-' + Math.random().toString(36).slice(2);
+  document.cookie = 'bench_login=' + user + '; Max-Age=31536000; Path=/';
+  localStorage.setItem('bench_login', user);
+}
+fetch('/loaded?page=login');
+</script></body></html>"#;
+
 #[derive(Default)]
 struct Reports {
     loaded: HashMap<String, usize>,
@@ -74,6 +95,7 @@ impl PageServer {
             .route("/solid", get(|| async { Html(SOLID) }))
             .route("/animated", get(|| async { Html(ANIMATED) }))
             .route("/scrolling", get(|| async { Html(SCROLLING) }))
+            .route("/login", get(|| async { Html(LOGIN_STATE) }))
             .route(
                 "/loaded",
                 get(

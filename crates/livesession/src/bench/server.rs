@@ -157,7 +157,7 @@ impl Server {
         self.base.replacen("http", "ws", 1)
     }
 
-    async fn get(&self, path: &str) -> Result<Value, String> {
+    pub(crate) async fn get(&self, path: &str) -> Result<Value, String> {
         let response = self
             .http
             .get(format!("{}{path}", self.base))
