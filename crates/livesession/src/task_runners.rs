@@ -21,7 +21,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
-use crate::desktops::Desktops;
+use crate::desktops::{DesktopStatus, Desktops};
 
 /// How long one claim waits before the runner asks again (it is seen alive each time).
 const CLAIM_WAIT: Duration = Duration::from_secs(10);
@@ -84,6 +84,9 @@ enum RunError {
 async fn run_claimed(app: &Arc<App>, http: &Option<reqwest::Client>, claimed: Claimed, worker: &str) {
     let task = claimed.task;
     let lease = claimed.lease.id;
+    // The run is activity on the session's desktop: it neither hibernates nor is taken
+    // to make room while the run lasts (and a hibernated one resumes for it).
+    let _activity = app.desktops.hold(&task.session_id);
     let stop = app.queue.stop_token(&task.id);
     tracing::info!(worker, task_id = %task.id, session_id = %task.session_id, kind = task.kind.as_str(), attempt = task.attempts, "task started");
     let heartbeat = tokio::spawn(keep_lease(app.clone(), task.id.clone(), lease.clone(), stop.clone()));
@@ -178,7 +181,8 @@ async fn execute(app: &Arc<App>, http: &Option<reqwest::Client>, task: &livesess
     }
 }
 
-/// The session's desktop, started if it is not running.
+/// The session's desktop, started (or resumed) if it is not running, after a wait in
+/// line when every desktop is in use.
 async fn session_desktop(app: &Arc<App>, session_id: &str, ctx: &LocalRun) -> Result<Arc<DesktopHandle>, RunError> {
     let session = match app.sessions.get(session_id).await {
         Ok(Some(session)) => session,
@@ -187,13 +191,19 @@ async fn session_desktop(app: &Arc<App>, session_id: &str, ctx: &LocalRun) -> Re
     };
     let end = app.sessions.subscribe(session_id);
     app.desktops.forget_if_dead(session_id).await;
-    if !matches!(app.desktops.status(session_id), crate::desktops::DesktopStatus::Ready(_)) {
-        let _ = ctx.report(EventNote::message("starting the session's desktop")).await;
-    }
     let status = app
         .desktops
         .watch(&session, &end)
         .map_err(|e| RunError::Failed(format!("desktop unavailable: {e}")))?;
+    let note = match &*status.borrow() {
+        DesktopStatus::Ready(_) => None,
+        DesktopStatus::Queued(n) => Some(format!("every desktop is in use; waiting in line (place {n})")),
+        DesktopStatus::Resuming(_) | DesktopStatus::Hibernating => Some("resuming the session's desktop".to_owned()),
+        _ => Some("starting the session's desktop".to_owned()),
+    };
+    if let Some(note) = note {
+        let _ = ctx.report(EventNote::message(note)).await;
+    }
     Desktops::ready(status)
         .await
         .map_err(|e| RunError::Failed(format!("desktop unavailable: {e}")))

@@ -253,9 +253,13 @@ pub struct Authorized {
     pub _slot: ConnectionSlot,
     /// A DevTools connection's place under the CDP caps (`cdp_relay::admit`).
     pub _cdp_slot: Option<ConnectionSlot>,
+    /// Counts the connection as activity on the session's desktop: while any is held,
+    /// the desktop does not hibernate (docs/profiles.md, "Idle hibernation").
+    pub _activity: crate::desktops::ActivityGuard,
 }
 
-/// The session's desktop for an authorized connection, started if it is not running:
+/// The session's desktop for an authorized connection, started (or resumed from its
+/// hibernation) if it is not running, after a wait in line when every desktop is in use:
 /// waits for it unless the session ends, the connection's viewer link is revoked or the
 /// server stops first.
 pub async fn desktop_for(app: &App, auth: &mut Authorized) -> Result<Arc<DesktopHandle>, Close> {
@@ -354,6 +358,7 @@ pub async fn authorize(
         .acquire(peer, session_id)
         .map_err(|refused| Close::new(CloseCode::RateLimited, refused.to_string()))?;
     Ok(Authorized {
+        _activity: app.desktops.hold(&session.id),
         session,
         claims,
         end,

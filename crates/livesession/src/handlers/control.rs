@@ -1,6 +1,7 @@
 //! The control channel: `GET /api/sessions/{id}/control`, a JSON text WebSocket that tells
 //! the viewer about its session and desktop (the messages are in `docs/protocol.md`).
-//! Opening it starts the session's desktop if it is not running, and reports progress.
+//! Opening it starts the session's desktop if it is not running (resumes a hibernated
+//! one, waits in line when every desktop is in use), and reports progress.
 
 use std::time::Duration;
 
@@ -49,6 +50,9 @@ pub enum ServerMessage {
         status: &'static str,
         step: Option<&'static str>,
         error: Option<String>,
+        /// While `queued`: the session's place in line (1: next).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        position: Option<usize>,
     },
     SessionExpiring {
         seconds_left: i64,
@@ -114,14 +118,23 @@ impl ServerMessage {
 
     fn desktop(status: &DesktopStatus) -> Self {
         let (step, error) = match status {
-            DesktopStatus::Starting(piece) => (Some(piece.step()), None),
+            DesktopStatus::Starting(piece) | DesktopStatus::Resuming(piece) => (Some(piece.step()), None),
             DesktopStatus::Failed(e) => (e.piece().map(|p| p.step()), Some(e.to_string())),
-            DesktopStatus::Ready(_) | DesktopStatus::Stopped => (None, None),
+            DesktopStatus::Queued(_)
+            | DesktopStatus::Ready(_)
+            | DesktopStatus::Hibernating
+            | DesktopStatus::Hibernated
+            | DesktopStatus::Stopped => (None, None),
+        };
+        let position = match status {
+            DesktopStatus::Queued(n) => Some(*n),
+            _ => None,
         };
         ServerMessage::DesktopStatus {
             status: status.name(),
             step,
             error,
+            position,
         }
     }
 
@@ -225,6 +238,7 @@ async fn converse(app: &App, mut auth: Authorized, socket: &mut WebSocket, tasks
                 status: "failed",
                 step: None,
                 error: Some(e.to_string()),
+                position: None,
             };
             let _ = send(socket, failed.text()).await;
             return Some(Close::new(
@@ -289,7 +303,20 @@ async fn converse(app: &App, mut auth: Authorized, socket: &mut WebSocket, tasks
                     // Closing lets the client retry with backoff, which starts a new desktop.
                     DesktopStatus::Failed(e) => return Some(Close::new(CloseCode::DesktopUnavailable, format!("desktop unavailable: {e}"))),
                     DesktopStatus::Stopped => return Some(Close::new(CloseCode::DesktopUnavailable, "desktop stopped")),
-                    DesktopStatus::Starting(_) | DesktopStatus::Ready(_) => {}
+                    // This connection keeps the desktop up, so it sees this only in a race
+                    // (or a hibernation for shutdown, which closes it next): resume.
+                    DesktopStatus::Hibernated => match app.desktops.watch(&auth.session, &auth.end) {
+                        Ok(rx) => {
+                            desktop = rx;
+                            desktop.mark_changed();
+                        }
+                        Err(e) => return Some(Close::new(CloseCode::DesktopUnavailable, format!("desktop unavailable: {e}"))),
+                    },
+                    DesktopStatus::Queued(_)
+                    | DesktopStatus::Starting(_)
+                    | DesktopStatus::Resuming(_)
+                    | DesktopStatus::Ready(_)
+                    | DesktopStatus::Hibernating => {}
                 }
             }
             changed = control.changed() => {

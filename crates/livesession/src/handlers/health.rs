@@ -1,5 +1,6 @@
 //! `/healthz`: the process answers. `/readyz`: it can serve sessions — the store answers,
-//! the desktop toolchain and the noVNC client are installed — with counts of live desktops and connections.
+//! the desktop toolchain and the noVNC client are installed — with counts of live desktops and connections,
+//! and the desktops' capacity: live, hibernated, waiting in line, the maxima.
 
 use axum::Json;
 use axum::extract::State;
@@ -46,6 +47,7 @@ pub async fn readyz(State(app): State<AppState>) -> (StatusCode, Json<Value>) {
             "web_client": { "ok": web_client },
         },
         "desktops": app.desktops.live(),
+        "capacity": capacity(&app).await,
         "warm_desktops": app.desktops.runtime().warm_ready(),
         "connections": app.live_connections(),
     });
@@ -106,4 +108,25 @@ async fn task_queues(app: &crate::app::App) -> (Value, Vec<String>) {
         }));
     }
     (json!({ "ok": true, "kinds": kinds }), degraded)
+}
+
+/// Desktops against their cap: live (starting, running, being saved), sessions
+/// hibernated (from the store: also those hibernated before a restart), the line.
+async fn capacity(app: &crate::app::App) -> Value {
+    let hibernated = match app.sessions.store().list_active_sessions().await {
+        Ok(sessions) => Some(sessions.iter().filter(|s| s.hibernated_at.is_some()).count()),
+        Err(e) => {
+            tracing::error!(error = %e, "readiness: could not count hibernated sessions");
+            None
+        }
+    };
+    let (queued_sessions, queued) = app.desktops.queued();
+    json!({
+        "live": app.desktops.live(),
+        "max": app.desktops.max(),
+        "hibernated": hibernated,
+        "queued": queued,
+        "queued_sessions": queued_sessions,
+        "max_queued": app.desktops.max_queued(),
+    })
 }

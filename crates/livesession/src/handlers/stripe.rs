@@ -172,7 +172,7 @@ async fn handle(app: &App, event: &Event) -> Result<(), ApiError> {
             {
                 Some(session) => {
                     app.sessions.revoke(&session.id, "payment refunded").await?;
-                    app.desktops.stop(&session.id).await;
+                    app.desktops.end_session(&session.id).await;
                 }
                 None => tracing::info!(
                     payment_intent,

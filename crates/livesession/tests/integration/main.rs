@@ -6,6 +6,7 @@ mod cdp;
 mod control;
 mod defences;
 mod doctor;
+mod hibernation;
 mod lifecycle;
 mod limits;
 mod links;
