@@ -6,6 +6,20 @@ import { describe, isFinal } from './closecodes.js';
 
 /** @typedef {'connecting'|'starting'|'connected'|'reconnecting'|'ended'|'failed'} ViewerState */
 
+/** "1st", "2nd", "3rd", "4th", … "11th", "12th", "13th", "21st", … */
+export function ordinal(n) {
+  const tens = n % 100;
+  const suffix = tens >= 11 && tens <= 13 ? 'th' : ({ 1: 'st', 2: 'nd', 3: 'rd' }[n % 10] ?? 'th');
+  return `${n}${suffix}`;
+}
+
+/** What the viewer says while its session waits in line for a desktop. */
+export function queueText(position) {
+  return Number.isInteger(position) && position > 0
+    ? `waiting for a desktop: you are ${ordinal(position)} in line`
+    : 'waiting for a desktop';
+}
+
 export class ViewerUi {
   constructor(doc = document) {
     this.doc = doc;

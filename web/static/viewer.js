@@ -11,7 +11,9 @@
 // Flow: ControlClient (control.js) gets a token, opens the control channel,
 // keeps it up (PING, proactive AUTH before the token ends, backoff) → the
 // server starts the desktop and reports DESKTOP_STATUS steps → on "ready"
-// open RFB. Either socket can drop; the control channel reconnects with
+// open RFB. While every desktop is in use the session waits in line
+// ("queued", shown as "waiting for a desktop: you are 2nd in line"); a desktop
+// that hibernated while nobody watched reports "resuming" instead of "starting". Either socket can drop; the control channel reconnects with
 // backoff and, once it reports "ready" again, RFB is reopened if it is not
 // connected. RFB has its own backoff while the control channel is up and the
 // desktop ready; a 4003/4001 on RFB refreshes the token (the endpoint renews
@@ -40,7 +42,7 @@ import { TaskPanel } from './task-panel.js';
 import { TaskApi } from './tasks.js';
 import { channelUrl, sessionIdFromPath, takeFragmentToken } from './session.js';
 import { sessionTokenProvider } from './tokens.js';
-import { ViewerUi } from './ui.js';
+import { ViewerUi, queueText } from './ui.js';
 import { VncConnection } from './vnc.js';
 
 const STEP_LABELS = { xvnc: 'Xvnc', openbox: 'openbox', chromium: 'Chromium' };
@@ -271,13 +273,27 @@ function main() {
     log(`control: desktop ${msg.status}${msg.step ? ` (${msg.step})` : ''}`);
     if (ended) return;
     switch (msg.status) {
-      case 'starting': {
+      case 'queued':
+        // Every desktop is in use: this session waits in line (the place moves up).
+        desktopError = null;
+        if (!vnc.connected) ui.setState('starting', queueText(msg.position));
+        ui.notice('');
+        break;
+      case 'starting':
+      case 'resuming': {
+        // "resuming": the desktop hibernated while idle and starts again from its saved state.
         desktopError = null;
         const step = STEP_LABELS[msg.step] ?? msg.step;
-        if (!vnc.connected) ui.setState('starting', step ? `starting desktop: ${step}…` : 'starting desktop…');
+        const what = msg.status === 'resuming' ? 'resuming desktop' : 'starting desktop';
+        if (!vnc.connected) ui.setState('starting', step ? `${what}: ${step}…` : `${what}…`);
         ui.notice('');
         break;
       }
+      case 'hibernating':
+      case 'hibernated':
+        // Saved while nobody watched; it resumes for this page next.
+        if (!vnc.connected) ui.setState('starting', 'resuming desktop…');
+        break;
       case 'ready':
         desktopError = null;
         vncAuthRetried = false;

@@ -571,7 +571,8 @@ pub struct ProfileArgs {
     /// compression.
     #[arg(long, env = "LIVESESSION_PROFILE_MAX_MIB", default_value_t = 200)]
     pub profile_max_mib: u64,
-    /// Connections that may wait for a desktop when all are in use. Once this many wait,
+    /// Sessions that may wait in line for a desktop when all are in use (one place per
+    /// session, however many of its connections wait). Once this many wait,
     /// `POST /api/sessions` and `/start` answer 503 with Retry-After.
     #[arg(long, env = "LIVESESSION_MAX_QUEUED", default_value_t = 100)]
     pub max_queued: usize,
