@@ -248,12 +248,14 @@ impl Desktops {
 
     /// The session's desktop as the API shows it (`desktop` of a session): also
     /// "hibernated" for a session the store says hibernated and this process has not
-    /// touched yet (after a restart).
+    /// touched yet (after a restart), and "stopped" for a session that ended (its desktop
+    /// is being stopped, if it is not yet).
     pub fn status_name(&self, session: &Session) -> &'static str {
-        let active = session.state == livesession_session::SessionState::Active;
+        if session.state != livesession_session::SessionState::Active {
+            return "stopped";
+        }
         match self.status(&session.id) {
-            DesktopStatus::Stopped if active && session.hibernated_at.is_some() => "hibernated",
-            DesktopStatus::Hibernated if !active => "stopped",
+            DesktopStatus::Stopped if session.hibernated_at.is_some() => "hibernated",
             status => status.name(),
         }
     }
