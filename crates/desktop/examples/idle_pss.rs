@@ -39,7 +39,7 @@ async fn main() {
         let started = std::time::Instant::now();
         let h = rt
             .start(
-                DesktopSpec { id: format!("pss{i}"), width: 1280, height: 720, start_url: page.into() },
+                DesktopSpec { id: format!("pss{i}"), width: 1280, height: 720, start_url: page.into(), restore: None },
                 &|_| {},
             )
             .await

@@ -1,6 +1,8 @@
-//! Just enough of Chromium's DevTools HTTP endpoint to know a desktop is ready. The
-//! endpoint is reached through the desktop's `devtools.sock`, never by following a link the
-//! desktop could have put in its place ([`DesktopSocket::connect`]).
+//! Just enough of Chromium's DevTools to know a desktop is ready, send its page somewhere,
+//! and save and restore its browser's state (tabs and cookies). The endpoint is reached
+//! through the desktop's `devtools.sock`, never by following a link the desktop could have
+//! put in its place ([`DesktopSocket::connect`]). Whatever answers there is the desktop's:
+//! answers are bounded in size and time.
 
 use std::time::Duration;
 
@@ -24,18 +26,28 @@ pub struct Target {
 /// and returns once Chromium has started the navigation: a warm desktop handed to a
 /// session opens that session's start page.
 pub async fn navigate(socket: &DesktopSocket, url: &str) -> std::io::Result<()> {
-    use futures_util::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::Message;
-    let err = |m: &str| std::io::Error::other(m.to_owned());
-    let targets = list_targets(socket).await?;
-    let ws_url = targets
+    let ws_url = first_page(socket).await?;
+    navigate_page(socket, &ws_url, url).await
+}
+
+/// The WebSocket URL of the first page DevTools lists.
+async fn first_page(socket: &DesktopSocket) -> std::io::Result<String> {
+    list_targets(socket)
+        .await?
         .iter()
         .find(|t| t.kind == "page")
         .and_then(|t| t.websocket_url.clone())
-        .ok_or_else(|| err("DevTools lists no page to navigate"))?;
+        .ok_or_else(|| std::io::Error::other("DevTools lists no page to navigate"))
+}
+
+/// [`navigate`] for the page whose WebSocket URL is `ws_url`.
+async fn navigate_page(socket: &DesktopSocket, ws_url: &str, url: &str) -> std::io::Result<()> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let err = |m: &str| std::io::Error::other(m.to_owned());
     // ws://127.0.0.1:<port inside the desktop>/devtools/page/<id>: only the path matters,
     // the connection goes through the Unix socket.
-    let path = websocket_path(&ws_url).ok_or_else(|| err("unexpected DevTools WebSocket URL"))?;
+    let path = websocket_path(ws_url).ok_or_else(|| err("unexpected DevTools WebSocket URL"))?;
     let exchange = async {
         let stream = socket.connect().await?;
         let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://localhost{path}"), stream)
@@ -59,6 +71,184 @@ pub async fn navigate(socket: &DesktopSocket, url: &str) -> std::io::Result<()> 
     tokio::time::timeout(Duration::from_secs(10), exchange)
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "DevTools did not answer"))?
+}
+
+/// The most of one DevTools message read over a WebSocket: a browser's whole cookie jar
+/// (Chromium keeps about 3300 cookies of at most 4 KiB each) fits well within it.
+const MAX_MESSAGE: usize = 32 << 20;
+
+/// How long one DevTools command may take to be answered.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A DevTools WebSocket session with one target (the browser, or a page), through the
+/// desktop's socket.
+pub struct Cdp {
+    ws: tokio_tungstenite::WebSocketStream<tokio::net::UnixStream>,
+    next: u64,
+}
+
+impl Cdp {
+    /// Connects to the target whose WebSocket URL is `ws_url` (from `/json/list` or
+    /// `/json/version`; only its path is used).
+    pub async fn connect(socket: &DesktopSocket, ws_url: &str) -> std::io::Result<Self> {
+        let path = websocket_path(ws_url)
+            .ok_or_else(|| std::io::Error::other("unexpected DevTools WebSocket URL"))?;
+        let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+            .max_message_size(Some(MAX_MESSAGE))
+            .max_frame_size(Some(MAX_MESSAGE));
+        let connect = async {
+            let stream = socket.connect().await?;
+            let (ws, _) =
+                tokio_tungstenite::client_async_with_config(format!("ws://localhost{path}"), stream, Some(config))
+                    .await
+                    .map_err(std::io::Error::other)?;
+            Ok::<_, std::io::Error>(ws)
+        };
+        let ws = tokio::time::timeout(CALL_TIMEOUT, connect)
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "DevTools did not answer"))??;
+        Ok(Self { ws, next: 0 })
+    }
+
+    /// The browser's own target (`/json/version`'s `webSocketDebuggerUrl`).
+    pub async fn browser(socket: &DesktopSocket) -> std::io::Result<Self> {
+        let version = get_json(socket, "/json/version").await?;
+        let url = version["webSocketDebuggerUrl"]
+            .as_str()
+            .ok_or_else(|| std::io::Error::other("DevTools names no browser target"))?;
+        Self::connect(socket, url).await
+    }
+
+    /// Sends a command and returns its `result`; an error answer is an error. Events in
+    /// between are passed over.
+    pub async fn call(&mut self, method: &str, params: serde_json::Value) -> std::io::Result<serde_json::Value> {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message;
+        self.next += 1;
+        let id = self.next;
+        let exchange = async {
+            let request = serde_json::json!({"id": id, "method": method, "params": params});
+            self.ws.send(Message::text(request.to_string())).await.map_err(std::io::Error::other)?;
+            while let Some(message) = self.ws.next().await {
+                let Message::Text(text) = message.map_err(std::io::Error::other)? else { continue };
+                let mut reply: serde_json::Value = serde_json::from_str(&text).map_err(std::io::Error::other)?;
+                if reply["id"] != id {
+                    continue;
+                }
+                if let Some(e) = reply.get("error") {
+                    let message = e["message"].as_str().unwrap_or("an error").to_owned();
+                    return Err(std::io::Error::other(format!("{method}: {message}")));
+                }
+                return Ok(reply["result"].take());
+            }
+            Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                format!("DevTools closed before answering {method}"),
+            ))
+        };
+        tokio::time::timeout(CALL_TIMEOUT, exchange).await.map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::TimedOut, format!("DevTools did not answer {method}"))
+        })?
+    }
+}
+
+/// The longest `data:` URL kept as a tab.
+const MAX_DATA_URL: usize = 64 << 10;
+
+/// Whether a tab's URL is one to reopen: a web page (`http:`, `https:`), a `data:` URL of
+/// at most 64 KiB, or `about:blank`. Not DevTools, error, settings or extension pages,
+/// `file:` (the old desktop's files are gone), `blob:` or `javascript:`. Such a URL never
+/// begins with `-`, so it cannot be taken for a switch on Chromium's command line.
+pub fn reopenable(url: &str) -> bool {
+    let starts = |prefix: &str| url.get(..prefix.len()).is_some_and(|p| p.eq_ignore_ascii_case(prefix));
+    starts("http://") || starts("https://") || (starts("data:") && url.len() <= MAX_DATA_URL) || url == "about:blank"
+}
+
+/// The URLs of the open tabs worth reopening, in the order DevTools lists them (Chromium
+/// lists the most recently used tab first, so the tab in front comes first).
+/// `about:blank` is kept only when nothing else is.
+pub fn tabs_of(targets: &[Target]) -> Vec<String> {
+    let pages: Vec<&str> = targets.iter().filter(|t| t.kind == "page").map(|t| t.url.as_str()).collect();
+    let tabs: Vec<String> = pages
+        .iter()
+        .filter(|u| **u != "about:blank" && reopenable(u))
+        .map(|u| (*u).to_owned())
+        .collect();
+    if tabs.is_empty() && pages.contains(&"about:blank") {
+        return vec!["about:blank".to_owned()];
+    }
+    tabs
+}
+
+/// The browser's cookies (`Storage.getCookies` on the browser target: CDP `Network.Cookie`
+/// objects).
+pub async fn cookies(browser: &mut Cdp) -> std::io::Result<Vec<serde_json::Value>> {
+    let mut result = browser.call("Storage.getCookies", serde_json::json!({})).await?;
+    match result["cookies"].take() {
+        serde_json::Value::Array(cookies) => Ok(cookies),
+        _ => Err(std::io::Error::other("Storage.getCookies answered without cookies")),
+    }
+}
+
+/// Asks Chromium to close (`Browser.close`: it closes every window, ignoring `beforeunload`,
+/// and writes its cookies, Local Storage and IndexedDB on the way out). Chromium may drop
+/// the connection before it answers: that counts as done.
+pub async fn close_browser(browser: &mut Cdp) -> std::io::Result<()> {
+    match browser.call("Browser.close", serde_json::json!({})).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionAborted => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Sets `cookies` (CDP `Network.CookieParam` objects; `Network.Cookie` objects, as
+/// [`cookies`] reads them, are accepted too) in the browser, then sends its page to
+/// `first` (when given) and opens `rest` as further tabs behind it, in order.
+pub async fn restore_tabs(
+    socket: &DesktopSocket,
+    cookies: &[serde_json::Value],
+    first: Option<&str>,
+    rest: &[String],
+) -> std::io::Result<()> {
+    let mut browser = if !cookies.is_empty() || !rest.is_empty() {
+        Some(Cdp::browser(socket).await?)
+    } else {
+        None
+    };
+    if let Some(browser) = browser.as_mut()
+        && !cookies.is_empty()
+    {
+        browser
+            .call("Storage.setCookies", serde_json::json!({"cookies": cookies}))
+            .await?;
+    }
+    // The first tab's navigation and the others' creation at once: each takes Chromium a
+    // renderer's start. The first tab is the page there is now (found before any other
+    // opens); the others are created one after the other, so they keep their order.
+    let page = match first {
+        Some(_) => Some(first_page(socket).await?),
+        None => None,
+    };
+    let first = async {
+        match (first, page) {
+            (Some(url), Some(page)) => navigate_page(socket, &page, url).await,
+            _ => Ok(()),
+        }
+    };
+    let others = async {
+        if let Some(browser) = browser.as_mut() {
+            for url in rest {
+                browser
+                    .call("Target.createTarget", serde_json::json!({"url": url, "background": true}))
+                    .await?;
+            }
+        }
+        Ok::<_, std::io::Error>(())
+    };
+    let (first, others) = tokio::join!(first, others);
+    first?;
+    others?;
+    Ok(())
 }
 
 /// `GET /json/list`. A loopback-only, one-request HTTP/1.1 exchange: not worth a client crate.
@@ -144,7 +334,29 @@ fn complete_body(response: &[u8]) -> std::io::Result<Option<Vec<u8>>> {
 
 #[cfg(test)]
 mod tests {
-    use super::complete_body;
+    use super::{Target, complete_body, reopenable, tabs_of};
+
+    fn page(url: &str) -> Target {
+        Target { id: "x".into(), kind: "page".into(), url: url.into(), websocket_url: None }
+    }
+
+    #[test]
+    fn only_pages_worth_reopening_are_saved() {
+        let mut targets: Vec<Target> = ["https://a.example/", "devtools://devtools/x", "chrome-error://chromewebdata/",
+            "about:blank", "http://b.example/p?q", "chrome://settings/", "file:///etc/passwd", "data:text/html,hi"]
+            .into_iter()
+            .map(page)
+            .collect();
+        targets.push(Target { kind: "service_worker".into(), ..page("https://c.example/sw.js") });
+        assert_eq!(tabs_of(&targets), ["https://a.example/", "http://b.example/p?q", "data:text/html,hi"]);
+        assert_eq!(tabs_of(&[page("about:blank"), page("chrome://newtab/")]), ["about:blank"]);
+        assert!(tabs_of(&[page("chrome://newtab/")]).is_empty());
+        for refused in ["--renderer-cmd-prefix=/bin/sh", "-g", "javascript:alert(1)", "blob:https://a/x", "about:version", " http://a/"] {
+            assert!(!reopenable(refused), "{refused}");
+        }
+        assert!(reopenable("HTTPS://A.EXAMPLE/"));
+        assert!(!reopenable(&format!("data:text/plain,{}", "x".repeat(70_000))));
+    }
 
     #[test]
     fn bodies_are_read_by_content_length() {

@@ -97,26 +97,41 @@ pub struct DesktopSpec {
 }
 
 /// What a new desktop's browser starts from.
+///
+/// The local runtime never hands a desktop from its warm pool to a spec with `user_data`
+/// (the pooled browser already runs on a profile of its own); with only tabs and cookies,
+/// a pooled desktop may be used.
 #[derive(Debug, Clone, Default)]
 pub struct RestoreFrom {
     /// A directory the server owns holding a Chromium user-data directory (as copied out
     /// by [`DesktopRuntime::save_and_stop`]). Copied, not moved, into the new desktop's
-    /// profile before Chromium starts, owned by the desktop's user.
+    /// profile before Chromium starts, owned by the desktop's user; links and anything
+    /// but regular files and directories are left out, and so are caches. The start fails
+    /// if it does not fit in the desktop's home.
     pub user_data: Option<std::path::PathBuf>,
-    /// Tabs to open, in order (when empty: the spec's `start_url`).
+    /// Tabs to open, in order, the first in front (when empty: the spec's `start_url`).
+    /// Only `http:`, `https:`, `data:` (up to 64 KiB) and `about:blank` URLs are opened;
+    /// others are left out ([`devtools::reopenable`]).
     pub tabs: Vec<String>,
-    /// CDP `Network.CookieParam` objects set before the tabs load (an operator's
-    /// imported cookies).
+    /// CDP `Network.CookieParam` objects set (`Storage.setCookies` on the browser) before
+    /// the tabs load: an operator's imported cookies. `Network.Cookie` objects as
+    /// [`SavedState::cookies`] holds them are accepted too. One Chromium refuses fails
+    /// the start.
     pub cookies: Vec<serde_json::Value>,
 }
 
-/// What [`DesktopRuntime::save_and_stop`] read and copied out of a desktop.
+/// What [`DesktopRuntime::save_and_stop`] read and copied out of a desktop. It comes
+/// from a desktop a session has used: as untrusted as anything the desktop says.
 #[derive(Debug, Clone, Default)]
 pub struct SavedState {
-    /// URLs of the open tabs, in Chromium's order.
+    /// URLs of the open tabs, in the order Chromium's DevTools lists them: the most
+    /// recently used first (so the tab in front when saved is in front when restored).
+    /// Only URLs worth reopening ([`devtools::reopenable`]: no DevTools, error, settings
+    /// or `file:` pages); `about:blank` only when it is all there is.
     pub tabs: Vec<String>,
     /// `Storage.getCookies` of the browser (CDP `Network.Cookie` objects).
     pub cookies: Vec<serde_json::Value>,
+    /// Regular files copied, and their bytes.
     pub files: u64,
     pub bytes: u64,
 }
@@ -192,10 +207,17 @@ pub trait DesktopRuntime: Send + Sync + 'static {
     ) -> Result<DesktopHandle, DesktopError>;
     /// Stops a desktop and everything it started; a no-op for an unknown id.
     async fn stop(&self, id: &str);
-    /// Reads the open tabs and the cookies over DevTools, closes Chromium gracefully (so
-    /// it writes its state), copies its user-data directory into `into` (created by this
-    /// call, the server's; caches left out; at most `max_bytes`), then stops the desktop,
-    /// whatever the outcome.
+    /// Reads the open tabs and the cookies over DevTools, closes Chromium gracefully
+    /// (`Browser.close`, so it writes its cookies, Local Storage and IndexedDB; killed if
+    /// it has not exited within 5 s), copies its user-data directory into `into`, then
+    /// stops the desktop, whatever the outcome (like [`stop`](Self::stop)).
+    ///
+    /// `into` is created by this call (its parent too if missing), mode 0700, owned by
+    /// the server; it must not exist yet, and is removed again if the copy fails. The copy
+    /// never follows a link and takes only regular files and directories of the desktop's
+    /// user on the profile's filesystem; caches are left out. More than `max_bytes` (or
+    /// 100,000 entries, or directories nested deeper than 32) is an error. An unknown id
+    /// is an error.
     async fn save_and_stop(
         &self,
         id: &str,

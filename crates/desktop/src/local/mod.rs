@@ -10,6 +10,10 @@
 //!   desktop.pgid desktop.pidns   let a restarted server find and stop what a crash left
 //! ```
 //!
+//! A desktop's browser state is saved by copying `home/profile` out once its processes are
+//! gone and before the directory is removed, and restored by copying a saved one into a
+//! fresh `home/profile` before anything starts (`profile.rs`).
+//!
 //! `home/` and `run/` belong to the desktop's own host uid (one per desktop, from
 //! `uid_base`, when the server runs as root) and are the only host paths it can write.
 
@@ -18,6 +22,7 @@ mod forward;
 mod writable;
 mod pool;
 mod process;
+mod profile;
 pub mod sandbox;
 
 use std::collections::{BTreeSet, HashMap};
@@ -41,7 +46,7 @@ use crate::confined::DesktopDir;
 use crate::egress::{EgressMode, EgressPolicy, SLIRP_DNS};
 use crate::toolchain::{self, ToolCheck, ToolPaths};
 use crate::{
-    DesktopError, DesktopHandle, DesktopRuntime, DesktopSpec, Piece, Progress, devtools, rfb,
+    DesktopError, DesktopHandle, DesktopRuntime, DesktopSpec, Piece, Progress, SavedState, devtools, rfb,
 };
 
 const LAUNCHER: &str = include_str!("launcher.sh");
@@ -110,6 +115,27 @@ struct Inner {
     desktops: Mutex<HashMap<String, LocalDesktop>>,
     uid_slots: std::sync::Mutex<BTreeSet<u32>>,
     pool: pool::WarmPool,
+    /// Ids of desktops whose state is being saved: out of `desktops` until they are
+    /// stopped, and waited for by `stop` (so a new desktop for the id never starts in
+    /// the directory being copied).
+    saving: tokio::sync::watch::Sender<BTreeSet<String>>,
+}
+
+/// How long Chromium gets to exit after `Browser.close` before it is killed.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+/// Marks a desktop as being saved for as long as it lives.
+struct Saving<'a> {
+    ids: &'a tokio::sync::watch::Sender<BTreeSet<String>>,
+    id: String,
+}
+
+impl Drop for Saving<'_> {
+    fn drop(&mut self) {
+        self.ids.send_modify(|ids| {
+            ids.remove(&self.id);
+        });
+    }
 }
 
 // Unix socket paths are limited to 108 bytes including the terminating NUL.
@@ -160,6 +186,7 @@ impl Inner {
             desktops: Mutex::default(),
             uid_slots: Default::default(),
             pool: pool::WarmPool::default(),
+            saving: tokio::sync::watch::channel(BTreeSet::new()).0,
         };
         runtime.reap_stale();
         Ok(runtime)
@@ -390,7 +417,16 @@ impl Inner {
             chromium_args.push("--test-type".into());
         }
         chromium_args.extend(self.config.chromium_flags.iter().cloned());
-        chromium_args.push(spec.start_url.replace('\n', "%0A"));
+        // The tabs to open, last on the command line (each opens a tab). Cookies to set
+        // come first: then Chromium starts on a blank page, and the tabs open once they
+        // are set (below).
+        let tabs = tabs_to_open(spec);
+        let cookies = cookies_to_set(spec);
+        if cookies.is_empty() {
+            chromium_args.extend(tabs.iter().map(|t| command_line_url(t)));
+        } else {
+            chromium_args.push("about:blank".into());
+        }
         let host_ports: Vec<String> = if sandboxed {
             self.config.host_ports.iter().map(u16::to_string).collect()
         } else {
@@ -431,6 +467,9 @@ impl Inner {
             uid,
             cgroup_procs: desktop.cgroup.as_ref().map(|c| c.procs_files()).unwrap_or_default(),
         };
+        if let Some(user_data) = spec.restore.as_ref().and_then(|r| r.user_data.clone()) {
+            self.restore_profile(&spec.id, user_data, &dirs.home, uid).await?;
+        }
         let argv = sandbox::command(bwrap.as_deref(), dirs, &confinement, LAUNCHER);
         progress(Piece::Xvnc);
         let supervisor = spawn(&argv, &env, &dir.join("supervisor.log"))?;
@@ -528,6 +567,11 @@ impl Inner {
                 return Err(self.timeout(Piece::Chromium, &files, "DevTools did not list a page"));
             }
             tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        if !cookies.is_empty() {
+            devtools::restore_tabs(&devtools_socket, cookies, Some(&tabs[0]), &tabs[1..])
+                .await
+                .map_err(|e| DesktopError::Setup(format!("could not restore the browser's cookies and tabs: {e}")))?;
         }
 
         Ok(DesktopHandle {
@@ -776,11 +820,20 @@ impl Inner {
     }
 
     async fn stop(&self, id: &str) {
-        let Some(mut desktop) = self.desktops.lock().await.remove(id) else {
+        let desktop = self.desktops.lock().await.remove(id);
+        let Some(mut desktop) = desktop else {
+            // A desktop being saved is stopped by its save: wait for that.
+            let _ = self.saving.subscribe().wait_for(|ids| !ids.contains(id)).await;
             return;
         };
         self.stop_processes(&mut desktop).await;
-        self.release(&mut desktop);
+        self.remove(id, &mut desktop);
+    }
+
+    /// The second half of stopping, once no process of the desktop is left: releases its
+    /// cgroup, uid and forwards, and removes its directory (unmounting its home and run).
+    fn remove(&self, id: &str, desktop: &mut LocalDesktop) {
+        self.release(desktop);
         writable::unmount(&desktop.dir);
         if let Err(e) = std::fs::remove_dir_all(&desktop.dir) {
             tracing::warn!(session_id = %id, error = %e, "could not remove the desktop directory");
@@ -793,6 +846,131 @@ impl Inner {
         let ids: Vec<String> = self.desktops.lock().await.keys().cloned().collect();
         // Concurrently: one by one would multiply the stop grace period.
         futures_util::future::join_all(ids.iter().map(|id| self.stop(id))).await;
+        let _ = self.saving.subscribe().wait_for(|ids| ids.is_empty()).await;
+    }
+
+    /// Copies a saved user-data directory into a new desktop's home as its profile, owned
+    /// by the desktop's user, before anything of the desktop runs.
+    async fn restore_profile(
+        &self,
+        id: &str,
+        user_data: PathBuf,
+        home: &Path,
+        uid: Option<u32>,
+    ) -> Result<(), DesktopError> {
+        let started = Instant::now();
+        let profile_dir = home.join("profile");
+        let copied = tokio::task::spawn_blocking(move || {
+            let dst = profile::create_dir(&profile_dir, uid)?;
+            let src = profile::open_dir(&user_data)?;
+            let rules = profile::Rules { owner: None, chown_to: uid, max_bytes: u64::MAX };
+            let copied = profile::copy_tree(src, dst, &user_data, &rules)?;
+            profile::mark_exited_cleanly(&profile_dir);
+            Ok::<_, profile::CopyError>(copied)
+        })
+        .await
+        .map_err(|e| DesktopError::Setup(format!("restoring the browser's files failed: {e}")))?
+        .map_err(|e| DesktopError::Setup(format!("cannot restore the browser's files: {e}")))?;
+        tracing::info!(session_id = %id, files = copied.files, bytes = copied.bytes, skipped = copied.skipped,
+            elapsed_ms = started.elapsed().as_millis() as u64, "browser state restored");
+        Ok(())
+    }
+
+    /// See [`DesktopRuntime::save_and_stop`].
+    async fn save_and_stop(&self, id: &str, into: &Path, max_bytes: u64) -> Result<SavedState, DesktopError> {
+        self.desktop_dir(id)?;
+        let mut desktop = {
+            let mut desktops = self.desktops.lock().await;
+            let desktop = desktops
+                .remove(id)
+                .ok_or_else(|| DesktopError::Setup(format!("no desktop {id:?} is running")))?;
+            self.saving.send_modify(|ids| {
+                ids.insert(id.to_owned());
+            });
+            desktop
+        };
+        let _saving = Saving { ids: &self.saving, id: id.to_owned() };
+        let started = Instant::now();
+
+        // Chromium writes its state as it closes; its exit ends the desktop's supervisor.
+        let read = self.read_and_close(id, &mut desktop).await;
+        let closed = started.elapsed();
+        // Every process gone (killed if still there), the directory still in place.
+        self.stop_processes(&mut desktop).await;
+        let stopped = started.elapsed();
+
+        let result = match read {
+            Ok((tabs, cookies)) => {
+                let from = desktop.dir.clone();
+                let owner = desktop.owner;
+                let into = into.to_owned();
+                tokio::task::spawn_blocking(move || copy_out(&from, owner, &into, max_bytes))
+                    .await
+                    .map_err(|e| DesktopError::Setup(format!("copying the browser's files failed: {e}")))
+                    .and_then(|r| r)
+                    .map(|copied| (tabs, cookies, copied))
+            }
+            Err(e) => Err(e),
+        };
+        let copied_at = started.elapsed();
+        self.remove(id, &mut desktop);
+        let ms = |d: Duration| d.as_millis() as u64;
+        match result {
+            Ok((tabs, cookies, copied)) => {
+                if copied.refused > 0 {
+                    tracing::warn!(session_id = %id, refused = copied.refused,
+                        "the browser's directory held links, FIFOs or files not its own; they were left out");
+                }
+                tracing::info!(session_id = %id, tabs = tabs.len(), cookies = cookies.len(), files = copied.files,
+                    bytes = copied.bytes, skipped = copied.skipped, refused = copied.refused,
+                    closed_ms = ms(closed), stopped_ms = ms(stopped), copied_ms = ms(copied_at),
+                    elapsed_ms = ms(started.elapsed()), "browser state saved");
+                Ok(SavedState { tabs, cookies, files: copied.files, bytes: copied.bytes })
+            }
+            Err(e) => {
+                tracing::warn!(session_id = %id, error = %e, "the browser's state could not be saved");
+                Err(e)
+            }
+        }
+    }
+
+    /// Reads the open tabs and the cookies, then closes Chromium and waits (up to
+    /// [`CLOSE_WAIT`]) for it to exit.
+    async fn read_and_close(
+        &self,
+        id: &str,
+        desktop: &mut LocalDesktop,
+    ) -> Result<(Vec<String>, Vec<serde_json::Value>), DesktopError> {
+        let devtools_error = |what: &str, e: std::io::Error| {
+            if e.kind() == std::io::ErrorKind::PermissionDenied {
+                DesktopError::Tampered(format!("{what}: {e}"))
+            } else {
+                DesktopError::PieceFailed { piece: Piece::Chromium, reason: format!("{what}: {e}"), stderr_tail: String::new() }
+            }
+        };
+        let socket = desktop.files().socket("run/devtools.sock");
+        let targets = devtools::list_targets(&socket)
+            .await
+            .map_err(|e| devtools_error("cannot list the open tabs", e))?;
+        let tabs = devtools::tabs_of(&targets);
+        let mut browser = devtools::Cdp::browser(&socket)
+            .await
+            .map_err(|e| devtools_error("cannot reach the browser", e))?;
+        let cookies = devtools::cookies(&mut browser)
+            .await
+            .map_err(|e| devtools_error("cannot read the cookies", e))?;
+        devtools::close_browser(&mut browser)
+            .await
+            .map_err(|e| devtools_error("cannot close the browser", e))?;
+        drop(browser);
+        let exited = match desktop.supervisor.as_mut() {
+            Some(supervisor) => tokio::time::timeout(CLOSE_WAIT, supervisor.wait()).await.is_ok(),
+            None => false,
+        };
+        if !exited {
+            tracing::warn!(session_id = %id, "Chromium did not exit within {CLOSE_WAIT:?} of closing; killing the desktop");
+        }
+        Ok((tabs, cookies))
     }
 
     async fn is_alive(&self, id: &str) -> bool {
@@ -829,6 +1007,16 @@ impl DesktopRuntime for LocalRuntime {
         self.inner.stop(id).await
     }
 
+    async fn save_and_stop(&self, id: &str, into: &Path, max_bytes: u64) -> Result<SavedState, DesktopError> {
+        // On a task of its own: should the caller give up waiting, the save still ends
+        // with the desktop stopped and its directory removed.
+        let inner = self.inner.clone();
+        let (id, into) = (id.to_owned(), into.to_owned());
+        tokio::spawn(async move { inner.save_and_stop(&id, &into, max_bytes).await })
+            .await
+            .map_err(|e| DesktopError::Setup(format!("saving the browser's state failed: {e}")))?
+    }
+
     async fn stop_all(&self) {
         self.inner.stop_all().await
     }
@@ -844,6 +1032,51 @@ impl DesktopRuntime for LocalRuntime {
     fn warm_ready(&self) -> usize {
         self.inner.pool.ready()
     }
+}
+
+/// Copies a stopped desktop's profile into `into` (created here; removed again if the copy
+/// fails).
+fn copy_out(desktop_dir: &Path, owner: u32, into: &Path, max_bytes: u64) -> Result<profile::Copied, DesktopError> {
+    let refused = |e: profile::CopyError| match e {
+        profile::CopyError::Refused { .. } => DesktopError::Tampered(e.to_string()),
+        e => DesktopError::Setup(format!("cannot save the browser's files: {e}")),
+    };
+    let src = profile::open_desktop_profile(desktop_dir, owner).map_err(refused)?;
+    let dst = profile::create_dir(into, None).map_err(refused)?;
+    let rules = profile::Rules { owner: Some(owner), chown_to: None, max_bytes };
+    profile::copy_tree(src, dst, &desktop_dir.join("home/profile"), &rules).map_err(|e| {
+        if let Err(e) = std::fs::remove_dir_all(into) {
+            tracing::warn!(path = %into.display(), error = %e, "could not remove a partial copy of a browser's files");
+        }
+        refused(e)
+    })
+}
+
+/// The tabs a new desktop opens: its restored tabs that can be reopened (see
+/// [`devtools::reopenable`]), else its start URL.
+fn tabs_to_open(spec: &DesktopSpec) -> Vec<String> {
+    let restored = spec.restore.as_ref().map(|r| r.tabs.as_slice()).unwrap_or_default();
+    let tabs: Vec<String> = restored
+        .iter()
+        .filter(|t| {
+            let ok = devtools::reopenable(t);
+            if !ok {
+                tracing::warn!(session_id = %spec.id, "a restored tab is not a URL to reopen; left out");
+            }
+            ok
+        })
+        .cloned()
+        .collect();
+    if tabs.is_empty() { vec![spec.start_url.clone()] } else { tabs }
+}
+
+fn cookies_to_set(spec: &DesktopSpec) -> &[serde_json::Value] {
+    spec.restore.as_ref().map(|r| r.cookies.as_slice()).unwrap_or_default()
+}
+
+/// A URL as one line of `LS_CHROMIUM_ARGS` (one argument per line).
+fn command_line_url(url: &str) -> String {
+    url.replace('\n', "%0A").replace('\r', "%0D").replace('\0', "%00")
 }
 
 impl LocalRuntimeConfig {

@@ -1,6 +1,8 @@
 //! The warm pool: desktops started in advance on the server's default start page, so a new
 //! session gets one in the time it takes to rename a directory (and, if it asked for
-//! another page, to tell Chromium where to go). A warm desktop
+//! another page, to tell Chromium where to go; to set its cookies and open its tabs). A
+//! desktop that starts from a saved profile never comes from the pool: the warm browser
+//! already runs on a profile of its own. A warm desktop
 //! is handed to exactly one session and stopped with it; it is never returned to the pool,
 //! so every session has a fresh profile, home and uid. A background task refills the pool
 //! one desktop at a time, which keeps it from competing with a burst of cold starts.
@@ -76,9 +78,13 @@ pub(super) fn spawn_refill(inner: &Arc<Inner>) {
 }
 
 /// Hands a warm desktop to the session in `spec`, if one of its size is ready: renames its
-/// directory to the session's and navigates its page to the session's start URL.
+/// directory to the session's, sets the cookies it restores, and navigates its page to the
+/// session's first tab (its start URL), opening any further tabs.
 pub(super) async fn take(inner: &Inner, spec: &DesktopSpec) -> Option<DesktopHandle> {
     if inner.config.warm == 0 || (spec.width, spec.height) != inner.config.warm_size {
+        return None;
+    }
+    if spec.restore.as_ref().is_some_and(|r| r.user_data.is_some()) {
         return None;
     }
     let started = std::time::Instant::now();
@@ -133,8 +139,10 @@ async fn adopt(
     handle.id = spec.id.clone();
     handle.vnc_socket = files.socket("run/vnc.sock");
     handle.devtools_socket = files.socket("run/devtools.sock");
-    if spec.start_url != inner.config.warm_url {
-        devtools::navigate(&handle.devtools_socket, &spec.start_url).await?;
-    }
+    let tabs = super::tabs_to_open(spec);
+    let cookies = super::cookies_to_set(spec);
+    // With cookies to set, the first tab loads (again) once they are.
+    let first = (!cookies.is_empty() || tabs[0] != inner.config.warm_url).then_some(tabs[0].as_str());
+    devtools::restore_tabs(&handle.devtools_socket, cookies, first, &tabs[1..]).await?;
     Ok(handle)
 }

@@ -40,6 +40,7 @@ pub fn spec(id: &str, url: &str) -> DesktopSpec {
         width: 1280,
         height: 720,
         start_url: url.into(),
+        restore: None,
     }
 }
 
