@@ -14,6 +14,7 @@ mod logins;
 mod payments;
 mod pool;
 mod processes;
+mod profiles;
 mod resources;
 mod sandbox;
 mod support;
