@@ -218,9 +218,25 @@ pub async fn restore_tabs(
     if let Some(browser) = browser.as_mut()
         && !cookies.is_empty()
     {
-        browser
+        // Saved cookies come from a desktop a session used: one Chromium refuses must not
+        // keep the browser from starting. All at once first; if refused, one by one,
+        // leaving out those refused.
+        if let Err(e) = browser
             .call("Storage.setCookies", serde_json::json!({"cookies": cookies}))
-            .await?;
+            .await
+        {
+            let mut refused = 0usize;
+            for cookie in cookies {
+                if browser
+                    .call("Storage.setCookies", serde_json::json!({"cookies": [cookie]}))
+                    .await
+                    .is_err()
+                {
+                    refused += 1;
+                }
+            }
+            tracing::warn!(refused, of = cookies.len(), error = %e, "Chromium refused some restored cookies; they were left out");
+        }
     }
     // The first tab's navigation and the others' creation at once: each takes Chromium a
     // renderer's start. The first tab is the page there is now (found before any other

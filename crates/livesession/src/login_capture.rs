@@ -243,6 +243,9 @@ async fn finish(app: &Arc<App>, login: &Login, url: String) {
         }
     };
     tracing::info!(session_id = %id, login_id = %login.id, profile = %login.profile, "login done; saving the browser's state to the profile");
+    // Held while saving: the idle keeper must not start a second save of this desktop
+    // should the last viewer leave meanwhile.
+    let _held = app.desktops.hold(id);
     let saved = app.states.save_and_stop(&session).await;
     let now = OffsetDateTime::now_utc();
     let at = now.format(&time::format_description::well_known::Rfc3339).expect("formattable");
