@@ -580,7 +580,7 @@ pub struct ProfileArgs {
     #[arg(long, env = "LIVESESSION_LOGIN_TTL", default_value_t = 900)]
     pub login_ttl: u64,
     /// Where events (`login.captured`) are POSTed, signed with LIVESESSION_EVENTS_SECRET.
-    #[arg(long, env = "LIVESESSION_EVENTS_URL")]
+    #[arg(long, env = "LIVESESSION_EVENTS_URL", hide_env_values = true)]
     pub events_url: Option<String>,
     /// The key events are signed with (HMAC-SHA256, header `Livesession-Signature`);
     /// required with LIVESESSION_EVENTS_URL. Never logged.

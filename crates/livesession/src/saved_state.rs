@@ -9,10 +9,12 @@
 //! - restored from the session's own state if there is one, else from its profile (a
 //!   reader gets a copy: its own state is what it saves), else nothing (a fresh browser).
 
+use std::collections::HashSet;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use livesession_desktop::{DesktopRuntime, RestoreFrom};
 use livesession_profiles::{StateKey, StateMeta, Vault, VaultError};
@@ -56,6 +58,26 @@ pub struct StateKeeper {
     staging: PathBuf,
     max_bytes: u64,
     next: AtomicU64,
+    /// Profiles a save is being written to: not read, handed to a new writer, imported
+    /// into or deleted until it lands (an ending writer's save takes seconds, and the
+    /// store has already let the profile go).
+    saving: Mutex<HashSet<String>>,
+    saved: tokio::sync::Notify,
+}
+
+/// Marks a profile as being saved for as long as it lives.
+struct SavingProfile<'a> {
+    keeper: &'a StateKeeper,
+    name: Option<String>,
+}
+
+impl Drop for SavingProfile<'_> {
+    fn drop(&mut self) {
+        if let Some(name) = self.name.take() {
+            self.keeper.saving.lock().unwrap().remove(&name);
+            self.keeper.saved.notify_waiters();
+        }
+    }
 }
 
 /// Where a session saves its state.
@@ -77,11 +99,56 @@ impl StateKeeper {
         max_bytes: u64,
     ) -> std::io::Result<Arc<Self>> {
         let vault = Arc::new(Vault::open(vault_dir, master_key, max_bytes)?);
+        // Staged states are browser files in the clear: on a root server they live in a
+        // tmpfs of their own (memory, gone with the machine), never on the data disk.
+        let _ = nix::mount::umount2(&staging, nix::mount::MntFlags::MNT_DETACH | nix::mount::MntFlags::UMOUNT_NOFOLLOW);
         if staging.exists() {
             std::fs::remove_dir_all(&staging)?;
         }
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&staging)?;
-        Ok(Arc::new(Self { runtime, vault, staging, max_bytes, next: AtomicU64::new(0) }))
+        if nix::unistd::geteuid().is_root() {
+            // A cap, not a reservation: what is staged at once is a few saves or starts.
+            if let Err(e) = nix::mount::mount(
+                Some("livesession-staging"),
+                &staging,
+                Some("tmpfs"),
+                nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV | nix::mount::MsFlags::MS_NOEXEC,
+                Some("size=50%,mode=0700"),
+            ) {
+                tracing::warn!(error = %e, "cannot mount a tmpfs for staged browser states; they are staged on the data disk");
+            }
+        } else {
+            tracing::info!("not root: browser states are staged on the data disk while they are packed or unpacked");
+        }
+        Ok(Arc::new(Self {
+            runtime,
+            vault,
+            staging,
+            max_bytes,
+            next: AtomicU64::new(0),
+            saving: Mutex::default(),
+            saved: tokio::sync::Notify::new(),
+        }))
+    }
+
+    /// Whether a save to this profile is being written now.
+    pub fn profile_busy(&self, name: &str) -> bool {
+        self.saving.lock().unwrap().contains(name)
+    }
+
+    /// Waits (up to `limit`) until no save to this profile is being written.
+    async fn wait_profile_saved(&self, name: &str, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let saved = self.saved.notified();
+            if !self.profile_busy(name) {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, saved).await.is_err() {
+                tracing::warn!(profile = %name, "a save to the profile is still being written; reading the previous version");
+                return;
+            }
+        }
     }
 
     pub fn vault(&self) -> &Vault {
@@ -98,6 +165,16 @@ impl StateKeeper {
     /// failed save keeps the previous version of the state.
     pub async fn save_and_stop(&self, session: &Session) -> Result<(), SaveError> {
         let key = save_key(session);
+        let _saving = SavingProfile {
+            keeper: self,
+            name: match &key {
+                StateKey::Profile(name) => {
+                    self.saving.lock().unwrap().insert(name.clone());
+                    Some(name.clone())
+                }
+                StateKey::Session(_) => None,
+            },
+        };
         let dir = self.staging_dir("save");
         let started = std::time::Instant::now();
         let saved = self.runtime.save_and_stop(&session.id, &dir, self.max_bytes).await;
@@ -151,6 +228,9 @@ impl StateKeeper {
             keys.push(StateKey::Profile(name.clone()));
         }
         for key in keys {
+            if let StateKey::Profile(name) = &key {
+                self.wait_profile_saved(name, Duration::from_secs(60)).await;
+            }
             if self.vault.info(&key).is_none() {
                 continue;
             }

@@ -233,6 +233,10 @@ impl Walk<'_> {
             && kind(opened) == kind(listed)
             && opened.st_dev == self.dev
             && self.rules.owner.is_none_or(|o| opened.st_uid == o)
+            // A second name for a file: on a desktop's own tmpfs it can only name the
+            // desktop's files, but where the home shares a disk with the server (no
+            // sandbox), it could name the server's. Either way, not a file the profile made.
+            && !(kind(opened) == SFlag::S_IFREG && opened.st_nlink > 1)
     }
 
     fn chown(&self, fd: impl AsFd, path: &Path) -> Result<(), CopyError> {

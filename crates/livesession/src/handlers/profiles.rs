@@ -63,6 +63,18 @@ async fn writer_of(app: &App, name: &str) -> Result<Option<String>, ApiError> {
     Ok(app.sessions.store().profile_writer(name).await?.map(|s| s.id))
 }
 
+/// `409 profile_in_use` while a session's save to the profile is being written.
+pub(crate) fn not_being_saved(app: &App, name: &str) -> Result<(), ApiError> {
+    if app.states.profile_busy(name) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "profile_in_use",
+            "the session that used this profile is saving it; try again in a few seconds",
+        ));
+    }
+    Ok(())
+}
+
 fn profile_json(name: &str, info: &SavedInfo, writer: Option<String>) -> Value {
     json!({
         "name": name,
@@ -127,6 +139,7 @@ pub async fn delete_profile(
     if let Some(session) = writer_of(&app, &name).await? {
         return Err(in_use(&session));
     }
+    not_being_saved(&app, &name)?;
     let key = StateKey::Profile(name.clone());
     let deleted = blocking(&app, move |v| v.delete(&key))
         .await
@@ -223,6 +236,7 @@ pub async fn import_cookies(
     if let Some(session) = writer_of(&app, &name).await? {
         return Err(in_use(&session));
     }
+    not_being_saved(&app, &name)?;
     let count = request.cookies.len();
     let key = StateKey::Profile(name.clone());
     let info = blocking(&app, move |v| {

@@ -43,9 +43,13 @@ pub struct ProfileRequest {
 const MAX_IDLE_TIMEOUT_SECONDS: u32 = 7 * 24 * 3600;
 
 /// A profile as a session asks for it, checked.
-pub(crate) fn profile_use(request: Option<ProfileRequest>) -> Result<Option<livesession_session::ProfileUse>, ApiError> {
+pub(crate) fn profile_use(app: &App, request: Option<ProfileRequest>) -> Result<Option<livesession_session::ProfileUse>, ApiError> {
     let Some(request) = request else { return Ok(None) };
     crate::handlers::profiles::check_name(&request.name)?;
+    if request.persist {
+        // The profile's last writer may have ended and still be saving it.
+        crate::handlers::profiles::not_being_saved(app, &request.name)?;
+    }
     Ok(Some(livesession_session::ProfileUse { name: request.name, persist: request.persist }))
 }
 
@@ -135,7 +139,7 @@ pub(crate) async fn create(
         source,
         start_url,
         ttl: time::Duration::seconds(ttl as i64),
-        profile: profile_use(request.profile)?,
+        profile: profile_use(app, request.profile)?,
         idle_timeout_seconds: request.idle_timeout_seconds,
     };
     let session = match client {
