@@ -424,6 +424,8 @@ pub async fn launch(
     // Running desktops are saved (hibernated) so a restart resumes them; the rest stop.
     let _ = keeper.await;
     app.desktops.shut_down(crate::desktops::SHUTDOWN_SAVE_BOUND).await;
+    // Nothing is being saved or started any more.
+    app.states.close();
     cleanup.abort();
     let _ = expiry.await;
     let _ = sweeper.await;

@@ -131,6 +131,13 @@ impl StateKeeper {
         }))
     }
 
+    /// Server shutdown: empties the staging space and unmounts its tmpfs, so the data
+    /// directory can be removed or moved.
+    pub fn close(&self) {
+        let _ = nix::mount::umount2(&self.staging, nix::mount::MntFlags::MNT_DETACH | nix::mount::MntFlags::UMOUNT_NOFOLLOW);
+        let _ = std::fs::remove_dir_all(&self.staging);
+    }
+
     /// Whether a save to this profile is being written now.
     pub fn profile_busy(&self, name: &str) -> bool {
         self.saving.lock().unwrap().contains(name)
