@@ -268,10 +268,17 @@ impl StateKeeper {
             let has_files = std::fs::read_dir(&dir).map(|mut d| d.next().is_some()).unwrap_or(false);
             tracing::info!(session_id = %session.id, state = %key, tabs = meta.tabs.len(),
                 elapsed_ms = started.elapsed().as_millis() as u64, "browser state unpacked for a start");
-            // Every saved cookie is set again over DevTools before the tabs load: Chromium
-            // drops session cookies (no expiry) from its files at start, and a login
-            // often is one. Then the imported ones, which win.
-            let mut cookies: Vec<serde_json::Value> = meta.cookies.into_iter().map(cookie_param).collect();
+            // Session cookies (no expiry) are set again over DevTools before the tabs load:
+            // Chromium drops them from its files at start, and a login often is one. The
+            // others are in the restored files (without any, all of them are set). Then
+            // the imported ones, which win. With none to set, the tabs open on Chromium's
+            // command line, the faster start.
+            let mut cookies: Vec<serde_json::Value> = meta
+                .cookies
+                .into_iter()
+                .filter(|c| !has_files || c.get("session").and_then(serde_json::Value::as_bool).unwrap_or(true))
+                .map(cookie_param)
+                .collect();
             cookies.extend(meta.imported_cookies);
             return Some(Staged {
                 restore: RestoreFrom {
