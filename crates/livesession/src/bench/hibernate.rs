@@ -145,7 +145,7 @@ pub async fn run(options: &Options) -> Result<HibernateReport, String> {
 }
 
 async fn desktop_state(server: &Server, id: &str) -> String {
-    server.get(&format!("/api/sessions/{id}")).await.map(|s| s["desktop"].as_str().unwrap_or_default().to_owned()).unwrap_or_default()
+    server.admin_get(&format!("/api/sessions/{id}")).await.map(|s| s["desktop"].as_str().unwrap_or_default().to_owned()).unwrap_or_default()
 }
 
 /// Polls until the session's desktop is `state`; returns when it was seen.
@@ -209,7 +209,7 @@ async fn variant(options: &Options, pages: &PageServer, flags: &[String], name: 
             let left = Instant::now();
             let hibernated = wait_desktop(&server, &id, "hibernated", Duration::from_secs(60)).await?;
             let hibernate_ms = (hibernated - left).as_secs_f64() * 1000.0 - IDLE_SECONDS as f64 * 1000.0;
-            let info = server.get(&format!("/api/profiles/{profile}")).await?;
+            let info = server.admin_get(&format!("/api/profiles/{profile}")).await?;
             stored.push(info["stored_bytes"].as_f64().unwrap_or(0.0));
             unpacked.push(info["unpacked_bytes"].as_f64().unwrap_or(0.0));
             files.push(info["files"].as_f64().unwrap_or(0.0));

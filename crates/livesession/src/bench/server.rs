@@ -157,7 +157,7 @@ impl Server {
         self.base.replacen("http", "ws", 1)
     }
 
-    pub(crate) async fn get(&self, path: &str) -> Result<Value, String> {
+    async fn get(&self, path: &str) -> Result<Value, String> {
         let response = self
             .http
             .get(format!("{}{path}", self.base))
@@ -165,6 +165,23 @@ impl Server {
             .await
             .map_err(|e| e.without_url().to_string())?;
         response.json().await.map_err(|e| e.to_string())
+    }
+
+    /// A GET of the admin API.
+    pub async fn admin_get(&self, path: &str) -> Result<Value, String> {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.admin)
+            .send()
+            .await
+            .map_err(|e| e.without_url().to_string())?;
+        let status = response.status();
+        let body: Value = response.json().await.map_err(|e| e.to_string())?;
+        if !status.is_success() {
+            return Err(format!("GET {path} answered {status}: {body}"));
+        }
+        Ok(body)
     }
 
     pub async fn readyz(&self) -> Value {
