@@ -333,6 +333,11 @@ pub async fn launch(
     let app = build(config, local_addr).await?;
     let state = AppState(app.clone());
 
+    // Own saved states (hibernations') of sessions that ended while this server was
+    // down, or whose cleanup never finished, are deleted.
+    let saved_sessions = app.config.data_dir.join("profiles").join("sessions");
+    app.desktops.forget_states_of_ended(&app.sessions, &saved_sessions).await;
+
     // Session ends (expiry, revocation) cancel the session's tasks and stop its desktop.
     let mut ended = app.sessions.ended_events();
     let desktops = app.desktops.clone();
@@ -361,6 +366,8 @@ pub async fn launch(
                         "desktop cleanup fell behind; sweeping ended sessions"
                     );
                     desktops.end_ended(&sessions).await;
+                    // `end_ended` visits desktops only: a hibernated session has none.
+                    desktops.forget_states_of_ended(&sessions, &saved_sessions).await;
                     crate::task_runners::cancel_tasks_of_ended_sessions(&sessions, &queue).await;
                 }
                 Err(RecvError::Closed) => break,

@@ -183,11 +183,14 @@ impl Desktops {
         let mut guard = self.inner.lock().unwrap();
         let inner = &mut *guard;
         let closing = inner.closing;
+        // Only a session someone still waits for goes back in line (`release` also clears
+        // `resume_wanted` when the last holder leaves; this guards the same invariant).
+        let held = inner.holds(&id) > 0;
         match inner.slots.get_mut(&id) {
             Some(slot) if slot.generation == generation && matches!(slot.status(), DesktopStatus::Hibernating) => {
                 slot.hibernated = true;
                 slot.idle_since = Instant::now();
-                if slot.resume_wanted && !closing {
+                if slot.resume_wanted && held && !closing {
                     // Asked for while it was being saved: back in line (first served if a
                     // place is free, and its own place just freed).
                     // Its waiters see only what the pump below makes of it (a resume, or
@@ -196,6 +199,7 @@ impl Desktops {
                     slot.status.send_replace(DesktopStatus::Queued(0));
                     inner.queue.push_back(id.clone());
                 } else {
+                    slot.resume_wanted = false;
                     slot.status.send_replace(DesktopStatus::Hibernated);
                 }
             }

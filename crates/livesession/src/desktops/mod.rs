@@ -280,6 +280,9 @@ impl Desktops {
         inner.holds.remove(id);
         if let Some(slot) = inner.slots.get_mut(id) {
             slot.idle_since = Instant::now();
+            // Asked for during a hibernation by connections that all left: the save ends
+            // with the desktop at rest, not back in line with nobody waiting for it.
+            slot.resume_wanted = false;
         }
         // Nobody waits for it any more: it leaves the line.
         if queue::leave(&mut inner, id) {
@@ -552,6 +555,40 @@ impl Desktops {
         }
     }
 
+    /// Deletes the own saved states (a hibernation's) of sessions that are no longer
+    /// active: a restart, the lagged sweep or an aborted cleanup can leave them behind,
+    /// since only [`Desktops::end_session`] deletes one. `sessions_dir` is the vault's
+    /// `sessions/` directory (`<id>.lsstate` each); a session the store cannot be asked
+    /// about keeps its state.
+    pub async fn forget_states_of_ended(&self, sessions: &Sessions, sessions_dir: &std::path::Path) {
+        let dir = sessions_dir.to_owned();
+        let ids = match tokio::task::spawn_blocking(move || saved_session_ids(&dir)).await {
+            Ok(Ok(ids)) => ids,
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Ok(Err(e)) => {
+                tracing::warn!(dir = %sessions_dir.display(), error = %e, "could not list the sessions' saved states");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the listing task failed");
+                return;
+            }
+        };
+        for id in ids {
+            let ended = match sessions.get(&id).await {
+                Ok(Some(s)) => s.state != livesession_session::SessionState::Active,
+                Ok(None) => true,
+                Err(e) => {
+                    tracing::warn!(session_id = %id, error = %e, "the session store failed; its saved state is kept");
+                    false
+                }
+            };
+            if ended {
+                self.states.forget_session(&id).await;
+            }
+        }
+    }
+
     pub async fn stop_all(&self) {
         let slots: Vec<Slot> = {
             let mut inner = self.inner.lock().unwrap();
@@ -578,4 +615,17 @@ impl Desktops {
         let inner = self.inner.lock().unwrap();
         inner.occupied() >= self.limits.max && inner.queue.len() >= self.limits.max_queued
     }
+}
+
+/// The ids of the sessions with an own saved state: the stems of `<dir>/*.lsstate`.
+fn saved_session_ids(dir: &std::path::Path) -> std::io::Result<Vec<String>> {
+    let mut ids = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(id) = name.strip_suffix(".lsstate").filter(|id| !id.is_empty()) {
+            ids.push(id.to_owned());
+        }
+    }
+    Ok(ids)
 }

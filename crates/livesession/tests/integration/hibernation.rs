@@ -308,3 +308,66 @@ async fn with_every_desktop_in_use_a_viewer_waits_in_line_until_an_idle_desktop_
     drop((ws_b, ws_c));
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_leaving_during_a_hibernation_leaves_nothing_in_line_and_a_restart_deletes_ended_sessions_states() {
+    let argv = ["--idle-timeout", "2"];
+    let server = TestServer::start(&argv).await;
+    let (id, token) = ids(&server.create_session(json!({ "ttl_seconds": 3600 })).await);
+    let mut ws = control(&server, &id, &token).await;
+    let first = statuses_until(&mut ws, "ready", Duration::from_secs(60)).await;
+    assert_eq!(names(&first).last(), Some(&"ready"), "{first:?}");
+    drop(ws);
+
+    // A connection arrives while the desktop is being saved, and leaves before the save ends.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while server.get_session(&id).await["desktop"] != "hibernating" {
+        assert!(tokio::time::Instant::now() < deadline, "the desktop never hibernated");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut ws = control(&server, &id, &token).await;
+    let seen = statuses_until(&mut ws, "hibernating", Duration::from_secs(10)).await;
+    assert_eq!(names(&seen).last(), Some(&"hibernating"), "{seen:?}");
+    drop(ws);
+    // Give the server a moment to see the connection gone (the save is still running).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(server.get_session(&id).await["desktop"], "hibernating", "the save outlasts the connection here");
+
+    // The save ends with the session at rest: not back in line, not resumed for nobody.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut states = Vec::new();
+    loop {
+        let desktop = server.get_session(&id).await["desktop"].as_str().unwrap().to_owned();
+        if states.last() != Some(&desktop) {
+            states.push(desktop.clone());
+        }
+        if desktop == "hibernated" {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never hibernated: {states:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(states, ["hibernating", "hibernated"], "nobody waits for it");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let ready = server.readyz().await;
+    assert_eq!(ready["capacity"]["queued"], 0, "{ready:#}");
+    assert_eq!(ready["capacity"]["queued_sessions"], 0, "{ready:#}");
+    assert_eq!(server.get_session(&id).await["desktop"], "hibernated");
+
+    // A session ended in the store, with an own saved state left behind (as a restart or
+    // a lagged cleanup leaves it): the restarted server deletes it, and keeps the active one's.
+    let (ended, _) = ids(&server.create_session(json!({})).await);
+    server.revoke(&ended).await;
+    let saved = server.data_path().join("profiles/sessions");
+    let own = saved.join(format!("{id}.lsstate"));
+    assert!(own.exists(), "the hibernated session has its own state");
+    let data = server.stop().await;
+    std::fs::copy(&own, saved.join(format!("{ended}.lsstate"))).unwrap();
+    std::fs::copy(&own, saved.join("no-such-session.lsstate")).unwrap();
+    let server = TestServer::start_in(data, &argv).await;
+    assert!(!saved.join(format!("{ended}.lsstate")).exists(), "the ended session's state is deleted");
+    assert!(!saved.join("no-such-session.lsstate").exists(), "an unknown session's state is deleted");
+    assert!(own.exists(), "the active session keeps its state");
+    assert_eq!(server.get_session(&id).await["desktop"], "hibernated");
+    server.stop().await;
+}
