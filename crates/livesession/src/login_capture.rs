@@ -6,10 +6,14 @@
 //!
 //! One watcher task per login session, tracked with the server's tasks. It never starts
 //! the desktop (a viewer does); it follows the desktop's status and polls the browser
-//! every half second while it runs. Which sessions are login captures is in the store
+//! every half second while it runs. A capture into an existing profile starts from that
+//! profile (its tabs, its cookies), so the condition may hold at once: the watcher takes
+//! what the browser shows at its first look at each desktop as a baseline and counts
+//! only a condition that becomes true after it (`Baseline`), and at its first look it
+//! opens the start URL in the first tab when no tab is at it. Which sessions are login captures is in the store
 //! (`logins`), so a restarted server resumes watching them.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -106,28 +110,32 @@ pub async fn resume(app: &Arc<App>) {
 async fn run(app: Arc<App>, login: Login) {
     let id = login.session_id.clone();
     let mut end = app.sessions.subscribe(&id);
-    match app.sessions.get(&id).await {
-        Ok(Some(s)) if s.state == SessionState::Active && s.end_at(OffsetDateTime::now_utc()).is_none() => {}
+    let start_url = match app.sessions.get(&id).await {
+        Ok(Some(s)) if s.state == SessionState::Active && s.end_at(OffsetDateTime::now_utc()).is_none() => s.start_url,
         Ok(_) => return,
         Err(e) => {
             tracing::error!(session_id = %id, error = %e, "login capture: the session store failed; not watching");
             return;
         }
-    }
+    };
     tokio::select! {
         _ = end.ended() => {
             tracing::info!(session_id = %id, login_id = %login.id, "login capture: the session ended before the login was done");
         }
         _ = app.shutdown.cancelled() => {}
-        url = wait_until_done(&app, &login) => finish(&app, &login, url).await,
+        url = wait_until_done(&app, &login, &start_url) => finish(&app, &login, url).await,
     }
 }
 
-/// Follows the session's desktop and polls its browser until the done condition holds;
-/// answers the URL to report. Runs until then (the caller stops it at the session's end).
-async fn wait_until_done(app: &App, login: &Login) -> String {
+/// Follows the session's desktop and polls its browser until the done condition becomes
+/// true; answers the URL to report. Runs until then (the caller stops it at the session's
+/// end).
+async fn wait_until_done(app: &App, login: &Login, start_url: &str) -> String {
     let id = &login.session_id;
     let mut logged_error = false;
+    // The login page is opened once, in the first desktop of a session that did not
+    // hibernate (a resumed one keeps where the person was).
+    let mut open_start_url = !app.states.has_own_state(id);
     loop {
         let handle = wait_for_desktop(app, id).await;
         let cdp = match open_browser(app, &handle).await {
@@ -142,11 +150,24 @@ async fn wait_until_done(app: &App, login: &Login) -> String {
             }
         };
         logged_error = false;
+        let mut baseline = None;
         loop {
             if !is_current(app, id, &handle) {
                 break; // the desktop went away (hibernated, lost): follow the next one
             }
-            match check(&cdp, &login.done).await {
+            let looked = match baseline.as_mut() {
+                None => first_look(&cdp, &login.done, open_start_url.then_some(start_url)).await.map(|(b, held)| {
+                    open_start_url = false;
+                    if held {
+                        tracing::info!(session_id = %id, login_id = %login.id,
+                            "login capture: the done condition already holds (the profile's saved state); waiting for it to become true anew");
+                    }
+                    baseline = Some(b);
+                    None
+                }),
+                Some(b) => check(&cdp, &login.done, b).await,
+            };
+            match looked {
                 Ok(Some(url)) => return url,
                 Ok(None) => {}
                 Err(e) if e.is_closed() => break,
@@ -181,36 +202,180 @@ async fn open_browser(app: &App, handle: &DesktopHandle) -> Result<Cdp, String> 
         .map_err(|e| format!("the browser's DevTools refused the connection: {e}"))
 }
 
-/// Whether the login is done: `Some(url)` of the page to report if so.
-async fn check(cdp: &Cdp, done: &DoneCondition) -> Result<Option<String>, CdpError> {
+/// What the browser showed at the watcher's first look at a desktop. The done condition
+/// counts only once it becomes true after that: a tab at a URL under the prefix that is
+/// new or navigated there; a cookie of the name that appeared or whose value changed.
+#[derive(Debug, Default)]
+struct Baseline {
+    /// Each tab's (target id) URL at the last poll.
+    tabs: HashMap<String, String>,
+    /// The cookies of the condition's name at the first look: (domain, path, value).
+    cookies: HashSet<(String, String, String)>,
+}
+
+impl Baseline {
+    /// The first URL under `prefix` of a tab that is new since the last poll or navigated
+    /// there from another page; remembers the tabs' URLs for the next poll. A tab that was
+    /// blank (a restored tab still loading) does not count as navigating.
+    fn tab_reaching(&mut self, tabs: &[(String, String)], prefix: &str) -> Option<String> {
+        let mut reached = None;
+        for (target, url) in tabs {
+            let came = match self.tabs.get(target) {
+                None => true,
+                Some(before) => before != url && !is_blank(before),
+            };
+            if came && reached.is_none() && url_matches(prefix, url) {
+                reached = Some(url.clone());
+            }
+        }
+        self.tabs = tabs.iter().cloned().collect();
+        reached
+    }
+
+    /// Whether a cookie of the condition's name is there that was not at the first look
+    /// (it appeared, or its value changed).
+    fn cookie_came(&self, now: &HashSet<(String, String, String)>) -> bool {
+        now.iter().any(|c| !self.cookies.contains(c))
+    }
+}
+
+fn is_blank(url: &str) -> bool {
+    url.is_empty() || url == "about:blank"
+}
+
+/// The page tabs: (target id, URL), in the browser's order.
+async fn page_tabs(cdp: &Cdp) -> Result<Vec<(String, String)>, CdpError> {
     let targets = cdp.send_timeout("Target.getTargets", json!({}), None, COMMAND_TIMEOUT).await?;
-    let pages: Vec<&str> = targets["targetInfos"]
+    Ok(targets["targetInfos"]
         .as_array()
         .into_iter()
         .flatten()
         .filter(|t| t["type"] == "page")
-        .filter_map(|t| t["url"].as_str())
-        .collect();
+        .filter_map(|t| Some((t["targetId"].as_str()?.to_owned(), t["url"].as_str()?.to_owned())))
+        .collect())
+}
+
+/// The browser's cookies of `name`: (domain, path, value).
+async fn cookies_named(cdp: &Cdp, name: &str) -> Result<HashSet<(String, String, String)>, CdpError> {
+    let cookies = cdp.send_timeout("Storage.getCookies", json!({}), None, COMMAND_TIMEOUT).await?;
+    Ok(cookies_of(&cookies, name))
+}
+
+fn cookies_of(reply: &Value, name: &str) -> HashSet<(String, String, String)> {
+    let text = |c: &Value, k: &str| c[k].as_str().unwrap_or_default().to_owned();
+    reply["cookies"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["name"].as_str() == Some(name))
+        .map(|c| (text(c, "domain"), text(c, "path"), text(c, "value")))
+        .collect()
+}
+
+/// The first look at a desktop's browser: opens `start_url` in the first tab if given and
+/// no tab is at it (a restored profile opens its saved tabs instead; the person must see
+/// the login page), then takes the baseline. Answers it and whether the done condition
+/// already held.
+async fn first_look(cdp: &Cdp, done: &DoneCondition, start_url: Option<&str>) -> Result<(Baseline, bool), CdpError> {
+    let mut tabs = page_tabs(cdp).await?;
+    let held_by_tabs = |tabs: &[(String, String)]| match done {
+        DoneCondition::UrlPrefix(prefix) => tabs.iter().any(|(_, url)| url_matches(prefix, url)),
+        DoneCondition::Cookie(_) => false,
+    };
+    let mut held = held_by_tabs(&tabs);
+    if let Some(start_url) = start_url
+        && !tabs.iter().any(|(_, url)| same_page(url, start_url))
+    {
+        match tabs.first_mut() {
+            Some((target, url)) => {
+                let attached = cdp
+                    .send_timeout("Target.attachToTarget", json!({"targetId": target, "flatten": true}), None, COMMAND_TIMEOUT)
+                    .await?;
+                let session = attached["sessionId"].as_str().unwrap_or_default().to_owned();
+                let navigated =
+                    cdp.send_timeout("Page.navigate", json!({"url": start_url}), Some(&session), COMMAND_TIMEOUT).await;
+                let _ = cdp.send_timeout("Target.detachFromTarget", json!({"sessionId": session}), None, COMMAND_TIMEOUT).await;
+                navigated?;
+                // What the tab shows from now on is a navigation from the login page.
+                *url = start_url.to_owned();
+            }
+            None => {
+                let created = cdp.send_timeout("Target.createTarget", json!({"url": start_url}), None, COMMAND_TIMEOUT).await?;
+                if let Some(target) = created["targetId"].as_str() {
+                    tabs.push((target.to_owned(), start_url.to_owned()));
+                }
+            }
+        }
+    }
+    let mut baseline = Baseline { tabs: tabs.into_iter().collect(), cookies: HashSet::new() };
+    if let DoneCondition::Cookie(name) = done {
+        baseline.cookies = cookies_named(cdp, name).await?;
+        held = !baseline.cookies.is_empty();
+    }
+    Ok((baseline, held))
+}
+
+/// Whether the login is done since the baseline: `Some(url)` of the page to report if so.
+async fn check(cdp: &Cdp, done: &DoneCondition, baseline: &mut Baseline) -> Result<Option<String>, CdpError> {
+    let tabs = page_tabs(cdp).await?;
     match done {
-        DoneCondition::UrlPrefix(prefix) => Ok(pages.iter().find(|url| url.starts_with(prefix.as_str())).map(|u| reportable(u))),
+        DoneCondition::UrlPrefix(prefix) => Ok(baseline.tab_reaching(&tabs, prefix).map(|u| reportable(&u))),
         DoneCondition::Cookie(name) => {
-            let cookies = cdp.send_timeout("Storage.getCookies", json!({}), None, COMMAND_TIMEOUT).await?;
-            let found = cookies["cookies"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|c| c["name"].as_str() == Some(name.as_str()));
-            if !found {
+            if !baseline.cookie_came(&cookies_named(cdp, name).await?) {
                 return Ok(None);
             }
             // The first tab's URL; a tab between two documents may have none for a moment:
             // then the next poll reports it.
-            match pages.iter().map(|u| reportable(u)).find(|u| !u.is_empty()) {
+            match tabs.iter().map(|(_, u)| reportable(u)).find(|u| !u.is_empty()) {
                 Some(url) => Ok(Some(url)),
-                None if pages.is_empty() => Ok(Some(String::new())),
+                None if tabs.is_empty() => Ok(Some(String::new())),
                 None => Ok(None),
             }
         }
+    }
+}
+
+/// Whether `url` is under the done condition's `prefix`: the same scheme, host and port
+/// exactly, then the path (with query and fragment) starting with the prefix's. So
+/// `https://app.example` does not take `https://app.example.evil.test`.
+pub(crate) fn url_matches(prefix: &str, url: &str) -> bool {
+    let (Ok(prefix), Ok(url)) = (reqwest::Url::parse(prefix), reqwest::Url::parse(url)) else {
+        return false;
+    };
+    if prefix.scheme() != url.scheme()
+        || prefix.host().is_none()
+        || prefix.host() != url.host()
+        || prefix.port_or_known_default() != url.port_or_known_default()
+    {
+        return false;
+    }
+    after_origin(&url).starts_with(&after_origin(&prefix))
+}
+
+/// A URL's path, query and fragment, as written (`/`, `?`, `#` included).
+fn after_origin(url: &reqwest::Url) -> String {
+    let mut rest = url.path().to_owned();
+    if let Some(query) = url.query() {
+        rest.push('?');
+        rest.push_str(query);
+    }
+    if let Some(fragment) = url.fragment() {
+        rest.push('#');
+        rest.push_str(fragment);
+    }
+    rest
+}
+
+/// Whether a tab at `url` shows the page `start_url` (its query and fragment aside).
+fn same_page(url: &str, start_url: &str) -> bool {
+    match (reqwest::Url::parse(url), reqwest::Url::parse(start_url)) {
+        (Ok(a), Ok(b)) => {
+            a.scheme() == b.scheme()
+                && a.host() == b.host()
+                && a.port_or_known_default() == b.port_or_known_default()
+                && a.path() == b.path()
+        }
+        _ => url == start_url,
     }
 }
 
@@ -303,7 +468,86 @@ async fn end_session(app: &App, login: &Login, outcome: LoginOutcome) {
 
 #[cfg(test)]
 mod tests {
-    use super::reportable;
+    use super::*;
+
+    #[test]
+    fn a_url_prefix_compares_scheme_host_and_port_exactly_then_the_path() {
+        for (prefix, url) in [
+            ("https://app.example", "https://app.example/"),
+            ("https://app.example", "https://app.example/home?x=1"),
+            ("https://app.example/home", "https://app.example/home"),
+            ("https://app.example/home", "https://app.example/home/inbox"),
+            ("https://APP.example/home", "https://app.example/home"),
+            ("https://app.example:443/home", "https://app.example/home"),
+            ("http://127.0.0.1:8080/home", "http://127.0.0.1:8080/home?next=1"),
+            ("https://app.example/#/home", "https://app.example/#/home/inbox"),
+        ] {
+            assert!(url_matches(prefix, url), "{prefix} takes {url}");
+        }
+        for (prefix, url) in [
+            ("https://app.example", "https://app.example.evil.test/"),
+            ("https://app.example", "https://app.example.evil.test"),
+            ("https://app.example", "https://app.example@evil.test/"),
+            ("https://app.example/home", "https://evil.test/https://app.example/home"),
+            ("https://app.example/home", "https://evil.test/?u=https://app.example/home"),
+            ("https://app.example/home", "http://app.example/home"),
+            ("https://app.example/home", "https://app.example:8443/home"),
+            ("https://app.example/home", "https://sub.app.example/home"),
+            ("https://app.example/home", "https://app.example/login?next=/home"),
+            ("http://127.0.0.1:8080/home", "http://127.0.0.1:8081/home"),
+            ("https://app.example/home", "about:blank"),
+            ("https://app.example/home", ""),
+        ] {
+            assert!(!url_matches(prefix, url), "{prefix} must not take {url}");
+        }
+    }
+
+    fn tabs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter().map(|(t, u)| (t.to_string(), u.to_string())).collect()
+    }
+
+    #[test]
+    fn a_url_prefix_counts_only_once_a_tab_reaches_it_after_the_first_look() {
+        let home = "https://app.example/home";
+        let prefix = "https://app.example/home";
+        // A restored profile: one tab already at home, the first navigated to the login page.
+        let mut b = Baseline { tabs: tabs(&[("A", "https://id.example/login"), ("B", home)]).into_iter().collect(), ..Default::default() };
+        assert_eq!(b.tab_reaching(&tabs(&[("A", "https://id.example/login"), ("B", home)]), prefix), None, "held at the start");
+        assert_eq!(b.tab_reaching(&tabs(&[("A", "https://id.example/login"), ("B", home)]), prefix), None);
+        // A restored tab that was blank while loading and reaches home: not the person's login.
+        let mut c = Baseline { tabs: tabs(&[("A", "https://id.example/login"), ("C", "about:blank")]).into_iter().collect(), ..Default::default() };
+        assert_eq!(c.tab_reaching(&tabs(&[("A", "https://id.example/login"), ("C", home)]), prefix), None);
+        // The login tab navigates to home: done.
+        assert_eq!(b.tab_reaching(&tabs(&[("A", home), ("B", home)]), prefix).as_deref(), Some(home));
+        // A new tab at home (a provider's popup flow): done.
+        let mut d = Baseline { tabs: tabs(&[("A", "https://id.example/login")]).into_iter().collect(), ..Default::default() };
+        assert_eq!(d.tab_reaching(&tabs(&[("A", "https://id.example/login"), ("N", home)]), prefix).as_deref(), Some(home));
+        // A look-alike host never counts.
+        let mut e = Baseline { tabs: tabs(&[("A", "https://id.example/login")]).into_iter().collect(), ..Default::default() };
+        assert_eq!(e.tab_reaching(&tabs(&[("A", "https://app.example.evil.test/home")]), "https://app.example"), None);
+    }
+
+    #[test]
+    fn a_cookie_counts_once_it_appears_or_its_value_changes() {
+        let reply = |value: &str| json!({"cookies": [
+            {"name": "sid", "value": value, "domain": "app.example", "path": "/"},
+            {"name": "other", "value": "x", "domain": "app.example", "path": "/"},
+        ]});
+        let baseline = Baseline { cookies: cookies_of(&reply("old"), "sid"), ..Default::default() };
+        assert!(!baseline.cookie_came(&cookies_of(&reply("old"), "sid")), "restored, unchanged");
+        assert!(baseline.cookie_came(&cookies_of(&reply("new"), "sid")), "a new value");
+        assert!(!baseline.cookie_came(&cookies_of(&json!({"cookies": []}), "sid")), "gone");
+        let fresh = Baseline::default();
+        assert!(!fresh.cookie_came(&cookies_of(&json!({"cookies": [{"name": "other", "value": "1"}]}), "sid")));
+        assert!(fresh.cookie_came(&cookies_of(&reply("v"), "sid")), "appeared");
+    }
+
+    #[test]
+    fn the_start_url_is_the_same_page_whatever_its_query() {
+        assert!(same_page("http://127.0.0.1:9/login?next=x", "http://127.0.0.1:9/login"));
+        assert!(!same_page("http://127.0.0.1:9/home", "http://127.0.0.1:9/login"));
+        assert!(!same_page("about:blank", "http://127.0.0.1:9/login"));
+    }
 
     #[test]
     fn reported_urls_keep_no_credentials_query_or_fragment() {

@@ -68,7 +68,8 @@ fn parse_request(body: &[u8]) -> Result<CreateLogin, ApiError> {
     Ok(CreateLogin { start_url, profile, done, ttl_seconds })
 }
 
-#[derive(Debug, Serialize)]
+/// No `Debug`: `viewer_url` holds the session's refresh token, which must not reach a log.
+#[derive(Serialize)]
 struct LoginCreated {
     id: String,
     session_id: String,
@@ -104,9 +105,16 @@ fn done_condition(value: Option<Value>) -> Result<DoneCondition, ApiError> {
             let web = ["http://", "https://"].iter().any(|scheme| {
                 text.len() > scheme.len() && text.get(..scheme.len()).is_some_and(|p| p.eq_ignore_ascii_case(scheme))
             });
-            if !web || text.len() > MAX_CONDITION_LEN || text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            // Compared as scheme, host and port exactly, then a path prefix
+            // (login_capture::url_matches): it must parse as a URL with a host.
+            let parsed = reqwest::Url::parse(&text).ok().filter(|u| u.host_str().is_some_and(|h| !h.is_empty()));
+            if !web
+                || parsed.is_none()
+                || text.len() > MAX_CONDITION_LEN
+                || text.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
                 return Err(invalid_done(format!(
-                    "done.url_prefix must be an http(s) URL (or its beginning) of at most {MAX_CONDITION_LEN} characters"
+                    "done.url_prefix must be an http(s) URL with its host (the path may be cut short) of at most {MAX_CONDITION_LEN} characters"
                 )));
             }
             Ok(DoneCondition::UrlPrefix(text))
@@ -202,6 +210,8 @@ mod tests {
             json!({"url_prefix": "https://a.example", "cookie": "sid"}),
             json!({"url_prefix": "ftp://a.example"}),
             json!({"url_prefix": "https://"}),
+            json!({"url_prefix": "https://:443/home"}),
+            json!({"url_prefix": "https://a b.example/"}),
             json!({"url_prefix": "https://a.example/ x"}),
             json!({"url_prefix": 7}),
             json!({"cookie": ""}),

@@ -310,12 +310,12 @@ async fn a_login_is_captured_when_a_tab_reaches_the_url_prefix_and_its_signed_ev
     let mut late = ws_connect(&server, &format!("/api/sessions/{session_id}/control?token={late_token}"), &[]).await;
     assert_eq!(close_of(&mut late, Duration::from_secs(10)).await, (4008, "login captured".to_owned()));
     // The profile is free for its next writer.
-    let (status, body) = post_login(
+    let (status, again) = post_login(
         &server,
-        json!({"start_url": page.login_url(), "profile": "acme-login", "done": {"cookie": LOGIN_COOKIE}}),
+        json!({"start_url": page.login_url(), "profile": "acme-login", "done": {"url_prefix": page.home_url()}}),
     )
     .await;
-    assert_eq!(status, 201, "{body}");
+    assert_eq!(status, 201, "{again}");
 
     // The event: refused once (500), then delivered; the same event both times, each
     // signed, to the configured path and query, with the URL's credentials as Basic auth.
@@ -334,6 +334,24 @@ async fn a_login_is_captured_when_a_tab_reaches_the_url_prefix_and_its_signed_ev
     // Nothing more comes once it was taken.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(receiver.deliveries().len(), 2);
+
+    // Capturing again into the profile: its session restores the saved tab at /home (and
+    // the cookie), so the condition holds at once; that does not count. The watcher opens
+    // the login page for the person, and only the new sign-in completes the login.
+    let again_id = again["session_id"].as_str().unwrap().to_owned();
+    let pages_before = page.login_log().login_pages;
+    let mut control = watch_as_viewer(&server, &again_id).await;
+    wait_until("the login page to open again", Duration::from_secs(60), || page.login_log().login_pages > pages_before).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(server.get_session(&again_id).await["state"], "active", "a restored tab at the prefix is not a login");
+    assert_eq!(receiver.deliveries().len(), 2);
+    sign_in(&server, &again_id, "dave").await;
+    let (ended, _) = until(&mut control, "SESSION_ENDED", Duration::from_secs(90)).await;
+    assert_eq!(ended["reason"], "login_captured", "{ended}");
+    assert_eq!(page.login_log().submitted, ["alice", "dave"]);
+    let deliveries = receiver.wait_for(3, Duration::from_secs(30)).await;
+    let event = check_captured_event(&deliveries[2], &again_id, again["id"].as_str().unwrap(), "acme-login");
+    assert_eq!(event["data"]["url"], page.home_url());
 
     let logs = logs();
     for secret in [EVENTS_SECRET, "hookpass-9f2c71", "querykey-51e0d3", "/hooks/in", refresh] {
