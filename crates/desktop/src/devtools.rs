@@ -42,35 +42,12 @@ async fn first_page(socket: &DesktopSocket) -> std::io::Result<String> {
 
 /// [`navigate`] for the page whose WebSocket URL is `ws_url`.
 async fn navigate_page(socket: &DesktopSocket, ws_url: &str, url: &str) -> std::io::Result<()> {
-    use futures_util::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::Message;
-    let err = |m: &str| std::io::Error::other(m.to_owned());
-    // ws://127.0.0.1:<port inside the desktop>/devtools/page/<id>: only the path matters,
-    // the connection goes through the Unix socket.
-    let path = websocket_path(ws_url).ok_or_else(|| err("unexpected DevTools WebSocket URL"))?;
-    let exchange = async {
-        let stream = socket.connect().await?;
-        let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://localhost{path}"), stream)
-            .await
-            .map_err(std::io::Error::other)?;
-        let request = serde_json::json!({"id": 1, "method": "Page.navigate", "params": {"url": url}});
-        ws.send(Message::text(request.to_string())).await.map_err(std::io::Error::other)?;
-        while let Some(message) = ws.next().await {
-            let Message::Text(text) = message.map_err(std::io::Error::other)? else { continue };
-            let reply: serde_json::Value = serde_json::from_str(&text).map_err(std::io::Error::other)?;
-            if reply["id"] == 1 {
-                if let Some(e) = reply.get("error").or_else(|| reply["result"].get("errorText")) {
-                    return Err(err(&format!("navigation refused: {e}")));
-                }
-                let _ = ws.close(None).await;
-                return Ok(());
-            }
-        }
-        Err(err("DevTools closed before answering"))
-    };
-    tokio::time::timeout(Duration::from_secs(10), exchange)
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "DevTools did not answer"))?
+    let mut page = Cdp::connect(socket, ws_url).await?;
+    let result = page.call("Page.navigate", serde_json::json!({"url": url})).await?;
+    if let Some(e) = result.get("errorText") {
+        return Err(std::io::Error::other(format!("navigation refused: {e}")));
+    }
+    Ok(())
 }
 
 /// The most of one DevTools message read over a WebSocket: a browser's whole cookie jar

@@ -87,6 +87,15 @@ pub(crate) async fn devtools_stream(
     Ok((stream, path))
 }
 
+/// The server's own client of the desktop's browser-level DevTools (task runners, login
+/// capture), opened through `devtools.sock` as an agent's connection is.
+pub(crate) async fn browser_client(app: &App, handle: &DesktopHandle) -> Result<livesession_tasks::cdp::Cdp, String> {
+    let (stream, path) = devtools_stream(app, handle, &Target::Browser).await.map_err(|close| close.reason)?;
+    livesession_tasks::cdp::Cdp::connect(stream, &format!("ws://localhost{path}"))
+        .await
+        .map_err(|e| format!("the browser's DevTools refused the connection: {e}"))
+}
+
 /// Opens the DevTools WebSocket of `target` inside the desktop, as a local client (Chrome
 /// refuses other Host headers).
 async fn connect_upstream(app: &App, handle: &DesktopHandle, target: &Target) -> Result<Upstream, Close> {

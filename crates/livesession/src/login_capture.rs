@@ -138,7 +138,7 @@ async fn wait_until_done(app: &App, login: &Login, start_url: &str) -> String {
     let mut open_start_url = !app.states.has_own_state(id);
     loop {
         let handle = wait_for_desktop(app, id).await;
-        let cdp = match open_browser(app, &handle).await {
+        let cdp = match crate::cdp_relay::browser_client(app, &handle).await {
             Ok(cdp) => cdp,
             Err(why) => {
                 if !logged_error {
@@ -190,16 +190,6 @@ async fn wait_for_desktop(app: &App, id: &str) -> Arc<DesktopHandle> {
 
 fn is_current(app: &App, id: &str, handle: &Arc<DesktopHandle>) -> bool {
     matches!(app.desktops.status(id), DesktopStatus::Ready(h) if Arc::ptr_eq(&h, handle))
-}
-
-/// The browser-level DevTools connection of the desktop (as the task runners open it).
-async fn open_browser(app: &App, handle: &DesktopHandle) -> Result<Cdp, String> {
-    let (stream, path) = crate::cdp_relay::devtools_stream(app, handle, &crate::cdp_relay::Target::Browser)
-        .await
-        .map_err(|close| close.reason)?;
-    Cdp::connect(stream, &format!("ws://localhost{path}"))
-        .await
-        .map_err(|e| format!("the browser's DevTools refused the connection: {e}"))
 }
 
 /// What the browser showed at the watcher's first look at a desktop. The done condition

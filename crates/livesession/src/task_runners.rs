@@ -13,7 +13,7 @@ use std::time::Duration;
 use livesession_desktop::DesktopHandle;
 use livesession_session::Holder;
 use livesession_tasks::agent::{self, AgentError, AgentSettings};
-use livesession_tasks::cdp::{Cdp, Page};
+use livesession_tasks::cdp::Page;
 use livesession_tasks::steps::{self, StepSettings, StepsError};
 use livesession_tasks::store::{Claimed, Transition};
 use livesession_tasks::{EventNote, RunContext, Stopped, TaskInput, TaskKind, TaskState, WriteError};
@@ -156,7 +156,7 @@ async fn execute(app: &Arc<App>, http: &Option<reqwest::Client>, task: &livesess
     let input = TaskInput::from_stored(task.kind, &task.input)
         .map_err(|e| RunError::Failed(format!("the stored task is invalid: {e}")))?;
     let handle = session_desktop(app, &task.session_id, ctx).await?;
-    let browser = open_browser(app, &handle).await.map_err(RunError::Failed)?;
+    let browser = crate::cdp_relay::browser_client(app, &handle).await.map_err(RunError::Failed)?;
     let page = Page::attach(&browser)
         .await
         .map_err(|e| RunError::Failed(format!("could not open the browser's page: {e}")))?;
@@ -207,17 +207,6 @@ async fn session_desktop(app: &Arc<App>, session_id: &str, ctx: &LocalRun) -> Re
     Desktops::ready(status)
         .await
         .map_err(|e| RunError::Failed(format!("desktop unavailable: {e}")))
-}
-
-/// The browser-level DevTools connection of a desktop, through its `devtools.sock` (as
-/// an agent's connection is opened by the relay).
-async fn open_browser(app: &App, handle: &DesktopHandle) -> Result<Cdp, String> {
-    let (stream, path) = crate::cdp_relay::devtools_stream(app, handle, &crate::cdp_relay::Target::Browser)
-        .await
-        .map_err(|close| close.reason)?;
-    Cdp::connect(stream, &format!("ws://localhost{path}"))
-        .await
-        .map_err(|e| format!("the browser's DevTools refused the connection: {e}"))
 }
 
 /// A run on this node: progress goes to the queue under the lease; control comes from the

@@ -403,7 +403,7 @@ impl Vault {
         let meta = {
             let mut entries = ar.entries().map_err(cl)?;
             let meta = read_meta(&mut entries, &fault)?;
-            let (mut bytes, mut files) = (0u64, 0u64);
+            let mut count = EntryCount::new(&header);
             let mut buf = vec![0u8; CHUNK];
             for e in entries {
                 let mut e = e.map_err(cl)?;
@@ -417,13 +417,7 @@ impl Vault {
                 } else if et.is_file() {
                     let rel =
                         rel.ok_or_else(|| VaultError::Corrupt("a file in place of files/".into()))?;
-                    files += 1;
-                    bytes = bytes.saturating_add(e.size());
-                    if bytes > header.unpacked_bytes || files > header.files {
-                        return Err(VaultError::Corrupt(
-                            "more files than the header says".into(),
-                        ));
-                    }
+                    count.file(e.size())?;
                     let path = into.join(&rel);
                     if let Some(parent) = path.parent() {
                         pack::create_dir_all(parent)?;
@@ -440,16 +434,10 @@ impl Vault {
                         let _ = out.set_modified(UNIX_EPOCH + Duration::from_secs(mtime));
                     }
                 } else {
-                    return Err(VaultError::Corrupt(
-                        "an entry that is neither a file nor a directory".into(),
-                    ));
+                    return Err(not_file_or_dir());
                 }
             }
-            if bytes != header.unpacked_bytes || files != header.files {
-                return Err(VaultError::Corrupt(
-                    "fewer files than the header says".into(),
-                ));
-            }
+            count.complete()?;
             meta
         };
         finish_reading(ar, &fault)?;
@@ -516,7 +504,7 @@ impl Vault {
             f(&mut meta);
             let json = meta_json(&meta)?;
             pack::append_meta(&mut b, &json, now_secs()).map_err(cl)?;
-            let (mut bytes, mut files) = (0u64, 0u64);
+            let mut count = EntryCount::new(&header);
             for e in entries {
                 let mut e = e.map_err(cl)?;
                 let et = e.header().entry_type();
@@ -529,26 +517,14 @@ impl Vault {
                     let mut h = pack::header(tar::EntryType::Directory, 0, 0o700, mtime);
                     b.append_data(&mut h, &name, io::empty()).map_err(cl)?;
                 } else if et.is_file() {
-                    files += 1;
-                    bytes = bytes.saturating_add(e.size());
-                    if bytes > header.unpacked_bytes || files > header.files {
-                        return Err(VaultError::Corrupt(
-                            "more files than the header says".into(),
-                        ));
-                    }
+                    count.file(e.size())?;
                     let mut h = pack::header(tar::EntryType::Regular, e.size(), 0o600, mtime);
                     b.append_data(&mut h, &name, &mut e).map_err(cl)?;
                 } else {
-                    return Err(VaultError::Corrupt(
-                        "an entry that is neither a file nor a directory".into(),
-                    ));
+                    return Err(not_file_or_dir());
                 }
             }
-            if bytes != header.unpacked_bytes || files != header.files {
-                return Err(VaultError::Corrupt(
-                    "fewer files than the header says".into(),
-                ));
-            }
+            count.complete()?;
         }
         finish_reading(ar, &rfault)?;
         let file = b
@@ -872,6 +848,43 @@ impl Drop for KeyGuard<'_> {
             .remove(&self.key);
         self.locks.freed.notify_all();
     }
+}
+
+/// The files and bytes of an archive's entries, held to what its authenticated header
+/// says: an archive with more or fewer is corrupt.
+struct EntryCount {
+    expected_bytes: u64,
+    expected_files: u64,
+    bytes: u64,
+    files: u64,
+}
+
+impl EntryCount {
+    fn new(header: &Header) -> Self {
+        Self { expected_bytes: header.unpacked_bytes, expected_files: header.files, bytes: 0, files: 0 }
+    }
+
+    /// One more file of `size` bytes.
+    fn file(&mut self, size: u64) -> Result<(), VaultError> {
+        self.files += 1;
+        self.bytes = self.bytes.saturating_add(size);
+        if self.bytes > self.expected_bytes || self.files > self.expected_files {
+            return Err(VaultError::Corrupt("more files than the header says".into()));
+        }
+        Ok(())
+    }
+
+    /// After the last entry.
+    fn complete(&self) -> Result<(), VaultError> {
+        if self.bytes != self.expected_bytes || self.files != self.expected_files {
+            return Err(VaultError::Corrupt("fewer files than the header says".into()));
+        }
+        Ok(())
+    }
+}
+
+fn not_file_or_dir() -> VaultError {
+    VaultError::Corrupt("an entry that is neither a file nor a directory".into())
 }
 
 #[cfg(test)]

@@ -162,25 +162,14 @@ async fn wait_desktop(server: &Server, id: &str, state: &str, limit: Duration) -
     }
 }
 
+/// A session on the benchmark page, persisting to `profile` if given: (id, token).
 async fn create(server: &Server, url: &str, profile: Option<&str>) -> Result<(String, String), String> {
     let mut body = serde_json::json!({"start_url": url, "ttl_seconds": 3600});
     if let Some(name) = profile {
         body["profile"] = serde_json::json!({"name": name, "persist": true});
     }
-    let response = server
-        .http
-        .post(format!("{}/api/sessions", server.base))
-        .bearer_auth(&server.admin)
-        .json(&body)
-        .send()
-        .await
-        .map_err(|e| e.without_url().to_string())?;
-    let status = response.status();
-    let body: serde_json::Value = response.json().await.unwrap_or_default();
-    if !status.is_success() {
-        return Err(format!("POST /api/sessions answered {status}: {body}"));
-    }
-    Ok((body["id"].as_str().unwrap_or_default().to_owned(), body["token"].as_str().unwrap_or_default().to_owned()))
+    let created = server.create_session_with(&body).await?;
+    Ok((created.id, created.token))
 }
 
 /// Opens the session's VNC WebSocket and reads frames until `rgb` covers half the
@@ -241,13 +230,6 @@ async fn variant(options: &Options, pages: &PageServer, flags: &[String], name: 
     result
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmRSS:").map(|v| v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0))))
-        .unwrap_or(0)
-}
-
 fn disk_bytes(dir: &std::path::Path) -> u64 {
     let mut total = 0;
     let mut stack = vec![dir.to_owned()];
@@ -268,7 +250,7 @@ async fn hold(options: &Options, pages: &PageServer, sessions: usize) -> Result<
     let server = Server::start(&options.server_flags(pages, &flags)).await?;
     let result = async {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let rss_before_kib = rss_kib(server.pid);
+        let rss_before_kib = super::procfs::rss_kib(server.pid).unwrap_or(0);
         let started = Instant::now();
         let mut ids = Vec::with_capacity(sessions);
         for i in 1..=sessions {
@@ -301,7 +283,7 @@ async fn hold(options: &Options, pages: &PageServer, sessions: usize) -> Result<
             hibernated,
             elapsed,
             rss_before_kib,
-            rss_after_kib: rss_kib(server.pid),
+            rss_after_kib: super::procfs::rss_kib(server.pid).unwrap_or(0),
             disk_bytes: disk_bytes(&server.data_dir.join("profiles")),
         })
     }

@@ -153,6 +153,11 @@ pub fn comm(pid: u32) -> String {
         .to_owned()
 }
 
+/// Resident set size of a process (`VmRSS` of /proc/<pid>/status), KiB.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    rollup_kib(&std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?, "VmRSS")
+}
+
 /// A field of /proc/meminfo, KiB.
 pub fn meminfo_kib(field: &str) -> Option<u64> {
     rollup_kib(&std::fs::read_to_string("/proc/meminfo").ok()?, field)
@@ -169,6 +174,7 @@ mod tests {
         let own = cpu_seconds(me).unwrap();
         assert!(tree_cpu_seconds(me) >= own);
         assert!(pss_kib(me).unwrap() > 0);
+        assert!(rss_kib(me).unwrap() > 0);
         let mine = memory_of(&[me as i32]);
         assert!(mine.pss > 0 && mine.uss > 0 && mine.uss <= mine.pss);
         assert_eq!(mine.processes, 1);

@@ -194,6 +194,11 @@ impl Server {
         if let Some(url) = start_url {
             body["start_url"] = url.into();
         }
+        self.create_session_with(&body).await
+    }
+
+    /// `POST /api/sessions` with this body.
+    pub async fn create_session_with(&self, body: &Value) -> Result<Created, String> {
         let response = self
             .http
             .post(format!("{}/api/sessions", self.base))
