@@ -323,7 +323,12 @@ export function canvasColorShare(page, [r, g, b], tol = 24) {
     ({ r, g, b, tol }) => {
       const canvas = document.querySelector('#screen canvas');
       if (!canvas || canvas.width === 0 || canvas.height === 0) return 0;
-      const { data } = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height);
+      // Read a copy made for reading: reading noVNC's own canvas back makes
+      // Chromium warn in the console the test keeps clean (console.test.js).
+      const copy = Object.assign(document.createElement('canvas'), { width: canvas.width, height: canvas.height });
+      const ctx = copy.getContext('2d', { willReadFrequently: true });
+      ctx.drawImage(canvas, 0, 0);
+      const { data } = ctx.getImageData(0, 0, canvas.width, canvas.height);
       let hits = 0;
       let total = 0;
       // Every 7th pixel is plenty and keeps the evaluate cheap.
@@ -349,7 +354,10 @@ export function findColorTop(page, [r, g, b], x = 8, tol = 24) {
     ({ r, g, b, x, tol }) => {
       const canvas = document.querySelector('#screen canvas');
       if (!canvas || canvas.width === 0) return null;
-      const { data } = canvas.getContext('2d').getImageData(x, 0, 1, canvas.height);
+      const copy = Object.assign(document.createElement('canvas'), { width: 1, height: canvas.height });
+      const ctx = copy.getContext('2d', { willReadFrequently: true });
+      ctx.drawImage(canvas, x, 0, 1, canvas.height, 0, 0, 1, canvas.height);
+      const { data } = ctx.getImageData(0, 0, 1, canvas.height);
       for (let y = 0; y < canvas.height; y += 1) {
         const i = y * 4;
         if (Math.abs(data[i] - r) <= tol && Math.abs(data[i + 1] - g) <= tol && Math.abs(data[i + 2] - b) <= tol) {
@@ -368,4 +376,23 @@ export function assertLoopback(url) {
   if (!['127.0.0.1', 'localhost', '[::1]'].includes(hostname)) {
     throw new Error(`refusing to open non-loopback URL ${url}`);
   }
+}
+
+/**
+ * Collects what a clean console must not have: `error` and `warning` messages
+ * (from scripts, noVNC or the browser itself: failed requests, refused
+ * sockets, CSP reports) and uncaught exceptions. Returns a function giving
+ * them, each as `[type] text (url:line)`.
+ */
+export function watchConsoleProblems(page) {
+  const problems = [];
+  page.on('console', (msg) => {
+    const type = msg.type();
+    if (type === 'error' || type === 'warning') {
+      const { url, lineNumber } = msg.location();
+      problems.push(`[${type}] ${msg.text()}${url ? ` (${url}:${lineNumber})` : ''}`);
+    }
+  });
+  page.on('pageerror', (err) => problems.push(`[pageerror] ${err.message}`));
+  return () => [...problems];
 }

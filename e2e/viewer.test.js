@@ -17,6 +17,7 @@ import {
   startServer,
   startTestPageServer,
   waitFor,
+  watchConsoleProblems,
   withDiagnostics,
 } from './helpers.js';
 
@@ -69,6 +70,7 @@ describe('viewer', { timeout: 300_000 }, () => {
 
   test('free mode: start a session, see the remote page and type into it', async (t) => {
     const { context, page, diagnostics } = await openPage(t);
+    const problems = watchConsoleProblems(page);
     await withDiagnostics(
       server,
       async () => {
@@ -140,6 +142,8 @@ describe('viewer', { timeout: 300_000 }, () => {
           what: () => `the remote page to report "${TEXT}" (last values: ${JSON.stringify(pages.state.typedHistory.slice(-5))})`,
         });
         assert.ok(pages.state.typedHistory.includes(TEXT));
+        // The landing page, the start form and the viewer: a clean console throughout.
+        assert.deepEqual(problems(), [], 'no error or warning in the console');
       },
       diagnostics,
     );

@@ -84,7 +84,7 @@ export class VncConnection extends EventTarget {
     });
 
     this.state = 'connecting';
-    const rfb = new RFB(this.container, ws);
+    const rfb = withReadableBackbuffer(() => new RFB(this.container, ws));
     this.rfb = rfb;
     // Fit the remote screen into the window, and ask the server to resize
     // the desktop to the window where it supports that.
@@ -138,5 +138,32 @@ export class VncConnection extends EventTarget {
 
   emit(type, detail) {
     this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+}
+
+/**
+ * Runs `create` (which makes an RFB) with 2D contexts of canvases outside the
+ * document created with `willReadFrequently`. noVNC draws into an off-screen
+ * backbuffer and reads it back whole on every resize of the remote screen
+ * (Display.resize keeps its pixels across the size change); without the hint,
+ * Chromium logs a "Multiple readback operations" warning on the second resize,
+ * and a person who resizes the window often pays a GPU readback each time.
+ * noVNC has no option for it (novnc/noVNC#1761), so the hint is added while
+ * RFB builds its Display; the visible canvas is already in the document then
+ * and keeps the default.
+ */
+function withReadableBackbuffer(create) {
+  const proto = HTMLCanvasElement.prototype;
+  const getContext = proto.getContext;
+  proto.getContext = function (type, options) {
+    if (type === '2d' && !this.isConnected) {
+      return getContext.call(this, type, { ...options, willReadFrequently: true });
+    }
+    return getContext.call(this, type, options);
+  };
+  try {
+    return create();
+  } finally {
+    proto.getContext = getContext;
   }
 }
