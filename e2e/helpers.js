@@ -396,3 +396,59 @@ export function watchConsoleProblems(page) {
   page.on('pageerror', (err) => problems.push(`[pageerror] ${err.message}`));
   return () => [...problems];
 }
+
+/**
+ * Loopback HTTP server with /colour.html: a page filled with `state.colour`
+ * (an [r, g, b]) showing `state.text` in large letters. The page asks for both
+ * every 250 ms, so a test changes what the remote screen shows when it likes
+ * (e.g. a recording's early and late pictures differ).
+ */
+export function startColourPageServer({ colour = [0, 160, 160], text = 'livesession' } = {}) {
+  const state = { colour, text, loads: 0 };
+  const page = `<!doctype html>
+<html><head><meta charset="utf-8"><title>livesession e2e colour page</title>
+<style>html, body { margin: 0; height: 100%; } h1 { margin: 0; padding: 40px; font: 64px sans-serif; color: #fff; }</style>
+</head><body><h1 id="text"></h1>
+<script>
+  async function look() {
+    try {
+      const res = await fetch('/colour', { cache: 'no-store' });
+      const { colour, text } = await res.json();
+      document.body.style.background = 'rgb(' + colour.join(',') + ')';
+      document.getElementById('text').textContent = text;
+    } catch {}
+    setTimeout(look, 250);
+  }
+  look();
+</script></body></html>
+`;
+  const srv = http.createServer((req, res) => {
+    const url = new URL(req.url, 'http://127.0.0.1');
+    if (url.pathname === '/colour.html') {
+      state.loads += 1;
+      res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'cache-control': 'no-store' });
+      res.end(page);
+    } else if (url.pathname === '/colour') {
+      res.writeHead(200, { 'content-type': 'application/json', 'cache-control': 'no-store' });
+      res.end(JSON.stringify({ colour: state.colour, text: state.text }));
+    } else {
+      res.writeHead(404);
+      res.end();
+    }
+  });
+  return new Promise((resolve, reject) => {
+    srv.on('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address();
+      resolve({
+        url: `http://127.0.0.1:${port}/colour.html`,
+        state,
+        close: () =>
+          new Promise((r) => {
+            srv.closeAllConnections?.();
+            srv.close(() => r());
+          }),
+      });
+    });
+  });
+}

@@ -15,6 +15,7 @@
 //   desktopname {name}
 
 import RFB from '/vendor/novnc/core/rfb.js';
+import { attachAdaptive } from './adaptive.js';
 
 // When RFB gives up first (protocol error), its socket's close event follows;
 // wait this long for it before reporting the disconnect without a code.
@@ -100,6 +101,9 @@ export class VncConnection extends EventTarget {
     // `livesession bench scroll` (docs/performance.md). Set here, not left to defaults.
     rfb.qualityLevel = 6;
     rfb.compressionLevel = 2;
+    // From there, adaptive.js moves both with the frame rate and bandwidth this
+    // viewer measures (lower on a saturated link, back up when it has room).
+    const adaptive = attachAdaptive({ rfb, ws, container: this.container, log: (line) => console.info('[livesession]', line) });
 
     rfb.addEventListener('connect', () => {
       if (generation !== this.generation) return;
@@ -107,6 +111,7 @@ export class VncConnection extends EventTarget {
       this.emit('connect', {});
     });
     rfb.addEventListener('disconnect', (ev) => {
+      adaptive.stop();
       rfbDone = { clean: ev.detail.clean };
       if (closed.seen || ws.readyState === WebSocket.CLOSED) report();
       else waitTimer = setTimeout(report, CLOSE_EVENT_WAIT_MS);
@@ -152,7 +157,7 @@ export class VncConnection extends EventTarget {
  * RFB builds its Display; the visible canvas is already in the document then
  * and keeps the default.
  */
-function withReadableBackbuffer(create) {
+export function withReadableBackbuffer(create) {
   const proto = HTMLCanvasElement.prototype;
   const getContext = proto.getContext;
   proto.getContext = function (type, options) {

@@ -29,6 +29,8 @@ pub struct App {
     pub logins: Arc<crate::login_capture::Logins>,
     /// Signed events to the operator's endpoint (`LIVESESSION_EVENTS_URL`), if set.
     pub events: Arc<crate::events::Events>,
+    /// Screen recordings: the recorders and their files (docs/recordings.md).
+    pub recordings: Arc<crate::recording::Recordings>,
     pub tokens: Tokens,
     pub admin_token: String,
     /// Stripe Checkout, when a secret key is configured.
@@ -284,7 +286,16 @@ pub async fn build(config: ServeConfig, local_addr: SocketAddr) -> Result<Arc<Ap
         tasks.clone(),
     );
     let events = crate::events::Events::new(events_target, login_store.clone(), tasks.clone(), shutdown.clone());
+    let recordings = crate::recording::Recordings::new(
+        config.recording.settings(&data_dir),
+        desktops.clone(),
+        sessions.clone(),
+        shutdown.clone(),
+        tasks.clone(),
+    )
+    .map_err(|e| startup(format!("cannot create the recordings directory: {e}")))?;
     Ok(Arc::new(App {
+        recordings,
         queue,
         states,
         logins: crate::login_capture::Logins::new(login_store),
@@ -337,6 +348,9 @@ pub async fn launch(
     // down, or whose cleanup never finished, are deleted.
     let saved_sessions = app.config.data_dir.join("profiles").join("sessions");
     app.desktops.forget_states_of_ended(&app.sessions, &saved_sessions).await;
+    // Files of sessions that ended while this server was down go with them.
+    let session_files = crate::handlers::files::session_files(&app);
+    crate::session_files::remove_of_ended(&session_files, &app.sessions).await;
 
     // Session ends (expiry, revocation) cancel the session's tasks and stop its desktop.
     let mut ended = app.sessions.ended_events();
@@ -357,7 +371,10 @@ pub async fn launch(
                     }
                     // A session persisting to a profile saves to it first; its own
                     // saved state (a hibernation's) is deleted.
-                    desktops.end_session(&id).await
+                    desktops.end_session(&id).await;
+                    // The session's files go with it (session_files.rs).
+                    let files = session_files.clone();
+                    let _ = tokio::task::spawn_blocking(move || files.remove(&id)).await;
                 }
                 // Ends arrived faster than desktops stopped: sweep instead of giving up.
                 Err(RecvError::Lagged(missed)) => {
@@ -368,6 +385,7 @@ pub async fn launch(
                     desktops.end_ended(&sessions).await;
                     // `end_ended` visits desktops only: a hibernated session has none.
                     desktops.forget_states_of_ended(&sessions, &saved_sessions).await;
+                    crate::session_files::remove_of_ended(&session_files, &sessions).await;
                     crate::task_runners::cancel_tasks_of_ended_sessions(&sessions, &queue).await;
                 }
                 Err(RecvError::Closed) => break,
@@ -393,6 +411,8 @@ pub async fn launch(
     let keeper = tokio::spawn(app.desktops.clone().run_keeper(app.shutdown.clone()));
     // Login captures of active sessions are watched again; events left undelivered resume.
     crate::login_capture::resume(&app).await;
+    // Recorded sessions' recorders start (again), and old recordings are swept.
+    let recordings = tokio::spawn(app.recordings.clone().run());
 
     tracing::info!(listen = %local_addr, public_url = %app.public_url, tls = app.tls.is_some(),
         trusted_proxies = app.config.trusted_proxies.len(), free_mode = app.config.free_mode(),
@@ -437,6 +457,7 @@ pub async fn launch(
     let _ = expiry.await;
     let _ = sweeper.await;
     let _ = pending_cleanup.await;
+    let _ = recordings.await;
     Ok(())
 }
 

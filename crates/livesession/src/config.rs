@@ -359,6 +359,8 @@ pub struct ServeConfig {
     pub tasks: TaskArgs,
     #[command(flatten)]
     pub profiles: ProfileArgs,
+    #[command(flatten)]
+    pub recording: RecordingArgs,
 }
 
 impl ServeConfig {
@@ -627,6 +629,34 @@ pub fn default_max_desktops() -> usize {
 /// How many desktops `total_mib` of memory holds (see [`default_max_desktops`]).
 pub fn desktops_for_memory(total_mib: u64) -> usize {
     (total_mib.saturating_sub(RESERVED_MIB) / PLANNED_DESKTOP_MIB).clamp(1, 256) as usize
+}
+
+/// Screen recordings (docs/recordings.md).
+#[derive(Debug, Clone, Args)]
+pub struct RecordingArgs {
+    /// Record every session's screen, not only those created with `"record": true`.
+    #[arg(long = "record", env = "LIVESESSION_RECORD", num_args = 0..=1, default_missing_value = "true",
+          default_value_t = false, action = ArgAction::Set)]
+    pub record_all: bool,
+    /// Hours a recording is kept after its last write; 0: kept until deleted by hand.
+    #[arg(long, env = "LIVESESSION_RECORDING_RETENTION_HOURS", default_value_t = 168)]
+    pub recording_retention_hours: u64,
+    /// A recording stops (with a log line) when its file reaches this size, in MiB.
+    #[arg(long, env = "LIVESESSION_RECORDING_MAX_MIB", default_value_t = 512)]
+    pub recording_max_mib: u64,
+}
+
+impl RecordingArgs {
+    pub fn settings(&self, data_dir: &Path) -> crate::recording::RecordingSettings {
+        crate::recording::RecordingSettings {
+            dir: data_dir.join("recordings"),
+            record_all: self.record_all,
+            max_bytes: self.recording_max_mib.max(1).saturating_mul(1 << 20),
+            retention: (self.recording_retention_hours > 0)
+                .then(|| Duration::from_secs(self.recording_retention_hours.saturating_mul(3600))),
+            sweep_every: Duration::from_secs(600),
+        }
+    }
 }
 
 impl ServeConfig {

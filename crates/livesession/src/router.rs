@@ -1,7 +1,7 @@
 //! Every route, in one place, and the layers every request passes through.
 //!
 //! Route audit (method, path → who may call it, CSRF, rate limit, body limit):
-//! - `GET /api/info`, `/`, `/s/{id}`, `/checkout/success`, `/static/…`, `/vendor/…`,
+//! - `GET /api/info`, `/`, `/s/{id}`, `/replay/{id}`, `/checkout/success`, `/static/…`, `/vendor/…`,
 //!   `/healthz`, `/readyz`: anyone; read-only.
 //! - `POST /api/sessions`: admin bearer; create limit; `--max-body-bytes`.
 //! - `GET /api/sessions`, `GET|DELETE /api/sessions/{id}`, `POST …/extend`: admin bearer
@@ -26,6 +26,11 @@
 //!   `/cancel`, `/screenshots/{seq}`), `GET /api/tasks` (admin), `GET /api/tasks/{id}`, `POST …/cancel`: admin
 //!   bearer, or the session's access token (bearer, cookie — CSRF-checked — or `?token=`
 //!   for reads); view tokens read only.
+//! - `GET /api/sessions/{id}/recording`: admin bearer, or the session's access token
+//!   (bearer, cookie — same-site only — or `?token=`); another session's token: 404.
+//! - `GET|POST /api/sessions/{id}/files`, `GET …/files/{name}`: admin bearer, or the
+//!   session's access token (bearer, cookie — CSRF-checked for the upload — or `?token=`
+//!   for reads); view tokens list and download only; uploads stream up to their own cap.
 //! - `POST /api/workers/tokens`: admin bearer. `POST /api/workers/claim`, `POST
 //!   /api/tasks/{id}/heartbeat|events|complete|fail`: a worker token or the admin bearer
 //!   (never a cookie); writes name the lease. Events and results have a 3 MiB body limit (screenshots).
@@ -42,7 +47,7 @@ use axum::routing::{get, post};
 
 use crate::app::AppState;
 use crate::handlers::{
-    cdp, checkout, control, health, links, logins, pages, profiles, sessions, stripe, tasks, tokens, vnc, workers,
+    cdp, checkout, control, files, health, links, logins, pages, profiles, recording, sessions, stripe, tasks, tokens, vnc, workers,
 };
 use crate::{error, logging, proxy, security};
 
@@ -80,6 +85,14 @@ pub fn router(state: AppState) -> Router {
             "/api/sessions/{id}/control",
             get(control::control_channel).post(cdp::set_control),
         )
+        .route("/api/sessions/{id}/recording", get(recording::get_recording))
+        // The upload streams its body (up to its own cap, session_files.rs), past the
+        // default body limit, which applies only to bodies read whole.
+        .route(
+            "/api/sessions/{id}/files",
+            post(files::upload_file).get(files::list_files),
+        )
+        .route("/api/sessions/{id}/files/{name}", get(files::get_file))
         .route("/api/sessions/{id}/cdp", get(cdp::cdp_browser))
         .route("/api/sessions/{id}/cdp/page/{target}", get(cdp::cdp_page))
         .route("/api/sessions/{id}/cdp/{*what}", get(cdp::cdp_discovery))
@@ -116,6 +129,7 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(pages::landing))
         .route("/start", post(sessions::start_free_session))
         .route("/s/{id}", get(pages::viewer))
+        .route("/replay/{id}", get(pages::replay))
         .route("/checkout/success", get(pages::checkout_success))
         .route("/join", get(pages::join))
         .route("/static/{*path}", get(pages::static_file))

@@ -125,6 +125,7 @@ impl Sessions {
             profile_persist: new.profile.as_ref().is_some_and(|p| p.persist),
             idle_timeout_seconds: new.idle_timeout_seconds,
             hibernated_at: None,
+            record: new.record,
         }
     }
 
@@ -190,6 +191,7 @@ impl Sessions {
             profile_persist: false,
             idle_timeout_seconds: None,
             hibernated_at: None,
+            record: false,
         };
         self.store.insert_session(&session).await?;
         tracing::info!(session_id = %session.id, "checkout started; session pending payment");
@@ -497,6 +499,7 @@ mod tests {
             ttl: time::Duration::milliseconds(ttl_ms),
             profile: None,
             idle_timeout_seconds: None,
+            record: false,
         }
     }
 

@@ -121,6 +121,8 @@ pub struct Session {
     /// runs, or before it first started.
     #[serde(with = "time::serde::rfc3339::option")]
     pub hibernated_at: Option<OffsetDateTime>,
+    /// Whether the session asked for its screen to be recorded (docs/recordings.md).
+    pub record: bool,
 }
 
 impl Session {
@@ -144,6 +146,8 @@ pub struct NewSession {
     /// A named profile to start from, and whether to save back to it.
     pub profile: Option<ProfileUse>,
     pub idle_timeout_seconds: Option<u32>,
+    /// Record the session's screen (docs/recordings.md).
+    pub record: bool,
 }
 
 /// How a session uses a named profile.
@@ -270,6 +274,7 @@ mod tests {
             profile_persist: false,
             idle_timeout_seconds: None,
             hibernated_at: None,
+            record: false,
         };
         assert_eq!(s.end_at(now), None);
         assert_eq!(

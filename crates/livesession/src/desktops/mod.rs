@@ -246,6 +246,14 @@ impl Desktops {
             .unwrap_or(DesktopStatus::Stopped)
     }
 
+    /// Follows the session's desktop without starting it and without counting as
+    /// activity (the recorder): its status, while this server has a desktop (or a place
+    /// in line) for the session. The channel closes when the desktop is stopped and
+    /// forgotten; a later start makes a new one.
+    pub fn follow(&self, id: &str) -> Option<watch::Receiver<DesktopStatus>> {
+        self.inner.lock().unwrap().slots.get(id).map(|s| s.status.subscribe())
+    }
+
     /// The session's desktop as the API shows it (`desktop` of a session): also
     /// "hibernated" for a session the store says hibernated and this process has not
     /// touched yet (after a restart), and "stopped" for a session that ended (its desktop

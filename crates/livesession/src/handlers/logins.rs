@@ -159,6 +159,8 @@ pub async fn create_login(
         ttl_seconds: Some(ttl),
         profile: Some(ProfileRequest { name: profile.clone(), persist: true }),
         idle_timeout_seconds: None,
+        // A login's screen is recorded only with --record (it shows the person signing in).
+        record: false,
     };
     // Checks start_url, ttl_seconds and the profile's name; 409 profile_in_use when
     // another session persists to it.

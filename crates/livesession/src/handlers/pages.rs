@@ -18,6 +18,12 @@ pub async fn viewer(headers: HeaderMap, Path(_id): Path<String>) -> Response {
     asset("static/viewer.html", &headers)
 }
 
+/// The replay page of a session's recording (docs/recordings.md); like the viewer, it
+/// learns the id from its URL and authenticates its requests itself.
+pub async fn replay(headers: HeaderMap, Path(_id): Path<String>) -> Response {
+    asset("static/replay.html", &headers)
+}
+
 /// A viewer link's page: `/join#<secret>` trades the secret for the session's cookies.
 pub async fn join(headers: HeaderMap) -> Response {
     asset("static/join.html", &headers)

@@ -29,6 +29,10 @@ pub struct CreateSession {
     /// Seconds without a viewer, DevTools client or running task before the desktop
     /// hibernates; 0: never. Default: the server's `--idle-timeout`.
     pub idle_timeout_seconds: Option<u32>,
+    /// Record the session's screen (docs/recordings.md); a server started with
+    /// `--record` records every session.
+    #[serde(default)]
+    pub record: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -141,6 +145,7 @@ pub(crate) async fn create(
         ttl: time::Duration::seconds(ttl as i64),
         profile: profile_use(app, request.profile)?,
         idle_timeout_seconds: request.idle_timeout_seconds,
+        record: request.record,
     };
     let session = match client {
         None => app.sessions.create(new).await?,
@@ -157,6 +162,8 @@ pub(crate) async fn create(
     let (token, _) = app
         .tokens
         .access(&session.id, Role::Interactive, session.expires_at);
+    // Its recorder waits for the desktop (it never starts one itself).
+    app.recordings.ensure(&session);
     Ok((session, token))
 }
 

@@ -313,6 +313,7 @@ mod tests {
                 ttl: time::Duration::minutes(5),
                 profile: None,
                 idle_timeout_seconds: None,
+                record: false,
             })
             .await
             .unwrap();

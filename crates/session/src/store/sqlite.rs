@@ -44,7 +44,7 @@ macro_rules! columns {
     () => {
         "id, state, source, start_url, created_at, expires_at, ended_at, end_reason, \
          checkout_session_id, payment_intent, activated_at, claimed_at, goal, profile, \
-         profile_persist, idle_timeout_seconds, hibernated_at"
+         profile_persist, idle_timeout_seconds, hibernated_at, record"
     };
 }
 
@@ -101,6 +101,7 @@ fn session_from_row(row: &SqliteRow) -> Result<Session, StoreError> {
             .try_get::<Option<i64>, _>("hibernated_at")?
             .map(from_millis)
             .transpose()?,
+        record: row.try_get::<i64, _>("record")? != 0,
     })
 }
 
@@ -143,6 +144,7 @@ fn bind_session<'q>(
         .bind(i64::from(s.profile_persist))
         .bind(s.idle_timeout_seconds.map(i64::from))
         .bind(s.hibernated_at.map(millis))
+        .bind(i64::from(s.record))
 }
 
 /// A second writer of a profile: the partial unique index `sessions_one_profile_writer`.
@@ -161,7 +163,7 @@ impl SessionStore for SqliteStore {
         let insert = sqlx::query(concat!(
             "INSERT INTO sessions (",
             columns!(),
-            ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         ));
         bind_session(insert, s).execute(&self.pool).await.map_err(profile_conflict)?;
         Ok(())
@@ -176,7 +178,7 @@ impl SessionStore for SqliteStore {
         let insert = sqlx::query(concat!(
             "INSERT INTO sessions (",
             columns!(),
-            ", client_addr) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? \
+            ", client_addr) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? \
              WHERE (SELECT COUNT(*) FROM sessions WHERE client_addr = ? AND state = 'active' \
              AND expires_at > ?) < ?"
         ));
@@ -539,6 +541,7 @@ mod tests {
             profile_persist: false,
             idle_timeout_seconds: None,
             hibernated_at: None,
+            record: false,
         }
     }
 
