@@ -220,6 +220,48 @@ impl Framing {
         }
     }
 
+    /// Whether the next byte fed starts a server message (its type byte).
+    pub fn at_message_start(&self) -> bool {
+        self.state == State::MessageType && self.head.is_empty() && self.skip == 0
+    }
+
+    /// Like [`feed`](Self::feed), but stops right after the message that the first byte
+    /// belongs to (or continues) is complete: returns how many bytes of `data` were
+    /// consumed (all of them when the message goes on past `data`). A filter uses it to
+    /// act on whole messages while the bytes stream through.
+    pub fn feed_one_message(&mut self, mut data: &[u8], events: &mut Vec<Event>) -> Result<usize, String> {
+        let total = data.len();
+        loop {
+            if total != data.len() && self.at_message_start() {
+                return Ok(total - data.len());
+            }
+            if self.skip > 0 {
+                if data.is_empty() {
+                    return Ok(total);
+                }
+                let n = self.skip.min(data.len() as u64);
+                self.skip -= n;
+                data = &data[n as usize..];
+                continue;
+            }
+            let need = self.state.needs();
+            if self.head.len() < need {
+                if data.is_empty() {
+                    return Ok(total);
+                }
+                let n = (need - self.head.len()).min(data.len());
+                self.head.extend_from_slice(&data[..n]);
+                data = &data[n..];
+                continue;
+            }
+            let head = std::mem::take(&mut self.head);
+            let result = self.step(&head, events);
+            self.head = head;
+            self.head.clear();
+            result?;
+        }
+    }
+
     /// Acts on a state's complete header: the next state, and bytes to skip before it.
     fn step(&mut self, head: &[u8], events: &mut Vec<Event>) -> Result<(), String> {
         let (w, h) = (self.rect.w, self.rect.h);

@@ -3,7 +3,9 @@
 //!
 //! The client's bytes pass through an RFB filter first: it validates them for every
 //! connection and, for a view-only token, drops every input message, so a viewer cannot
-//! type, click, paste or resize even with a modified client.
+//! type, click, paste or resize even with a modified client. A view-only connection's
+//! desktop stream is framed too, and the desktop's clipboard (ServerCutText) is withheld
+//! from it (`livesession_relay::rfb_server_filter`).
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use std::net::SocketAddr;
@@ -151,6 +153,15 @@ async fn relay(app: &App, mut auth: Authorized, mut socket: WebSocket) {
             Some(Close::new(
                 CloseCode::MalformedRfb,
                 format!("malformed RFB: {e}"),
+            ))
+        }
+        // A view-only viewer's stream that could not be framed is cut rather than passed
+        // on unframed (its clipboard could not be withheld).
+        PumpEnd::UpstreamProtocol(e) => {
+            tracing::warn!(reason = %e, "desktop stream could not be framed for a view-only viewer");
+            Some(Close::new(
+                CloseCode::DesktopUnavailable,
+                "desktop unavailable: its screen could not be relayed to a view-only viewer",
             ))
         }
         // The session ended and its desktop went away (or a login capture is saving it,

@@ -11,7 +11,7 @@ use crate::support::{PageServer, TestServer, Ws, close_of, rfb_over_ws, wait_for
 use crate::vnc::forge_as;
 
 /// A raw CDP client: numbered commands, replies by id, events kept in order.
-struct Cdp {
+pub(crate) struct Cdp {
     ws: Ws,
     next_id: i64,
     events: Vec<Value>,
@@ -19,7 +19,7 @@ struct Cdp {
 }
 
 impl Cdp {
-    async fn connect(server: &TestServer, path: &str) -> Self {
+    pub(crate) async fn connect(server: &TestServer, path: &str) -> Self {
         Self { ws: ws_connect(server, path, &[]).await, next_id: 0, events: Vec::new(), replies: Default::default() }
     }
 
@@ -55,7 +55,7 @@ impl Cdp {
         }
     }
 
-    async fn call(&mut self, method: &str, params: Value, session: Option<&str>) -> Value {
+    pub(crate) async fn call(&mut self, method: &str, params: Value, session: Option<&str>) -> Value {
         let id = self.send(method, params, session).await;
         let reply = self.reply(id, Duration::from_secs(30)).await.unwrap_or_else(|| panic!("no reply to {method}"));
         assert!(reply.get("error").is_none(), "{method}: {reply}");

@@ -458,3 +458,95 @@ async fn malformed_rfb_closes_with_4012_and_the_desktop_serves_the_next_connecti
     drop(rfb);
     server.stop().await;
 }
+
+impl RawRfb {
+    /// Everything the connection receives within `window`.
+    async fn collect_for(&mut self, window: Duration) -> Vec<u8> {
+        use futures_util::StreamExt;
+        let mut got = std::mem::take(&mut self.pending);
+        let deadline = tokio::time::Instant::now() + window;
+        while let Ok(Some(Ok(message))) = tokio::time::timeout_at(deadline, self.ws.next()).await {
+            if let tokio_tungstenite::tungstenite::Message::Binary(b) = message {
+                got.extend_from_slice(&b);
+            }
+        }
+        got
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_desktops_clipboard_reaches_interactive_viewers_and_never_view_only_ones() {
+    let server = TestServer::start(&[]).await;
+    let created = server.create_session(json!({})).await;
+    let id = created["id"].as_str().unwrap();
+    let token = created["token"].as_str().unwrap();
+    let view = forge_as(&server, id, "view", 600);
+    const TEXT: &[u8] = b"livesession-clipboard-31415";
+
+    let mut interactive = RawRfb::connect(&server, id, token).await;
+    interactive.handshake(1).await;
+    let mut viewer = RawRfb::connect(&server, id, &view).await;
+    viewer.handshake(1).await;
+    for c in [&mut interactive, &mut viewer] {
+        c.send(&[2, 0, 0, 1, 0, 0, 0, 0]).await; // SetEncodings: Raw
+    }
+
+    // The remote page copies text (as a person's Ctrl+C would), driven by an agent.
+    let list: serde_json::Value = server
+        .http
+        .get(server.url(&format!("/api/sessions/{id}/cdp/json")))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let target = list.as_array().unwrap().iter().find(|t| t["type"] == "page").expect("a page");
+    let mut page = crate::cdp::Cdp::connect(&server, &format!("/api/sessions/{id}/cdp/page/{}?token={token}", target["id"].as_str().unwrap())).await;
+    let copied = page
+        .call(
+            "Runtime.evaluate",
+            json!({
+                "expression": format!("(() => {{ const t = document.createElement('textarea'); t.value = '{}'; document.body.appendChild(t); t.focus(); t.select(); return document.activeElement === t; }})()", std::str::from_utf8(TEXT).unwrap()),
+                "userGesture": true,
+            }),
+            None,
+        )
+        .await;
+    assert_eq!(copied["result"]["value"], true, "the text is selected: {copied}");
+    for kind in ["keyDown", "keyUp"] {
+        page.call(
+            "Input.dispatchKeyEvent",
+            json!({ "type": kind, "key": "c", "code": "KeyC", "modifiers": 2, "windowsVirtualKeyCode": 67, "commands": ["copy"] }),
+            None,
+        )
+        .await;
+    }
+
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !contains(&seen, TEXT) && tokio::time::Instant::now() < deadline {
+        seen.extend(interactive.collect_for(Duration::from_millis(500)).await);
+    }
+    assert!(contains(&seen, TEXT), "an interactive viewer receives the desktop's clipboard");
+
+    let withheld = viewer.collect_for(Duration::from_secs(3)).await;
+    assert!(!contains(&withheld, TEXT), "a view-only viewer never receives the clipboard");
+
+    // The view-only connection is still framed and served: a whole-screen update arrives.
+    viewer.send(&[3, 0, 0, 0, 0, 0, 0, 16, 0, 16]).await;
+    let update = viewer.collect_for(Duration::from_secs(5)).await;
+    let mut framing = livesession_relay::rfb_wire::Framing::new();
+    let mut events = Vec::new();
+    framing.feed(&update, &mut events).expect("the view-only stream frames");
+    assert!(
+        events.iter().any(|e| matches!(e, livesession_relay::rfb_wire::Event::Update { pixels, .. } if *pixels > 0)),
+        "the view-only viewer still gets the screen: {events:?}"
+    );
+    server.stop().await;
+}
