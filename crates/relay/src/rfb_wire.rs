@@ -193,30 +193,13 @@ impl Framing {
     /// Consumes `data`, pushing an event for each message of interest that completes.
     pub fn feed(&mut self, mut data: &[u8], events: &mut Vec<Event>) -> Result<(), String> {
         loop {
-            if self.skip > 0 {
-                if data.is_empty() {
-                    return Ok(());
-                }
-                let n = self.skip.min(data.len() as u64);
-                self.skip -= n;
-                data = &data[n as usize..];
-                continue;
+            // Also run with nothing left: a rectangle that ended with the data may end
+            // its update.
+            let n = self.feed_one_message(data, events)?;
+            data = &data[n..];
+            if data.is_empty() {
+                return Ok(());
             }
-            let need = self.state.needs();
-            if self.head.len() < need {
-                if data.is_empty() {
-                    return Ok(());
-                }
-                let n = (need - self.head.len()).min(data.len());
-                self.head.extend_from_slice(&data[..n]);
-                data = &data[n..];
-                continue;
-            }
-            let head = std::mem::take(&mut self.head);
-            let result = self.step(&head, events);
-            self.head = head;
-            self.head.clear();
-            result?;
         }
     }
 
