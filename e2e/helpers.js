@@ -260,12 +260,20 @@ export function startTestPageServer() {
       res.end();
     }
   });
+  return listenOnLoopback(srv, '/typing.html', state);
+}
+
+/**
+ * Starts `srv` on a free 127.0.0.1 port: resolves to the URL of `pathname` on it,
+ * the page's `state`, and `close()`.
+ */
+function listenOnLoopback(srv, pathname, state) {
   return new Promise((resolve, reject) => {
     srv.on('error', reject);
     srv.listen(0, '127.0.0.1', () => {
       const { port } = srv.address();
       resolve({
-        url: `http://127.0.0.1:${port}/typing.html`,
+        url: `http://127.0.0.1:${port}${pathname}`,
         state,
         close: () =>
           new Promise((r) => {
@@ -436,19 +444,5 @@ export function startColourPageServer({ colour = [0, 160, 160], text = 'livesess
       res.end();
     }
   });
-  return new Promise((resolve, reject) => {
-    srv.on('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address();
-      resolve({
-        url: `http://127.0.0.1:${port}/colour.html`,
-        state,
-        close: () =>
-          new Promise((r) => {
-            srv.closeAllConnections?.();
-            srv.close(() => r());
-          }),
-      });
-    });
-  });
+  return listenOnLoopback(srv, '/colour.html', state);
 }

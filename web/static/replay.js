@@ -22,6 +22,7 @@
 // viewer does) or the operator's admin token (sent as a bearer).
 
 import RFB from '/vendor/novnc/core/rfb.js';
+import { takeFragmentToken } from '/static/session.js';
 import { jwtExpiry, requestToken, TokenRefreshError } from '/static/tokens.js';
 import { withReadableBackbuffer } from '/static/vnc.js';
 
@@ -54,17 +55,6 @@ function sessionIdFromPath(pathname = location.pathname) {
   } catch {
     return null;
   }
-}
-
-/** The `#token=` of the link, removed from the address bar at once. */
-function takeFragmentToken() {
-  const fragment = new URLSearchParams(location.hash.replace(/^#/, ''));
-  const token = fragment.get('token');
-  if (!token) return null;
-  fragment.delete('token');
-  const rest = fragment.toString();
-  history.replaceState(history.state, '', location.pathname + location.search + (rest ? '#' + rest : ''));
-  return token;
 }
 
 function formatTime(ms) {
@@ -526,7 +516,7 @@ async function main() {
     fail('This address names no session.');
     return;
   }
-  const access = new Access(sessionId, takeFragmentToken());
+  const access = new Access(sessionId, takeFragmentToken(sessionId));
   const recording = new Recording();
   const feed = new Feed(sessionId, access, recording);
   const player = new Player($('screen'), recording);

@@ -251,9 +251,8 @@ impl SessionFiles {
 /// asked about keeps its files.
 pub async fn remove_of_ended(files: &SessionFiles, sessions: &livesession_session::Sessions) {
     for id in files.session_ids() {
-        let ended = match sessions.get(&id).await {
-            Ok(Some(s)) => s.state != livesession_session::SessionState::Active,
-            Ok(None) => true,
+        let ended = match sessions.is_over(&id).await {
+            Ok(over) => over,
             Err(e) => {
                 tracing::warn!(session_id = %id, error = %e, "the session store failed; the session's files are kept");
                 false

@@ -256,6 +256,12 @@ impl Sessions {
         Ok(Some(session))
     }
 
+    /// Whether the session is over: ended, or unknown to the store. What a session left
+    /// behind (a saved state, its files) is removed once it is.
+    pub async fn is_over(&self, id: &str) -> Result<bool, StoreError> {
+        Ok(!matches!(self.get(id).await?, Some(s) if s.state == SessionState::Active))
+    }
+
     /// Records that the session's desktop hibernated (its state saved, the desktop
     /// stopped; `true`) or resumed (`false`). The session stays active and its deadline is
     /// unchanged. `None` if it is not active.

@@ -583,9 +583,8 @@ impl Desktops {
             }
         };
         for id in ids {
-            let ended = match sessions.get(&id).await {
-                Ok(Some(s)) => s.state != livesession_session::SessionState::Active,
-                Ok(None) => true,
+            let ended = match sessions.is_over(&id).await {
+                Ok(over) => over,
                 Err(e) => {
                     tracing::warn!(session_id = %id, error = %e, "the session store failed; its saved state is kept");
                     false

@@ -72,11 +72,7 @@ async fn authorize(
     id: &str,
 ) -> Result<Caller, ApiError> {
     let caller = session_caller(app, client, headers, query_token, id).await?;
-    let session = app
-        .sessions
-        .get(id)
-        .await?
-        .ok_or_else(ApiError::session_not_found)?;
+    let session = crate::handlers::tasks::existing_session(app, id).await?;
     if session.state != SessionState::Active {
         return Err(ApiError::new(
             StatusCode::GONE,

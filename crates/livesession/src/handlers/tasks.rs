@@ -78,7 +78,7 @@ fn forbidden_change() -> ApiError {
     )
 }
 
-async fn existing_session(app: &App, id: &str) -> Result<Session, ApiError> {
+pub(crate) async fn existing_session(app: &App, id: &str) -> Result<Session, ApiError> {
     app.sessions.get(id).await?.ok_or_else(ApiError::session_not_found)
 }
 

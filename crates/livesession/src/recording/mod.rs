@@ -176,9 +176,7 @@ impl Recordings {
     async fn record(&self, id: &str) {
         // Subscribed before the state is read: an end after the read still arrives.
         let mut end = self.sessions.subscribe(id);
-        if end.is_ended()
-            || !matches!(self.sessions.get(id).await, Ok(Some(s)) if s.state == SessionState::Active)
-        {
+        if end.is_ended() || self.sessions.is_over(id).await.unwrap_or(true) {
             return;
         }
         let path = self.path(id);
