@@ -385,9 +385,12 @@ impl Inner {
             format!("--user-data-dir={}", home.join("profile").display()),
             "--remote-debugging-address=127.0.0.1".into(),
             "--remote-debugging-port=0".into(),
+            // The window's size and place before openbox manages it: the whole screen.
+            // openbox then keeps every normal window maximized without a frame
+            // (sandbox/openbox-rc.xml), also when the viewer resizes the screen; asking
+            // Chromium to maximize itself as well would only race that rule.
             format!("--window-size={},{}", spec.width, spec.height),
             "--window-position=0,0".into(),
-            "--start-maximized".into(),
             // Quiet on a closed network, and no first-run or keyring prompts in the viewer.
             "--no-first-run".into(),
             "--no-default-browser-check".into(),

@@ -415,6 +415,19 @@ mod tests {
             .collect()
     }
 
+    /// openbox ignores a configuration that is not well-formed XML and runs on its
+    /// built-in defaults (it did: a `--` in a comment). The one rule XML comments are
+    /// broken by most easily is checked here; e2e/screen.test.js checks the effect.
+    #[test]
+    fn the_openbox_configuration_has_no_double_hyphen_inside_a_comment() {
+        for (n, comment) in OPENBOX_RC.split("<!--").skip(1).enumerate() {
+            let body = comment.split("-->").next().expect("split yields one part");
+            assert!(!body.contains("--"), "comment {n} holds \"--\": {body}");
+            assert!(comment.contains("-->"), "comment {n} is not closed");
+        }
+        assert!(OPENBOX_RC.contains("<decor>no</decor>") && OPENBOX_RC.contains("<maximized>yes</maximized>"));
+    }
+
     #[test]
     fn the_sandbox_unshares_every_namespace_and_mounts_only_what_it_needs() {
         let args = bwrap_args(&dirs());
