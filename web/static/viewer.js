@@ -289,6 +289,12 @@ function main() {
         ui.notice('');
         break;
       }
+      case 'restarting':
+        // The browser exited (a crash, its last window closed) and starts again inside
+        // the same desktop: the picture stays; the state says why it is empty meanwhile.
+        desktopError = null;
+        ui.setState('starting', 'the browser is starting again…');
+        break;
       case 'hibernating':
       case 'hibernated':
         // Saved while nobody watched; it resumes for this page next.

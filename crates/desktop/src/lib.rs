@@ -154,6 +154,18 @@ pub struct DesktopHandle {
     pub pidns: Option<u64>,
 }
 
+/// The browser inside a running desktop, as the desktop's supervisor reports it: it
+/// starts Chromium again when it exits unasked (a crash, its last window closed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrowserState {
+    /// Up; `starts` counts its starts in this desktop (1: never restarted).
+    Running { starts: u32 },
+    /// Exited unasked after `starts` starts, and being started again.
+    Restarting { starts: u32 },
+    /// The desktop itself has stopped (or is not known).
+    Gone,
+}
+
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum DesktopError {
     #[error("{piece} is not installed ({binary} not found); install it with: apt-get install -y {}", piece.apt_package())]
@@ -232,6 +244,15 @@ pub trait DesktopRuntime: Send + Sync + 'static {
     async fn stop_all(&self);
     /// Whether the desktop's processes are still running.
     async fn is_alive(&self, id: &str) -> bool;
+    /// The browser inside a running desktop. A runtime that does not restart its
+    /// browser reports it running as long as the desktop is alive.
+    async fn browser_state(&self, id: &str) -> BrowserState {
+        if self.is_alive(id).await {
+            BrowserState::Running { starts: 1 }
+        } else {
+            BrowserState::Gone
+        }
+    }
     /// The binaries this runtime needs, checked now.
     fn check_tools(&self) -> Vec<ToolCheck>;
     /// Desktops started in advance and ready to be handed to a new session.

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
 use futures_util::{SinkExt, StreamExt};
-use livesession_desktop::{DesktopHandle, devtools};
+use livesession_desktop::{BrowserState, DesktopHandle, devtools};
 use livesession_relay::cdp::{self as protocol, HeldBack};
 use livesession_session::{ControlState, Holder};
 use serde_json::json;
@@ -338,11 +338,23 @@ impl Conversation<'_> {
         if let Some(close) = crate::ws::capture_end(&self.app, auth).await {
             return close;
         }
-        // A page target ends with its tab; the browser (and the desktop) go on.
-        if self.page_target && self.app.desktops.runtime().is_alive(self.id).await {
-            return Close::new(CloseCode::Normal, "the DevTools target closed");
+        // The browser may have exited and be starting again inside the desktop; its
+        // supervisor notes that right after the exit, so look twice.
+        let runtime = self.app.desktops.runtime();
+        let mut browser = runtime.browser_state(self.id).await;
+        if matches!(browser, BrowserState::Running { .. }) {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            browser = runtime.browser_state(self.id).await;
         }
-        Close::new(CloseCode::DesktopUnavailable, "desktop unavailable: the browser closed the DevTools connection")
+        match browser {
+            BrowserState::Restarting { .. } => Close::new(
+                CloseCode::DesktopUnavailable,
+                "desktop unavailable: the browser exited and is starting again; reconnect",
+            ),
+            // A page target ends with its tab; the browser (and the desktop) go on.
+            BrowserState::Running { .. } if self.page_target => Close::new(CloseCode::Normal, "the DevTools target closed"),
+            _ => Close::new(CloseCode::DesktopUnavailable, "desktop unavailable: the browser closed the DevTools connection"),
+        }
     }
 
     /// One command from the agent. `Err(Some)` closes with that; `Err(None)`: Chromium is gone.

@@ -199,6 +199,7 @@ async fn session_desktop(app: &Arc<App>, session_id: &str, ctx: &LocalRun) -> Re
         DesktopStatus::Ready(_) => None,
         DesktopStatus::Queued(n) => Some(format!("every desktop is in use; waiting in line (place {n})")),
         DesktopStatus::Resuming(_) | DesktopStatus::Hibernating => Some("resuming the session's desktop".to_owned()),
+        DesktopStatus::Restarting(_) => Some("the session's browser is starting again".to_owned()),
         _ => Some("starting the session's desktop".to_owned()),
     };
     if let Some(note) = note {

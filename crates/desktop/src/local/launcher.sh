@@ -2,6 +2,14 @@
 # exits as soon as any of them exits, writing which one to "$LS_RUN/exit". Under the
 # sandbox it is the namespace's first program, so its exit ends every process in it.
 #
+# Chromium is the exception: when it exits (its last window closed, a crash, killed) it
+# is started again on the same profile with its last session restored, and the DevTools
+# relay re-pointed at its new port, so a person never faces an empty desktop. Its state
+# is in "$LS_RUN/browser": "running N" or "restarting N" (N: starts so far), which the
+# server follows. No restart once the server has created "$LS_RUN/stopping" (it closes
+# the browser to save it), nor after MAX_RESTARTS within RESTART_WINDOW seconds (a
+# browser that cannot stay up ends the desktop, as any other piece does).
+#
 # Run as `bash -c "$script" livesession-desktop` with a clean environment:
 #   LS_RUN       sockets and status files: vnc.sock, devtools.sock, display, exit
 #   LS_LOGS      one <piece>.log per piece (stderr)
@@ -9,6 +17,7 @@
 #   LS_GEOMETRY  e.g. 1280x720
 #   LS_XVNC LS_OPENBOX LS_CHROMIUM LS_SOCAT   the binaries
 #   LS_CHROMIUM_ARGS   Chromium's arguments, one per line (the start URL last)
+#   LS_CHROMIUM_RESTART_ARGS   the same for a restart: no URLs, the last session restored
 #   LS_WAIT_NET  if set, Chromium waits for "$LS_RUN/net-ready" (the gateway writes it
 #                once the network namespace's routes are in place)
 #   LS_HOST_PORTS  loopback ports of the host forwarded into the desktop, space-separated;
@@ -16,6 +25,8 @@
 #   LS_GATE      the gateway's read-only directory of sockets it serves to the desktop
 set -u
 declare -A piece=()
+MAX_RESTARTS=5
+RESTART_WINDOW=60
 
 # The server's read-only configuration (sandbox.rs, CONFIG): mounted at /etc/livesession
 # inside the sandbox; without the sandbox, the desktop's etc/ directory beside run/.
@@ -82,22 +93,54 @@ piece[$!]=openbox
 if [ -n "${LS_WAIT_NET:-}" ]; then
     until [ -e "$LS_RUN/net-ready" ]; do sleep 0.02; done
 fi
-mapfile -t chromium_args <<< "$LS_CHROMIUM_ARGS"
-"$LS_CHROMIUM" "${chromium_args[@]}" 2>"$LS_LOGS/chromium.log" &
-piece[$!]=chromium
-chromium=$!
+browser_state() {
+    printf '%s %s\n' "$1" "$2" > "$LS_RUN/browser.tmp" && mv "$LS_RUN/browser.tmp" "$LS_RUN/browser"
+}
 
-# DevTools listens on an ephemeral port of the desktop's own loopback; the gateway reaches
-# it through a Unix socket in $LS_RUN.
-wait_for "$LS_PROFILE/DevToolsActivePort" "$chromium"
-devtools_port=$(head -n1 "$LS_PROFILE/DevToolsActivePort")
-# The profile is the desktop's own: take nothing from it but a port number.
-case "$devtools_port" in
-    ''|*[!0-9]*) echo "DevToolsActivePort does not start with a port number" >&2; ended devtools 1 ;;
-esac
-"$LS_SOCAT" UNIX-LISTEN:"$LS_RUN/devtools.sock",fork,mode=0600 TCP:127.0.0.1:"$devtools_port" \
-    2>"$LS_LOGS/devtools.log" &
-piece[$!]=devtools
+# Starts Chromium with the arguments given, waits for its DevTools port and relays
+# "$LS_RUN/devtools.sock" to it. Returns 1 if Chromium exits first.
+start_chromium() {
+    rm -f "$LS_PROFILE/DevToolsActivePort"
+    "$LS_CHROMIUM" "$@" 2>>"$LS_LOGS/chromium.log" &
+    chromium=$!
+    piece[$chromium]=chromium
+    until [ -s "$LS_PROFILE/DevToolsActivePort" ]; do
+        kill -0 "$chromium" 2>/dev/null || return 1
+        sleep 0.02
+    done
+    # DevTools listens on an ephemeral port of the desktop's own loopback; the gateway
+    # reaches it through a Unix socket in $LS_RUN.
+    devtools_port=$(head -n1 "$LS_PROFILE/DevToolsActivePort")
+    # The profile is the desktop's own: take nothing from it but a port number.
+    case "$devtools_port" in
+        ''|*[!0-9]*) echo "DevToolsActivePort does not start with a port number" >&2; ended devtools 1 ;;
+    esac
+    "$LS_SOCAT" UNIX-LISTEN:"$LS_RUN/devtools.sock",fork,unlink-early,mode=0600 TCP:127.0.0.1:"$devtools_port" \
+        2>>"$LS_LOGS/devtools.log" &
+    devtools=$!
+    piece[$devtools]=devtools
+    starts=$((starts + 1))
+    browser_state running "$starts"
+}
+
+# A restart is allowed unless the server is stopping the desktop or the browser has
+# already been restarted MAX_RESTARTS times within the last RESTART_WINDOW seconds.
+declare -a restarted_at=()
+may_restart() {
+    [ -e "$LS_RUN/stopping" ] && return 1
+    local recent=() t
+    for t in "${restarted_at[@]}"; do
+        ((SECONDS - t < RESTART_WINDOW)) && recent+=("$t")
+    done
+    restarted_at=("${recent[@]}")
+    ((${#restarted_at[@]} < MAX_RESTARTS)) || return 1
+    restarted_at+=("$SECONDS")
+}
+
+starts=0
+mapfile -t chromium_args <<< "$LS_CHROMIUM_ARGS"
+mapfile -t chromium_restart_args <<< "$LS_CHROMIUM_RESTART_ARGS"
+start_chromium "${chromium_args[@]}" || { wait "$chromium"; ended chromium "$?"; }
 
 for port in ${LS_HOST_PORTS:-}; do
     "$LS_SOCAT" TCP-LISTEN:"$port",bind=127.0.0.1,fork,reuseaddr \
@@ -105,5 +148,26 @@ for port in ${LS_HOST_PORTS:-}; do
     piece[$!]=devtools
 done
 
-wait -n -p dead
-ended "${piece[$dead]:-unknown}" "$?"
+while :; do
+    wait -n -p dead
+    status=$?
+    [ -n "${dead:-}" ] || ended unknown "$status"
+    name=${piece[$dead]:-unknown}
+    unset "piece[$dead]"
+    if [ "$name" = chromium ] && may_restart; then
+        echo "livesession: Chromium exited (status $status); starting it again" >&2
+        browser_state restarting "$starts"
+        # The old relay points at a port nobody listens on any more.
+        kill "$devtools" 2>/dev/null
+        wait "$devtools" 2>/dev/null
+        unset "piece[$devtools]"
+        until start_chromium "${chromium_restart_args[@]}"; do
+            wait "$chromium"
+            status=$?
+            unset "piece[$chromium]"
+            may_restart || ended chromium "$status"
+        done
+        continue
+    fi
+    ended "$name" "$status"
+done

@@ -5,7 +5,8 @@
 //! ```text
 //! <root>/<session id>/        the server's; mode 0711 (0700 unsandboxed)
 //!   home/                     the desktop's HOME (Chromium's profile in home/profile)
-//!   run/                      vnc.sock, devtools.sock, display, exit, logs/<piece>.log
+//!   run/                      vnc.sock, devtools.sock, display, exit, browser, stopping,
+//!                             logs/<piece>.log
 //!   etc/                      the desktop's generated /etc/hosts and /etc/resolv.conf
 //!   desktop.pgid desktop.pidns   let a restarted server find and stop what a crash left
 //! ```
@@ -46,7 +47,7 @@ use crate::confined::DesktopDir;
 use crate::egress::{EgressMode, EgressPolicy, SLIRP_DNS};
 use crate::toolchain::{self, ToolCheck, ToolPaths};
 use crate::{
-    DesktopError, DesktopHandle, DesktopRuntime, DesktopSpec, Piece, Progress, SavedState, devtools, rfb,
+    BrowserState, DesktopError, DesktopHandle, DesktopRuntime, DesktopSpec, Piece, Progress, SavedState, devtools, rfb,
 };
 
 const LAUNCHER: &str = include_str!("launcher.sh");
@@ -420,6 +421,10 @@ impl Inner {
             chromium_args.push("--test-type".into());
         }
         chromium_args.extend(self.config.chromium_flags.iter().cloned());
+        // After Chromium exits unasked (launcher.sh restarts it): the same profile, its
+        // last session's tabs restored instead of the start URL.
+        let mut restart_args = chromium_args.clone();
+        restart_args.push("--restore-last-session".into());
         // The tabs to open, last on the command line (each opens a tab). Cookies to set
         // come first: then Chromium starts on a blank page, and the tabs open once they
         // are set (below).
@@ -450,6 +455,7 @@ impl Inner {
             ("LS_CHROMIUM", binary(Piece::Chromium)?),
             ("LS_SOCAT", binary(Piece::Socat)?),
             ("LS_CHROMIUM_ARGS", chromium_args.join("\n")),
+            ("LS_CHROMIUM_RESTART_ARGS", restart_args.join("\n")),
             ("LS_HOST_PORTS", host_ports.join(" ")),
         ];
         let internet = sandboxed && self.config.egress.mode == EgressMode::Internet;
@@ -962,6 +968,11 @@ impl Inner {
         let cookies = devtools::cookies(&mut browser)
             .await
             .map_err(|e| devtools_error("cannot read the cookies", e))?;
+        // Closing it must end the desktop, not restart the browser (launcher.sh).
+        desktop
+            .files()
+            .create_new("run/stopping")
+            .map_err(|e| devtools_error("cannot tell the desktop it is stopping", std::io::Error::other(e.to_string())))?;
         devtools::close_browser(&mut browser)
             .await
             .map_err(|e| devtools_error("cannot close the browser", e))?;
@@ -974,6 +985,24 @@ impl Inner {
             tracing::warn!(session_id = %id, "Chromium did not exit within {CLOSE_WAIT:?} of closing; killing the desktop");
         }
         Ok((tabs, cookies))
+    }
+
+    /// The supervisor's `run/browser` ("running N" or "restarting N", launcher.sh). The
+    /// desktop writes that file, so it can only misreport its own browser.
+    async fn browser_state(&self, id: &str) -> BrowserState {
+        let mut desktops = self.desktops.lock().await;
+        let Some(desktop) = desktops.get_mut(id) else {
+            return BrowserState::Gone;
+        };
+        let alive = desktop
+            .supervisor
+            .as_mut()
+            .is_some_and(|s| matches!(s.try_wait(), Ok(None)));
+        if !alive {
+            return BrowserState::Gone;
+        }
+        let text = desktop.files().read_tail("run/browser", 64).unwrap_or_default();
+        parse_browser_state(&String::from_utf8_lossy(&text))
     }
 
     async fn is_alive(&self, id: &str) -> bool {
@@ -1028,12 +1057,27 @@ impl DesktopRuntime for LocalRuntime {
         self.inner.is_alive(id).await
     }
 
+    async fn browser_state(&self, id: &str) -> BrowserState {
+        self.inner.browser_state(id).await
+    }
+
     fn check_tools(&self) -> Vec<ToolCheck> {
         toolchain::locate(&self.inner.config.tools, &self.inner.config.needed_pieces())
     }
 
     fn warm_ready(&self) -> usize {
         self.inner.pool.ready()
+    }
+}
+
+/// A live desktop's `run/browser`; anything unreadable counts as running (the file is
+/// written before the desktop is ready, and only the desktop could spoil it).
+fn parse_browser_state(text: &str) -> BrowserState {
+    let mut words = text.split_whitespace();
+    let (state, starts) = (words.next(), words.next().and_then(|n| n.parse().ok()).unwrap_or(1));
+    match state {
+        Some("restarting") => BrowserState::Restarting { starts },
+        _ => BrowserState::Running { starts },
     }
 }
 

@@ -7,6 +7,7 @@
 //! every VNC, control and DevTools connection of the session, and every local task run.
 //! When the last guard goes, the session's idle clock starts (docs/profiles.md).
 
+mod browser;
 mod idle;
 mod queue;
 
@@ -33,6 +34,9 @@ pub enum DesktopStatus {
     /// Starting again after a hibernation, from the session's saved state.
     Resuming(Piece),
     Ready(Arc<DesktopHandle>),
+    /// Its browser exited unasked (a crash, its last window closed) and is being started
+    /// again inside the same desktop: the screen stays, DevTools comes back.
+    Restarting(Arc<DesktopHandle>),
     /// Its browser's state is being saved and the desktop stopped.
     Hibernating,
     /// Saved and stopped; the next connection or task resumes it.
@@ -48,6 +52,7 @@ impl DesktopStatus {
             DesktopStatus::Starting(_) => "starting",
             DesktopStatus::Resuming(_) => "resuming",
             DesktopStatus::Ready(_) => "ready",
+            DesktopStatus::Restarting(_) => "restarting",
             DesktopStatus::Hibernating => "hibernating",
             DesktopStatus::Hibernated => "hibernated",
             DesktopStatus::Failed(_) => "failed",
@@ -59,7 +64,10 @@ impl DesktopStatus {
     fn is_live(&self) -> bool {
         matches!(
             self,
-            DesktopStatus::Starting(_) | DesktopStatus::Resuming(_) | DesktopStatus::Ready(_)
+            DesktopStatus::Starting(_)
+                | DesktopStatus::Resuming(_)
+                | DesktopStatus::Ready(_)
+                | DesktopStatus::Restarting(_)
         )
     }
 
@@ -329,7 +337,8 @@ impl Desktops {
             DesktopStatus::Queued(_)
             | DesktopStatus::Starting(_)
             | DesktopStatus::Resuming(_)
-            | DesktopStatus::Ready(_) => return Ok(rx),
+            | DesktopStatus::Ready(_)
+            | DesktopStatus::Restarting(_) => return Ok(rx),
             DesktopStatus::Hibernating => {
                 slot.resume_wanted = true;
                 return Ok(rx);
@@ -425,14 +434,17 @@ impl Desktops {
                 Some(slot) if slot.generation == generation => {
                     slot.hibernated = false;
                     slot.idle_since = Instant::now();
-                    status.send_replace(DesktopStatus::Ready(Arc::new(handle)));
-                    true
+                    let handle = Arc::new(handle);
+                    status.send_replace(DesktopStatus::Ready(handle.clone()));
+                    Some(handle)
                 }
-                _ => false,
+                _ => None,
             }
         };
-        if !published {
-            self.runtime.stop(&id).await;
+        match published {
+            // Not on `self.tasks`: shutdown need not wait for it; it ends with the slot.
+            Some(handle) => drop(tokio::spawn(browser::follow(self.clone(), id, generation, handle))),
+            None => self.runtime.stop(&id).await,
         }
     }
 
@@ -451,6 +463,7 @@ impl Desktops {
                 DesktopStatus::Queued(_)
                 | DesktopStatus::Starting(_)
                 | DesktopStatus::Resuming(_)
+                | DesktopStatus::Restarting(_)
                 | DesktopStatus::Hibernating => {}
             }
             if rx.changed().await.is_err() {
@@ -474,6 +487,14 @@ impl Desktops {
         let ready = matches!(self.status(id), DesktopStatus::Ready(_));
         if ready && !self.runtime.is_alive(id).await {
             tracing::warn!(session_id = %id, "desktop stopped unexpectedly; a new one will start");
+            self.stop(id).await;
+        }
+    }
+
+    /// [`Desktops::stop`], if the slot still holds the start `generation` (its desktop was
+    /// found stopped by the browser follower).
+    async fn stop_if_current(&self, id: &str, generation: u64) {
+        if self.is_current(id, generation) {
             self.stop(id).await;
         }
     }

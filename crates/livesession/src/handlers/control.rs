@@ -119,6 +119,7 @@ impl ServerMessage {
     fn desktop(status: &DesktopStatus) -> Self {
         let (step, error) = match status {
             DesktopStatus::Starting(piece) | DesktopStatus::Resuming(piece) => (Some(piece.step()), None),
+            DesktopStatus::Restarting(_) => (Some(livesession_desktop::Piece::Chromium.step()), None),
             DesktopStatus::Failed(e) => (e.piece().map(|p| p.step()), Some(e.to_string())),
             DesktopStatus::Queued(_)
             | DesktopStatus::Ready(_)
@@ -316,6 +317,7 @@ async fn converse(app: &App, mut auth: Authorized, socket: &mut WebSocket, tasks
                     | DesktopStatus::Starting(_)
                     | DesktopStatus::Resuming(_)
                     | DesktopStatus::Ready(_)
+                    | DesktopStatus::Restarting(_)
                     | DesktopStatus::Hibernating => {}
                 }
             }

@@ -81,13 +81,11 @@ pub(super) enum SegmentEnd {
     WriterGone,
 }
 
-/// Whether the desktop followed by a status has left `handle` (a new segment is due).
-/// Statuses this recorder does not know (e.g. a browser restarting inside the same
-/// desktop) keep the segment.
+/// Whether the desktop followed by a status has left `handle` (a new segment is due). A
+/// browser restarting inside the same desktop keeps the segment: the screen is the same.
 fn left(status: &DesktopStatus, handle: &Arc<DesktopHandle>) -> bool {
-    #[allow(unreachable_patterns)]
     match status {
-        DesktopStatus::Ready(h) => !Arc::ptr_eq(h, handle),
+        DesktopStatus::Ready(h) | DesktopStatus::Restarting(h) => !Arc::ptr_eq(h, handle),
         DesktopStatus::Queued(_)
         | DesktopStatus::Starting(_)
         | DesktopStatus::Resuming(_)
@@ -95,7 +93,6 @@ fn left(status: &DesktopStatus, handle: &Arc<DesktopHandle>) -> bool {
         | DesktopStatus::Hibernated
         | DesktopStatus::Failed(_)
         | DesktopStatus::Stopped => true,
-        _ => false,
     }
 }
 

@@ -23,7 +23,7 @@ impl Cdp {
         Self { ws: ws_connect(server, path, &[]).await, next_id: 0, events: Vec::new(), replies: Default::default() }
     }
 
-    async fn send(&mut self, method: &str, params: Value, session: Option<&str>) -> i64 {
+    pub(crate) async fn send(&mut self, method: &str, params: Value, session: Option<&str>) -> i64 {
         self.next_id += 1;
         let mut message = json!({ "id": self.next_id, "method": method, "params": params });
         if let Some(s) = session {
@@ -89,8 +89,13 @@ impl Cdp {
         }
     }
 
+    /// Reads until the gateway closes the connection; its close code and reason.
+    pub(crate) async fn closed(&mut self, limit: Duration) -> (u16, String) {
+        crate::support::close_of(&mut self.ws, limit).await
+    }
+
     /// Attaches to the page target; returns its flat session id.
-    async fn attach_page(&mut self) -> String {
+    pub(crate) async fn attach_page(&mut self) -> String {
         let targets = self.call("Target.getTargets", json!({}), None).await;
         let page = targets["targetInfos"]
             .as_array()

@@ -19,7 +19,7 @@ fn ids(created: &Value) -> (String, String) {
 }
 
 /// The next JSON text message, or `None` at the end of `limit` or of the stream.
-async fn next_json(ws: &mut Ws, limit: Duration) -> Option<Value> {
+pub(crate) async fn next_json(ws: &mut Ws, limit: Duration) -> Option<Value> {
     let deadline = tokio::time::Instant::now() + limit;
     loop {
         let message = tokio::time::timeout_at(deadline, ws.next()).await.ok()??.ok()?;
@@ -30,7 +30,7 @@ async fn next_json(ws: &mut Ws, limit: Duration) -> Option<Value> {
 }
 
 /// Opens the session's control channel and reads its CONNECTED.
-async fn control(server: &TestServer, id: &str, token: &str) -> Ws {
+pub(crate) async fn control(server: &TestServer, id: &str, token: &str) -> Ws {
     let mut ws = ws_connect(server, &format!("/api/sessions/{id}/control?token={token}"), &[]).await;
     let hello = next_json(&mut ws, Duration::from_secs(10)).await.expect("CONNECTED");
     assert_eq!(hello["type"], "CONNECTED");
@@ -39,7 +39,7 @@ async fn control(server: &TestServer, id: &str, token: &str) -> Ws {
 
 /// Reads DESKTOP_STATUS messages until one says `until` (or a final one: failed,
 /// stopped); returns them all.
-async fn statuses_until(ws: &mut Ws, until: &str, limit: Duration) -> Vec<Value> {
+pub(crate) async fn statuses_until(ws: &mut Ws, until: &str, limit: Duration) -> Vec<Value> {
     let deadline = tokio::time::Instant::now() + limit;
     let mut seen = Vec::new();
     while let Some(message) = next_json(ws, deadline - tokio::time::Instant::now()).await {
@@ -55,7 +55,7 @@ async fn statuses_until(ws: &mut Ws, until: &str, limit: Duration) -> Vec<Value>
     seen
 }
 
-fn names(statuses: &[Value]) -> Vec<&str> {
+pub(crate) fn names(statuses: &[Value]) -> Vec<&str> {
     statuses.iter().map(|s| s["status"].as_str().unwrap_or("?")).collect()
 }
 

@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::support::{DesktopProcs, TestServer, rfb_over_ws, ws_connect};
+use crate::cdp::Cdp;
+use crate::hibernation::{control, names, statuses_until};
+use crate::support::{DesktopProcs, PageServer, TestServer, Ws, rfb_over_ws, wait_for_colour, ws_connect};
 
 /// Live processes whose command line mentions `needle` (e.g. a data directory).
 fn processes_mentioning(needle: &str) -> Vec<i32> {
@@ -81,48 +83,87 @@ async fn revoking_a_session_and_stopping_the_server_leave_no_process_behind() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_desktop_whose_chromium_was_closed_is_replaced_on_the_next_connection() {
-    let server = TestServer::start(&[]).await;
-    let (id, group) = start_desktop(&server).await;
-    // Close the browser, as a user closing its only window would (the browser process,
-    // not a renderer: it is the one without `--type=`).
-    let browser = group.members()
-        .into_iter()
-        .find(|pid| {
-            let cmdline = String::from_utf8_lossy(
-                &std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default(),
-            )
-            .into_owned();
-            cmdline.contains("--user-data-dir") && !cmdline.contains("--type=")
-        })
-        .expect("Chromium's browser process");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(browser),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+/// Chromium's browser process among a desktop's processes (the one without `--type=`).
+fn browser_process(group: &DesktopProcs) -> Option<i32> {
+    group.members().into_iter().find(|pid| {
+        let cmdline = String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default()).into_owned();
+        cmdline.contains("--user-data-dir") && !cmdline.contains("--type=")
+    })
+}
 
-    let token = server.mint_token(&id).await;
-    let ws = ws_connect(
-        &server,
-        &format!("/api/sessions/{id}/vnc?token={token}"),
-        &[],
+/// Waits for the control channel's `restarting` then `ready`; returns how long it took.
+async fn restarting_then_ready(control: &mut Ws) -> Duration {
+    let started = tokio::time::Instant::now();
+    let seen = statuses_until(control, "ready", Duration::from_secs(30)).await;
+    assert_eq!(names(&seen), ["restarting", "ready"], "{seen:#?}");
+    assert_eq!(seen[0]["step"], "chromium");
+    started.elapsed()
+}
+
+/// The page tab's URL and cookie, asked over a fresh DevTools connection.
+async fn page_url_and_cookie(server: &TestServer, id: &str, token: &str) -> (String, String) {
+    let mut cdp = Cdp::connect(server, &format!("/api/sessions/{id}/cdp?token={token}")).await;
+    let page = cdp.attach_page().await;
+    let evaluated = cdp
+        .call("Runtime.evaluate", json!({ "expression": "JSON.stringify([location.href, document.cookie])", "returnByValue": true }), Some(&page))
+        .await;
+    let [url, cookie]: [String; 2] = serde_json::from_str(evaluated["result"]["value"].as_str().unwrap()).unwrap();
+    (url, cookie)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_that_exits_comes_back_in_the_same_desktop_with_the_sessions_state() {
+    let page = PageServer::start().await;
+    let args = page.server_args();
+    let server = TestServer::start(&[&args[0], &args[1]]).await;
+    let created = server.create_session(json!({ "start_url": page.url })).await;
+    let (id, token) = (created["id"].as_str().unwrap().to_owned(), created["token"].as_str().unwrap().to_owned());
+    let mut control = control(&server, &id, &token).await;
+    let seen = statuses_until(&mut control, "ready", Duration::from_secs(60)).await;
+    assert_eq!(names(&seen).last(), Some(&"ready"), "{seen:#?}");
+    let group = server.desktop_procs(&id);
+    let mut rfb = rfb_over_ws(ws_connect(&server, &format!("/api/sessions/{id}/vnc?token={token}"), &[]).await).await;
+    assert!(wait_for_colour(&mut rfb, (255, 0, 255), 0.5, Duration::from_secs(30)).await >= 0.5);
+
+    // The session's state: a page at a URL of its own and a cookie.
+    let mut cdp = Cdp::connect(&server, &format!("/api/sessions/{id}/cdp?token={token}")).await;
+    let tab = cdp.attach_page().await;
+    let moved = format!("{}?visited=1", page.url);
+    cdp.call("Page.enable", json!({}), Some(&tab)).await;
+    cdp.call("Page.navigate", json!({ "url": moved }), Some(&tab)).await;
+    cdp.call(
+        "Runtime.evaluate",
+        json!({ "expression": "new Promise(r => { if (document.readyState === 'complete') r(); else addEventListener('load', () => r()); })", "awaitPromise": true }),
+        Some(&tab),
     )
     .await;
-    drop(rfb_over_ws(ws).await);
-    let new_group = server.desktop_procs(&id);
-    assert_ne!(new_group, group, "a fresh desktop was started");
-    // Stopping the broken desktop may still be reaping its processes on a loaded machine.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while !group.members().is_empty() && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(
-        group.members().is_empty(),
-        "the broken desktop's processes are gone"
-    );
-    assert!(new_group.members().len() >= 5);
+    cdp.call("Runtime.evaluate", json!({ "expression": "document.cookie = 'kept=yes; max-age=3600; path=/'" }), Some(&tab)).await;
+
+    // 1. The browser closes, as when the person closes its last window: it comes back with
+    // its tab and cookie, in the same desktop (same processes but Chromium's).
+    let first = browser_process(&group).expect("Chromium's browser process");
+    cdp.send("Browser.close", json!({}), None).await;
+    let took = restarting_then_ready(&mut control).await;
+    eprintln!("browser closed: restarting → ready in {} ms", took.as_millis());
+    let (code, reason) = cdp.closed(Duration::from_secs(10)).await;
+    assert_eq!((code, reason.as_str()), (4010, "desktop unavailable: the browser exited and is starting again; reconnect"));
+    assert_eq!(server.desktop_procs(&id), group, "the same desktop");
+    let second = browser_process(&group).expect("a new browser process in the same desktop");
+    assert_ne!(second, first);
+    let (url, cookie) = page_url_and_cookie(&server, &id, &token).await;
+    assert_eq!(url, moved, "the tab is restored");
+    assert!(cookie.contains("kept=yes"), "the cookie is kept: {cookie:?}");
+
+    // 2. The browser is killed (a crash): it comes back too, showing the page again, and
+    // the viewer's connection stays up throughout.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(second), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let took = restarting_then_ready(&mut control).await;
+    eprintln!("browser killed: restarting → ready in {} ms", took.as_millis());
+    let third = browser_process(&group).expect("a new browser process in the same desktop");
+    assert!(third != second && third != first);
+    assert!(wait_for_colour(&mut rfb, (255, 0, 255), 0.5, Duration::from_secs(30)).await >= 0.5, "the page is shown again");
+    let (url, _) = page_url_and_cookie(&server, &id, &token).await;
+    assert_eq!(url, moved, "the tab is restored after a crash");
+    assert_eq!(server.get_session(&id).await["desktop"], "ready");
     server.stop().await;
 }
