@@ -5,12 +5,17 @@
 // screen (Chromium's own tab strip and address bar span the top), with no
 // black band and nothing cut off. The page itself agrees: its viewport is as
 // wide as the screen.
+//
+// A person never faces an empty desktop either: an agent crashes the remote
+// browser (CDP Browser.crash, through the gateway); the viewer says the browser
+// is starting again, then shows the page again on the same connection.
 
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
+import puppeteer from 'puppeteer-core';
 import { setTimeout as sleep } from 'node:timers/promises';
 
-import { launchBrowser, recordConsole, startServer, startTestPageServer, waitFor, watchConsoleProblems, withDiagnostics } from './helpers.js';
+import { canvasColorShare, launchBrowser, recordConsole, startServer, startTestPageServer, waitFor, watchConsoleProblems, withDiagnostics } from './helpers.js';
 
 const MAGENTA = [255, 0, 255];
 
@@ -112,6 +117,67 @@ describe('the browser fills the screen', { timeout: 300_000 }, () => {
         assert.deepEqual(problems(), [], 'no error or warning in the console');
       },
       async () => `[e2e] ---- browser console (tail) ----\n${consoleTail()}`,
+    );
+  });
+
+  test('a crashed browser comes back and the viewer says so', async (t) => {
+    const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+    t.after(() => context.close());
+    const page = await context.newPage();
+    const consoleTail = recordConsole(page);
+    const problems = watchConsoleProblems(page);
+    await page.addInitScript(() => {
+      window.__statusTexts = [];
+      document.addEventListener('DOMContentLoaded', () => {
+        const status = document.getElementById('status');
+        const note = () => {
+          if (window.__statusTexts.at(-1) !== status.textContent) window.__statusTexts.push(status.textContent);
+        };
+        new MutationObserver(note).observe(status, { childList: true, characterData: true, subtree: true });
+        note();
+      });
+    });
+    const texts = () => page.evaluate(() => window.__statusTexts);
+
+    await withDiagnostics(
+      server,
+      async () => {
+        const res = await server.admin('/api/sessions', { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: '{}' });
+        assert.equal(res.status, 201, `POST /api/sessions: ${res.status}`);
+        const session = await res.json();
+        await page.goto(`${new URL(session.viewer_url, server.baseUrl).href}#token=${session.refresh_token}`);
+        await page.waitForFunction(() => document.body.dataset.state === 'connected', null, { timeout: 90_000, polling: 100 });
+        await waitFor(async () => (await canvasColorShare(page, MAGENTA)) > 0.5, { timeoutMs: 30_000, what: 'the page on screen' });
+
+        const agent = await puppeteer.connect({
+          browserWSEndpoint: `ws://127.0.0.1:${server.port}/api/sessions/${session.id}/cdp?token=${encodeURIComponent(session.token)}`,
+          defaultViewport: null,
+        });
+        const cdp = await agent.target().createCDPSession();
+        const disconnected = new Promise((resolve) => agent.once('disconnected', resolve));
+        // Crashes the browser process on its main thread: a real crash, not a close.
+        cdp.send('Browser.crash').catch(() => {});
+        await disconnected;
+
+        await waitFor(async () => (await texts()).includes('the browser is starting again…'), { timeoutMs: 10_000, what: 'the viewer saying the browser restarts' });
+        await page.waitForFunction(() => document.body.dataset.state === 'connected', null, { timeout: 30_000, polling: 100 });
+        await waitFor(async () => (await canvasColorShare(page, MAGENTA)) > 0.5, { timeoutMs: 30_000, what: 'the page on screen again' });
+        const seen = await texts();
+        assert.deepEqual(seen.slice(seen.indexOf('the browser is starting again…')), ['the browser is starting again…', 'connected'], JSON.stringify(seen));
+        // The viewer shows the last close of either connection: there was none.
+        assert.equal(await page.textContent('#last-close'), '', 'the VNC and control connections stayed up');
+
+        // The browser is back for agents too.
+        const again = await puppeteer.connect({
+          browserWSEndpoint: `ws://127.0.0.1:${server.port}/api/sessions/${session.id}/cdp?token=${encodeURIComponent(session.token)}`,
+          defaultViewport: null,
+        });
+        const tabs = await again.pages();
+        assert.ok(tabs.some((tab) => tab.url() === pages.url), `a tab shows the start page again: ${tabs.map((tab) => tab.url())}`);
+        await again.disconnect();
+        assert.deepEqual(problems(), [], 'no error or warning in the console');
+      },
+      async () => `[e2e] status texts: ${JSON.stringify(await texts().catch(() => null))}\n[e2e] ---- browser console (tail) ----\n${consoleTail()}`,
     );
   });
 });

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use livesession_desktop::{BrowserState, DesktopHandle};
+use livesession_desktop::{BrowserState, DesktopHandle, devtools};
 
 use super::{DesktopStatus, Desktops};
 
@@ -17,7 +17,13 @@ const POLL: Duration = Duration::from_millis(250);
 
 /// Runs while the session's slot still holds this start (`generation`) and its desktop
 /// is `handle`, ready or restarting.
-pub(super) async fn follow(desktops: Arc<Desktops>, id: String, generation: u64, handle: Arc<DesktopHandle>) {
+pub(super) async fn follow(
+    desktops: Arc<Desktops>,
+    id: String,
+    generation: u64,
+    handle: Arc<DesktopHandle>,
+    start_url: String,
+) {
     let mut restarting = false;
     loop {
         tokio::time::sleep(POLL).await;
@@ -40,6 +46,9 @@ pub(super) async fn follow(desktops: Arc<Desktops>, id: String, generation: u64,
             BrowserState::Running { starts } if restarting => {
                 tracing::info!(session_id = %id, starts, "the desktop's browser is back");
                 restarting = false;
+                if let Err(e) = reopen_if_empty(&handle, &start_url).await {
+                    tracing::warn!(session_id = %id, error = %e, "could not reopen the start page in the restarted browser");
+                }
                 publish(&desktops, &id, generation, &handle, DesktopStatus::Ready(handle.clone()));
             }
             BrowserState::Gone => {
@@ -78,4 +87,24 @@ fn publish(desktops: &Desktops, id: &str, generation: u64, handle: &Arc<DesktopH
             _ => false,
         });
     }
+}
+
+/// Chromium restores its last session's tabs, but only once it has written them (a few
+/// seconds after a change): a browser that crashed sooner comes back with a new-tab page.
+/// Then the session's start page is opened, as at its first start.
+async fn reopen_if_empty(handle: &DesktopHandle, start_url: &str) -> std::io::Result<()> {
+    // The restored tabs are listed once Chromium has opened them.
+    let mut targets = Vec::new();
+    for _ in 0..20 {
+        targets = devtools::list_targets(&handle.devtools_socket).await?;
+        if targets.iter().any(|t| t.kind == "page") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let tabs = devtools::tabs_of(&targets);
+    if tabs.is_empty() || tabs == ["about:blank"] {
+        devtools::navigate(&handle.devtools_socket, start_url).await?;
+    }
+    Ok(())
 }

@@ -443,7 +443,7 @@ impl Desktops {
         };
         match published {
             // Not on `self.tasks`: shutdown need not wait for it; it ends with the slot.
-            Some(handle) => drop(tokio::spawn(browser::follow(self.clone(), id, generation, handle))),
+            Some(handle) => drop(tokio::spawn(browser::follow(self.clone(), id, generation, handle, session.start_url))),
             None => self.runtime.stop(&id).await,
         }
     }
