@@ -17,6 +17,8 @@ npm ci --prefix e2e --no-audit --no-fund --loglevel=error
 echo "==> cargo test"
 cargo build --locked --workspace --all-targets
 cargo test --locked --workspace
+# What the fault-injection suite tried and what held (tests/integration/faults.rs).
+cat "${CARGO_TARGET_DIR:-target}/tmp/fault-report.txt"
 
 echo "==> Playwright end-to-end tests"
 LIVESESSION_BIN="$PWD/target/debug/livesession" node --test --test-concurrency=1 e2e/

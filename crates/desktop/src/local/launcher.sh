@@ -23,6 +23,8 @@
 #   LS_HOST_PORTS  loopback ports of the host forwarded into the desktop, space-separated;
 #                each is relayed to "$LS_GATE/hostport-<port>.sock", served by the gateway
 #   LS_GATE      the gateway's read-only directory of sockets it serves to the desktop
+#   LS_LIFELINE_FD  the read end of the server's lifeline (lifeline.rs): at its end of
+#                file the server is gone, and the desktop ends within a moment
 set -u
 declare -A piece=()
 MAX_RESTARTS=5
@@ -40,11 +42,40 @@ else
     openbox_rc="$LS_RUN/../etc/openbox-rc.xml"
 fi
 
+# Ends the desktop: $1 the piece (or cause), $2 its status, $3 the signal for the
+# pieces (TERM by default; a piece that ignores it, as Xvnc can while it starts, is
+# killed a second later).
 ended() {
+    trap - TERM USR1
     printf '%s %s\n' "$1" "$2" > "$LS_RUN/exit.tmp" && mv "$LS_RUN/exit.tmp" "$LS_RUN/exit"
-    kill -TERM "${!piece[@]}" 2>/dev/null
+    local signal=${3:-TERM} i
+    # The pieces, and every job: a trap can run right after a piece started and before
+    # it was written down.
+    local all=("${!piece[@]}" $(jobs -p))
+    kill "-$signal" "${all[@]}" 2>/dev/null
+    if [ "$signal" != KILL ]; then
+        for ((i = 0; i < 50; i++)); do
+            kill -0 "${all[@]}" 2>/dev/null || break
+            sleep 0.02
+        done
+        kill -KILL "${all[@]}" 2>/dev/null
+    fi
     exit 1
 }
+
+# Stopped by the server (SIGTERM): take every piece along.
+trap 'ended stopped 143' TERM
+# The server is gone (the lifeline below): nothing will be saved, end at once.
+trap 'ended lifeline 1 KILL' USR1
+
+# The lifeline, before anything else starts: nothing is ever written to it, so the read
+# returns only when the server's process has ended (however it ended); then the
+# supervisor is told to end, wherever it is waiting.
+if [ -n "${LS_LIFELINE_FD:-}" ]; then
+    supervisor=$$
+    ( read -r -u "$LS_LIFELINE_FD" _; kill -USR1 "$supervisor" ) &
+    piece[$!]=lifeline
+fi
 
 # Waits until file $1 is non-empty while checking that pid $2 is alive.
 wait_for() {

@@ -20,6 +20,7 @@
 
 mod cgroup;
 mod forward;
+mod lifeline;
 mod writable;
 mod pool;
 mod process;
@@ -120,6 +121,8 @@ struct Inner {
     /// stopped, and waited for by `stop` (so a new desktop for the id never starts in
     /// the directory being copied).
     saving: tokio::sync::watch::Sender<BTreeSet<String>>,
+    /// Every desktop ends when this process does (`lifeline.rs`).
+    lifeline: lifeline::Lifeline,
 }
 
 /// How long Chromium gets to exit after `Browser.close` before it is killed.
@@ -188,6 +191,7 @@ impl Inner {
             uid_slots: Default::default(),
             pool: pool::WarmPool::default(),
             saving: tokio::sync::watch::channel(BTreeSet::new()).0,
+            lifeline: lifeline::Lifeline::new()?,
         };
         runtime.reap_stale();
         Ok(runtime)
@@ -457,6 +461,7 @@ impl Inner {
             ("LS_CHROMIUM_ARGS", chromium_args.join("\n")),
             ("LS_CHROMIUM_RESTART_ARGS", restart_args.join("\n")),
             ("LS_HOST_PORTS", host_ports.join(" ")),
+            ("LS_LIFELINE_FD", self.lifeline.fd().to_string()),
         ];
         let internet = sandboxed && self.config.egress.mode == EgressMode::Internet;
         if internet {
@@ -625,6 +630,8 @@ impl Inner {
         let mut slirp = Command::new(&tools.slirp4netns);
         slirp
             .args(["--configure", "--mtu=65520", "--disable-host-loopback", "--enable-seccomp"])
+            // Ends with the server (`lifeline.rs`).
+            .arg(format!("--exit-fd={}", self.lifeline.fd()))
             .arg(format!("--userns-path=/proc/{inner}/ns/user"))
             .arg(inner.to_string())
             .arg("tap0")

@@ -6,6 +6,7 @@ mod cdp;
 mod control;
 mod defences;
 mod doctor;
+mod faults;
 mod files;
 mod hibernation;
 mod lifecycle;

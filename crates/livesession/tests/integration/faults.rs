@@ -1,0 +1,374 @@
+//! The fault-injection suite: the server's promises checked while it is killed. Each
+//! round starts the real `livesession` binary on one data directory, creates sessions,
+//! opens viewers (starting desktops, warm ones included) and posts Stripe webhooks, then
+//! SIGKILLs the server at a random moment. Then: every desktop process is gone within 2 s
+//! (the lifeline), and a restarted server on the same directory has every acknowledged
+//! session exactly once and a session for every acknowledged webhook.
+//!
+//! `LIVESESSION_FAULT_ROUNDS` rounds (default 20; 100 or more by hand), seeded by
+//! `LIVESESSION_FAULT_SEED` (printed, so a failing round can be replayed). The table of
+//! what was tried and what held goes to stderr and to `<target tmp>/fault-report.txt`
+//! (scripts/test.sh prints it):
+//!
+//! ```text
+//! LIVESESSION_FAULT_ROUNDS=100 cargo test -p livesession --test integration faults:: -- --nocapture
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::payments::completed;
+use crate::support::ADMIN;
+
+const WEBHOOK_SECRET: &str = "whsec_faults";
+
+/// A tiny deterministic generator (xorshift64*): the rounds are replayable from the seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform in `[lo, hi)` milliseconds.
+    fn millis(&mut self, lo: u64, hi: u64) -> Duration {
+        Duration::from_millis(lo + self.next() % (hi - lo))
+    }
+}
+
+/// The real server binary, started as its own process.
+struct ServerProcess {
+    child: tokio::process::Child,
+    base: String,
+    http: reqwest::Client,
+}
+
+impl ServerProcess {
+    fn start(data: &Path) -> Self {
+        livesession_billing::install_tls_provider();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(data.join("server.log")).unwrap();
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_livesession"))
+            .arg("serve")
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("LIVESESSION_LISTEN", format!("127.0.0.1:{port}"))
+            .env("LIVESESSION_DATA_DIR", data)
+            .env("LIVESESSION_ADMIN_TOKEN", ADMIN)
+            .env("LIVESESSION_WARM_DESKTOPS", "1")
+            .env("LIVESESSION_STRIPE_SECRET_KEY", "sk_test_faults")
+            .env("LIVESESSION_STRIPE_WEBHOOK_SECRET", WEBHOOK_SECRET)
+            // Never called: no checkout is created here.
+            .env("LIVESESSION_STRIPE_API_BASE", "http://127.0.0.1:9")
+            .env("LIVESESSION_LOG_FORMAT", "json")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the livesession binary starts");
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(20)).build().unwrap();
+        Self { child, base: format!("http://127.0.0.1:{port}"), http }
+    }
+
+    async fn wait_healthy(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(r) = self.http.get(format!("{}/healthz", self.base)).send().await {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the server did not answer /healthz within {limit:?}");
+    }
+
+    fn kill(&mut self) {
+        let pid = self.child.id().expect("still running") as i32;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    }
+
+    async fn stop(mut self) {
+        if let Some(pid) = self.child.id() {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+        }
+        let status = tokio::time::timeout(Duration::from_secs(60), self.child.wait()).await;
+        assert!(status.is_ok(), "the server did not stop within 60 s of SIGTERM");
+    }
+}
+
+/// What the clients were told succeeded before the kill.
+#[derive(Default)]
+struct Acknowledged {
+    sessions: BTreeSet<String>,
+    checkouts: BTreeSet<String>,
+    viewers: usize,
+}
+
+/// Clients working against the server until it dies: each step is recorded only once
+/// the server answered it.
+async fn clients(server: Arc<(String, reqwest::Client)>, round: usize, seen: Arc<Mutex<Acknowledged>>) {
+    let (base, http) = (&server.0, &server.1);
+    let mut viewers = Vec::new();
+    for step in 0.. {
+        // A session, a viewer on it (starts its desktop), and a paid checkout's webhook.
+        let created = http
+            .post(format!("{base}/api/sessions"))
+            .bearer_auth(ADMIN)
+            .json(&json!({}))
+            .send()
+            .await;
+        let Ok(created) = created else { return };
+        if created.status() != 201 {
+            return;
+        }
+        let Ok(body) = created.json::<Value>().await else { return };
+        let (id, token) = (body["id"].as_str().unwrap().to_owned(), body["token"].as_str().unwrap().to_owned());
+        seen.lock().unwrap().sessions.insert(id.clone());
+        if step < 2 {
+            let url = format!("{}/api/sessions/{id}/vnc?token={token}", base.replace("http://", "ws://"));
+            if let Ok((ws, _)) = tokio_tungstenite::connect_async(url).await {
+                seen.lock().unwrap().viewers += 1;
+                viewers.push(ws);
+            }
+        }
+        let cs = format!("cs_fault_{round}_{step}");
+        let event = completed(&cs, &format!("pi_fault_{round}_{step}"), 100);
+        let payload = event.to_string();
+        let header = livesession_billing::signature_header(
+            payload.as_bytes(),
+            WEBHOOK_SECRET,
+            time::OffsetDateTime::now_utc().unix_timestamp(),
+        );
+        let delivered = http
+            .post(format!("{base}/api/stripe/webhook"))
+            .header("stripe-signature", header)
+            .body(payload)
+            .send()
+            .await;
+        match delivered {
+            Ok(r) if r.status().is_success() => {
+                seen.lock().unwrap().checkouts.insert(cs);
+            }
+            _ => return,
+        }
+        // Spread over the round, so the kill can land between any two of them.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+}
+
+/// Live (not zombie) processes that belong to the data directory's desktops: those
+/// naming it on their command line (bubblewrap, its shells) and every member of the
+/// process groups and PID namespaces its desktops recorded since `since` (older records
+/// are of desktops a restart reaped: their numbers may belong to others by now).
+fn desktop_processes(data: &Path, since: std::time::SystemTime) -> Vec<(i32, String)> {
+    let needle = data.to_string_lossy().into_owned();
+    let mut pids: BTreeSet<i32> = BTreeSet::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse::<i32>().ok()) else { continue };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(&needle) {
+            pids.insert(pid);
+        }
+    }
+    if let Ok(dirs) = std::fs::read_dir(data.join("desktops")) {
+        for dir in dirs.flatten() {
+            let recent = std::fs::metadata(dir.path().join("desktop.pgid"))
+                .and_then(|m| m.modified())
+                .is_ok_and(|at| at >= since);
+            if !recent {
+                continue;
+            }
+            let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).ok().and_then(|s| s.trim().parse::<u64>().ok());
+            let pgid = read("desktop.pgid").unwrap_or(0) as i32;
+            let pidns = read("desktop.pidns");
+            pids.extend(livesession_desktop::members(pgid, pidns));
+        }
+    }
+    pids.into_iter()
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            !stat.is_empty() && !stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z'))
+        })
+        .map(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let fields: Vec<&str> = stat.rsplit_once(") ").map(|(_, r)| r.split(' ').collect()).unwrap_or_default();
+            // ppid, pgid, and the first words of the command (the launcher's is a whole script).
+            let first: String = text.chars().take(60).collect();
+            (pid, format!("ppid {} pgid {} {}", fields.get(1).unwrap_or(&"?"), fields.get(2).unwrap_or(&"?"), first.lines().next().unwrap_or("")))
+        })
+        .collect()
+}
+
+/// Waits up to `limit` for no desktop process to remain; how long it took, or what is left.
+async fn desktops_gone(data: &Path, since: std::time::SystemTime, limit: Duration) -> Result<Duration, Vec<(i32, String)>> {
+    let started = Instant::now();
+    loop {
+        let left = desktop_processes(data, since);
+        if left.is_empty() {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() > limit {
+            return Err(left);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Every session the server knows, by id (admin listing, newest first).
+async fn all_sessions(server: &ServerProcess) -> Vec<Value> {
+    let list: Value = server
+        .http
+        .get(format!("{}/api/sessions?limit=1000", server.base))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    list["sessions"].as_array().expect("a session list").clone()
+}
+
+struct RoundReport {
+    kill_after: Duration,
+    sessions: usize,
+    viewers: usize,
+    webhooks: usize,
+    processes_at_kill: usize,
+    gone_after: Duration,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_killed_at_any_moment_leaves_no_desktop_and_loses_nothing() {
+    let rounds: usize = std::env::var("LIVESESSION_FAULT_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
+    let seed: u64 = std::env::var("LIVESESSION_FAULT_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1);
+    let mut rng = Rng(seed);
+    let data = tempfile::Builder::new().prefix("lsf").tempdir_in("/tmp").unwrap();
+    let mut all_acknowledged = Acknowledged::default();
+    let mut reports = Vec::new();
+
+    for round in 0..rounds {
+        let round_began = std::time::SystemTime::now();
+        let mut server = ServerProcess::start(data.path());
+        // Anywhere from before the first answer to desktops running and webhooks arriving.
+        let kill_after = rng.millis(100, 6000);
+        let started = Instant::now();
+        let seen = Arc::new(Mutex::new(Acknowledged::default()));
+        let shared = Arc::new((server.base.clone(), server.http.clone()));
+        let work = {
+            let (shared, seen) = (shared.clone(), seen.clone());
+            tokio::spawn(async move {
+                // Clients begin once the server answers (or never, if it dies first).
+                for _ in 0..300 {
+                    if shared.1.get(format!("{}/healthz", shared.0)).send().await.is_ok() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                clients(shared, round, seen).await;
+            })
+        };
+        tokio::time::sleep(kill_after.saturating_sub(started.elapsed())).await;
+        let processes_at_kill = desktop_processes(data.path(), round_began).len();
+        server.kill();
+        let _ = server.child.wait().await;
+        let gone = desktops_gone(data.path(), round_began, Duration::from_secs(2)).await;
+        work.abort();
+        let _ = work.await;
+        let gone_after = gone.unwrap_or_else(|left| {
+            panic!("round {round} (seed {seed}, killed after {kill_after:?}): desktop processes still running 2 s after the server was killed: {left:#?}")
+        });
+        {
+            let seen = seen.lock().unwrap();
+            all_acknowledged.sessions.extend(seen.sessions.iter().cloned());
+            all_acknowledged.checkouts.extend(seen.checkouts.iter().cloned());
+            reports.push(RoundReport {
+                kill_after,
+                sessions: seen.sessions.len(),
+                viewers: seen.viewers,
+                webhooks: seen.checkouts.len(),
+                processes_at_kill,
+                gone_after,
+            });
+        }
+
+        // A restart on the same directory: the store is consistent.
+        let restart_began = std::time::SystemTime::now();
+        let restarted = ServerProcess::start(data.path());
+        restarted.wait_healthy(Duration::from_secs(60)).await;
+        let sessions = all_sessions(&restarted).await;
+        let mut by_id: BTreeMap<String, usize> = BTreeMap::new();
+        let mut by_checkout: BTreeMap<String, usize> = BTreeMap::new();
+        for s in &sessions {
+            *by_id.entry(s["id"].as_str().unwrap().to_owned()).or_default() += 1;
+            if let Some(cs) = s["checkout_session_id"].as_str() {
+                *by_checkout.entry(cs.to_owned()).or_default() += 1;
+            }
+        }
+        for (id, n) in &by_id {
+            assert_eq!(*n, 1, "round {round} (seed {seed}): session {id} is listed {n} times");
+        }
+        for id in &all_acknowledged.sessions {
+            assert!(by_id.contains_key(id), "round {round} (seed {seed}): the acknowledged session {id} was lost");
+        }
+        for cs in &all_acknowledged.checkouts {
+            assert_eq!(
+                by_checkout.get(cs).copied().unwrap_or(0),
+                1,
+                "round {round} (seed {seed}): the acknowledged webhook for {cs} is not reflected by exactly one session"
+            );
+        }
+        restarted.stop().await;
+        let gone = desktops_gone(data.path(), restart_began, Duration::from_secs(5)).await;
+        assert!(gone.is_ok(), "round {round}: a gracefully stopped server left desktop processes: {gone:?}");
+    }
+
+    let mut table = String::new();
+    writeln!(table, "fault suite: {rounds} rounds, seed {seed} (LIVESESSION_FAULT_SEED replays them)").unwrap();
+    writeln!(table, "round  killed after  sessions  viewers  webhooks  desktop procs at kill  all gone after").unwrap();
+    for (n, r) in reports.iter().enumerate() {
+        writeln!(
+            table,
+            "{n:>5}  {:>9} ms  {:>8}  {:>7}  {:>8}  {:>21}  {:>11} ms",
+            r.kill_after.as_millis(),
+            r.sessions,
+            r.viewers,
+            r.webhooks,
+            r.processes_at_kill,
+            r.gone_after.as_millis()
+        )
+        .unwrap();
+    }
+    let worst = reports.iter().map(|r| r.gone_after).max().unwrap_or_default();
+    writeln!(
+        table,
+        "held: every round 0 desktop processes within 2 s of SIGKILL (worst {} ms); after each restart {} acknowledged sessions each listed once, {} acknowledged webhooks each reflected by one session",
+        worst.as_millis(),
+        all_acknowledged.sessions.len(),
+        all_acknowledged.checkouts.len()
+    )
+    .unwrap();
+    eprintln!("{table}");
+    let report = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fault-report.txt");
+    std::fs::write(&report, &table).unwrap();
+    assert!(
+        reports.iter().any(|r| r.processes_at_kill > 0),
+        "no round killed the server while a desktop ran: the suite tried nothing"
+    );
+}
