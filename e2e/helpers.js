@@ -267,7 +267,7 @@ export function startTestPageServer() {
  * Starts `srv` on a free 127.0.0.1 port: resolves to the URL of `pathname` on it,
  * the page's `state`, and `close()`.
  */
-function listenOnLoopback(srv, pathname, state) {
+export function listenOnLoopback(srv, pathname, state) {
   return new Promise((resolve, reject) => {
     srv.on('error', reject);
     srv.listen(0, '127.0.0.1', () => {

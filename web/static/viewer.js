@@ -33,10 +33,16 @@
 // cursor seen>`, so an update is neither repeated nor lost across reconnects
 // (the panel also drops any it has seen). A task waiting for the person offers
 // the banner's own "Take control".
+//
+// Files (files-panel.js): the session's files (the remote browser's downloads
+// and uploads), listed at GET /api/sessions/{id}/files on every CONNECTED and
+// followed live through FILE_ADDED; interactive viewers upload (the panel's
+// picker, or files dropped on the page) into the remote browser's Downloads.
 
 import { Backoff } from './backoff.js';
 import { describe, hint, isFinal } from './closecodes.js';
 import { ControlClient, isAuthClose, retryAfterMs } from './control.js';
+import { FilesApi, FilesPanel } from './files-panel.js';
 import { HandoverUi } from './handover.js';
 import { TaskPanel } from './task-panel.js';
 import { TaskApi } from './tasks.js';
@@ -83,6 +89,11 @@ function main() {
     refreshToken: sessionTokenProvider(id, { initialToken: linkToken }),
     url: () => channelUrl(id, 'control'),
     query: () => ({ tasks_after: tasks.lastCursor > 0 ? tasks.lastCursor : null }),
+  });
+  // The session's files (files-panel.js): listed on CONNECTED, then FILE_ADDED.
+  const files = new FilesPanel({
+    sessionId: id,
+    api: new FilesApi(id, { auth: { ensure: () => control.ensureToken(), renew: () => control.refreshAuth('expired') } }),
   });
   const vnc = new VncConnection(document.getElementById('screen'));
   const handover = new HandoverUi();
@@ -157,6 +168,7 @@ function main() {
     ui.stopExpiry();
     handover.clear();
     tasks.end();
+    files.end();
     // The session is over for this page: drop the auth state too.
     if (!leaveControl && control.state !== 'stopped') control.forceDisconnect();
     vnc.disconnect();
@@ -199,6 +211,8 @@ function main() {
         applyInputMode();
         // The list on every (re)connect: tasks and states while this page was away.
         tasks.refresh();
+        files.setRole(role);
+        files.refresh();
         break;
       case 'CONTROL':
         onControl(msg);
@@ -208,6 +222,9 @@ function main() {
         break;
       case 'TASK_UPDATE':
         tasks.update(msg);
+        break;
+      case 'FILE_ADDED':
+        files.added(msg);
         break;
       case 'PONG':
         break;

@@ -69,6 +69,7 @@ pub struct DesktopDir {
 enum Kind {
     Socket,
     File,
+    Directory,
 }
 
 impl fmt::Display for Kind {
@@ -76,6 +77,7 @@ impl fmt::Display for Kind {
         f.write_str(match self {
             Kind::Socket => "a socket",
             Kind::File => "a regular file",
+            Kind::Directory => "a directory",
         })
     }
 }
@@ -181,6 +183,7 @@ impl DesktopDir {
         let expected = match kind {
             Kind::Socket => "a socket",
             Kind::File => "a regular file",
+            Kind::Directory => "a directory",
         };
         if found != expected {
             return Err(ConfinedError::Tampered {
@@ -212,6 +215,14 @@ impl DesktopDir {
         let mut bytes = Vec::with_capacity(len.min(max) as usize);
         file.take(max).read_to_end(&mut bytes).map_err(io)?;
         Ok(bytes)
+    }
+
+    /// Opens a directory under this one that belongs to the desktop's user (e.g.
+    /// `home/Downloads`), never through a link: the descriptor is for `*at` calls, so
+    /// what is read or written through it stays in that directory, whatever the desktop
+    /// renames meanwhile.
+    pub fn open_dir(&self, relative: &str) -> Result<OwnedFd, ConfinedError> {
+        self.open_checked(relative, OFlag::O_RDONLY | OFlag::O_DIRECTORY, Kind::Directory)
     }
 
     /// Creates a new file the desktop reads (never opening one that is already there,
@@ -252,6 +263,11 @@ impl DesktopSocket {
 
     pub fn name(&self) -> &str {
         &self.relative
+    }
+
+    /// The desktop's directory the socket is in.
+    pub fn dir(&self) -> &DesktopDir {
+        &self.dir
     }
 
     /// Connects to the socket that is really there: not through a link, only if it is a

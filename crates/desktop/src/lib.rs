@@ -154,6 +154,26 @@ pub struct DesktopHandle {
     pub pidns: Option<u64>,
 }
 
+/// Where a desktop's browser saves downloads, relative to the desktop's directory
+/// ([`DesktopHandle::files`]): `~/Downloads` of the desktop's user (inside the sandbox,
+/// `/home/desktop/Downloads`, Chromium's `DownloadDirectory` policy).
+pub const DOWNLOADS_DIR: &str = "home/Downloads";
+
+impl DesktopHandle {
+    /// The desktop's own directory on the host (its home is `home/`, see
+    /// [`DOWNLOADS_DIR`]) and the uid its processes run as, for reaching its files
+    /// without following the links its user may plant there ([`DesktopDir`]).
+    pub fn files(&self) -> &DesktopDir {
+        self.vnc_socket.dir()
+    }
+
+    /// The uid the desktop's processes run as: what it writes belongs to it, and what the
+    /// server puts in its home is given to it.
+    pub fn owner(&self) -> u32 {
+        self.files().owner()
+    }
+}
+
 /// The browser inside a running desktop, as the desktop's supervisor reports it: it
 /// starts Chromium again when it exits unasked (a crash, its last window closed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -284,6 +284,7 @@ pub async fn build(config: ServeConfig, local_addr: SocketAddr) -> Result<Arc<Ap
             },
         },
         tasks.clone(),
+        crate::downloads::DesktopFiles::new(crate::session_files::SessionFiles::new(data_dir.join("files"))),
     );
     let events = crate::events::Events::new(events_target, login_store.clone(), tasks.clone(), shutdown.clone());
     let recordings = crate::recording::Recordings::new(

@@ -13,6 +13,7 @@ pub mod cli;
 pub mod config;
 mod desktops;
 pub mod doctor;
+mod downloads;
 mod error;
 pub mod events;
 mod handlers;

@@ -1,12 +1,12 @@
 //! A session's files: one server-owned directory per session, `<data>/files/<session id>/`,
-//! that holds what a person uploads (and, once the desktop mounts it as its Downloads
-//! folder, what its browser downloads). Files go with the session: the directory is
+//! that holds what a person uploads and what the session's browser downloads (copied out
+//! of the desktop's Downloads folder by `downloads.rs`, which also copies this folder
+//! into every desktop the session gets). Files go with the session: the directory is
 //! removed when the session ends, and at start-up for sessions that ended meanwhile.
 //!
-//! The directory may be written by the desktop (its own uid), so nothing in it is
-//! trusted: the server never follows a link there (every open is `O_NOFOLLOW`, and only
-//! regular files are listed or served), and names are checked by [`check_name`] before
-//! any path is made from them. Uploads are written to a fresh temporary file and renamed
+//! What the desktop downloads is as untrusted as the desktop, so the server never
+//! follows a link here (every open is `O_NOFOLLOW`, and only regular files are listed or
+//! served), and names are checked by [`check_name`] before any path is made from them. Uploads are written to a fresh temporary file and renamed
 //! into place without replacing anything (`RENAME_NOREPLACE`), so a file appears whole or
 //! not at all, and a name the desktop creates meanwhile is never overwritten.
 
@@ -173,6 +173,11 @@ impl SessionFiles {
         Ok(files)
     }
 
+    /// One file's entry, if the session has a completed regular file of that name.
+    pub fn entry(&self, id: &str, name: &str) -> std::io::Result<Option<FileEntry>> {
+        Ok(self.list(id)?.into_iter().find(|f| f.name == name))
+    }
+
     /// Opens a file to read it: never through a link, only a regular file.
     pub fn open(&self, id: &str, name: &str) -> Result<(std::fs::File, u64), FilesError> {
         check_name(name).map_err(FilesError::BadName)?;
@@ -197,8 +202,27 @@ impl SessionFiles {
     /// Starts an upload: checks the name, the count and that the name is free, and opens a
     /// fresh temporary file in the session's directory.
     pub fn begin_upload(&self, id: &str, name: &str) -> Result<Upload, FilesError> {
+        self.begin(id, name, true)
+    }
+
+    /// [`SessionFiles::begin_upload`], but only into a directory that exists already
+    /// (`NotFound` otherwise): a download handed over by a desktop whose session has just
+    /// ended must not make the removed directory again.
+    pub fn begin_copy(&self, id: &str, name: &str) -> Result<Upload, FilesError> {
+        self.begin(id, name, false)
+    }
+
+    fn begin(&self, id: &str, name: &str, create: bool) -> Result<Upload, FilesError> {
         check_name(name).map_err(FilesError::BadName)?;
-        let dir = self.ensure_dir(id)?;
+        let dir = if create {
+            self.ensure_dir(id)?
+        } else {
+            let dir = self.dir(id).ok_or(FilesError::NotFound)?;
+            match std::fs::symlink_metadata(&dir) {
+                Ok(meta) if meta.is_dir() => dir,
+                _ => return Err(FilesError::NotFound),
+            }
+        };
         if self.list(id)?.len() >= MAX_FILES {
             return Err(FilesError::TooMany);
         }
@@ -319,7 +343,7 @@ impl Drop for Upload {
     }
 }
 
-fn random_hex() -> String {
+pub(crate) fn random_hex() -> String {
     let mut bytes = [0u8; 12];
     getrandom_fill(&mut bytes);
     bytes.iter().map(|b| format!("{b:02x}")).collect()

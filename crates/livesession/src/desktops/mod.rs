@@ -182,6 +182,8 @@ pub struct Desktops {
     tasks: TaskTracker,
     /// Wakes the keeper (`idle.rs`): someone waits in line, or a desktop became idle.
     wake: Notify,
+    /// The sessions' files, copied into each desktop and out of its Downloads.
+    files: Arc<crate::downloads::DesktopFiles>,
 }
 
 /// Counts a connection or task run as activity on its session's desktop while held: a
@@ -211,6 +213,7 @@ impl Desktops {
         task_queue: Arc<livesession_tasks::TaskQueue>,
         limits: DesktopLimits,
         tasks: TaskTracker,
+        files: Arc<crate::downloads::DesktopFiles>,
     ) -> Arc<Self> {
         Arc::new(Self {
             runtime,
@@ -223,7 +226,13 @@ impl Desktops {
             limits,
             tasks,
             wake: Notify::new(),
+            files,
         })
+    }
+
+    /// The sessions' files and their `FILE_ADDED` events (downloads.rs).
+    pub fn files(&self) -> &Arc<crate::downloads::DesktopFiles> {
+        &self.files
     }
 
     pub fn runtime(&self) -> &Arc<dyn DesktopRuntime> {
@@ -428,6 +437,8 @@ impl Desktops {
                 Err(e) => tracing::error!(session_id = %id, error = %e, "could not record the resume; the session still reads hibernated"),
             }
         }
+        // The session's files are in the desktop's Downloads before anyone can use it.
+        let files = self.files.bind(&id, &handle).await;
         let published = {
             let mut inner = self.inner.lock().unwrap();
             match inner.slots.get_mut(&id) {
@@ -443,7 +454,10 @@ impl Desktops {
         };
         match published {
             // Not on `self.tasks`: shutdown need not wait for it; it ends with the slot.
-            Some(handle) => drop(tokio::spawn(browser::follow(self.clone(), id, generation, handle, session.start_url))),
+            Some(handle) => {
+                drop(tokio::spawn(files.run(self.clone(), handle.clone())));
+                drop(tokio::spawn(browser::follow(self.clone(), id, generation, handle, session.start_url)));
+            }
             None => self.runtime.stop(&id).await,
         }
     }

@@ -85,6 +85,12 @@ pub enum ServerMessage {
         #[serde(skip_serializing_if = "Option::is_none")]
         screenshot_url: Option<String>,
     },
+    /// A file was added to the session's files: uploaded, or downloaded by the desktop's
+    /// browser (`docs/protocol.md`).
+    FileAdded {
+        #[serde(flatten)]
+        entry: crate::session_files::FileEntry,
+    },
 }
 
 #[derive(Debug, Deserialize)]
@@ -230,6 +236,10 @@ async fn converse(app: &App, mut auth: Authorized, socket: &mut WebSocket, tasks
         server_time: OffsetDateTime::now_utc(),
         role: auth.claims.role,
     };
+    // Files added from now on (before CONNECTED: a client lists the files once it has that,
+    // so no file falls between its list and these events).
+    let mut files = app.desktops.files().subscribe(&session.id);
+    let mut files_open = true;
     send(socket, hello.text()).await?;
     app.desktops.forget_if_dead(&session.id).await;
     let mut desktop = match app.desktops.watch(session, &auth.end) {
@@ -331,6 +341,13 @@ async fn converse(app: &App, mut auth: Authorized, socket: &mut WebSocket, tasks
             event = tasks.next(), if last_sent.is_some() => {
                 send(socket, ServerMessage::task_update(event).text()).await?;
             }
+            added = files.recv(), if files_open => match added {
+                Ok(entry) => send(socket, ServerMessage::FileAdded { entry }.text()).await?,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::warn!(missed, "control connection fell behind the session's file events");
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => files_open = false,
+            },
             message = socket.recv() => {
                 let Some(Ok(message)) = message else { return None };
                 last_heard = Instant::now();

@@ -8,6 +8,10 @@
 //! Who: the admin token, or an access token of this session (bearer, `?token=` for
 //! reads, or the viewer's cookie from our own pages; CSRF-checked for the upload). View
 //! tokens list and download but do not upload. Another session's token gets nothing.
+//!
+//! An upload also goes into the live desktop's Downloads folder, and every file added
+//! (uploaded, or downloaded by the desktop's browser) is announced to the session's
+//! control connections as `FILE_ADDED` (downloads.rs).
 
 use axum::Json;
 use axum::body::Body;
@@ -21,6 +25,7 @@ use serde_json::json;
 
 use crate::app::{App, AppState};
 use crate::auth::Role;
+use crate::desktops::DesktopStatus;
 use crate::error::{ApiError, ApiQuery};
 use crate::handlers::TokenQuery;
 use crate::handlers::tasks::{Caller, session_caller};
@@ -29,7 +34,7 @@ use crate::session_files::{FilesError, MAX_FILE_BYTES, MAX_FILES, SessionFiles};
 
 /// The server's session files (`<data>/files/`).
 pub(crate) fn session_files(app: &App) -> SessionFiles {
-    SessionFiles::new(app.config.data_dir.join("files"))
+    app.desktops.files().files().clone()
 }
 
 fn file_not_found() -> ApiError {
@@ -225,5 +230,13 @@ pub async fn upload_file(
         .find(|f| f.name == name)
         .ok_or_else(file_not_found)?;
     tracing::info!(session_id = %id, bytes = entry.size, "file uploaded");
+    // Into the live desktop's Downloads, where a page's file chooser finds it (a desktop
+    // started later gets it when it starts: downloads.rs).
+    if let DesktopStatus::Ready(handle) | DesktopStatus::Restarting(handle) =
+        app.desktops.status(&id)
+    {
+        app.desktops.files().place(&id, &handle, &name).await;
+    }
+    app.desktops.files().publish(&id, entry.clone());
     Ok((StatusCode::CREATED, Json(entry)).into_response())
 }

@@ -3,6 +3,8 @@
 //! full session are refused with clear errors and nothing written; view tokens read only;
 //! another session's token gets nothing; links planted in the directory are never
 //! followed; the files go when the session ends (and at start-up, if it ended meanwhile).
+//! With a real desktop: uploads reach its Downloads folder, and a page's download reaches
+//! the session's folder and its control connections (`FILE_ADDED`).
 
 use serde_json::{Value, json};
 
@@ -421,21 +423,131 @@ async fn files_of_sessions_that_ended_while_the_server_was_down_are_removed_at_s
     assert_eq!(response.bytes().await.unwrap().as_ref(), b"keep");
 }
 
-/// Chromium's managed policy (chromium-policy.json) sends a page's download, without a
-/// prompt, into the desktop's `~/Downloads`, where the session's folder is to be mounted.
+/// The next text message of `kind` on a control channel (others are skipped).
+async fn next_of_type(
+    ws: &mut crate::support::Ws,
+    kind: &str,
+    limit: std::time::Duration,
+) -> Value {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    tokio::time::timeout(limit, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(text))) => {
+                    let value: Value = serde_json::from_str(&text).unwrap();
+                    if value["type"] == kind {
+                        return value;
+                    }
+                    assert_ne!(value["status"], "failed", "the desktop failed: {value}");
+                }
+                Some(Ok(_)) => {}
+                other => panic!("the control channel ended while waiting for {kind}: {other:?}"),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no {kind} within {limit:?}"))
+}
+
+/// Owner uid and permission bits of a path (not following a link).
+fn owner_and_mode(path: &std::path::Path) -> (u32, u32) {
+    use std::os::unix::fs::MetadataExt;
+    let meta =
+        std::fs::symlink_metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    (meta.uid(), meta.mode() & 0o7777)
+}
+
+/// The session's files and its desktop (downloads.rs): a file uploaded before the desktop
+/// starts is in its `~/Downloads` when it is ready, one uploaded while it runs is placed
+/// there at once (the desktop's uid's, mode 0644) and announced as `FILE_ADDED`; a page's
+/// download (Chromium's managed policy saves it without a prompt) is copied into the
+/// session's own folder, announced as `FILE_ADDED` and served by the files API; after a
+/// hibernation, the desktop the session resumes on has every file in its Downloads.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_page_download_lands_in_the_desktops_downloads_folder_without_a_prompt() {
+async fn a_page_download_reaches_the_sessions_files_and_uploads_reach_the_desktop() {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
+    let limit = std::time::Duration::from_secs(60);
     let page = crate::support::PageServer::start().await;
     let args = page.server_args();
-    let server = TestServer::start(&[args[0].as_str(), args[1].as_str()]).await;
+    // Idle for 2 s (no connection left), the desktop hibernates; the next one resumes it.
+    let server =
+        TestServer::start(&[args[0].as_str(), args[1].as_str(), "--idle-timeout", "2"]).await;
     let session = server
         .create_session(json!({ "ttl_seconds": 600, "start_url": page.url }))
         .await;
     let id = session["id"].as_str().unwrap();
     let token = session["token"].as_str().unwrap();
-    // Discovery starts the desktop; the page target's socket clicks the link.
+    let files_dir = server.data_path().join("files").join(id);
+    let downloads = server.desktop_dir(id).join("home/Downloads");
+
+    // Before the desktop exists: only in the session's folder.
+    assert_eq!(
+        upload(&server, id, "early.txt", token, b"early bytes".to_vec())
+            .await
+            .status(),
+        201
+    );
+    assert!(!server.desktop_dir(id).exists(), "no desktop yet");
+
+    // The control channel starts the desktop; the early file is in its Downloads once ready.
+    let mut control = crate::support::ws_connect(
+        &server,
+        &format!("/api/sessions/{id}/control?token={token}"),
+        &[],
+    )
+    .await;
+    loop {
+        let status = next_of_type(
+            &mut control,
+            "DESKTOP_STATUS",
+            std::time::Duration::from_secs(180),
+        )
+        .await;
+        if status["status"] == "ready" {
+            break;
+        }
+    }
+    let (desktop_uid, downloads_mode) = owner_and_mode(&downloads);
+    assert_eq!(
+        downloads_mode, 0o700,
+        "Downloads is the desktop's own folder"
+    );
+    assert_eq!(
+        owner_and_mode(&server.desktop_dir(id).join("home")).0,
+        desktop_uid,
+        "Downloads belongs to the desktop's uid, as its home does"
+    );
+    assert_eq!(
+        std::fs::read(downloads.join("early.txt")).unwrap(),
+        b"early bytes"
+    );
+    assert_eq!(
+        owner_and_mode(&downloads.join("early.txt")),
+        (desktop_uid, 0o644)
+    );
+
+    // An upload while the desktop runs: placed at once and announced.
+    let response = upload(&server, id, "later.txt", token, b"later".to_vec()).await;
+    assert_eq!(response.status(), 201);
+    let added = next_of_type(&mut control, "FILE_ADDED", limit).await;
+    assert_eq!(
+        (added["name"].as_str(), added["size"].as_u64()),
+        (Some("later.txt"), Some(5)),
+        "{added}"
+    );
+    assert!(added["modified"].as_str().unwrap().contains('T'), "{added}");
+    assert_eq!(
+        std::fs::read(downloads.join("later.txt")).unwrap(),
+        b"later"
+    );
+    assert_eq!(
+        owner_and_mode(&downloads.join("later.txt")),
+        (desktop_uid, 0o644)
+    );
+
+    // A page's download: the page target's socket clicks a download link.
     let mut target = None;
     for _ in 0..180 {
         let response = server
@@ -469,7 +581,6 @@ async fn a_page_download_lands_in_the_desktops_downloads_folder_without_a_prompt
     // The page may still be loading when it is listed: evaluate until it is ours, then click.
     let mut last = Value::Null;
     for n in 1..=120 {
-        // Title first; once it is the test page's, the same statement list clicks.
         let expression = "if (document.title === 'livesession test page') { const a = document.createElement('a'); a.href = 'data:text/plain,hello%20from%20the%20page'; a.download = 'hello.txt'; document.body.append(a); a.click(); 'clicked' } else { 'loading' }";
         let call = json!({ "id": n, "method": "Runtime.evaluate", "params": { "expression": expression } });
         ws.send(Message::text(call.to_string())).await.unwrap();
@@ -492,18 +603,97 @@ async fn a_page_download_lands_in_the_desktops_downloads_folder_without_a_prompt
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
     assert_eq!(last["result"]["result"]["value"], "clicked", "{last}");
-    let downloaded = server.desktop_dir(id).join("home/Downloads/hello.txt");
-    let mut content = None;
+
+    // Saved into the desktop's Downloads without a prompt, then handed over and announced.
+    let added = next_of_type(&mut control, "FILE_ADDED", limit).await;
+    assert_eq!(
+        (added["name"].as_str(), added["size"].as_u64()),
+        (Some("hello.txt"), Some(b"hello from the page".len() as u64)),
+        "{added}"
+    );
+    assert_eq!(
+        std::fs::read(downloads.join("hello.txt")).unwrap(),
+        b"hello from the page"
+    );
+    assert_eq!(
+        std::fs::read(files_dir.join("hello.txt")).unwrap(),
+        b"hello from the page"
+    );
+    let response = download(&server, id, "hello.txt", token).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.bytes().await.unwrap().as_ref(),
+        b"hello from the page"
+    );
+    let names: Vec<String> = list(&server, id, token)
+        .await
+        .iter()
+        .map(|f| f["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, vec!["early.txt", "hello.txt", "later.txt"]);
+    // Nothing else was announced (the early file was there before this connection).
+    let quiet = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        next_of_type(
+            &mut control,
+            "FILE_ADDED",
+            std::time::Duration::from_secs(10),
+        ),
+    )
+    .await;
+    assert!(quiet.is_err(), "one FILE_ADDED per new file: {quiet:?}");
+
+    // Everyone leaves: the desktop hibernates (its home goes with it). The session's files
+    // stay, and the desktop it resumes on has them all in its Downloads.
+    drop(ws);
+    drop(control);
+    let mut hibernated = false;
     for _ in 0..120 {
-        if let Ok(bytes) = std::fs::read(&downloaded) {
-            content = Some(bytes);
+        if server.get_session(id).await["desktop"] == "hibernated" {
+            hibernated = true;
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
+    assert!(hibernated, "the idle desktop hibernated");
+    assert!(!downloads.exists(), "the hibernated desktop's home is gone");
+    let mut control = crate::support::ws_connect(
+        &server,
+        &format!("/api/sessions/{id}/control?token={token}"),
+        &[],
+    )
+    .await;
+    loop {
+        let status = next_of_type(
+            &mut control,
+            "DESKTOP_STATUS",
+            std::time::Duration::from_secs(180),
+        )
+        .await;
+        if status["status"] == "ready" {
+            break;
+        }
+    }
+    let (resumed_uid, _) = owner_and_mode(&downloads);
+    for (name, bytes) in [
+        ("early.txt", &b"early bytes"[..]),
+        ("hello.txt", &b"hello from the page"[..]),
+        ("later.txt", &b"later"[..]),
+    ] {
+        assert_eq!(
+            std::fs::read(downloads.join(name)).unwrap(),
+            bytes,
+            "{name} in the resumed desktop"
+        );
+        assert_eq!(
+            owner_and_mode(&downloads.join(name)),
+            (resumed_uid, 0o644),
+            "{name}"
+        );
+    }
     assert_eq!(
-        content.as_deref(),
-        Some(&b"hello from the page"[..]),
-        "downloaded into ~/Downloads without a prompt"
+        list(&server, id, token).await.len(),
+        3,
+        "nothing handed over twice"
     );
 }
