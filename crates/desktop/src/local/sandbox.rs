@@ -198,14 +198,15 @@ pub fn command(
 /// (the sandbox's first process, already in the sandbox's user namespace), joins that
 /// namespace (as the user who created it, it may, and holds every capability there until
 /// it executes something) and, in the same process, sets `user.max_user_namespaces` there
-/// to [`USER_NAMESPACES_MAX`]. Perl (Essential on Debian) because `nsenter` would lose
+/// to [`USER_NAMESPACES_MAX`]. It gives up when bubblewrap is gone (the desktop was
+/// stopped before its sandbox started), so it never outlives the desktop. Perl (Essential on Debian) because `nsenter` would lose
 /// those capabilities when it executes the command that writes. Inside, the desktop's
 /// processes hold no capability in that namespace, so none can raise the limit again.
 fn limiter_script() -> String {
     let setns = nix::libc::SYS_setns;
     let newuser = nix::libc::CLONE_NEWUSER;
     format!(
-        r#"me=$(readlink /proc/self/ns/user); i=0; while [ $i -lt 2000 ]; do for c in $(cat /proc/$p/task/$p/children 2>/dev/null); do ns=$(readlink /proc/$c/ns/user 2>/dev/null) && [ "$ns" != "$me" ] && exec perl -e 'open(my $ns, "<", "/proc/$ARGV[0]/ns/user") or die "livesession: $!\n"; syscall({setns}, fileno($ns), {newuser}) == 0 or die "livesession: setns: $!\n"; open(my $f, ">", "/proc/sys/user/max_user_namespaces") or die "livesession: $!\n"; print $f "{USER_NAMESPACES_MAX}\n"; close($f) or die "livesession: $!\n";' "$c"; done; i=$((i+1)); sleep 0.005; done; echo "livesession: the sandbox's user-namespace limit could not be set" >&2"#
+        r#"me=$(readlink /proc/self/ns/user); i=0; while [ $i -lt 2000 ] && [ -e /proc/$p ]; do for c in $(cat /proc/$p/task/$p/children 2>/dev/null); do ns=$(readlink /proc/$c/ns/user 2>/dev/null) && [ "$ns" != "$me" ] && exec perl -e 'open(my $ns, "<", "/proc/$ARGV[0]/ns/user") or die "livesession: $!\n"; syscall({setns}, fileno($ns), {newuser}) == 0 or die "livesession: setns: $!\n"; open(my $f, ">", "/proc/sys/user/max_user_namespaces") or die "livesession: $!\n"; print $f "{USER_NAMESPACES_MAX}\n"; close($f) or die "livesession: $!\n";' "$c"; done; i=$((i+1)); sleep 0.005; done; echo "livesession: the sandbox's user-namespace limit could not be set" >&2"#
     )
 }
 

@@ -335,7 +335,9 @@ async fn a_server_killed_at_any_moment_leaves_no_desktop_and_loses_nothing() {
             );
         }
         restarted.stop().await;
-        let gone = desktops_gone(data.path(), restart_began, Duration::from_secs(5)).await;
+        // A graceful stop stops each desktop in turn (SIGTERM, a grace, SIGKILL), which
+        // takes longer than the lifeline's cut on a loaded machine.
+        let gone = desktops_gone(data.path(), restart_began, Duration::from_secs(15)).await;
         assert!(gone.is_ok(), "round {round}: a gracefully stopped server left desktop processes: {gone:?}");
     }
 
