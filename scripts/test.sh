@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 
-apt_install "${RUNTIME_PACKAGES[@]}" build-essential pkg-config procps
+apt_install "${RUNTIME_PACKAGES[@]}" build-essential pkg-config procps python3
 ensure_node
 ensure_rust
 install_web_client

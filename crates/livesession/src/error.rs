@@ -87,14 +87,51 @@ impl From<livesession_session::StoreError> for ApiError {
                 "another session is using this profile with persist: true (one writer at a time); \
                  end that session, or start this one with \"persist\": false to read a copy",
             ),
-            e => ApiError::internal("the session store failed", e),
+            e => match e.unavailable() {
+                Some(why) => ApiError::store_unavailable(why, &e),
+                None => ApiError::internal("the session store failed", e),
+            },
         }
     }
 }
 
 impl From<livesession_tasks::StoreError> for ApiError {
     fn from(e: livesession_tasks::StoreError) -> Self {
-        ApiError::internal("the task store failed", e)
+        match e.database().and_then(livesession_session::store::Unavailable::of) {
+            Some(why) => ApiError::store_unavailable(why, &e),
+            None => ApiError::internal("the task store failed", e),
+        }
+    }
+}
+
+impl ApiError {
+    /// The database cannot take a write now (disk full, locked past the busy timeout):
+    /// `503` with `Retry-After`, nothing changed. Logged with its cause.
+    pub fn store_unavailable(why: livesession_session::store::Unavailable, cause: &dyn std::fmt::Display) -> Self {
+        use livesession_session::store::Unavailable;
+        let (code, message, retry_after) = match why {
+            Unavailable::Full => (
+                "storage_full",
+                "the server's disk is full, so nothing was changed; try again later (the operator has been told in the log)",
+                60,
+            ),
+            Unavailable::Busy => (
+                "store_busy",
+                "the server's database is busy, so nothing was changed; try again in a few seconds",
+                5,
+            ),
+        };
+        tracing::error!(error = %cause, code, "the store could not take a write");
+        Self {
+            retry_after: Some(retry_after),
+            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
+        }
+    }
+
+    /// Writing a file failed because the disk is full: `503 storage_full`, like the store.
+    pub fn disk_full(cause: &std::io::Error) -> Option<Self> {
+        (cause.raw_os_error() == Some(nix::libc::ENOSPC))
+            .then(|| Self::store_unavailable(livesession_session::store::Unavailable::Full, cause))
     }
 }
 

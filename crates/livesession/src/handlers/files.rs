@@ -64,7 +64,7 @@ fn files_error(e: FilesError) -> ApiError {
             "file_too_large",
             format!("the file is larger than {MAX_FILE_BYTES} bytes, the most a file may have"),
         ),
-        FilesError::Io(e) => ApiError::internal("could not access the session's files", e),
+        FilesError::Io(e) => ApiError::disk_full(&e).unwrap_or_else(|| ApiError::internal("could not access the session's files", e)),
     }
 }
 

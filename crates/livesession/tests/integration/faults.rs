@@ -374,3 +374,143 @@ async fn a_server_killed_at_any_moment_leaves_no_desktop_and_loses_nothing() {
         "no round killed the server while a desktop ran: the suite tried nothing"
     );
 }
+
+// ---------------------------------------------------------------- a full disk, a busy store
+
+/// A data directory on a tmpfs of `mib` MiB of its own (so it can fill up), unmounted
+/// when dropped.
+struct SmallDisk {
+    dir: Option<tempfile::TempDir>,
+    path: PathBuf,
+}
+
+impl SmallDisk {
+    fn new(mib: u32) -> Self {
+        let dir = tempfile::Builder::new().prefix("lsd").tempdir_in("/tmp").unwrap();
+        let path = dir.path().to_owned();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m,mode=0700"), "livesession-test-disk"])
+            .arg(&path)
+            .status()
+            .expect("mount(8) runs");
+        assert!(status.success(), "mounting a tmpfs needs root (the suite runs as root)");
+        Self { dir: Some(dir), path }
+    }
+
+    /// Fills the disk with one file until it is full; returns its path.
+    fn fill(&self) -> PathBuf {
+        use std::io::Write;
+        let filler = self.path.join("filler");
+        let mut file = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0u8; 64 * 1024];
+        loop {
+            match file.write_all(&chunk) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(nix::libc::ENOSPC) => break,
+                Err(e) => panic!("filling the disk: {e}"),
+            }
+        }
+        let _ = file.sync_all();
+        filler
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.path).status();
+        drop(self.dir.take());
+    }
+}
+
+async fn create_session(server: &crate::support::TestServer) -> reqwest::Response {
+    server.admin_post("/api/sessions", json!({})).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_answers_503_with_a_clear_error_and_the_server_recovers_when_space_returns() {
+    let disk = SmallDisk::new(24);
+    let data = tempfile::Builder::new().prefix("data").tempdir_in(&disk.path).unwrap();
+    let server = crate::support::TestServer::start_in(data, &[]).await;
+    let before = create_session(&server).await;
+    assert_eq!(before.status(), 201);
+    let kept: Value = before.json().await.unwrap();
+
+    let filler = disk.fill();
+    // Writes that need the disk are refused, clearly, with nothing half done.
+    let refused = create_session(&server).await;
+    assert_eq!(refused.status(), 503);
+    assert_eq!(refused.headers()["retry-after"], "60");
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "storage_full", "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("disk is full"), "{body}");
+    let upload = server
+        .http
+        .post(server.url(&format!("/api/sessions/{}/files?name=big.bin", kept["id"].as_str().unwrap())))
+        .bearer_auth(kept["token"].as_str().unwrap())
+        .body(vec![7u8; 256 * 1024])
+        .send()
+        .await
+        .unwrap();
+    let status = upload.status();
+    let body: Value = upload.json().await.unwrap();
+    assert_eq!((status.as_u16(), body["error"]["code"].as_str()), (503, Some("storage_full")), "{body}");
+    // Reads go on.
+    assert_eq!(server.get_session(kept["id"].as_str().unwrap()).await["state"], "active");
+    assert_eq!(server.http_get_status("/healthz", None).await, 200);
+
+    // Space returns: writes work again, and what was there is intact.
+    std::fs::remove_file(filler).unwrap();
+    let after = create_session(&server).await;
+    assert_eq!(after.status(), 201, "{}", after.text().await.unwrap());
+    let data = server.stop().await;
+    let restarted = crate::support::TestServer::start_in(data, &[]).await;
+    assert_eq!(restarted.get_session(kept["id"].as_str().unwrap()).await["state"], "active");
+    restarted.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_locked_by_another_process_makes_writes_wait_a_bounded_time_then_fail_clearly() {
+    let server = crate::support::TestServer::start(&[]).await;
+    let kept: Value = create_session(&server).await.json().await.unwrap();
+    let db = server.data_path().join("livesession.db");
+    // Another process takes the database's write lock and holds it.
+    let mut holder = tokio::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3, sys, time\n\
+             c = sqlite3.connect(sys.argv[1], isolation_level=None)\n\
+             c.execute('BEGIN IMMEDIATE')\n\
+             print('locked', flush=True)\n\
+             time.sleep(60)",
+        ])
+        .arg(&db)
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3 runs");
+    let mut line = String::new();
+    tokio::io::AsyncBufReadExt::read_line(&mut tokio::io::BufReader::new(holder.stdout.take().unwrap()), &mut line)
+        .await
+        .unwrap();
+    assert_eq!(line.trim(), "locked");
+
+    let started = Instant::now();
+    let refused = create_session(&server).await;
+    let waited = started.elapsed();
+    eprintln!("a write against the held lock was answered after {} ms", waited.as_millis());
+    assert_eq!(refused.status(), 503);
+    assert_eq!(refused.headers()["retry-after"], "5");
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "store_busy", "{body}");
+    assert!(waited >= Duration::from_secs(4), "it waited for the lock first ({waited:?})");
+    assert!(waited < Duration::from_secs(30), "it did not hang ({waited:?})");
+    // Reads and health go on meanwhile (WAL).
+    assert_eq!(server.get_session(kept["id"].as_str().unwrap()).await["state"], "active");
+    assert_eq!(server.http_get_status("/healthz", None).await, 200);
+
+    holder.kill().await.unwrap();
+    let _ = holder.wait().await;
+    let after = create_session(&server).await;
+    assert_eq!(after.status(), 201, "{}", after.text().await.unwrap());
+    server.stop().await;
+}

@@ -34,6 +34,52 @@ pub enum StoreError {
     ProfileInUse,
 }
 
+impl StoreError {
+    /// Why the database could not be written to, when that is a passing condition the
+    /// client should be told about (and may retry) rather than a fault.
+    pub fn unavailable(&self) -> Option<Unavailable> {
+        match self {
+            StoreError::Database(e) => Unavailable::of(e),
+            _ => None,
+        }
+    }
+}
+
+/// A database that cannot take a write now: nothing was changed, a retry may succeed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unavailable {
+    /// The disk (or the database's file system) is full.
+    Full,
+    /// Another connection or process holds the database's write lock past the busy
+    /// timeout, or every pooled connection is taken.
+    Busy,
+}
+
+impl Unavailable {
+    /// Classifies a database error (SQLite's result codes, and the pool's own timeout).
+    pub fn of(e: &sqlx::Error) -> Option<Self> {
+        const ENOSPC: i32 = 28;
+        match e {
+            sqlx::Error::PoolTimedOut => Some(Unavailable::Busy),
+            sqlx::Error::Io(io) if io.raw_os_error() == Some(ENOSPC) => Some(Unavailable::Full),
+            sqlx::Error::Database(db) => {
+                // SQLite's extended result code; the primary code is its low byte.
+                let code: i32 = db.code()?.parse().ok()?;
+                match code & 0xff {
+                    // SQLITE_FULL
+                    13 => Some(Unavailable::Full),
+                    // SQLITE_BUSY, SQLITE_LOCKED
+                    5 | 6 => Some(Unavailable::Busy),
+                    // SQLITE_IOERR: a write the file system refused for want of space.
+                    10 if db.message().contains("disk is full") || db.message().contains("No space") => Some(Unavailable::Full),
+                    _ => None,
+                }
+            }
+            _ => None,
+        }
+    }
+}
+
 #[async_trait::async_trait]
 pub trait SessionStore: Send + Sync + 'static {
     async fn insert_session(&self, session: &Session) -> Result<(), StoreError>;

@@ -27,6 +27,16 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+impl StoreError {
+    /// The database's own error, if that is what failed.
+    pub fn database(&self) -> Option<&sqlx::Error> {
+        match self {
+            StoreError::Database(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
 /// Why a worker's write was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
