@@ -484,6 +484,18 @@ impl Inner {
         if let Some(user_data) = spec.restore.as_ref().and_then(|r| r.user_data.clone()) {
             self.restore_profile(&spec.id, user_data, &dirs.home, uid).await?;
         }
+        // The host ports listed for desktops listen before anything starts: Chromium may
+        // open the start page (often on such a port) at once, and a connection made
+        // before the gate's socket existed failed, leaving an error page in the tab.
+        if sandboxed {
+            for port in &self.config.host_ports {
+                let socket = dirs.gate.join(format!("hostport-{port}.sock"));
+                desktop.forwards.push(
+                    forward::host_port(&socket, *port, uid)
+                        .map_err(|e| setup("cannot open a host port forward", e))?,
+                );
+            }
+        }
         let argv = sandbox::command(bwrap.as_deref(), dirs, &confinement, LAUNCHER);
         progress(Piece::Xvnc);
         let supervisor = spawn(&argv, &env, &dir.join("supervisor.log"))?;
@@ -516,13 +528,6 @@ impl Inner {
             }
             if internet {
                 desktop.network = Some(self.connect_network(inner, desktop.pgid, &files, deadline).await?);
-            }
-            for port in &self.config.host_ports {
-                let socket = dirs.gate.join(format!("hostport-{port}.sock"));
-                desktop.forwards.push(
-                    forward::host_port(&socket, *port, uid)
-                        .map_err(|e| setup("cannot open a host port forward", e))?,
-                );
             }
         }
 

@@ -514,3 +514,114 @@ async fn a_store_locked_by_another_process_makes_writes_wait_a_bounded_time_then
     assert_eq!(after.status(), 201, "{}", after.text().await.unwrap());
     server.stop().await;
 }
+
+// ---------------------------------------------------------------- a piece of a desktop killed
+
+/// The desktop's process whose command line starts with `program`.
+fn piece_of(group: &crate::support::DesktopProcs, program: &str) -> Option<i32> {
+    group.members().into_iter().find(|pid| {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        cmdline.split(|b| *b == 0).next().is_some_and(|argv0| argv0.ends_with(program.as_bytes()))
+    })
+}
+
+/// Each process with its start time (field 22 of its stat), which tells a process from a
+/// later one that got the same pid.
+fn with_start_times(pids: &[i32]) -> Vec<(i32, String)> {
+    pids.iter()
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let (_, rest) = stat.rsplit_once(") ")?;
+            // `rest` starts at field 3 (state), so field 22 is its 20th.
+            Some((*pid, rest.split(' ').nth(19)?.to_owned()))
+        })
+        .collect()
+}
+
+/// Those of `processes` still running (not zombies), as "pid state command".
+fn still_running(processes: &[(i32, String)]) -> Vec<String> {
+    let now = with_start_times(&processes.iter().map(|(pid, _)| *pid).collect::<Vec<_>>());
+    now.into_iter()
+        .filter(|p| processes.contains(p))
+        .filter_map(|(pid, _)| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let state = stat.rsplit_once(") ")?.1.chars().next()?;
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            (state != 'Z').then(|| format!("{pid} {state} {}", String::from_utf8_lossy(&cmdline[..cmdline.len().min(60)])))
+        })
+        .collect()
+}
+
+/// Kills `program` inside a watched session's desktop; the viewer's two connections are
+/// told why, and the next connection gets a working desktop. Returns how long the
+/// control channel and the VNC connection took to hear of it.
+async fn kill_piece_and_reconnect(program: &str) -> (Duration, Duration) {
+    use crate::hibernation::{control, names, statuses_until};
+    use crate::support::{close_of, rfb_over_ws, wait_for_colour, ws_connect};
+    let page = crate::support::PageServer::start().await;
+    let args = page.server_args();
+    let server = crate::support::TestServer::start(&[&args[0], &args[1]]).await;
+    let created = server.create_session(json!({ "start_url": page.url })).await;
+    let (id, token) = (created["id"].as_str().unwrap().to_owned(), created["token"].as_str().unwrap().to_owned());
+    let mut channel = control(&server, &id, &token).await;
+    let seen = statuses_until(&mut channel, "ready", Duration::from_secs(60)).await;
+    assert_eq!(names(&seen).last(), Some(&"ready"));
+    let mut vnc = ws_connect(&server, &format!("/api/sessions/{id}/vnc?token={token}"), &[]).await;
+    let group = server.desktop_procs(&id);
+    let victim = piece_of(&group, program).unwrap_or_else(|| panic!("{program} runs in the desktop"));
+
+    let before = with_start_times(&group.members());
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let killed = Instant::now();
+    let (vnc_told, control_told) = tokio::join!(
+        async {
+            let (code, reason) = close_of(&mut vnc, Duration::from_secs(10)).await;
+            (killed.elapsed(), code, reason)
+        },
+        async {
+            let seen = statuses_until(&mut channel, "stopped", Duration::from_secs(10)).await;
+            let at = killed.elapsed();
+            let (code, reason) = close_of(&mut channel, Duration::from_secs(10)).await;
+            (at, seen, code, reason)
+        }
+    );
+    let (vnc_at, vnc_code, vnc_reason) = vnc_told;
+    let (control_at, seen, control_code, control_reason) = control_told;
+    eprintln!("{program} killed: VNC closed {vnc_code} {vnc_reason:?} after {} ms; control: {:?}, closed {control_code} {control_reason:?} after {} ms",
+        vnc_at.as_millis(), names(&seen), control_at.as_millis());
+    assert_eq!(vnc_code, 4010, "the viewer's VNC connection is closed with a reason: {vnc_reason}");
+    assert!(vnc_reason.starts_with("desktop unavailable"), "{vnc_reason}");
+    assert_eq!(names(&seen).last(), Some(&"stopped"), "{seen:#?}");
+    assert_eq!((control_code, control_reason.as_str()), (4010, "desktop stopped"));
+
+    // The next connection starts a fresh desktop that works.
+    let mut channel = control(&server, &id, &token).await;
+    let seen = statuses_until(&mut channel, "ready", Duration::from_secs(60)).await;
+    assert_eq!(names(&seen).last(), Some(&"ready"), "{seen:#?}");
+    assert_ne!(server.desktop_procs(&id), group, "a new desktop");
+    let mut rfb = rfb_over_ws(ws_connect(&server, &format!("/api/sessions/{id}/vnc?token={token}"), &[]).await).await;
+    let share = wait_for_colour(&mut rfb, (255, 0, 255), 0.5, Duration::from_secs(30)).await;
+    assert!(share >= 0.5, "the new desktop shows the page ({share})");
+    // Stopping the broken desktop may still be reaping its processes on a loaded machine.
+    // Its processes as they were (a PID namespace's inode is reused by the next one, so
+    // the group cannot be asked again).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut left = still_running(&before);
+    while !left.is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        left = still_running(&before);
+    }
+    assert!(left.is_empty(), "nothing of the broken desktop is left: {left:#?}");
+    server.stop().await;
+    (vnc_at, control_at)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xvnc_killed_tells_the_viewer_at_once_and_the_next_connection_gets_a_working_desktop() {
+    kill_piece_and_reconnect("Xvnc").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sandbox_killed_tells_the_viewer_at_once_and_the_next_connection_gets_a_working_desktop() {
+    kill_piece_and_reconnect("bwrap").await;
+}
