@@ -14,7 +14,7 @@ pub mod toolchain;
 use std::fmt;
 
 pub use local::{
-    Cgroups, LocalRuntime, LocalRuntimeConfig, ResourceLimits, group_members, is_root, members,
+    Cgroups, LocalRuntime, LocalRuntimeConfig, ResourceLimits, desktops_root, group_members, is_root, members,
     pidns_of,
     sandbox,
 };

@@ -169,27 +169,7 @@ impl DesktopArgs {
     }
 }
 
-/// Where desktops' directories go: `<data dir>/desktops`, unless sandboxed desktops run
-/// as other users (the server is root) and cannot reach it (e.g. a data directory under
-/// /root, or a 0700 one); then a directory under /run named after the data directory.
-pub fn desktops_root(data_dir: &Path, sandbox: bool) -> PathBuf {
-    let inside = data_dir.join("desktops");
-    if !sandbox
-        || !livesession_desktop::is_root()
-        || livesession_desktop::sandbox::traversable_by_others(data_dir).is_ok()
-    {
-        return inside;
-    }
-    // FNV-1a: stable across runs, so a restart finds what a crash left.
-    let hash = data_dir
-        .as_os_str()
-        .as_encoded_bytes()
-        .iter()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-        });
-    PathBuf::from(format!("/run/livesession/desktops-{hash:016x}"))
-}
+pub use livesession_desktop::desktops_root;
 
 #[derive(Debug, Clone, Args)]
 pub struct ServeConfig {

@@ -8,7 +8,8 @@
 mod app;
 mod auth;
 mod cdp_relay;
-pub mod bench;
+/// The benchmarks live in their own crate; `livesession bench` runs them.
+pub use livesession_bench as bench;
 pub mod cli;
 pub mod config;
 mod desktops;

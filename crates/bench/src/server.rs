@@ -234,7 +234,7 @@ impl Server {
     pub fn desktop_dir(&self, id: &str) -> Option<PathBuf> {
         [true, false]
             .into_iter()
-            .map(|sandbox| crate::config::desktops_root(&self.data_dir, sandbox).join(id))
+            .map(|sandbox| livesession_desktop::desktops_root(&self.data_dir, sandbox).join(id))
             .find(|dir| dir.join("run/vnc.sock").exists())
     }
 
