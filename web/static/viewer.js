@@ -41,6 +41,7 @@
 
 import { Backoff } from './backoff.js';
 import { describe, hint, isFinal } from './closecodes.js';
+import { ClipboardPanel } from './clipboard.js';
 import { ControlClient, isAuthClose, retryAfterMs } from './control.js';
 import { FilesApi, FilesPanel } from './files-panel.js';
 import { HandoverUi } from './handover.js';
@@ -96,6 +97,8 @@ function main() {
     api: new FilesApi(id, { auth: { ensure: () => control.ensureToken(), renew: () => control.refreshAuth('expired') } }),
   });
   const vnc = new VncConnection(document.getElementById('screen'));
+  // The clipboard both ways (clipboard.js): Ctrl+V on the screen, the desktop's copies.
+  const clipboard = new ClipboardPanel({ vnc });
   const handover = new HandoverUi();
   handover.addEventListener('change', (ev) => tasks.setControl(ev.detail));
   tasks.addEventListener('take', () => handover.take());
@@ -169,6 +172,7 @@ function main() {
     handover.clear();
     tasks.end();
     files.end();
+    clipboard.end();
     // The session is over for this page: drop the auth state too.
     if (!leaveControl && control.state !== 'stopped') control.forceDisconnect();
     vnc.disconnect();
@@ -212,6 +216,7 @@ function main() {
         // The list on every (re)connect: tasks and states while this page was away.
         tasks.refresh();
         files.setRole(role);
+        clipboard.setRole(role);
         files.refresh();
         break;
       case 'CONTROL':

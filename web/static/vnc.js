@@ -13,6 +13,7 @@
 //   disconnect  {clean, code, reason, byUs}   RFB and its socket are both done
 //   securityfailure  {status, reason}
 //   desktopname {name}
+//   clipboard   {text}   the desktop's clipboard changed (clipboard.js)
 
 import RFB from '/vendor/novnc/core/rfb.js';
 import { attachAdaptive } from './adaptive.js';
@@ -121,6 +122,9 @@ export class VncConnection extends EventTarget {
     });
     rfb.addEventListener('desktopname', (ev) => {
       this.emit('desktopname', { name: ev.detail.name });
+    });
+    rfb.addEventListener('clipboard', (ev) => {
+      if (generation === this.generation) this.emit('clipboard', { text: ev.detail.text });
     });
     rfb.addEventListener('credentialsrequired', () => {
       // The server proxies to a desktop without VNC passwords; being asked

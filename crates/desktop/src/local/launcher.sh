@@ -88,9 +88,13 @@ wait_for() {
 # Xvnc picks a free display itself and writes its number to fd 3 once it accepts clients.
 # -rfbport -1: no TCP listener; the Unix socket is the only way in. -extension GLX: nothing
 # renders with OpenGL (Chromium runs without a GPU), and loading Mesa cost ~50 MiB.
+# -SendPrimary=0: only a copy reaches the viewers' clipboard, not every selection made in
+# the remote. -MaxCutText: 256 KiB of clipboard text either way, as the viewer and the
+# gateway's input filter allow (crates/relay/src/rfb_filter.rs, MAX_CUT_TEXT).
 "$LS_XVNC" -displayfd 3 3>"$LS_RUN/display" \
     -rfbunixpath "$LS_RUN/vnc.sock" -rfbunixmode 0600 -rfbport -1 -SecurityTypes None \
     -geometry "$LS_GEOMETRY" -depth 24 -nolisten tcp -AlwaysShared -desktop livesession -extension GLX \
+    -SendPrimary=0 -MaxCutText=262144 \
     2>"$LS_LOGS/xvnc.log" &
 piece[$!]=xvnc
 xvnc=$!
