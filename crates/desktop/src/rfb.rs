@@ -169,6 +169,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RfbClient<S> {
         hits as f64 / self.framebuffer.len().max(1) as f64
     }
 
+    /// The `n` commonest colours on the screen with their shares, commonest first: what a
+    /// test that did not see its colour saw instead.
+    pub fn commonest_colours(&self, n: usize) -> Vec<((u8, u8, u8), f64)> {
+        let mut counts: std::collections::HashMap<u32, usize> = std::collections::HashMap::new();
+        for &v in &self.framebuffer {
+            *counts.entry(v & 0x00ff_ffff).or_default() += 1;
+        }
+        let mut counts: Vec<(u32, usize)> = counts.into_iter().collect();
+        counts.sort_by(|a, b| b.1.cmp(&a.1));
+        let total = self.framebuffer.len().max(1) as f64;
+        counts
+            .into_iter()
+            .take(n)
+            .map(|(v, c)| (((v >> 16) as u8, (v >> 8) as u8, v as u8), c as f64 / total))
+            .collect()
+    }
+
     pub async fn key(&mut self, keysym: u32, down: bool) -> io::Result<()> {
         let mut msg = [4u8, down as u8, 0, 0, 0, 0, 0, 0];
         msg[4..].copy_from_slice(&keysym.to_be_bytes());

@@ -542,5 +542,13 @@ pub async fn wait_for_colour(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    if seen < share {
+        eprintln!(
+            "wait_for_colour: {rgb:?} covers {seen:.2} of the {}x{} screen; its commonest colours: {:?}",
+            rfb.width,
+            rfb.height,
+            rfb.commonest_colours(4)
+        );
+    }
     seen
 }
