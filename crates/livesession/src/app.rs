@@ -44,6 +44,8 @@ pub struct App {
     pub control: livesession_session::ControlBoard,
     /// Live DevTools connections, under their own caps.
     pub cdp_connections: Arc<crate::limits::ConnectionCaps>,
+    /// `GET /metrics` and the counters behind it (metrics.rs).
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// Scheme, host and port browsers use to reach us, without a trailing slash.
     pub public_url: String,
     /// Built-in TLS, when `--tls-cert`/`--tls-key` are set.
@@ -69,15 +71,18 @@ impl std::ops::Deref for AppState {
     }
 }
 
-/// Counts a live WebSocket connection for as long as it is held.
+/// Counts a live WebSocket connection for as long as it is held (`/readyz`, and
+/// `/metrics` by kind).
 pub struct ConnectionGuard {
     app: Arc<App>,
     pub id: u64,
+    open: prometheus_client::metrics::gauge::Gauge,
 }
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
         self.app.connections.fetch_sub(1, Ordering::Relaxed);
+        self.open.dec();
     }
 }
 
@@ -86,11 +91,12 @@ impl App {
         self.connections.load(Ordering::Relaxed)
     }
 
-    pub fn connection(self: &Arc<Self>) -> ConnectionGuard {
+    pub fn connection(self: &Arc<Self>, kind: crate::metrics::ConnKind) -> ConnectionGuard {
         self.connections.fetch_add(1, Ordering::Relaxed);
         ConnectionGuard {
             app: self.clone(),
             id: self.next_conn_id.fetch_add(1, Ordering::Relaxed) + 1,
+            open: self.metrics.connection_opened(kind),
         }
     }
 
@@ -269,6 +275,18 @@ pub async fn build(config: ServeConfig, local_addr: SocketAddr) -> Result<Arc<Ap
     .map_err(|e| startup(format!("cannot open the profiles directory: {e}")))?;
     let shutdown = CancellationToken::new();
     let sessions = Sessions::new(store);
+    let limits = ConnectionLimits::new(LimitsConfig {
+        per_ip: config.max_connections_per_ip,
+        per_session: config.max_connections_per_session,
+        connect: Rate::new(config.connect_rate, config.connect_burst),
+        create: Rate::new(config.create_rate, config.create_burst),
+        checkout: Rate::new(config.checkout_rate, config.checkout_burst),
+        token: Rate::new(config.token_rate, config.token_burst),
+        webhook_failures: Rate::new(config.webhook_failure_rate, config.webhook_failure_burst),
+        admin_failures: Rate::new(config.admin_failure_rate, config.admin_failure_burst),
+    });
+    let cdp_connections = crate::limits::ConnectionCaps::new(config.max_cdp_per_ip, config.max_cdp_per_session);
+    let metrics = crate::metrics::Metrics::new(limits.clone(), cdp_connections.clone());
     let desktops = Desktops::new(
         runtime,
         states.clone(),
@@ -285,6 +303,7 @@ pub async fn build(config: ServeConfig, local_addr: SocketAddr) -> Result<Arc<Ap
         },
         tasks.clone(),
         crate::downloads::DesktopFiles::new(crate::session_files::SessionFiles::new(data_dir.join("files"))),
+        metrics.clone(),
     );
     let events = crate::events::Events::new(events_target, login_store.clone(), tasks.clone(), shutdown.clone());
     let recordings = crate::recording::Recordings::new(
@@ -310,18 +329,10 @@ pub async fn build(config: ServeConfig, local_addr: SocketAddr) -> Result<Arc<Ap
         ),
         admin_token: secrets.admin_token,
         checkout,
-        limits: ConnectionLimits::new(LimitsConfig {
-            per_ip: config.max_connections_per_ip,
-            per_session: config.max_connections_per_session,
-            connect: Rate::new(config.connect_rate, config.connect_burst),
-            create: Rate::new(config.create_rate, config.create_burst),
-            checkout: Rate::new(config.checkout_rate, config.checkout_burst),
-            token: Rate::new(config.token_rate, config.token_burst),
-            webhook_failures: Rate::new(config.webhook_failure_rate, config.webhook_failure_burst),
-            admin_failures: Rate::new(config.admin_failure_rate, config.admin_failure_burst),
-        }),
+        limits,
         control: Default::default(),
-        cdp_connections: crate::limits::ConnectionCaps::new(config.max_cdp_per_ip, config.max_cdp_per_session),
+        cdp_connections,
+        metrics,
         public_url,
         tls,
         policy_headers: PolicyHeaders::new(&config.frame_ancestors),
@@ -342,6 +353,13 @@ pub async fn launch(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartupError> {
     let local_addr = listener.local_addr().map_err(|e| startup(e.to_string()))?;
+    // Bound first: a taken address stops the start before anything else is done.
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
+            startup(format!("cannot listen for metrics on {addr} (--metrics-listen / LIVESESSION_METRICS_LISTEN): {e}"))
+        })?),
+        None => None,
+    };
     let app = build(config, local_addr).await?;
     let state = AppState(app.clone());
 
@@ -418,6 +436,17 @@ pub async fn launch(
     tracing::info!(listen = %local_addr, public_url = %app.public_url, tls = app.tls.is_some(),
         trusted_proxies = app.config.trusted_proxies.len(), free_mode = app.config.free_mode(),
         checkout = app.checkout.is_some(), "livesession listening");
+    // `/metrics` without a token, for a scraper on a private network (metrics.rs).
+    let metrics_server = metrics_listener.map(|listener| {
+        let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        tracing::info!(listen = %addr, "metrics listening (no token: keep this address private)");
+        tokio::spawn(serve::serve(
+            listener,
+            crate::metrics::listener_router(state.clone()),
+            serve::ServeOptions { header_read_timeout: app.config.header_read_timeout(), tls: None },
+            app.shutdown.clone(),
+        ))
+    });
     // The shutdown future cancels the app's token: the serve loop stops accepting, and
     // live WebSockets close with "server shutting down".
     let token = app.shutdown.clone();
@@ -459,6 +488,9 @@ pub async fn launch(
     let _ = sweeper.await;
     let _ = pending_cleanup.await;
     let _ = recordings.await;
+    if let Some(metrics_server) = metrics_server {
+        let _ = metrics_server.await;
+    }
     Ok(())
 }
 

@@ -22,6 +22,7 @@ use serde_json::json;
 use tokio_tungstenite::tungstenite;
 
 use crate::app::App;
+use crate::metrics::{ConnKind, RelayCounters};
 use crate::ws::{self, Authorized, Close, CloseCode};
 
 /// Proxies and load balancers drop WebSockets that are quiet for a minute or so; CDP
@@ -164,7 +165,7 @@ pub async fn relay(app: &Arc<App>, mut auth: Authorized, socket: WebSocket, targ
     tracing::info!(?role, target = match &target { Target::Browser => "browser", Target::Page(_) => "page" }, "cdp connection opened");
     let handle = match ws::desktop_for(app, &mut auth).await {
         Ok(h) => h,
-        Err(close) => return ws::close(socket, close).await,
+        Err(close) => return ws::close(app, ConnKind::Cdp, socket, close).await,
     };
     let upstream = match connect_upstream(app, &handle, &target).await {
         Ok(u) => u,
@@ -172,7 +173,7 @@ pub async fn relay(app: &Arc<App>, mut auth: Authorized, socket: WebSocket, targ
             if close.code == CloseCode::DesktopUnavailable {
                 app.desktops.lost(&id, &handle).await;
             }
-            return ws::close(socket, close).await;
+            return ws::close(app, ConnKind::Cdp, socket, close).await;
         }
     };
     let _presence = app.control.agent_joined(&id);
@@ -190,11 +191,13 @@ pub async fn relay(app: &Arc<App>, mut auth: Authorized, socket: WebSocket, targ
         page_target: matches!(target, Target::Page(_)),
         attaching: Default::default(),
         browser_sessions: Vec::new(),
+        relayed: app.metrics.relay_counters(ConnKind::Cdp),
     };
     let end = conversation.run(&mut auth, &mut control, from_agent, from_chrome).await;
     let Conversation { to_agent, forwarded, held_total, held, .. } = conversation;
     tracing::info!(forwarded, held_total, dropped_held = held.len(), close_code = end.as_ref().map(|c| c.code.code()), "cdp connection closed");
     if let Some(close) = end {
+        app.metrics.close_sent(ConnKind::Cdp, close.code.code());
         let mut to_agent = to_agent;
         let _ = tokio::time::timeout(Duration::from_secs(3), to_agent.send(close.frame())).await;
     }
@@ -214,6 +217,8 @@ struct Conversation<'a> {
     attaching: std::collections::HashSet<i64>,
     /// Sessions the agent opened on the browser target: control events go there too.
     browser_sessions: Vec<String>,
+    /// Bytes from Chromium to the agent and from the agent (`/metrics`).
+    relayed: RelayCounters,
 }
 
 impl Conversation<'_> {
@@ -248,6 +253,7 @@ impl Conversation<'_> {
                 }
                 message = from_chrome.next() => match message {
                     Some(Ok(m)) => {
+                        self.relayed.to_client.inc_by(m.len() as u64);
                         self.note_browser_session(&m);
                         // Only the gateway speaks for the `Livesession` domain: the desktop's
                         // browser cannot forge its events.
@@ -260,6 +266,7 @@ impl Conversation<'_> {
                 },
                 message = from_agent.next() => match message {
                     Some(Ok(Message::Text(text))) => {
+                        self.relayed.from_client.inc_by(text.len() as u64);
                         let holder = control.borrow().holder;
                         match self.command_from_agent(text, holder).await {
                             Ok(()) => {}

@@ -331,6 +331,11 @@ pub struct ServeConfig {
     /// The certificate's private key (PEM: PKCS#8, RSA or EC). Needs --tls-cert.
     #[arg(long, env = "LIVESESSION_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
+    /// Also serve `GET /metrics` here, without a token (plain HTTP, nothing else served),
+    /// for a Prometheus scraper on a private network. The main listener's `/metrics`
+    /// always needs the admin token.
+    #[arg(long, env = "LIVESESSION_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     #[command(flatten)]
     pub desktop: DesktopArgs,
     #[command(flatten)]

@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -68,6 +69,33 @@ pub enum RateClass {
     WebhookFailure,
     /// A wrong admin token ([`ConnectionLimits::admin_locked`], [`ConnectionLimits::admin_failed`]).
     AdminFailure,
+}
+
+impl RateClass {
+    pub const ALL: [RateClass; 6] = [
+        RateClass::Connect,
+        RateClass::Create,
+        RateClass::Checkout,
+        RateClass::Token,
+        RateClass::WebhookFailure,
+        RateClass::AdminFailure,
+    ];
+
+    /// The class's name in `/metrics` (docs/operations.md).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RateClass::Connect => "connect",
+            RateClass::Create => "create",
+            RateClass::Checkout => "checkout",
+            RateClass::Token => "token",
+            RateClass::WebhookFailure => "webhook_failure",
+            RateClass::AdminFailure => "admin_failure",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
 }
 
 /// The key limits are counted under: IPv4-mapped addresses as IPv4, IPv6 by its /64.
@@ -163,6 +191,8 @@ pub struct ConnectionLimits {
     token: RateLimiter,
     webhook_failures: RateLimiter,
     admin_failures: RateLimiter,
+    /// Refusals per class, by [`RateClass::index`] (`/metrics`).
+    refused: [AtomicU64; RateClass::ALL.len()],
 }
 
 /// Why a connection was refused, for the 4009 close reason.
@@ -215,6 +245,9 @@ pub struct ConnectionCaps {
     per_ip: usize,
     per_session: usize,
     counts: Mutex<Counts>,
+    /// Connections refused by the per-address and the per-session cap (`/metrics`).
+    refused_per_ip: AtomicU64,
+    refused_per_session: AtomicU64,
 }
 
 /// A held connection; dropping it frees its place.
@@ -251,6 +284,7 @@ impl ConnectionLimits {
             token: RateLimiter::new(config.token),
             webhook_failures: RateLimiter::new(config.webhook_failures),
             admin_failures: RateLimiter::new(config.admin_failures),
+            refused: Default::default(),
         })
     }
 
@@ -270,12 +304,30 @@ impl ConnectionLimits {
             RateClass::AdminFailure => &self.admin_failures,
         }
         .attempt(ip)
+        .inspect_err(|_| self.count_refusal(class))
     }
 
     /// Refused while `ip` has used up its wrong admin tokens: then every admin-token
     /// request from it, the right token included, waits for the bucket to refill.
     pub fn admin_locked(&self, ip: IpAddr) -> Result<(), Refused> {
-        self.admin_failures.peek(ip)
+        self.admin_failures
+            .peek(ip)
+            .inspect_err(|_| self.count_refusal(RateClass::AdminFailure))
+    }
+
+    fn count_refusal(&self, class: RateClass) {
+        self.refused[class.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Requests (or WebSocket attempts) refused so far by `class`'s rate limit; for
+    /// [`RateClass::AdminFailure`], requests refused while their address was locked out.
+    pub fn refusals(&self, class: RateClass) -> u64 {
+        self.refused[class.index()].load(Ordering::Relaxed)
+    }
+
+    /// The WebSocket caps per address and per session (control and VNC).
+    pub fn caps(&self) -> &ConnectionCaps {
+        &self.caps
     }
 
     /// Counts one wrong admin token from `ip`.
@@ -295,16 +347,28 @@ impl ConnectionCaps {
             per_ip,
             per_session,
             counts: Mutex::default(),
+            refused_per_ip: AtomicU64::new(0),
+            refused_per_session: AtomicU64::new(0),
         })
+    }
+
+    /// Connections refused so far by the per-address cap and by the per-session cap.
+    pub fn refusals(&self) -> (u64, u64) {
+        (
+            self.refused_per_ip.load(Ordering::Relaxed),
+            self.refused_per_session.load(Ordering::Relaxed),
+        )
     }
 
     pub fn acquire(self: &Arc<Self>, ip: IpAddr, session: &str) -> Result<ConnectionSlot, Refused> {
         let ip = client_key(ip);
         let mut counts = self.counts.lock().unwrap();
         if counts.by_ip.get(&ip).copied().unwrap_or(0) >= self.per_ip {
+            self.refused_per_ip.fetch_add(1, Ordering::Relaxed);
             return Err(Refused::PerIp(self.per_ip));
         }
         if counts.by_session.get(session).copied().unwrap_or(0) >= self.per_session {
+            self.refused_per_session.fetch_add(1, Ordering::Relaxed);
             return Err(Refused::PerSession(self.per_session));
         }
         *counts.by_ip.entry(ip).or_default() += 1;
@@ -383,6 +447,21 @@ mod tests {
         for class in [RateClass::Connect, RateClass::Checkout, RateClass::Token] {
             assert!(l.check(class, ip).is_ok(), "{class:?} is counted apart");
         }
+        // Refusals are counted per class (what `/metrics` shows).
+        assert_eq!(l.refusals(RateClass::Create), 1);
+        assert_eq!(l.refusals(RateClass::Connect), 0);
+    }
+
+    #[test]
+    fn cap_refusals_are_counted_per_cap() {
+        let l = limits(1, 2);
+        let (a, b): (IpAddr, IpAddr) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
+        let _held = l.acquire(a, "s").unwrap();
+        assert!(l.acquire(a, "t").is_err());
+        let _b = l.acquire(b, "s").unwrap();
+        assert!(l.acquire("192.0.2.3".parse().unwrap(), "s").is_err());
+        assert!(l.acquire(a, "u").is_err());
+        assert_eq!(l.caps().refusals(), (2, 1));
     }
 
     #[test]

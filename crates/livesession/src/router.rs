@@ -31,6 +31,8 @@
 //! - `GET|POST /api/sessions/{id}/files`, `GET …/files/{name}`: admin bearer, or the
 //!   session's access token (bearer, cookie — CSRF-checked for the upload — or `?token=`
 //!   for reads); view tokens list and download only; uploads stream up to their own cap.
+//! - `GET /metrics`: admin bearer (Prometheus text; `--metrics-listen` serves it without
+//!   a token on its own address, see `metrics.rs`).
 //! - `POST /api/workers/tokens`: admin bearer. `POST /api/workers/claim`, `POST
 //!   /api/tasks/{id}/heartbeat|events|complete|fail`: a worker token or the admin bearer
 //!   (never a cookie); writes name the lease. Events and results have a 3 MiB body limit (screenshots).
@@ -49,7 +51,7 @@ use crate::app::AppState;
 use crate::handlers::{
     cdp, checkout, control, files, health, links, logins, pages, profiles, recording, sessions, stripe, tasks, tokens, vnc, workers,
 };
-use crate::{error, logging, proxy, security};
+use crate::{error, logging, metrics, proxy, security};
 
 const STRIPE_WEBHOOK_MAX_BODY: usize = 1 << 20;
 /// A worker's event may carry a screenshot (base64 of at most 2 MiB), a result 256 KiB.
@@ -145,7 +147,8 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(WORKER_EVENT_MAX_BODY));
     let health = Router::new()
         .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz));
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(metrics::admin_metrics));
 
     let max_body = state.config.max_body_bytes;
     use axum::middleware::{from_fn, from_fn_with_state, map_response};

@@ -23,6 +23,7 @@ use crate::app::App;
 use crate::auth::{AccessClaims, TokenError, TokenKind, find_access_token};
 use crate::desktops::{Desktops, Unavailable};
 use crate::limits::ConnectionSlot;
+use crate::metrics::ConnKind;
 use livesession_desktop::DesktopHandle;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +68,26 @@ pub enum CloseCode {
 }
 
 impl CloseCode {
+    /// Every code the server sends.
+    pub const ALL: [CloseCode; 16] = [
+        CloseCode::AuthRequired,
+        CloseCode::TokenInvalid,
+        CloseCode::TokenExpired,
+        CloseCode::OriginForbidden,
+        CloseCode::SessionNotFound,
+        CloseCode::HeartbeatTimeout,
+        CloseCode::SessionExpired,
+        CloseCode::SessionRevoked,
+        CloseCode::RateLimited,
+        CloseCode::DesktopUnavailable,
+        CloseCode::ShuttingDown,
+        CloseCode::MalformedRfb,
+        CloseCode::CdpForbidden,
+        CloseCode::MalformedCdp,
+        CloseCode::MessageTooBig,
+        CloseCode::Normal,
+    ];
+
     pub fn code(self) -> u16 {
         self as u16
     }
@@ -192,8 +213,10 @@ fn truncate_reason(reason: &str) -> &str {
 }
 
 /// Sends the close frame and waits briefly for the client's answer. Bounded in time:
-/// a client that stopped reading cannot hold the connection (or shutdown) open.
-pub async fn close(mut socket: WebSocket, close: Close) {
+/// a client that stopped reading cannot hold the connection (or shutdown) open. Counted
+/// by kind and code (`/metrics`).
+pub async fn close(app: &App, kind: ConnKind, mut socket: WebSocket, close: Close) {
+    app.metrics.close_sent(kind, close.code.code());
     let _ = tokio::time::timeout(std::time::Duration::from_secs(3), async {
         if socket.send(close.frame()).await.is_ok() {
             use futures_util::StreamExt;
@@ -213,7 +236,7 @@ pub async fn close(mut socket: WebSocket, close: Close) {
 pub fn accept<F, Fut>(
     app: Arc<App>,
     upgrade: WebSocketUpgrade,
-    kind: &'static str,
+    kind: ConnKind,
     session_id: &str,
     decision: Result<Authorized, Close>,
     serve: F,
@@ -222,8 +245,8 @@ where
     F: FnOnce(Arc<App>, Authorized, WebSocket) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let conn = app.connection();
-    let span = tracing::info_span!("ws", kind, session_id = %session_id, conn_id = conn.id);
+    let conn = app.connection(kind);
+    let span = tracing::info_span!("ws", kind = kind.as_str(), session_id = %session_id, conn_id = conn.id);
     let tasks = app.tasks.clone();
     upgrade.on_upgrade(move |socket| {
         let task = async move {
@@ -231,7 +254,7 @@ where
             match decision {
                 Err(refusal) => {
                     tracing::warn!(code = refusal.code.code(), reason = %refusal.reason, "connection refused");
-                    close(socket, refusal).await;
+                    close(&app, kind, socket, refusal).await;
                 }
                 Ok(auth) => serve(app, auth, socket).await,
             }
@@ -383,25 +406,12 @@ mod tests {
 
     #[test]
     fn codes_are_distinct_and_in_the_4000_range() {
-        let all = [
-            CloseCode::AuthRequired,
-            CloseCode::TokenInvalid,
-            CloseCode::TokenExpired,
-            CloseCode::OriginForbidden,
-            CloseCode::SessionNotFound,
-            CloseCode::HeartbeatTimeout,
-            CloseCode::SessionExpired,
-            CloseCode::SessionRevoked,
-            CloseCode::RateLimited,
-            CloseCode::DesktopUnavailable,
-            CloseCode::ShuttingDown,
-            CloseCode::MalformedRfb,
-            CloseCode::CdpForbidden,
-            CloseCode::MalformedCdp,
-        ];
-        let mut codes: Vec<u16> = all.iter().map(|c| c.code()).collect();
+        let own: Vec<u16> = CloseCode::ALL.iter().map(|c| c.code()).filter(|c| *c >= 4000).collect();
+        let mut codes = own.clone();
+        codes.sort_unstable();
         codes.dedup();
-        assert_eq!(codes.len(), all.len());
+        assert_eq!(codes.len(), own.len());
         assert!(codes.iter().all(|c| (4000..5000).contains(c)));
+        assert_eq!(own.len(), CloseCode::ALL.len() - 2, "all but 1000 and 1009 are our own");
     }
 }

@@ -15,4 +15,4 @@ pub use model::{
     LinkRole, NewSession, ProfileUse, Session, SessionEnd, SessionSource, SessionState, ViewerLink,
     link_secret_hash, new_link_secret, new_session_id,
 };
-pub use store::{CheckoutActivation, SessionStore, StoreError};
+pub use store::{CheckoutActivation, SessionCounts, SessionStore, StoreError};

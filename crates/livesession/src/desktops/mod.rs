@@ -184,6 +184,8 @@ pub struct Desktops {
     wake: Notify,
     /// The sessions' files, copied into each desktop and out of its Downloads.
     files: Arc<crate::downloads::DesktopFiles>,
+    /// Start and resume times (`/metrics`).
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Counts a connection or task run as activity on its session's desktop while held: a
@@ -206,6 +208,7 @@ impl std::fmt::Debug for ActivityGuard {
 }
 
 impl Desktops {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         runtime: Arc<dyn DesktopRuntime>,
         states: Arc<StateKeeper>,
@@ -214,6 +217,7 @@ impl Desktops {
         limits: DesktopLimits,
         tasks: TaskTracker,
         files: Arc<crate::downloads::DesktopFiles>,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Arc<Self> {
         Arc::new(Self {
             runtime,
@@ -227,6 +231,7 @@ impl Desktops {
             tasks,
             wake: Notify::new(),
             files,
+            metrics,
         })
     }
 
@@ -250,6 +255,20 @@ impl Desktops {
     /// Desktops starting, running or being saved (the places `--max-desktops` counts).
     pub fn live(&self) -> usize {
         self.inner.lock().unwrap().occupied()
+    }
+
+    /// This server's desktops by status (`/metrics`): the live ones, and those whose
+    /// last start failed. Queued, stopped and hibernated slots are counted elsewhere.
+    pub fn by_status(&self) -> [(&'static str, usize); 6] {
+        let mut counts = ["starting", "resuming", "ready", "restarting", "hibernating", "failed"].map(|s| (s, 0));
+        let inner = self.inner.lock().unwrap();
+        for slot in inner.slots.values() {
+            let name = slot.status.borrow().name();
+            if let Some((_, n)) = counts.iter_mut().find(|(status, _)| *status == name) {
+                *n += 1;
+            }
+        }
+        counts
     }
 
     /// The current status, without starting anything.
@@ -395,6 +414,7 @@ impl Desktops {
     ) {
         let id = session.id.clone();
         tracing::info!(session_id = %id, resuming, "desktop starting");
+        let began = Instant::now();
         // A profile's state, or the session's own after a hibernation (None: fresh).
         let staged = self.states.restore_for(&session).await;
         let spec = DesktopSpec {
@@ -421,6 +441,7 @@ impl Desktops {
                 return;
             }
             Err(e) => {
+                self.metrics.desktop_started(resuming, false, began.elapsed());
                 tracing::error!(session_id = %id, error = %e, stderr_tail = e.stderr_tail().unwrap_or(""), "desktop failed to start");
                 let mut inner = self.inner.lock().unwrap();
                 if inner.slots.get(&id).is_some_and(|s| s.generation == generation) {
@@ -447,6 +468,7 @@ impl Desktops {
                     slot.idle_since = Instant::now();
                     let handle = Arc::new(handle);
                     status.send_replace(DesktopStatus::Ready(handle.clone()));
+                    self.metrics.desktop_started(resuming, true, began.elapsed());
                     Some(handle)
                 }
                 _ => None,

@@ -23,6 +23,7 @@ use serde_json::Value;
 use crate::app::{App, AppState};
 use crate::cdp_relay::{self, Target};
 use crate::error::ApiError;
+use crate::metrics::ConnKind;
 use crate::handlers::TokenQuery;
 use crate::ws::{self, Authorized, Close, CloseCode};
 
@@ -81,7 +82,7 @@ pub async fn cdp_browser(
     let upgrade = websocket_upgrade(&app, upgrade)?;
     let decision = authorize_cdp(&app, peer, &id, &headers, query.token.as_deref()).await;
     let decision = decision.and_then(|auth| cdp_relay::admit(&app.0, peer.ip(), auth));
-    Ok(ws::accept(app.0.clone(), upgrade, "cdp", &id, decision, |app, auth, socket| async move {
+    Ok(ws::accept(app.0.clone(), upgrade, ConnKind::Cdp, &id, decision, |app, auth, socket| async move {
         cdp_relay::relay(&app, auth, socket, Target::Browser).await
     }))
 }
@@ -101,7 +102,7 @@ pub async fn cdp_page(
     let upgrade = websocket_upgrade(&app, upgrade)?;
     let decision = authorize_cdp(&app, peer, &id, &headers, query.token.as_deref()).await;
     let decision = decision.and_then(|auth| cdp_relay::admit(&app.0, peer.ip(), auth));
-    Ok(ws::accept(app.0.clone(), upgrade, "cdp", &id, decision, move |app, auth, socket| async move {
+    Ok(ws::accept(app.0.clone(), upgrade, ConnKind::Cdp, &id, decision, move |app, auth, socket| async move {
         cdp_relay::relay(&app, auth, socket, Target::Page(target)).await
     }))
 }

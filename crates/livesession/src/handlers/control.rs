@@ -19,6 +19,7 @@ use crate::app::{App, AppState};
 use crate::auth::{TokenError, TokenKind};
 use crate::desktops::DesktopStatus;
 use crate::error::ApiError;
+use crate::metrics::ConnKind;
 use crate::ws::{self, Authorized, Close, CloseCode};
 
 /// A client that has not read what was sent for this long is dropped: the server never
@@ -182,14 +183,14 @@ pub async fn control_channel(
     Ok(ws::accept(
         app.0.clone(),
         upgrade,
-        "control",
+        ConnKind::Control,
         &id,
         decision,
         move |app, auth, mut socket| async move {
             match converse(&app, auth, &mut socket, query.tasks_after.unwrap_or(0)).await {
                 Some(close) => {
                     tracing::info!(code = close.code.code(), reason = %close.reason, "control connection closed by the server");
-                    ws::close(socket, close).await;
+                    ws::close(&app, ConnKind::Control, socket, close).await;
                 }
                 None => tracing::info!("control connection closed by the client"),
             }

@@ -67,10 +67,7 @@ async fn task_queues(app: &crate::app::App) -> (Value, Vec<String>) {
     use livesession_tasks::TaskKind;
     let now = time::OffsetDateTime::now_utc();
     let store = app.queue.store();
-    // A worker is alive if it claimed or heartbeated within two leases (a claim's long
-    // poll repeats well within one), allowing for how stale the store keeps a sighting.
-    let window = (app.queue.config().lease * 2).max(livesession_tasks::store::SEEN_GRANULARITY * 3);
-    let window = time::Duration::try_from(window).unwrap_or(time::Duration::MINUTE);
+    let window = worker_alive_window(app);
     let (stats, workers) = match (store.stats(now).await, store.workers_seen_since(now - window).await) {
         (Ok(stats), Ok(workers)) => (stats, workers),
         (Err(e), _) | (_, Err(e)) => {
@@ -108,6 +105,13 @@ async fn task_queues(app: &crate::app::App) -> (Value, Vec<String>) {
         }));
     }
     (json!({ "ok": true, "kinds": kinds }), degraded)
+}
+
+/// A worker is alive if it claimed or heartbeated within two leases (a claim's long poll
+/// repeats well within one), allowing for how stale the store keeps a sighting.
+pub(crate) fn worker_alive_window(app: &crate::app::App) -> time::Duration {
+    let window = (app.queue.config().lease * 2).max(livesession_tasks::store::SEEN_GRANULARITY * 3);
+    time::Duration::try_from(window).unwrap_or(time::Duration::MINUTE)
 }
 
 /// Desktops against their cap: live (starting, running, being saved), sessions

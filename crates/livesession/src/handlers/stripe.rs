@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use crate::app::{App, AppState};
 use crate::error::ApiError;
 use crate::limits::RateClass;
+use crate::metrics::WebhookResult;
 use crate::proxy::ClientInfo;
 
 pub async fn stripe_webhook(
@@ -21,6 +22,24 @@ pub async fn stripe_webhook(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    // Every delivery is counted by its result (`/metrics`).
+    let result = receive(&app, client, headers, body).await;
+    app.metrics.webhook(match &result {
+        Ok(true) => WebhookResult::Processed,
+        Ok(false) => WebhookResult::Duplicate,
+        Err(e) => WebhookResult::of_error(e),
+    });
+    result.map(|_| Json(json!({ "received": true })))
+}
+
+/// Verifies and handles one delivery; `Ok(false)` if its event was already recorded
+/// (a retry or a duplicate, handled again, which changes nothing).
+async fn receive(
+    app: &App,
+    client: ClientInfo,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<bool, ApiError> {
     let Some(secret) = app
         .checkout
         .as_ref()
@@ -54,13 +73,14 @@ pub async fn stripe_webhook(
     }
     let event: Event = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request("invalid_event", format!("event body: {e}")))?;
-    handle(&app, &event).await?;
+    handle(app, &event).await?;
     // Recorded after it was handled: if handling fails, Stripe's retry is handled again.
-    app.sessions
+    let new = app
+        .sessions
         .store()
         .record_event(&event.id, &event.kind, time::OffsetDateTime::now_utc())
         .await?;
-    Ok(Json(json!({ "received": true })))
+    Ok(new)
 }
 
 /// Whether a paid checkout bought a session: one the server started (our reference in

@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use livesession_session::Holder;
 use crate::error::ApiError;
 use crate::handlers::TokenQuery;
+use crate::metrics::ConnKind;
 use crate::ws::{self, Authorized, Close, CloseCode};
 
 /// RFB client messages are small; the largest legitimate one is a clipboard paste.
@@ -48,7 +49,7 @@ pub async fn vnc_proxy(
     Ok(ws::accept(
         app.0.clone(),
         upgrade,
-        "vnc",
+        ConnKind::Vnc,
         &id,
         decision,
         |app, auth, socket| async move { relay(&app, auth, socket).await },
@@ -62,7 +63,7 @@ async fn relay(app: &App, mut auth: Authorized, mut socket: WebSocket) {
     // Wait for the desktop, unless the session ends or the server stops first.
     let handle = match ws::desktop_for(app, &mut auth).await {
         Ok(handle) => handle,
-        Err(close) => return ws::close(socket, close).await,
+        Err(close) => return ws::close(app, ConnKind::Vnc, socket, close).await,
     };
     // The socket is in a directory the desktop owns: reached only if it is still the
     // desktop's own socket, never through a link it may have put there (`confined`).
@@ -72,6 +73,8 @@ async fn relay(app: &App, mut auth: Authorized, mut socket: WebSocket) {
             tracing::error!(error = %e, "desktop tampered with its VNC socket; stopping it");
             app.desktops.stop(&id).await;
             return ws::close(
+                app,
+                ConnKind::Vnc,
                 socket,
                 Close::new(
                     CloseCode::DesktopUnavailable,
@@ -84,6 +87,8 @@ async fn relay(app: &App, mut auth: Authorized, mut socket: WebSocket) {
             tracing::warn!(error = %e, "desktop VNC socket refused the connection");
             app.desktops.lost(&id, &handle).await;
             return ws::close(
+                app,
+                ConnKind::Vnc,
                 socket,
                 Close::new(
                     CloseCode::DesktopUnavailable,
@@ -95,15 +100,24 @@ async fn relay(app: &App, mut auth: Authorized, mut socket: WebSocket) {
     };
 
     let (tx, rx) = (&mut socket).split();
-    let mut to_client = tx.with(|out: Outbound| {
+    // Counted as they pass (`/metrics`): one atomic add per chunk.
+    let crate::metrics::RelayCounters { to_client: to_client_bytes, from_client: from_client_bytes } =
+        app.metrics.relay_counters(ConnKind::Vnc);
+    let mut to_client = tx.with(move |out: Outbound| {
         future::ready(Ok::<_, axum::Error>(match out {
-            Outbound::Data(bytes) => Message::Binary(bytes),
+            Outbound::Data(bytes) => {
+                to_client_bytes.inc_by(bytes.len() as u64);
+                Message::Binary(bytes)
+            }
             Outbound::Ping => Message::Ping(Default::default()),
         }))
     });
-    let mut from_client = rx.map(|m| {
+    let mut from_client = rx.map(move |m| {
         m.map(|m| match m {
-            Message::Binary(bytes) => Inbound::Data(bytes),
+            Message::Binary(bytes) => {
+                from_client_bytes.inc_by(bytes.len() as u64);
+                Inbound::Data(bytes)
+            }
             Message::Close(_) => Inbound::Close,
             _ => Inbound::Ignored,
         })
@@ -190,6 +204,6 @@ async fn relay(app: &App, mut auth: Authorized, mut socket: WebSocket) {
         "vnc connection closed"
     );
     if let Some(close) = close {
-        ws::close(socket, close).await;
+        ws::close(app, ConnKind::Vnc, socket, close).await;
     }
 }

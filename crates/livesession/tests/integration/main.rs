@@ -13,6 +13,7 @@ mod lifecycle;
 mod limits;
 mod links;
 mod logins;
+mod metrics;
 mod payments;
 mod pool;
 mod processes;

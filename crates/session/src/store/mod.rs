@@ -185,6 +185,20 @@ pub trait SessionStore: Send + Sync + 'static {
     ) -> Result<Option<Session>, StoreError>;
     /// The pending or active session that persists to this profile, if any.
     async fn profile_writer(&self, profile: &str) -> Result<Option<Session>, StoreError>;
+    /// How many sessions are in each state, and how many active ones are hibernated
+    /// (`/metrics`). Reads every row's state: cheap next to a scrape interval.
+    async fn count_sessions(&self) -> Result<SessionCounts, StoreError>;
     /// A cheap round trip, for `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// Sessions by state ([`SessionStore::count_sessions`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SessionCounts {
+    pub pending: u64,
+    pub active: u64,
+    pub expired: u64,
+    pub revoked: u64,
+    /// Active sessions whose desktop is hibernated (`hibernated_at` set).
+    pub hibernated: u64,
 }

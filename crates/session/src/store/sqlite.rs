@@ -513,6 +513,29 @@ impl SessionStore for SqliteStore {
         row.as_ref().map(session_from_row).transpose()
     }
 
+    async fn count_sessions(&self) -> Result<super::SessionCounts, StoreError> {
+        let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+            "SELECT state, COUNT(*), COUNT(hibernated_at) FROM sessions GROUP BY state",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut counts = super::SessionCounts::default();
+        for (state, n, hibernated) in rows {
+            let n = u64::try_from(n).unwrap_or(0);
+            match state.as_str() {
+                "pending" => counts.pending = n,
+                "active" => {
+                    counts.active = n;
+                    counts.hibernated = u64::try_from(hibernated).unwrap_or(0);
+                }
+                "expired" => counts.expired = n,
+                "revoked" => counts.revoked = n,
+                _ => {}
+            }
+        }
+        Ok(counts)
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
@@ -597,6 +620,26 @@ mod tests {
         let store = SqliteStore::open(&path).await.unwrap();
         assert_eq!(store.list_sessions(10).await.unwrap(), vec![s.clone()]);
         assert_eq!(store.list_active_sessions().await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn sessions_are_counted_by_state_with_the_hibernated_among_the_active() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("db")).await.unwrap();
+        assert_eq!(store.count_sessions().await.unwrap(), super::super::SessionCounts::default());
+        let (a, b, c) = (session(60), session(60), session(60));
+        let mut pending = session(60);
+        pending.state = SessionState::Pending;
+        for s in [&a, &b, &c, &pending] {
+            store.insert_session(s).await.unwrap();
+        }
+        let at = OffsetDateTime::now_utc();
+        store.set_hibernated(&b.id, Some(at)).await.unwrap().unwrap();
+        store.end_session(&c.id, SessionEnd::Revoked, "by test", at).await.unwrap().unwrap();
+        assert_eq!(
+            store.count_sessions().await.unwrap(),
+            super::super::SessionCounts { pending: 1, active: 2, expired: 0, revoked: 1, hibernated: 1 }
+        );
     }
 
     #[tokio::test]
