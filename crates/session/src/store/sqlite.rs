@@ -27,8 +27,10 @@ impl SqliteStore {
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             // A request waits at most this for a connection (each holds one for at most
-            // the busy timeout while the database is locked), then fails as busy.
-            .acquire_timeout(std::time::Duration::from_secs(10))
+            // the busy timeout while the database is locked), then fails as busy. Not
+            // less: 10,000 control connections renewing their tokens together waited up
+            // to 9.5 s for one in the soak (docs/performance.md).
+            .acquire_timeout(std::time::Duration::from_secs(30))
             .connect_with(options)
             .await?;
         sqlx::migrate!("migrations/sqlite").run(&pool).await?;
