@@ -1024,7 +1024,13 @@ impl Inner {
     /// The supervisor's `run/browser` ("running N" or "restarting N", launcher.sh). The
     /// desktop writes that file, so it can only misreport its own browser.
     async fn browser_state(&self, id: &str) -> BrowserState {
+        // Being saved (its browser closed on purpose, out of `desktops` meanwhile): not
+        // dead, and not for a follower to stop.
+        // (Asked under the lock: `save_and_stop` moves it from one to the other under it.)
         let mut desktops = self.desktops.lock().await;
+        if self.saving.borrow().contains(id) {
+            return BrowserState::Running { starts: 0 };
+        }
         let Some(desktop) = desktops.get_mut(id) else {
             return BrowserState::Gone;
         };
