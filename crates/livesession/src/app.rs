@@ -428,7 +428,9 @@ pub async fn launch(
     crate::task_runners::spawn(&app);
     // Idle desktops hibernate; while sessions wait in line, idle ones make room.
     let keeper = tokio::spawn(app.desktops.clone().run_keeper(app.shutdown.clone()));
-    // Login captures of active sessions are watched again; events left undelivered resume.
+    // Login captures take their first look at a new desktop before it is published; those
+    // of active sessions are watched again; events left undelivered resume.
+    crate::login_capture::arm(&app);
     crate::login_capture::resume(&app).await;
     // Recorded sessions' recorders start (again), and old recordings are swept.
     let recordings = tokio::spawn(app.recordings.clone().run());

@@ -7,14 +7,18 @@
 //! One watcher task per login session, tracked with the server's tasks. It never starts
 //! the desktop (a viewer does); it follows the desktop's status and polls the browser
 //! every half second while it runs. A capture into an existing profile starts from that
-//! profile (its tabs, its cookies), so the condition may hold at once: the watcher takes
-//! what the browser shows at its first look at each desktop as a baseline and counts
-//! only a condition that becomes true after it (`Baseline`), and at its first look it
-//! opens the start URL in the first tab when no tab is at it. Which sessions are login captures is in the store
-//! (`logins`), so a restarted server resumes watching them.
+//! profile (its tabs, its cookies), so the condition may hold at once: what the browser
+//! shows at the first look at each desktop is a baseline, and only a condition that
+//! becomes true after it counts (`Baseline`); at that look the start URL is opened in the
+//! first tab when no tab is at it. The first look is taken before the desktop is
+//! published ready ([`FirstLooks`], a [`BeforeReady`] hook), so a person or an agent who
+//! signs in at once cannot come before it. Which sessions are login captures is in the
+//! store (`logins`), so a restarted server resumes watching them.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use livesession_desktop::DesktopHandle;
@@ -25,7 +29,7 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 
 use crate::app::App;
-use crate::desktops::DesktopStatus;
+use crate::desktops::{BeforeReady, DesktopStatus};
 
 /// The end reason of a session whose login was captured (its profile saved).
 pub const LOGIN_CAPTURED_REASON: &str = "login captured";
@@ -37,18 +41,44 @@ pub const LOGIN_NOT_SAVED_REASON: &str = "login not saved";
 const POLL_EVERY: Duration = Duration::from_millis(500);
 /// One DevTools question's bound.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a new desktop's publication may wait for the first look; past it the
+/// watcher looks once the desktop is ready.
+const FIRST_LOOK_BOUND: Duration = Duration::from_secs(15);
 
-/// The logins of this server: where they are stored, and which are being saved now.
+/// The logins of this server: where they are stored, which are watched, and which are
+/// being saved now.
 pub struct Logins {
     store: Arc<dyn LoginStore>,
     /// Sessions whose browser a capture is saving right now: their connections wait for
     /// the session's end instead of reporting the desktop lost (`ws::capture_end`).
     capturing: Mutex<HashSet<String>>,
+    /// The watched login sessions: their done condition, and the first look taken at
+    /// their newest desktop before it was published ready, until the watcher takes it.
+    watched: Mutex<HashMap<String, Watched>>,
+}
+
+struct Watched {
+    done: DoneCondition,
+    look: Option<FirstLook>,
+}
+
+/// A look at a desktop's browser taken before the desktop was published ready.
+struct FirstLook {
+    handle: Arc<DesktopHandle>,
+    cdp: Cdp,
+    baseline: Baseline,
 }
 
 impl Logins {
     pub fn new(store: Arc<dyn LoginStore>) -> Arc<Self> {
-        Arc::new(Self { store, capturing: Mutex::default() })
+        Arc::new(Self { store, capturing: Mutex::default(), watched: Mutex::default() })
+    }
+
+    /// The first look at `handle`'s browser, if one was taken before it was published.
+    fn take_look(&self, session_id: &str, handle: &Arc<DesktopHandle>) -> Option<(Cdp, Baseline)> {
+        let mut watched = self.watched.lock().unwrap();
+        let look = watched.get_mut(session_id)?.look.take()?;
+        Arc::ptr_eq(&look.handle, handle).then_some((look.cdp, look.baseline))
     }
 
     pub fn store(&self) -> &Arc<dyn LoginStore> {
@@ -80,10 +110,82 @@ impl Drop for Capturing<'_> {
     }
 }
 
-/// Starts watching a login's session, on the server's tracked tasks.
+/// Marks a session as watched for as long as it is held: its new desktops get a first
+/// look before they are published.
+struct WatchedGuard<'a> {
+    logins: &'a Logins,
+    session_id: String,
+}
+
+impl Drop for WatchedGuard<'_> {
+    fn drop(&mut self) {
+        self.logins.watched.lock().unwrap().remove(&self.session_id);
+    }
+}
+
+/// Starts watching a login's session, on the server's tracked tasks. The session counts as
+/// watched from now on, so its first desktop gets its first look even if the watcher
+/// task has not run yet.
 pub fn watch(app: &Arc<App>, login: Login) {
+    app.logins
+        .watched
+        .lock()
+        .unwrap()
+        .insert(login.session_id.clone(), Watched { done: login.done.clone(), look: None });
     let app2 = app.clone();
     app.tasks.spawn(async move { run(app2, login).await });
+}
+
+/// The [`BeforeReady`] hook of login captures: on a new desktop of a watched session,
+/// takes the first look (the start URL opened, the baseline) before anyone can use it.
+pub struct FirstLooks(Weak<App>);
+
+/// Installs the login captures' first look on the server's desktops.
+pub fn arm(app: &Arc<App>) {
+    app.desktops.set_before_ready(Arc::new(FirstLooks(Arc::downgrade(app))));
+}
+
+impl BeforeReady for FirstLooks {
+    fn before_ready<'a>(
+        &'a self,
+        session: &'a livesession_session::Session,
+        handle: &'a Arc<DesktopHandle>,
+        resuming: bool,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+        Box::pin(async move {
+            let Some(app) = self.0.upgrade() else { return };
+            let id = &session.id;
+            let Some(done) = app.logins.watched.lock().unwrap().get(id).map(|w| w.done.clone()) else {
+                return;
+            };
+            // A resumed desktop keeps where the person was; a new one shows the login page.
+            let start_url = (!resuming).then_some(session.start_url.as_str());
+            let looked = tokio::time::timeout(FIRST_LOOK_BOUND, async {
+                let cdp = crate::cdp_relay::browser_client(&app, handle).await?;
+                let (baseline, held) = first_look(&cdp, &done, start_url).await.map_err(|e| e.to_string())?;
+                Ok::<_, String>((cdp, baseline, held))
+            })
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {} s", FIRST_LOOK_BOUND.as_secs())));
+            match looked {
+                Ok((cdp, baseline, held)) => {
+                    log_held(id, held);
+                    if let Some(watched) = app.logins.watched.lock().unwrap().get_mut(id) {
+                        watched.look = Some(FirstLook { handle: handle.clone(), cdp, baseline });
+                    }
+                }
+                Err(why) => tracing::warn!(session_id = %id, error = %why,
+                    "login capture: no first look at the new desktop's browser; the watcher looks once it is ready"),
+            }
+        })
+    }
+}
+
+fn log_held(session_id: &str, held: bool) {
+    if held {
+        tracing::info!(session_id = %session_id,
+            "login capture: the done condition already holds (the profile's saved state); waiting for it to become true anew");
+    }
 }
 
 /// At start-up: watches the logins of active sessions again, and ends the sessions of
@@ -109,6 +211,7 @@ pub async fn resume(app: &Arc<App>) {
 
 async fn run(app: Arc<App>, login: Login) {
     let id = login.session_id.clone();
+    let _watched = WatchedGuard { logins: &app.logins, session_id: id.clone() };
     let mut end = app.sessions.subscribe(&id);
     let start_url = match app.sessions.get(&id).await {
         Ok(Some(s)) if s.state == SessionState::Active && s.end_at(OffsetDateTime::now_utc()).is_none() => s.start_url,
@@ -133,24 +236,31 @@ async fn run(app: Arc<App>, login: Login) {
 async fn wait_until_done(app: &App, login: &Login, start_url: &str) -> String {
     let id = &login.session_id;
     let mut logged_error = false;
-    // The login page is opened once, in the first desktop of a session that did not
-    // hibernate (a resumed one keeps where the person was).
+    // Without a first look taken before the desktop was published (the hook gave up, or
+    // the browser restarted in the same desktop), the watcher takes it here: the login
+    // page is then opened once, in the first desktop of a session that did not hibernate
+    // (a resumed one keeps where the person was).
     let mut open_start_url = !app.states.has_own_state(id);
     loop {
         let handle = wait_for_desktop(app, id).await;
-        let cdp = match crate::cdp_relay::browser_client(app, &handle).await {
-            Ok(cdp) => cdp,
-            Err(why) => {
-                if !logged_error {
-                    tracing::warn!(session_id = %id, error = %why, "login capture: cannot reach the browser yet; retrying");
-                    logged_error = true;
-                }
-                tokio::time::sleep(POLL_EVERY).await;
-                continue;
+        let (cdp, mut baseline) = match app.logins.take_look(id, &handle) {
+            Some((cdp, baseline)) => {
+                open_start_url = false;
+                (cdp, Some(baseline))
             }
+            None => match crate::cdp_relay::browser_client(app, &handle).await {
+                Ok(cdp) => (cdp, None),
+                Err(why) => {
+                    if !logged_error {
+                        tracing::warn!(session_id = %id, error = %why, "login capture: cannot reach the browser yet; retrying");
+                        logged_error = true;
+                    }
+                    tokio::time::sleep(POLL_EVERY).await;
+                    continue;
+                }
+            },
         };
         logged_error = false;
-        let mut baseline = None;
         loop {
             if !is_current(app, id, &handle) {
                 break; // the desktop went away (hibernated, lost): follow the next one
@@ -158,10 +268,7 @@ async fn wait_until_done(app: &App, login: &Login, start_url: &str) -> String {
             let looked = match baseline.as_mut() {
                 None => first_look(&cdp, &login.done, open_start_url.then_some(start_url)).await.map(|(b, held)| {
                     open_start_url = false;
-                    if held {
-                        tracing::info!(session_id = %id, login_id = %login.id,
-                            "login capture: the done condition already holds (the profile's saved state); waiting for it to become true anew");
-                    }
+                    log_held(id, held);
                     baseline = Some(b);
                     None
                 }),

@@ -12,8 +12,10 @@ mod idle;
 mod queue;
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use livesession_desktop::{DesktopError, DesktopHandle, DesktopRuntime, DesktopSpec, Piece};
@@ -186,6 +188,20 @@ pub struct Desktops {
     files: Arc<crate::downloads::DesktopFiles>,
     /// Start and resume times (`/metrics`).
     metrics: Arc<crate::metrics::Metrics>,
+    /// Done on every new desktop before it is published ready ([`BeforeReady`]).
+    before_ready: OnceLock<Arc<dyn BeforeReady>>,
+}
+
+/// Work on a new desktop after it started and before anyone can use it: a login capture
+/// takes its first look at the browser there (login_capture.rs), so nothing a person or an
+/// agent does in the desktop can come before that look. The implementer bounds its time.
+pub trait BeforeReady: Send + Sync {
+    fn before_ready<'a>(
+        &'a self,
+        session: &'a Session,
+        handle: &'a Arc<DesktopHandle>,
+        resuming: bool,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
 }
 
 /// Counts a connection or task run as activity on its session's desktop while held: a
@@ -232,7 +248,15 @@ impl Desktops {
             wake: Notify::new(),
             files,
             metrics,
+            before_ready: OnceLock::new(),
         })
+    }
+
+    /// Sets the work done on every new desktop before it is published ready (once).
+    pub fn set_before_ready(&self, hook: Arc<dyn BeforeReady>) {
+        if self.before_ready.set(hook).is_err() {
+            tracing::error!("a second before-ready hook was ignored");
+        }
     }
 
     /// The sessions' files and their `FILE_ADDED` events (downloads.rs).
@@ -460,27 +484,29 @@ impl Desktops {
         }
         // The session's files are in the desktop's Downloads before anyone can use it.
         let files = self.files.bind(&id, &handle).await;
+        let handle = Arc::new(handle);
+        if let Some(hook) = self.before_ready.get() {
+            hook.before_ready(&session, &handle, resuming).await;
+        }
         let published = {
             let mut inner = self.inner.lock().unwrap();
             match inner.slots.get_mut(&id) {
                 Some(slot) if slot.generation == generation => {
                     slot.hibernated = false;
                     slot.idle_since = Instant::now();
-                    let handle = Arc::new(handle);
                     status.send_replace(DesktopStatus::Ready(handle.clone()));
                     self.metrics.desktop_started(resuming, true, began.elapsed());
-                    Some(handle)
+                    true
                 }
-                _ => None,
+                _ => false,
             }
         };
-        match published {
+        if published {
             // Not on `self.tasks`: shutdown need not wait for it; it ends with the slot.
-            Some(handle) => {
-                drop(tokio::spawn(files.run(self.clone(), handle.clone())));
-                drop(tokio::spawn(browser::follow(self.clone(), id, generation, handle, session.start_url)));
-            }
-            None => self.runtime.stop(&id).await,
+            drop(tokio::spawn(files.run(self.clone(), handle.clone())));
+            drop(tokio::spawn(browser::follow(self.clone(), id, generation, handle, session.start_url)));
+        } else {
+            self.runtime.stop(&id).await;
         }
     }
 
