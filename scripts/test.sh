@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 
-apt_install "${RUNTIME_PACKAGES[@]}" build-essential pkg-config procps python3
+apt_install "${RUNTIME_PACKAGES[@]}" build-essential pkg-config procps python3 python3-venv
 ensure_node
 ensure_rust
 install_web_client
@@ -19,6 +19,9 @@ cargo build --locked --workspace --all-targets
 cargo test --locked --workspace
 # What the fault-injection suite tried and what held (tests/integration/faults.rs).
 cat "${CARGO_TARGET_DIR:-target}/tmp/fault-report.txt"
+
+echo "==> The REST API against its OpenAPI spec (schemathesis)"
+bash scripts/api-check.sh
 
 echo "==> Playwright end-to-end tests"
 LIVESESSION_BIN="$PWD/target/debug/livesession" node --test --test-concurrency=1 e2e/

@@ -16,7 +16,7 @@ const AUDIENCE: &str = "livesession";
 /// claim credential is signed for nothing else, so neither verifies as the other.
 const CLAIM_AUDIENCE: &str = "livesession-claim";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// Sees the screen and sends keyboard and mouse input.

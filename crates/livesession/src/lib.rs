@@ -20,6 +20,7 @@ pub mod events;
 mod handlers;
 mod limits;
 mod login_capture;
+mod openapi;
 mod metrics;
 pub mod logging;
 pub mod proxy;

@@ -1,7 +1,7 @@
 //! Every route, in one place, and the layers every request passes through.
 //!
 //! Route audit (method, path → who may call it, CSRF, rate limit, body limit):
-//! - `GET /api/info`, `/`, `/s/{id}`, `/replay/{id}`, `/checkout/success`, `/static/…`, `/vendor/…`,
+//! - `GET /api/info`, `/api/openapi.json`, `/`, `/s/{id}`, `/replay/{id}`, `/checkout/success`, `/static/…`, `/vendor/…`,
 //!   `/healthz`, `/readyz`: anyone; read-only.
 //! - `POST /api/sessions`: admin bearer; create limit; `--max-body-bytes`.
 //! - `GET /api/sessions`, `GET|DELETE /api/sessions/{id}`, `POST …/extend`: admin bearer
@@ -43,9 +43,13 @@
 //! [`security::csrf`] (cross-site state-changing requests refused), so no route can be
 //! added without them.
 
-use axum::Router;
+use std::sync::Arc;
+
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
+use axum::{Json, Router};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::app::AppState;
 use crate::handlers::{
@@ -58,75 +62,46 @@ const STRIPE_WEBHOOK_MAX_BODY: usize = 1 << 20;
 const WORKER_EVENT_MAX_BODY: usize = 3 << 20;
 
 pub fn router(state: AppState) -> Router {
-    let api = Router::new()
-        .route("/api/info", get(pages::info))
-        .route(
-            "/api/sessions",
-            post(sessions::create_session).get(sessions::list_sessions),
-        )
-        .route(
-            "/api/sessions/{id}",
-            get(sessions::get_session).delete(sessions::revoke_session),
-        )
-        .route("/api/sessions/{id}/extend", post(sessions::extend_session))
-        .route("/api/sessions/{id}/token", post(tokens::issue_token))
-        .route(
-            "/api/sessions/{id}/links",
-            post(links::create_link).get(links::list_links),
-        )
-        .route(
-            "/api/sessions/{id}/links/{link_id}",
-            axum::routing::delete(links::revoke_link),
-        )
-        .route("/api/links/claim", post(links::claim_link))
-        .route("/api/logins", post(logins::create_login))
-        .route("/api/checkout", post(checkout::start_checkout))
-        .route("/api/checkout/claim", post(checkout::claim_checkout))
+    // The REST operations are registered with `routes!`, which takes each path from the
+    // handler's `#[utoipa::path]`: the OpenAPI spec (`/api/openapi.json`, openapi.rs) is
+    // collected from exactly these. WebSockets and pages are plain routes.
+    let api = OpenApiRouter::new()
+        .routes(routes!(pages::info))
+        .routes(routes!(sessions::create_session, sessions::list_sessions))
+        .routes(routes!(sessions::get_session, sessions::revoke_session))
+        .routes(routes!(sessions::extend_session))
+        .routes(routes!(tokens::issue_token))
+        .routes(routes!(links::create_link, links::list_links))
+        .routes(routes!(links::revoke_link))
+        .routes(routes!(links::claim_link))
+        .routes(routes!(logins::create_login))
+        .routes(routes!(checkout::start_checkout))
+        .routes(routes!(checkout::claim_checkout))
         .route("/api/sessions/{id}/vnc", get(vnc::vnc_proxy))
-        .route(
-            "/api/sessions/{id}/control",
-            get(control::control_channel).post(cdp::set_control),
-        )
-        .route("/api/sessions/{id}/recording", get(recording::get_recording))
+        .route("/api/sessions/{id}/control", get(control::control_channel))
+        .routes(routes!(cdp::set_control))
+        .routes(routes!(recording::get_recording))
         // The upload streams its body (up to its own cap, session_files.rs), past the
         // default body limit, which applies only to bodies read whole.
-        .route(
-            "/api/sessions/{id}/files",
-            post(files::upload_file).get(files::list_files),
-        )
-        .route("/api/sessions/{id}/files/{name}", get(files::get_file))
+        .routes(routes!(files::upload_file, files::list_files))
+        .routes(routes!(files::get_file))
         .route("/api/sessions/{id}/cdp", get(cdp::cdp_browser))
         .route("/api/sessions/{id}/cdp/page/{target}", get(cdp::cdp_page))
         .route("/api/sessions/{id}/cdp/{*what}", get(cdp::cdp_discovery))
-        .route(
-            "/api/sessions/{id}/tasks",
-            post(tasks::post_task).get(tasks::list_tasks),
-        )
-        .route("/api/sessions/{id}/tasks/{task_id}", get(tasks::get_session_task))
-        .route(
-            "/api/sessions/{id}/tasks/{task_id}/cancel",
-            post(tasks::cancel_session_task),
-        )
-        .route(
-            "/api/sessions/{id}/tasks/{task_id}/screenshots/{seq}",
-            get(tasks::screenshot),
-        )
-        .route("/api/tasks", get(tasks::list_all_tasks))
-        .route("/api/tasks/{id}", get(tasks::get_task))
-        .route("/api/tasks/{id}/cancel", post(tasks::cancel_task))
-        .route("/api/profiles", get(profiles::list_profiles))
-        .route(
-            "/api/profiles/{name}",
-            get(profiles::get_profile).delete(profiles::delete_profile),
-        )
-        .route(
-            "/api/profiles/{name}/cookies",
-            get(profiles::get_cookies).post(profiles::import_cookies),
-        )
-        .route("/api/workers/tokens", post(workers::mint_worker_token))
-        .route("/api/workers/claim", post(workers::claim))
-        .route("/api/tasks/{id}/heartbeat", post(workers::heartbeat))
-        .route("/api/tasks/{id}/fail", post(workers::fail));
+        .routes(routes!(tasks::post_task, tasks::list_tasks))
+        .routes(routes!(tasks::get_session_task))
+        .routes(routes!(tasks::cancel_session_task))
+        .routes(routes!(tasks::screenshot))
+        .routes(routes!(tasks::list_all_tasks))
+        .routes(routes!(tasks::get_task))
+        .routes(routes!(tasks::cancel_task))
+        .routes(routes!(profiles::list_profiles))
+        .routes(routes!(profiles::get_profile, profiles::delete_profile))
+        .routes(routes!(profiles::get_cookies, profiles::import_cookies))
+        .routes(routes!(workers::mint_worker_token))
+        .routes(routes!(workers::claim))
+        .routes(routes!(workers::heartbeat))
+        .routes(routes!(workers::fail));
     let pages = Router::new()
         .route("/", get(pages::landing))
         .route("/start", post(sessions::start_free_session))
@@ -138,22 +113,26 @@ pub fn router(state: AppState) -> Router {
         .route("/vendor/novnc/{*path}", get(pages::novnc_file));
     // Stripe's deliveries get their own, larger body limit: a refused delivery is a lost
     // payment confirmation until Stripe retries.
-    let webhook = Router::new()
-        .route("/api/stripe/webhook", post(stripe::stripe_webhook))
+    let webhook = OpenApiRouter::new()
+        .routes(routes!(stripe::stripe_webhook))
         .layer(DefaultBodyLimit::max(STRIPE_WEBHOOK_MAX_BODY));
-    let worker_events = Router::new()
-        .route("/api/tasks/{id}/events", post(workers::post_event))
-        .route("/api/tasks/{id}/complete", post(workers::complete))
+    let worker_events = OpenApiRouter::new()
+        .routes(routes!(workers::post_event))
+        .routes(routes!(workers::complete))
         .layer(DefaultBodyLimit::max(WORKER_EVENT_MAX_BODY));
-    let health = Router::new()
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
+    let health = OpenApiRouter::new()
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
         .route("/metrics", get(metrics::admin_metrics));
+    let (api, paths) = api.merge(health).split_for_parts();
+    let (webhook, webhook_paths) = webhook.split_for_parts();
+    let (worker_events, worker_paths) = worker_events.split_for_parts();
+    let spec = Arc::new(crate::openapi::spec(paths.merge_from(webhook_paths).merge_from(worker_paths)));
+    let api = api.route("/api/openapi.json", get(move || std::future::ready(Json(spec.clone()))));
 
     let max_body = state.config.max_body_bytes;
     use axum::middleware::{from_fn, from_fn_with_state, map_response};
     api.merge(pages)
-        .merge(health)
         .layer(DefaultBodyLimit::max(max_body))
         .merge(webhook)
         .merge(worker_events)

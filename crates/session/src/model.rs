@@ -3,7 +3,7 @@ use sha2::Digest;
 use time::OffsetDateTime;
 
 /// Where a session came from: recorded so operators can tell free, API and paid sessions apart.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SessionSource {
     /// Started from the landing page while the server runs in free mode.
@@ -33,7 +33,7 @@ impl SessionSource {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SessionState {
     /// Waiting for its payment to be confirmed.
@@ -81,7 +81,7 @@ impl SessionEnd {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Session {
     pub id: String,
     pub state: SessionState,
@@ -168,7 +168,7 @@ pub fn new_session_id() -> String {
 }
 
 /// What a viewer link lets its holder do: drive the desktop, or only watch it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LinkRole {
     Interactive,

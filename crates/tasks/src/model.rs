@@ -29,7 +29,7 @@ pub mod limits {
     pub const MAX_OPEN_PER_SESSION: usize = 50;
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskKind {
     /// A scripted list of [`Step`]s.
@@ -59,7 +59,7 @@ impl TaskKind {
 
 /// `queued → running → (waiting_for_person ⇄ running) → succeeded | failed | cancelled`;
 /// a running task whose worker is lost goes back to `queued`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskState {
     Queued,
@@ -106,7 +106,7 @@ impl TaskState {
 }
 
 /// A task as stored and as the API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Task {
     pub id: String,
     pub session_id: String,
@@ -133,7 +133,7 @@ pub struct Task {
 
 /// Who holds a running task, and until when. A worker's writes name the lease id; once
 /// the lease has run out (or the task was cancelled) they are refused.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Lease {
     /// Secret to the worker: never shown by the API, only given to the claimant.
     #[serde(skip)]
@@ -146,7 +146,7 @@ pub struct Lease {
 /// One change of a task, kept for ever with the task. `seq` counts from 1 per task;
 /// `cursor` orders every event of the store (a viewer resumes a session's updates after
 /// the last cursor it saw).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TaskEvent {
     pub task_id: String,
     pub session_id: String,

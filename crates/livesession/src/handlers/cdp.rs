@@ -181,8 +181,22 @@ pub(crate) fn rewrite_urls(body: &mut Value, public_url: &str, session_id: &str,
     }
 }
 
+/// Who should drive the session's browser.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+pub struct SetControl {
+    holder: livesession_session::Holder,
+}
+
 /// `POST /api/sessions/{id}/control` `{"holder": "person"|"agent"|"none"}`: hands control
 /// over HTTP (admin, or the session's interactive token).
+#[utoipa::path(post, path = "/api/sessions/{id}/control", tag = "control", security(("bearer" = [])), params(("id" = String, Path, description = "The session's id")),
+    request_body = SetControl,
+    responses(
+        (status = 200, description = "Who holds control now", body = Object),
+        (status = 401, description = "No valid admin token or access token of this session", body = crate::error::ErrorBody), (status = 404, description = "No session has this id", body = crate::error::ErrorBody),
+        (status = 409, description = "No agent is connected to hand control to", body = crate::error::ErrorBody),
+        (status = 410, description = "The session has ended", body = crate::error::ErrorBody),
+    ))]
 pub async fn set_control(
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -191,10 +205,6 @@ pub async fn set_control(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    #[derive(serde::Deserialize)]
-    struct SetControl {
-        holder: livesession_session::Holder,
-    }
     // A wrong admin token is counted (and a locked-out address refused) here.
     let admin = crate::handlers::admin::is_admin(&app, client.ip, &headers)?;
     if !admin {

@@ -23,6 +23,13 @@ use crate::proxy::ClientInfo;
 /// `POST /api/checkout` (the landing page's form): creates a Checkout Session at Stripe and
 /// sends the browser to Stripe's payment page. The session is recorded as pending. Only
 /// our own pages may post it (the CSRF layer, `security::csrf`).
+#[utoipa::path(post, path = "/api/checkout", tag = "checkout",
+    request_body(content = crate::handlers::tasks::GoalForm, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 303, description = "To Stripe's payment page"),
+        (status = 404, description = "This server does not sell sessions", body = crate::error::ErrorBody),
+        (status = 502, description = "The payment provider is unavailable", body = crate::error::ErrorBody),
+    ))]
 pub async fn start_checkout(
     State(app): State<AppState>,
     client: ClientInfo,
@@ -76,15 +83,23 @@ pub async fn start_checkout(
     Ok((StatusCode::SEE_OTHER, [(LOCATION, location)]).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct ClaimRequest {
+pub struct CheckoutClaimRequest {
     pub checkout_session_id: String,
 }
 
 /// `POST /api/checkout/claim`: polled by the "confirming your payment" page. Once the
 /// webhook has confirmed the payment, the first browser to ask gets the session (a cookie);
 /// any other browser is told the session was already claimed.
+#[utoipa::path(post, path = "/api/checkout/claim", tag = "checkout", request_body = CheckoutClaimRequest,
+    responses(
+        (status = 200, description = "This browser has the paid session (cookies set)", body = Object),
+        (status = 202, description = "The payment is not confirmed yet; ask again", body = Object),
+        (status = 404, description = "No checkout has this id", body = crate::error::ErrorBody),
+        (status = 409, description = "Another browser claimed this session", body = crate::error::ErrorBody),
+        (status = 410, description = "The session has ended", body = crate::error::ErrorBody),
+    ))]
 pub async fn claim_checkout(
     State(app): State<AppState>,
     client: ClientInfo,
@@ -94,7 +109,7 @@ pub async fn claim_checkout(
     app.limits
         .check(RateClass::Checkout, client.ip)
         .map_err(|r| ApiError::rate_limited(&r))?;
-    let request: ClaimRequest = serde_json::from_slice(&body?).map_err(|e| {
+    let request: CheckoutClaimRequest = serde_json::from_slice(&body?).map_err(|e| {
         ApiError::bad_request(
             "invalid_json",
             format!("request body: {e}; expected {{\"checkout_session_id\": \"cs_…\"}}"),

@@ -89,6 +89,9 @@ async fn authorize(
 }
 
 /// `GET /api/sessions/{id}/files`.
+#[utoipa::path(get, path = "/api/sessions/{id}/files", tag = "files", security(("bearer" = [])), params(("id" = String, Path, description = "The session's id"), crate::handlers::TokenQuery),
+    responses((status = 200, description = "`{\"files\": [{\"name\", \"size\", \"modified_at\"}]}`", body = Object), (status = 401, description = "No valid admin token or access token of this session", body = crate::error::ErrorBody), (status = 404, description = "No session has this id", body = crate::error::ErrorBody),
+        (status = 410, description = "The session has ended", body = crate::error::ErrorBody)))]
 pub async fn list_files(
     State(app): State<AppState>,
     client: ClientInfo,
@@ -135,6 +138,10 @@ fn content_disposition(name: &str) -> HeaderValue {
 }
 
 /// `GET /api/sessions/{id}/files/{name}`.
+#[utoipa::path(get, path = "/api/sessions/{id}/files/{name}", tag = "files", security(("bearer" = [])),
+    params(("id" = String, Path, description = "The session's id"), ("name" = String, Path, description = "The file's name"), crate::handlers::TokenQuery),
+    responses((status = 200, description = "The file, as an attachment", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 401, description = "No valid admin token or access token of this session", body = crate::error::ErrorBody), (status = 404, description = "No such session or file", body = crate::error::ErrorBody), (status = 410, description = "The session has ended", body = crate::error::ErrorBody)))]
 pub async fn get_file(
     State(app): State<AppState>,
     client: ClientInfo,
@@ -168,12 +175,18 @@ pub async fn get_file(
     Ok(response)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct UploadQuery {
     pub name: Option<String>,
 }
 
 /// `POST /api/sessions/{id}/files?name=NAME`, the file's bytes as the body.
+#[utoipa::path(post, path = "/api/sessions/{id}/files", tag = "files", security(("bearer" = [])), params(("id" = String, Path, description = "The session's id"), UploadQuery),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The file's bytes"),
+    responses((status = 201, description = "Stored, and placed in the live desktop's Downloads", body = Object),
+        (status = 401, description = "No valid admin token or access token of this session", body = crate::error::ErrorBody), (status = 404, description = "No session has this id", body = crate::error::ErrorBody), (status = 409, description = "The session has too many files", body = crate::error::ErrorBody), (status = 410, description = "The session has ended", body = crate::error::ErrorBody),
+        (status = 507, description = "Not enough space for the file", body = crate::error::ErrorBody)))]
 pub async fn upload_file(
     State(app): State<AppState>,
     client: ClientInfo,

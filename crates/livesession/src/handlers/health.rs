@@ -9,10 +9,14 @@ use serde_json::{Value, json};
 
 use crate::app::AppState;
 
+#[utoipa::path(get, path = "/healthz", tag = "server", responses((status = 200, description = "The process answers", body = Object)))]
 pub async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
+#[utoipa::path(get, path = "/readyz", tag = "server",
+    responses((status = 200, description = "Ready: store, tools and web client present", body = Object),
+        (status = 503, description = "Not ready; the body says what is missing", body = Object)))]
 pub async fn readyz(State(app): State<AppState>) -> (StatusCode, Json<Value>) {
     let store = match app.sessions.store().ping().await {
         Ok(()) => json!({ "ok": true }),

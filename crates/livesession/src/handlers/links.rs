@@ -186,7 +186,7 @@ fn session_ended(session: &Session) -> ApiError {
     )
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateLink {
     pub role: LinkRole,
@@ -214,6 +214,14 @@ fn validate_label(label: Option<String>) -> Result<Option<String>, ApiError> {
 
 /// `POST /api/sessions/{id}/links`: a new link. Its URL (with the secret) is in this
 /// answer only.
+#[utoipa::path(post, path = "/api/sessions/{id}/links", tag = "links", security(("bearer" = [])), params(("id" = String, Path, description = "The session's id")),
+    request_body = CreateLink,
+    responses(
+        (status = 201, description = "The link; its `url` (with the secret) is shown only here", body = Object),
+        (status = 401, description = "No valid admin token or access token of this session", body = crate::error::ErrorBody), (status = 404, description = "No session has this id", body = crate::error::ErrorBody),
+        (status = 409, description = "The session is not active yet, or has too many links", body = crate::error::ErrorBody),
+        (status = 410, description = "The session has ended", body = crate::error::ErrorBody),
+    ))]
 pub async fn create_link(
     State(app): State<AppState>,
     client: ClientInfo,
@@ -267,6 +275,8 @@ pub async fn create_link(
 
 /// `GET /api/sessions/{id}/links`: every link of the session, revoked ones included,
 /// oldest first, without secrets.
+#[utoipa::path(get, path = "/api/sessions/{id}/links", tag = "links", security(("bearer" = [])), params(("id" = String, Path, description = "The session's id")),
+    responses((status = 200, description = "`{\"links\": [...]}`, oldest first, without secrets", body = Object), (status = 401, description = "No valid admin token or access token of this session", body = crate::error::ErrorBody), (status = 404, description = "No session has this id", body = crate::error::ErrorBody)))]
 pub async fn list_links(
     State(app): State<AppState>,
     client: ClientInfo,
@@ -283,6 +293,10 @@ pub async fn list_links(
 /// `DELETE /api/sessions/{id}/links/{link_id}`: revokes the link. Every connection opened
 /// with its tokens is told to close (4008 "viewer link revoked") before this answers, and
 /// its tokens are refused from now on. Revoking a revoked link changes nothing.
+#[utoipa::path(delete, path = "/api/sessions/{id}/links/{link_id}", tag = "links", security(("bearer" = [])),
+    params(("id" = String, Path, description = "The session's id"), ("link_id" = String, Path, description = "The link's id")),
+    responses((status = 200, description = "The revoked link", body = Object), (status = 401, description = "No valid admin token or access token of this session", body = crate::error::ErrorBody),
+        (status = 404, description = "No such session, or it has no link with this id", body = crate::error::ErrorBody)))]
 pub async fn revoke_link(
     State(app): State<AppState>,
     client: ClientInfo,
@@ -305,7 +319,7 @@ pub async fn revoke_link(
     Ok(Json(link_json(&link)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClaimLink {
     pub secret: String,
@@ -323,6 +337,12 @@ fn well_formed_secret(secret: &str) -> bool {
 /// access and refresh cookies, carrying the link's role and id. Errors never repeat the
 /// secret. Cross-site requests were refused by the CSRF layer (`security::csrf`); the
 /// attempts count under the same per-address budget as the paid-session claim.
+#[utoipa::path(post, path = "/api/links/claim", tag = "links", request_body = ClaimLink,
+    responses(
+        (status = 200, description = "The session's cookies are set; `{\"session_id\", \"viewer_url\", \"role\"}`", body = Object),
+        (status = 404, description = "No link has this secret, or it was revoked, or its session ended", body = crate::error::ErrorBody),
+        (status = 410, description = "The session has ended", body = crate::error::ErrorBody),
+    ))]
 pub async fn claim_link(
     State(app): State<AppState>,
     client: ClientInfo,

@@ -34,6 +34,23 @@ struct CreateLogin {
 }
 
 const FIELDS: &str = "start_url, profile, done and ttl_seconds (optional)";
+const FIELD_NAMES: [&str; 4] = ["start_url", "profile", "done", "ttl_seconds"];
+
+/// The request's shape, as the OpenAPI spec shows it. It is read field by field
+/// (`parse_request`) so that a refusal names the field at fault; a unit test keeps the
+/// two to the same fields.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct LoginRequest {
+    /// The provider's login page (http or https).
+    start_url: String,
+    /// The profile the login is saved to.
+    profile: String,
+    /// When the login is done: a tab's URL under a prefix, or a cookie of a name.
+    done: DoneCondition,
+    /// The session's lifetime; default the server's session TTL.
+    ttl_seconds: Option<u64>,
+}
 
 fn parse_request(body: &[u8]) -> Result<CreateLogin, ApiError> {
     let value: Value = serde_json::from_slice(body)
@@ -41,7 +58,7 @@ fn parse_request(body: &[u8]) -> Result<CreateLogin, ApiError> {
     let Value::Object(mut fields) = value else {
         return Err(ApiError::bad_request("invalid_json", format!("request body: expected a JSON object with {FIELDS}")));
     };
-    if let Some(unknown) = fields.keys().find(|k| !["start_url", "profile", "done", "ttl_seconds"].contains(&k.as_str())) {
+    if let Some(unknown) = fields.keys().find(|k| !FIELD_NAMES.contains(&k.as_str())) {
         return Err(ApiError::bad_request("invalid_json", format!("unknown field {unknown}; expected {FIELDS}")));
     }
     let start_url = match fields.remove("start_url") {
@@ -69,7 +86,7 @@ fn parse_request(body: &[u8]) -> Result<CreateLogin, ApiError> {
 }
 
 /// No `Debug`: `viewer_url` holds the session's refresh token, which must not reach a log.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct LoginCreated {
     id: String,
     session_id: String,
@@ -140,6 +157,13 @@ fn new_login_id() -> String {
     format!("lg_{}", hex::encode(bytes))
 }
 
+#[utoipa::path(post, path = "/api/logins", tag = "logins", security(("bearer" = [])), request_body = LoginRequest,
+    responses(
+        (status = 201, description = "The login and its session; hand `viewer_url` to the person", body = LoginCreated),
+        (status = 401, description = "The admin token is missing or wrong", body = crate::error::ErrorBody),
+        (status = 409, description = "Another session writes to this profile, or it is being saved", body = crate::error::ErrorBody),
+        (status = 503, description = "Login capture needs an events URL and secret, or the store is unavailable", body = crate::error::ErrorBody),
+    ))]
 pub async fn create_login(
     State(app): State<AppState>,
     client: ClientInfo,
@@ -226,5 +250,16 @@ mod tests {
             assert!(refused.is_err(), "{bad}");
         }
         assert!(done_condition(None).is_err());
+    }
+
+    #[test]
+    fn the_specs_login_request_has_the_fields_the_parser_takes() {
+        use utoipa::PartialSchema;
+        let schema = serde_json::to_value(LoginRequest::schema()).unwrap();
+        let mut shown: Vec<&str> = schema["properties"].as_object().unwrap().keys().map(String::as_str).collect();
+        shown.sort_unstable();
+        let mut taken = FIELD_NAMES.to_vec();
+        taken.sort_unstable();
+        assert_eq!(shown, taken);
     }
 }

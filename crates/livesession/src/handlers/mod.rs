@@ -26,7 +26,8 @@ use crate::auth::{AccessClaims, TokenError, TokenKind, TokenSource, find_access_
 use crate::error::ApiError;
 
 /// The `token` query parameter of WebSocket requests (noVNC cannot set headers).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct TokenQuery {
     pub token: Option<String>,
 }

@@ -43,6 +43,8 @@ pub async fn novnc_file(headers: HeaderMap, Path(path): Path<String>) -> Respons
 }
 
 /// What the landing page needs to know about this server.
+#[utoipa::path(get, path = "/api/info", tag = "server",
+    responses((status = 200, description = "`{\"name\", \"version\", \"free_mode\", \"checkout\", \"agent\", \"price\"}`", body = Object)))]
 pub async fn info(State(app): State<AppState>) -> Json<Value> {
     Json(json!({
         "name": "livesession",

@@ -87,6 +87,8 @@ fn profile_json(name: &str, info: &SavedInfo, writer: Option<String>) -> Value {
 }
 
 /// `GET /api/profiles`.
+#[utoipa::path(get, path = "/api/profiles", tag = "profiles", security(("bearer" = [])),
+    responses((status = 200, description = "`{\"profiles\": [...]}`", body = Object), (status = 401, description = "The admin token is missing or wrong", body = crate::error::ErrorBody)))]
 pub async fn list_profiles(
     State(app): State<AppState>,
     client: ClientInfo,
@@ -106,6 +108,8 @@ pub async fn list_profiles(
 }
 
 /// `GET /api/profiles/{name}`: sizes, when saved, its tabs and how many cookies.
+#[utoipa::path(get, path = "/api/profiles/{name}", tag = "profiles", security(("bearer" = [])), params(("name" = String, Path, description = "The profile's name")),
+    responses((status = 200, description = "The profile's sizes, tabs and cookie counts", body = Object), (status = 401, description = "The admin token is missing or wrong", body = crate::error::ErrorBody), (status = 404, description = "No profile has this name", body = crate::error::ErrorBody), (status = 409, description = "The profile's stored state cannot be read", body = crate::error::ErrorBody)))]
 pub async fn get_profile(
     State(app): State<AppState>,
     client: ClientInfo,
@@ -128,6 +132,9 @@ pub async fn get_profile(
 }
 
 /// `DELETE /api/profiles/{name}`: 409 while a session persists to it.
+#[utoipa::path(delete, path = "/api/profiles/{name}", tag = "profiles", security(("bearer" = [])), params(("name" = String, Path, description = "The profile's name")),
+    responses((status = 200, description = "`{\"name\", \"deleted\": true}`", body = Object), (status = 401, description = "The admin token is missing or wrong", body = crate::error::ErrorBody), (status = 404, description = "No profile has this name", body = crate::error::ErrorBody),
+        (status = 409, description = "A session saves to this profile, or it is being saved", body = crate::error::ErrorBody)))]
 pub async fn delete_profile(
     State(app): State<AppState>,
     client: ClientInfo,
@@ -161,6 +168,8 @@ fn in_use(session: &str) -> ApiError {
 
 /// `GET /api/profiles/{name}/cookies`: the cookies saved with the profile (as CDP's
 /// `Network.Cookie`), and those imported and not yet applied.
+#[utoipa::path(get, path = "/api/profiles/{name}/cookies", tag = "profiles", security(("bearer" = [])), params(("name" = String, Path, description = "The profile's name")),
+    responses((status = 200, description = "`{\"name\", \"cookies\", \"imported_cookies\"}`", body = Object), (status = 401, description = "The admin token is missing or wrong", body = crate::error::ErrorBody), (status = 404, description = "No profile has this name", body = crate::error::ErrorBody), (status = 409, description = "The profile's stored state cannot be read", body = crate::error::ErrorBody)))]
 pub async fn get_cookies(
     State(app): State<AppState>,
     client: ClientInfo,
@@ -175,7 +184,7 @@ pub async fn get_cookies(
     Ok(Json(json!({ "name": name, "cookies": meta.cookies, "imported_cookies": meta.imported_cookies })))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ImportCookies {
     cookies: Vec<Value>,
@@ -215,6 +224,10 @@ fn check_cookie(i: usize, c: &Value) -> Result<(), ApiError> {
 /// profile and set in its browser before its pages load, the next time a session starts
 /// with it. Creates the profile if it does not exist. 409 while a session persists to it
 /// (its next save would not carry them).
+#[utoipa::path(post, path = "/api/profiles/{name}/cookies", tag = "profiles", security(("bearer" = [])), params(("name" = String, Path, description = "The profile's name")),
+    request_body = ImportCookies,
+    responses((status = 200, description = "The profile, with `imported`", body = Object), (status = 401, description = "The admin token is missing or wrong", body = crate::error::ErrorBody),
+        (status = 409, description = "A session saves to this profile, or it is being saved", body = crate::error::ErrorBody)))]
 pub async fn import_cookies(
     State(app): State<AppState>,
     client: ClientInfo,

@@ -66,6 +66,13 @@ fn range_start(headers: &HeaderMap, etag: &str) -> Option<u64> {
     start.parse().ok()
 }
 
+#[utoipa::path(get, path = "/api/sessions/{id}/recording", tag = "recordings", security(("bearer" = [])), params(("id" = String, Path, description = "The session's id"), crate::handlers::TokenQuery),
+    responses(
+        (status = 200, description = "The recording (docs/recordings.md)", content_type = "application/gzip", body = Vec<u8>),
+        (status = 206, description = "From the asked-for offset (`Range: bytes=N-`)", content_type = "application/gzip", body = Vec<u8>),
+        (status = 416, description = "The range starts past the end"),
+        (status = 401, description = "No valid admin token or access token of this session", body = crate::error::ErrorBody), (status = 404, description = "No such session, or it has no recording", body = crate::error::ErrorBody),
+    ))]
 pub async fn get_recording(
     State(app): State<AppState>,
     client: ClientInfo,

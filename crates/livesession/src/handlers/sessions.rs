@@ -19,7 +19,7 @@ use crate::proxy::ClientInfo;
 
 use crate::handlers::admin::require_admin;
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSession {
     pub start_url: Option<String>,
@@ -35,7 +35,7 @@ pub struct CreateSession {
     pub record: bool,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProfileRequest {
     pub name: String,
@@ -57,7 +57,7 @@ pub(crate) fn profile_use(app: &App, request: Option<ProfileRequest>) -> Result<
     Ok(Some(livesession_session::ProfileUse { name: request.name, persist: request.persist }))
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SessionCreated {
     pub id: String,
     #[serde(with = "time::serde::rfc3339")]
@@ -75,7 +75,7 @@ pub struct SessionCreated {
 }
 
 /// A session as the API shows it: the stored record plus its desktop's state.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SessionView {
     #[serde(flatten)]
     pub session: Session,
@@ -195,6 +195,13 @@ fn free_session_limit(cap: u32) -> ApiError {
     )
 }
 
+#[utoipa::path(post, path = "/api/sessions", tag = "sessions", security(("bearer" = [])),
+    request_body(content = CreateSession, description = "Every field is optional; an empty body takes the defaults"),
+    responses(
+        (status = 201, description = "Created; `refresh_token` and `viewer_url` are shown only here", body = SessionCreated),
+        (status = 401, description = "The admin token is missing or wrong", body = crate::error::ErrorBody),
+        (status = 409, description = "The profile is being saved by its last writer; retry in a moment", body = crate::error::ErrorBody),
+    ))]
 pub async fn create_session(
     State(app): State<AppState>,
     client: ClientInfo,
@@ -230,13 +237,16 @@ pub async fn create_session(
     Ok((StatusCode::CREATED, Json(created)).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     pub limit: Option<u32>,
     /// Find the session a Stripe Checkout Session paid for.
     pub checkout_session_id: Option<String>,
 }
 
+#[utoipa::path(get, path = "/api/sessions", tag = "sessions", security(("bearer" = [])), params(ListQuery),
+    responses((status = 200, description = "`{\"sessions\": [SessionView]}`, newest first", body = Object), (status = 401, description = "The admin token is missing or wrong", body = crate::error::ErrorBody)))]
 pub async fn list_sessions(
     State(app): State<AppState>,
     client: ClientInfo,
@@ -257,6 +267,8 @@ pub async fn list_sessions(
     Ok(Json(serde_json::json!({ "sessions": sessions })))
 }
 
+#[utoipa::path(get, path = "/api/sessions/{id}", tag = "sessions", security(("bearer" = [])), params(("id" = String, Path, description = "The session's id")),
+    responses((status = 200, description = "The session", body = SessionView), (status = 401, description = "The admin token is missing or wrong", body = crate::error::ErrorBody), (status = 404, description = "No session has this id", body = crate::error::ErrorBody)))]
 pub async fn get_session(
     State(app): State<AppState>,
     client: ClientInfo,
@@ -274,6 +286,8 @@ pub async fn get_session(
 
 /// Revokes the session: its connections close with "session revoked" and its desktop
 /// is stopped before this answers. Revoking an ended session changes nothing.
+#[utoipa::path(delete, path = "/api/sessions/{id}", tag = "sessions", security(("bearer" = [])), params(("id" = String, Path, description = "The session's id")),
+    responses((status = 200, description = "Revoked (or already ended): the session as it is now", body = SessionView), (status = 401, description = "The admin token is missing or wrong", body = crate::error::ErrorBody), (status = 404, description = "No session has this id", body = crate::error::ErrorBody)))]
 pub async fn revoke_session(
     State(app): State<AppState>,
     client: ClientInfo,
@@ -294,13 +308,17 @@ pub async fn revoke_session(
     Ok(Json(view(&app, session)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExtendSession {
     pub seconds: u64,
 }
 
 /// Moves an active session's deadline later by `seconds`.
+#[utoipa::path(post, path = "/api/sessions/{id}/extend", tag = "sessions", security(("bearer" = [])), params(("id" = String, Path, description = "The session's id")),
+    request_body = ExtendSession,
+    responses((status = 200, description = "The session with its new deadline", body = SessionView), (status = 401, description = "The admin token is missing or wrong", body = crate::error::ErrorBody), (status = 404, description = "No session has this id", body = crate::error::ErrorBody),
+        (status = 409, description = "The session is not active", body = crate::error::ErrorBody)))]
 pub async fn extend_session(
     State(app): State<AppState>,
     client: ClientInfo,

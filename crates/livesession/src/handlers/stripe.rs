@@ -16,6 +16,10 @@ use crate::limits::RateClass;
 use crate::metrics::WebhookResult;
 use crate::proxy::ClientInfo;
 
+#[utoipa::path(post, path = "/api/stripe/webhook", tag = "checkout",
+    request_body(content = Object, description = "A Stripe event, signed in the `Stripe-Signature` header"),
+    responses((status = 200, description = "`{\"received\": true}`", body = Object),
+        (status = 404, description = "This server does not sell sessions", body = crate::error::ErrorBody)))]
 pub async fn stripe_webhook(
     State(app): State<AppState>,
     client: ClientInfo,

@@ -87,10 +87,20 @@ fn task_not_found() -> ApiError {
 }
 
 /// A task as the API shows it, with the URLs a client follows.
+/// A task as the API shows it: the stored task and where to read it.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct TaskView<'a> {
+    #[serde(flatten)]
+    task: &'a Task,
+    /// `/api/tasks/{id}`.
+    url: String,
+    /// With `GET` of one task: its events after `?after=` (at most a page).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    events: Option<Vec<Value>>,
+}
+
 pub(crate) fn task_view(task: &Task) -> Value {
-    let mut view = serde_json::to_value(task).expect("serializable");
-    view["url"] = json!(format!("/api/tasks/{}", task.id));
-    view
+    serde_json::to_value(TaskView { task, url: format!("/api/tasks/{}", task.id), events: None }).expect("serializable")
 }
 
 /// An event as the API shows it: with the URL of its screenshot, if it has one.
@@ -143,6 +153,10 @@ pub(crate) async fn create_task(app: &App, session: &Session, input: &TaskInput)
 }
 
 /// `POST /api/sessions/{id}/tasks`.
+#[utoipa::path(post, path = "/api/sessions/{id}/tasks", tag = "tasks", security(("bearer" = [])), params(("id" = String, Path, description = "The session's id")),
+    request_body(content = Object, description = "`{\"kind\": \"steps\", \"steps\": [...]}` or `{\"kind\": \"agent\", \"goal\": \"...\"}` (docs/tasks.md)"),
+    responses((status = 201, description = "Queued", body = TaskView), (status = 401, description = "No valid admin token or access token of this session", body = crate::error::ErrorBody), (status = 404, description = "No session has this id", body = crate::error::ErrorBody),
+        (status = 409, description = "The session is not active yet, or has too many tasks", body = crate::error::ErrorBody), (status = 410, description = "The session has ended", body = crate::error::ErrorBody)))]
 pub async fn post_task(
     State(app): State<AppState>,
     client: ClientInfo,
@@ -167,6 +181,8 @@ pub async fn post_task(
 }
 
 /// `GET /api/sessions/{id}/tasks`.
+#[utoipa::path(get, path = "/api/sessions/{id}/tasks", tag = "tasks", security(("bearer" = [])), params(("id" = String, Path, description = "The session's id"), crate::handlers::TokenQuery),
+    responses((status = 200, description = "`{\"tasks\": [TaskView]}`, oldest first", body = Object), (status = 401, description = "No valid admin token or access token of this session", body = crate::error::ErrorBody), (status = 404, description = "No session has this id", body = crate::error::ErrorBody)))]
 pub async fn list_tasks(
     State(app): State<AppState>,
     client: ClientInfo,
@@ -190,7 +206,8 @@ pub async fn list_tasks(
     Ok(Json(json!({ "tasks": tasks })))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     pub session_id: Option<String>,
     pub state: Option<String>,
@@ -199,6 +216,8 @@ pub struct ListQuery {
 
 /// `GET /api/tasks` (admin): recent tasks of every session, most recent first, or one
 /// session's (`?session_id=`, oldest first); `?state=` filters.
+#[utoipa::path(get, path = "/api/tasks", tag = "tasks", security(("bearer" = [])), params(ListQuery),
+    responses((status = 200, description = "`{\"tasks\": [TaskView]}`", body = Object), (status = 401, description = "The admin token is missing or wrong", body = crate::error::ErrorBody)))]
 pub async fn list_all_tasks(
     State(app): State<AppState>,
     client: ClientInfo,
@@ -225,7 +244,8 @@ pub async fn list_all_tasks(
     Ok(Json(json!({ "tasks": tasks })))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct TaskQuery {
     /// Only events with a greater `seq`.
     pub after: Option<u64>,
@@ -274,6 +294,8 @@ async fn show(app: &App, task: Task, after: u64) -> Result<Json<Value>, ApiError
 }
 
 /// `GET /api/tasks/{id}`.
+#[utoipa::path(get, path = "/api/tasks/{id}", tag = "tasks", security(("bearer" = [])), params(("id" = String, Path, description = "The task's id"), TaskQuery),
+    responses((status = 200, description = "The task with its `events` after `after`", body = TaskView), (status = 401, description = "No valid admin token or access token of this session", body = crate::error::ErrorBody), (status = 404, description = "No task has this id", body = crate::error::ErrorBody)))]
 pub async fn get_task(
     State(app): State<AppState>,
     client: ClientInfo,
@@ -286,6 +308,8 @@ pub async fn get_task(
 }
 
 /// `GET /api/sessions/{id}/tasks/{task_id}`.
+#[utoipa::path(get, path = "/api/sessions/{id}/tasks/{task_id}", tag = "tasks", security(("bearer" = [])), params(("id" = String, Path, description = "The session's id"), ("task_id" = String, Path, description = "The task's id"), TaskQuery),
+    responses((status = 200, description = "The task with its `events` after `after`", body = TaskView), (status = 401, description = "No valid admin token or access token of this session", body = crate::error::ErrorBody), (status = 404, description = "No such session or task", body = crate::error::ErrorBody)))]
 pub async fn get_session_task(
     State(app): State<AppState>,
     client: ClientInfo,
@@ -297,7 +321,7 @@ pub async fn get_session_task(
     show(&app, task, query.after.unwrap_or(0)).await
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CancelRequest {
     reason: Option<String>,
@@ -352,6 +376,10 @@ async fn cancel(
 }
 
 /// `POST /api/tasks/{id}/cancel` `{"reason"?}`.
+#[utoipa::path(post, path = "/api/tasks/{id}/cancel", tag = "tasks", security(("bearer" = [])), params(("id" = String, Path, description = "The task's id")),
+    request_body(content = CancelRequest, description = "Optional"),
+    responses((status = 200, description = "The task, cancelled (or as it was, if it had finished)", body = TaskView), (status = 401, description = "No valid admin token or access token of this session", body = crate::error::ErrorBody),
+(status = 404, description = "No task has this id", body = crate::error::ErrorBody), (status = 409, description = "The task has already finished", body = crate::error::ErrorBody)))]
 pub async fn cancel_task(
     State(app): State<AppState>,
     client: ClientInfo,
@@ -363,6 +391,10 @@ pub async fn cancel_task(
 }
 
 /// `POST /api/sessions/{id}/tasks/{task_id}/cancel`.
+#[utoipa::path(post, path = "/api/sessions/{id}/tasks/{task_id}/cancel", tag = "tasks", security(("bearer" = [])), params(("id" = String, Path, description = "The session's id"), ("task_id" = String, Path, description = "The task's id")),
+    request_body(content = CancelRequest, description = "Optional"),
+    responses((status = 200, description = "The task, cancelled (or as it was, if it had finished)", body = TaskView), (status = 401, description = "No valid admin token or access token of this session", body = crate::error::ErrorBody),
+(status = 404, description = "No such session or task", body = crate::error::ErrorBody), (status = 409, description = "The task has already finished", body = crate::error::ErrorBody)))]
 pub async fn cancel_session_task(
     State(app): State<AppState>,
     client: ClientInfo,
@@ -374,6 +406,12 @@ pub async fn cancel_session_task(
 }
 
 /// `GET /api/sessions/{id}/tasks/{task_id}/screenshots/{seq}`.
+#[utoipa::path(get, path = "/api/sessions/{id}/tasks/{task_id}/screenshots/{seq}", tag = "tasks", security(("bearer" = [])),
+    params(("id" = String, Path, description = "The session's id"), ("task_id" = String, Path, description = "The task's id"), ("seq" = u64, Path, description = "The event's sequence number"), TaskQuery),
+    responses(
+        (status = 200, description = "The event's screenshot", content((Vec<u8> = "image/png"), (Vec<u8> = "image/jpeg"))),
+        (status = 401, description = "No valid admin token or access token of this session", body = crate::error::ErrorBody), (status = 404, description = "No such session, task or screenshot", body = crate::error::ErrorBody),
+    ))]
 pub async fn screenshot(
     State(app): State<AppState>,
     client: ClientInfo,
@@ -396,6 +434,14 @@ pub async fn screenshot(
     // An event's image never changes; it is private to the session.
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, max-age=86400, immutable"));
     Ok(response)
+}
+
+/// The landing page's forms as the OpenAPI spec shows them; read by [`form_goal`].
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct GoalForm {
+    /// A goal in words: an agent task that starts in the new session.
+    goal: Option<String>,
 }
 
 /// The optional `goal` field of the landing page's forms (`application/x-www-form-urlencoded`;

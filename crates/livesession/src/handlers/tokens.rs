@@ -24,6 +24,13 @@ use crate::error::ApiError;
 use crate::limits::RateClass;
 use crate::proxy::ClientInfo;
 
+#[utoipa::path(post, path = "/api/sessions/{id}/token", tag = "tokens", security(("bearer" = []), ()), params(("id" = String, Path, description = "The session's id")),
+    request_body(content = TokenRequest, description = "Only with the admin token: the role to mint (default interactive)"),
+    responses(
+        (status = 200, description = "A fresh access token (`{\"token\", \"expires_at\", \"role\"}`); browsers also get new cookies", body = Object),
+        (status = 401, description = "No refresh credential (cookie or bearer) or admin token, or it is invalid or expired", body = crate::error::ErrorBody),
+        (status = 404, description = "No session has this id", body = crate::error::ErrorBody), (status = 410, description = "The session has ended", body = crate::error::ErrorBody),
+    ))]
 pub async fn issue_token(
     State(app): State<AppState>,
     client: ClientInfo,
@@ -122,17 +129,19 @@ pub async fn issue_token(
     Ok(response)
 }
 
+/// An admin request's optional body: the role of the tokens to mint.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    role: Option<Role>,
+}
+
 /// The role asked for in an admin request's optional body `{"role": …}`.
 fn requested_role(body: &[u8]) -> Result<Option<Role>, ApiError> {
-    #[derive(serde::Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Request {
-        role: Option<Role>,
-    }
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
-    serde_json::from_slice::<Request>(body).map(|r| r.role).map_err(|e| {
+    serde_json::from_slice::<TokenRequest>(body).map(|r| r.role).map_err(|e| {
         ApiError::bad_request(
             "invalid_role",
             format!("expected {{\"role\": \"interactive\" | \"agent\" | \"view\"}}: {e}"),

@@ -66,7 +66,7 @@ fn valid_worker_name(name: &str) -> bool {
         && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:@".contains(c))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct MintRequest {
     name: String,
@@ -74,6 +74,8 @@ struct MintRequest {
 }
 
 /// `POST /api/workers/tokens` (admin).
+#[utoipa::path(post, path = "/api/workers/tokens", tag = "workers", security(("bearer" = [])), request_body = MintRequest,
+    responses((status = 201, description = "`{\"worker\", \"token\", \"expires_at\"}`", body = Object), (status = 401, description = "The admin token is missing or wrong", body = crate::error::ErrorBody)))]
 pub async fn mint_worker_token(
     State(app): State<AppState>,
     client: ClientInfo,
@@ -104,9 +106,9 @@ pub async fn mint_worker_token(
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ClaimRequest {
+struct WorkerClaimRequest {
     kinds: Vec<String>,
     wait_seconds: Option<u64>,
 }
@@ -122,6 +124,12 @@ fn rfc3339(t: OffsetDateTime) -> String {
 }
 
 /// `POST /api/workers/claim`.
+#[utoipa::path(post, path = "/api/workers/claim", tag = "workers", security(("bearer" = [])), request_body = WorkerClaimRequest,
+    responses(
+        (status = 200, description = "A task, its lease, and an agent token for its session (docs/tasks.md)", body = Object),
+        (status = 204, description = "No task came within `wait_seconds`"),
+        (status = 401, description = "No valid worker token or admin token", body = crate::error::ErrorBody),
+    ))]
 pub async fn claim(
     State(app): State<AppState>,
     client: ClientInfo,
@@ -129,7 +137,7 @@ pub async fn claim(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let worker = worker_of(&app, &client, &headers)?;
-    let request: ClaimRequest = json_body(&body?, "{\"kinds\": [\"steps\" | \"agent\"], \"wait_seconds\"?: N}")?;
+    let request: WorkerClaimRequest = json_body(&body?, "{\"kinds\": [\"steps\" | \"agent\"], \"wait_seconds\"?: N}")?;
     let mut kinds = Vec::new();
     for (i, kind) in request.kinds.iter().enumerate() {
         let kind = TaskKind::parse(kind).ok_or_else(|| {
@@ -181,7 +189,7 @@ fn lease_refused(e: WriteError) -> ApiError {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct HeartbeatRequest {
     lease: String,
@@ -189,6 +197,9 @@ struct HeartbeatRequest {
 
 /// `POST /api/tasks/{id}/heartbeat` `{"lease"}`: extends the lease; answers a fresh agent
 /// token.
+#[utoipa::path(post, path = "/api/tasks/{id}/heartbeat", tag = "workers", security(("bearer" = [])), params(("id" = String, Path, description = "The task's id")), request_body = HeartbeatRequest,
+    responses((status = 200, description = "The lease, extended; a fresh agent token", body = Object), (status = 401, description = "No valid worker token or admin token", body = crate::error::ErrorBody), (status = 404, description = "No task has this id", body = crate::error::ErrorBody),
+        (status = 409, description = "The lease was lost (ran out, or the task was cancelled), or the task is not in a state for this", body = crate::error::ErrorBody)))]
 pub async fn heartbeat(
     State(app): State<AppState>,
     client: ClientInfo,
@@ -209,7 +220,7 @@ pub async fn heartbeat(
     })))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct EventRequest {
     lease: String,
@@ -223,6 +234,9 @@ struct EventRequest {
 }
 
 /// `POST /api/tasks/{id}/events`.
+#[utoipa::path(post, path = "/api/tasks/{id}/events", tag = "workers", security(("bearer" = [])), params(("id" = String, Path, description = "The task's id")), request_body = EventRequest,
+    responses((status = 200, description = "The task after the event", body = Object), (status = 401, description = "No valid worker token or admin token", body = crate::error::ErrorBody), (status = 404, description = "No task has this id", body = crate::error::ErrorBody),
+        (status = 409, description = "The lease was lost (ran out, or the task was cancelled), or the task is not in a state for this", body = crate::error::ErrorBody)))]
 pub async fn post_event(
     State(app): State<AppState>,
     client: ClientInfo,
@@ -278,7 +292,7 @@ pub async fn post_event(
     Ok(Json(json!({ "task": task_view(&task) })))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CompleteRequest {
     lease: String,
@@ -287,6 +301,9 @@ struct CompleteRequest {
 }
 
 /// `POST /api/tasks/{id}/complete` `{"lease", "result"}`.
+#[utoipa::path(post, path = "/api/tasks/{id}/complete", tag = "workers", security(("bearer" = [])), params(("id" = String, Path, description = "The task's id")), request_body = CompleteRequest,
+    responses((status = 200, description = "The task, succeeded", body = Object), (status = 401, description = "No valid worker token or admin token", body = crate::error::ErrorBody), (status = 404, description = "No task has this id", body = crate::error::ErrorBody),
+        (status = 409, description = "The lease was lost (ran out, or the task was cancelled), or the task is not in a state for this", body = crate::error::ErrorBody)))]
 pub async fn complete(
     State(app): State<AppState>,
     client: ClientInfo,
@@ -301,7 +318,7 @@ pub async fn complete(
     Ok(Json(json!({ "task": task_view(&task) })))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct FailRequest {
     lease: String,
@@ -309,6 +326,9 @@ struct FailRequest {
 }
 
 /// `POST /api/tasks/{id}/fail` `{"lease", "error"}`.
+#[utoipa::path(post, path = "/api/tasks/{id}/fail", tag = "workers", security(("bearer" = [])), params(("id" = String, Path, description = "The task's id")), request_body = FailRequest,
+    responses((status = 200, description = "The task, failed (or queued again while attempts remain)", body = Object), (status = 401, description = "No valid worker token or admin token", body = crate::error::ErrorBody), (status = 404, description = "No task has this id", body = crate::error::ErrorBody),
+        (status = 409, description = "The lease was lost (ran out, or the task was cancelled), or the task is not in a state for this", body = crate::error::ErrorBody)))]
 pub async fn fail(
     State(app): State<AppState>,
     client: ClientInfo,

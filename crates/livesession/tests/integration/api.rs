@@ -314,3 +314,62 @@ async fn health_and_readiness_answer_json() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn the_openapi_spec_describes_every_rest_operation_and_the_one_error_body() {
+    let server = TestServer::start(&[]).await;
+    // Anyone may read it: no token.
+    let response = reqwest::get(server.url("/api/openapi.json")).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let spec: Value = response.json().await.unwrap();
+    assert_eq!(spec["openapi"], "3.1.0");
+    let paths = spec["paths"].as_object().unwrap();
+    // A few operations of each resource, at the paths the server serves.
+    for (path, method) in [
+        ("/api/sessions", "post"),
+        ("/api/sessions", "get"),
+        ("/api/sessions/{id}", "delete"),
+        ("/api/sessions/{id}/token", "post"),
+        ("/api/sessions/{id}/links/{link_id}", "delete"),
+        ("/api/logins", "post"),
+        ("/api/sessions/{id}/control", "post"),
+        ("/api/sessions/{id}/files/{name}", "get"),
+        ("/api/sessions/{id}/recording", "get"),
+        ("/api/sessions/{id}/tasks/{task_id}/screenshots/{seq}", "get"),
+        ("/api/profiles/{name}/cookies", "post"),
+        ("/api/workers/claim", "post"),
+        ("/api/tasks/{id}/events", "post"),
+        ("/api/stripe/webhook", "post"),
+        ("/readyz", "get"),
+    ] {
+        assert!(paths.get(path).and_then(|p| p.get(method)).is_some(), "{method} {path} in {:?}", paths.keys());
+    }
+    // The WebSockets are not REST operations; the control channel's POST is.
+    assert!(paths["/api/sessions/{id}/control"].get("get").is_none());
+    assert!(!paths.contains_key("/api/sessions/{id}/vnc") && !paths.contains_key("/api/sessions/{id}/cdp"));
+    // Every operation answers its errors with the one error body, the layers' included.
+    let error_body = &spec["components"]["schemas"]["ErrorBody"];
+    assert_eq!(error_body["required"], json!(["error"]), "{error_body}");
+    let mut operations = 0;
+    for (path, item) in paths {
+        for (method, operation) in item.as_object().unwrap() {
+            operations += 1;
+            for status in ["400", "429", "503"] {
+                if (path.as_str(), status) == ("/readyz", "503") {
+                    continue; // not ready: its own report of what is missing
+                }
+                let schema = &operation["responses"][status]["content"]["application/json"]["schema"]["$ref"];
+                assert_eq!(schema, "#/components/schemas/ErrorBody", "{method} {path} {status}");
+            }
+        }
+    }
+    assert!(operations >= 40, "{operations} operations");
+    // What the server answers has the shape the spec gives it.
+    let (status, body) = error_of(server.http.get(server.url("/api/sessions/nope")).bearer_auth(ADMIN).send().await.unwrap()).await;
+    assert_eq!((status, body.as_str()), (404, "session_not_found"));
+    let created = server.create_session(json!({})).await;
+    let session_created = &spec["components"]["schemas"]["SessionCreated"];
+    for field in session_created["required"].as_array().unwrap() {
+        assert!(created.get(field.as_str().unwrap()).is_some(), "{field} in {created}");
+    }
+}

@@ -11,7 +11,7 @@ use super::StoreError;
 
 /// When a login counts as done, as `POST /api/logins` takes it: `{"url_prefix": "…"}` or
 /// `{"cookie": "…"}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum DoneCondition {
     /// A tab's URL starts with this.
