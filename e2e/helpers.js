@@ -306,6 +306,28 @@ export function recordConsole(page) {
 }
 
 /**
+ * Record every text the viewer's status line (`#status`) shows, from the page's
+ * first load on, so a test can check what the person was told over time, also
+ * texts that were replaced before the test looked. Call before `page.goto`.
+ * Resolves to a function giving the texts so far, in order.
+ */
+export async function recordStatusTexts(page) {
+  await page.addInitScript(() => {
+    window.__statusTexts = [];
+    document.addEventListener('DOMContentLoaded', () => {
+      const status = document.getElementById('status');
+      const note = () => {
+        const text = status.textContent;
+        if (window.__statusTexts.at(-1) !== text) window.__statusTexts.push(text);
+      };
+      new MutationObserver(note).observe(status, { childList: true, characterData: true, subtree: true });
+      note();
+    });
+  });
+  return () => page.evaluate(() => window.__statusTexts);
+}
+
+/**
  * Run `fn`; if it throws, print the server's log tail and whatever `extra`
  * reports (browser console, screenshots) before rethrowing.
  */

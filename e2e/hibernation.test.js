@@ -13,6 +13,7 @@ import {
   canvasColorShare,
   launchBrowser,
   recordConsole,
+  recordStatusTexts,
   startServer,
   startTestPageServer,
   waitFor,
@@ -72,22 +73,10 @@ describe('viewer: waiting in line and resuming', { timeout: 300_000 }, () => {
     const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
     const page = await context.newPage();
     const consoleTail = recordConsole(page);
-    await page.addInitScript(() => {
-      window.__statusTexts = [];
-      document.addEventListener('DOMContentLoaded', () => {
-        const status = document.getElementById('status');
-        const note = () => {
-          const text = status.textContent;
-          if (window.__statusTexts.at(-1) !== text) window.__statusTexts.push(text);
-        };
-        new MutationObserver(note).observe(status, { childList: true, characterData: true, subtree: true });
-        note();
-      });
-    });
+    const texts = await recordStatusTexts(page);
     const viewerUrl = new URL(session.viewer_url, server.baseUrl).href;
     assertLoopback(viewerUrl);
     await page.goto(`${viewerUrl}#token=${session.refresh_token}`);
-    const texts = () => page.evaluate(() => window.__statusTexts);
     const diagnostics = async () =>
       `[e2e] ${session.id} status texts: ${JSON.stringify(await texts().catch(() => null))}\n[e2e] console:\n${consoleTail()}`;
     return { context, page, texts, diagnostics };

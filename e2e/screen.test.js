@@ -15,7 +15,7 @@ import { after, before, describe, test } from 'node:test';
 import puppeteer from 'puppeteer-core';
 import { setTimeout as sleep } from 'node:timers/promises';
 
-import { canvasColorShare, launchBrowser, recordConsole, startServer, startTestPageServer, waitFor, watchConsoleProblems, withDiagnostics } from './helpers.js';
+import { canvasColorShare, launchBrowser, recordConsole, recordStatusTexts, startServer, startTestPageServer, waitFor, watchConsoleProblems, withDiagnostics } from './helpers.js';
 
 const MAGENTA = [255, 0, 255];
 
@@ -126,18 +126,7 @@ describe('the browser fills the screen', { timeout: 300_000 }, () => {
     const page = await context.newPage();
     const consoleTail = recordConsole(page);
     const problems = watchConsoleProblems(page);
-    await page.addInitScript(() => {
-      window.__statusTexts = [];
-      document.addEventListener('DOMContentLoaded', () => {
-        const status = document.getElementById('status');
-        const note = () => {
-          if (window.__statusTexts.at(-1) !== status.textContent) window.__statusTexts.push(status.textContent);
-        };
-        new MutationObserver(note).observe(status, { childList: true, characterData: true, subtree: true });
-        note();
-      });
-    });
-    const texts = () => page.evaluate(() => window.__statusTexts);
+    const texts = await recordStatusTexts(page);
 
     await withDiagnostics(
       server,

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::payments::completed;
-use crate::support::ADMIN;
+use crate::support::{ADMIN, ApiClient, still_running};
 
 const WEBHOOK_SECRET: &str = "whsec_faults";
 
@@ -48,8 +48,7 @@ impl Rng {
 /// The real server binary, started as its own process.
 struct ServerProcess {
     child: tokio::process::Child,
-    base: String,
-    http: reqwest::Client,
+    api: ApiClient,
 }
 
 impl ServerProcess {
@@ -77,20 +76,7 @@ impl ServerProcess {
             .spawn()
             .expect("the livesession binary starts");
         let http = reqwest::Client::builder().timeout(Duration::from_secs(20)).build().unwrap();
-        Self { child, base: format!("http://127.0.0.1:{port}"), http }
-    }
-
-    async fn wait_healthy(&self, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if let Ok(r) = self.http.get(format!("{}/healthz", self.base)).send().await {
-                if r.status().is_success() {
-                    return;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("the server did not answer /healthz within {limit:?}");
+        Self { child, api: ApiClient { base: format!("http://127.0.0.1:{port}"), http } }
     }
 
     fn kill(&mut self) {
@@ -117,13 +103,14 @@ struct Acknowledged {
 
 /// Clients working against the server until it dies: each step is recorded only once
 /// the server answered it.
-async fn clients(server: Arc<(String, reqwest::Client)>, round: usize, seen: Arc<Mutex<Acknowledged>>) {
-    let (base, http) = (&server.0, &server.1);
+async fn clients(api: ApiClient, round: usize, seen: Arc<Mutex<Acknowledged>>) {
     let mut viewers = Vec::new();
     for step in 0.. {
         // A session, a viewer on it (starts its desktop), and a paid checkout's webhook.
-        let created = http
-            .post(format!("{base}/api/sessions"))
+        // Not `create_session`: a refusal or the server's death ends the clients here.
+        let created = api
+            .http
+            .post(api.url("/api/sessions"))
             .bearer_auth(ADMIN)
             .json(&json!({}))
             .send()
@@ -136,7 +123,7 @@ async fn clients(server: Arc<(String, reqwest::Client)>, round: usize, seen: Arc
         let (id, token) = (body["id"].as_str().unwrap().to_owned(), body["token"].as_str().unwrap().to_owned());
         seen.lock().unwrap().sessions.insert(id.clone());
         if step < 2 {
-            let url = format!("{}/api/sessions/{id}/vnc?token={token}", base.replace("http://", "ws://"));
+            let url = format!("{}/api/sessions/{id}/vnc?token={token}", api.base.replace("http://", "ws://"));
             if let Ok((ws, _)) = tokio_tungstenite::connect_async(url).await {
                 seen.lock().unwrap().viewers += 1;
                 viewers.push(ws);
@@ -150,8 +137,9 @@ async fn clients(server: Arc<(String, reqwest::Client)>, round: usize, seen: Arc
             WEBHOOK_SECRET,
             time::OffsetDateTime::now_utc().unix_timestamp(),
         );
-        let delivered = http
-            .post(format!("{base}/api/stripe/webhook"))
+        let delivered = api
+            .http
+            .post(api.url("/api/stripe/webhook"))
             .header("stripe-signature", header)
             .body(payload)
             .send()
@@ -229,16 +217,7 @@ async fn desktops_gone(data: &Path, since: std::time::SystemTime, limit: Duratio
 
 /// Every session the server knows, by id (admin listing, newest first).
 async fn all_sessions(server: &ServerProcess) -> Vec<Value> {
-    let list: Value = server
-        .http
-        .get(format!("{}/api/sessions?limit=1000", server.base))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list = server.api.admin_get("/api/sessions?limit=1000").await;
     list["sessions"].as_array().expect("a session list").clone()
 }
 
@@ -270,18 +249,13 @@ async fn a_server_killed_at_any_moment_leaves_no_desktop_and_loses_nothing() {
         let kill_after = rng.millis(100, 6000);
         let started = Instant::now();
         let seen = Arc::new(Mutex::new(Acknowledged::default()));
-        let shared = Arc::new((server.base.clone(), server.http.clone()));
         let work = {
-            let (shared, seen) = (shared.clone(), seen.clone());
+            let (api, seen) = (server.api.clone(), seen.clone());
             tokio::spawn(async move {
                 // Clients begin once the server answers (or never, if it dies first).
-                for _ in 0..300 {
-                    if shared.1.get(format!("{}/healthz", shared.0)).send().await.is_ok() {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                if api.healthy_within(Duration::from_secs(6)).await {
+                    clients(api, round, seen).await;
                 }
-                clients(shared, round, seen).await;
             })
         };
         tokio::time::sleep(kill_after.saturating_sub(started.elapsed())).await;
@@ -311,7 +285,7 @@ async fn a_server_killed_at_any_moment_leaves_no_desktop_and_loses_nothing() {
         // A restart on the same directory: the store is consistent.
         let restart_began = std::time::SystemTime::now();
         let restarted = ServerProcess::start(data.path());
-        restarted.wait_healthy(Duration::from_secs(60)).await;
+        assert!(restarted.api.healthy_within(Duration::from_secs(60)).await, "the restarted server did not answer /healthz within 60 s");
         let sessions = all_sessions(&restarted).await;
         let mut by_id: BTreeMap<String, usize> = BTreeMap::new();
         let mut by_checkout: BTreeMap<String, usize> = BTreeMap::new();
@@ -517,41 +491,6 @@ async fn a_store_locked_by_another_process_makes_writes_wait_a_bounded_time_then
 
 // ---------------------------------------------------------------- a piece of a desktop killed
 
-/// The desktop's process whose command line starts with `program`.
-fn piece_of(group: &crate::support::DesktopProcs, program: &str) -> Option<i32> {
-    group.members().into_iter().find(|pid| {
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        cmdline.split(|b| *b == 0).next().is_some_and(|argv0| argv0.ends_with(program.as_bytes()))
-    })
-}
-
-/// Each process with its start time (field 22 of its stat), which tells a process from a
-/// later one that got the same pid.
-fn with_start_times(pids: &[i32]) -> Vec<(i32, String)> {
-    pids.iter()
-        .filter_map(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            let (_, rest) = stat.rsplit_once(") ")?;
-            // `rest` starts at field 3 (state), so field 22 is its 20th.
-            Some((*pid, rest.split(' ').nth(19)?.to_owned()))
-        })
-        .collect()
-}
-
-/// Those of `processes` still running (not zombies), as "pid state command".
-fn still_running(processes: &[(i32, String)]) -> Vec<String> {
-    let now = with_start_times(&processes.iter().map(|(pid, _)| *pid).collect::<Vec<_>>());
-    now.into_iter()
-        .filter(|p| processes.contains(p))
-        .filter_map(|(pid, _)| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            let state = stat.rsplit_once(") ")?.1.chars().next()?;
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            (state != 'Z').then(|| format!("{pid} {state} {}", String::from_utf8_lossy(&cmdline[..cmdline.len().min(60)])))
-        })
-        .collect()
-}
-
 /// Kills `program` inside a watched session's desktop; the viewer's two connections are
 /// told why, and the next connection gets a working desktop. Returns how long the
 /// control channel and the VNC connection took to hear of it.
@@ -568,9 +507,11 @@ async fn kill_piece_and_reconnect(program: &str) -> (Duration, Duration) {
     assert_eq!(names(&seen).last(), Some(&"ready"));
     let mut vnc = ws_connect(&server, &format!("/api/sessions/{id}/vnc?token={token}"), &[]).await;
     let group = server.desktop_procs(&id);
-    let victim = piece_of(&group, program).unwrap_or_else(|| panic!("{program} runs in the desktop"));
+    let victim = group
+        .member_where(|argv| argv.first().is_some_and(|argv0| argv0.ends_with(program)))
+        .unwrap_or_else(|| panic!("{program} runs in the desktop"));
 
-    let before = with_start_times(&group.members());
+    let before = group.members_with_start_times();
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim), nix::sys::signal::Signal::SIGKILL).unwrap();
     let killed = Instant::now();
     let (vnc_told, control_told) = tokio::join!(

@@ -10,7 +10,7 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::support::{ADMIN, DesktopProcs, PageServer, TestServer, Ws, close_of, logs, rfb_over_ws, wait_for_colour, ws_connect};
+use crate::support::{PageServer, TestServer, Ws, close_of, logs, rfb_over_ws, still_running, wait_for_colour, ws_connect};
 
 const MAGENTA: (u8, u8, u8) = (255, 0, 255);
 
@@ -72,24 +72,6 @@ async fn wait_desktop(server: &TestServer, id: &str, want: &str, limit: Duration
     }
 }
 
-/// A desktop's processes, each with its start time: a PID (or a PID namespace's inode)
-/// that is reused by a later desktop is not the same process.
-fn processes_of(procs: &DesktopProcs) -> Vec<(i32, String)> {
-    procs.members().into_iter().filter_map(|pid| Some((pid, start_time(pid)?))).collect()
-}
-
-/// A process's start time, if it runs (a zombie has ended: it only waits to be reaped).
-fn start_time(pid: i32) -> Option<String> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    (fields.first() != Some(&"Z")).then(|| fields.get(19).map(|s| (*s).to_owned()))?
-}
-
-/// Those of `processes` still running.
-fn still_running(processes: &[(i32, String)]) -> Vec<i32> {
-    processes.iter().filter(|(pid, start)| start_time(*pid).as_ref() == Some(start)).map(|(pid, _)| *pid).collect()
-}
-
 /// A VNC viewer that has the session's page on screen.
 async fn viewer_seeing_the_page(server: &TestServer, id: &str, token: &str) -> livesession_desktop::rfb::RfbClient<tokio::io::DuplexStream> {
     let ws = ws_connect(server, &format!("/api/sessions/{id}/vnc?token={token}"), &[]).await;
@@ -109,7 +91,7 @@ async fn a_viewer_a_devtools_client_or_a_running_task_keeps_the_desktop_up_and_t
 
     // A viewer: the desktop stays up well past the idle timeout.
     let rfb = viewer_seeing_the_page(&server, &id, &token).await;
-    let procs = processes_of(&server.desktop_procs(&id));
+    let procs = server.desktop_procs(&id).members_with_start_times();
     let all = procs.len();
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(still_running(&procs).len(), all, "a connected viewer keeps the desktop up");
@@ -147,7 +129,7 @@ async fn a_viewer_a_devtools_client_or_a_running_task_keeps_the_desktop_up_and_t
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let session = wait_desktop(&server, &id, "hibernated", Duration::from_secs(30)).await;
-    assert_eq!(still_running(&procs), Vec::<i32>::new(), "a hibernated desktop's processes are gone");
+    assert_eq!(still_running(&procs), Vec::<String>::new(), "a hibernated desktop's processes are gone");
     assert_eq!(session["state"], "active", "hibernation does not end the session");
     assert_eq!(session["expires_at"], created["expires_at"], "nor move its deadline");
     assert!(session["hibernated_at"].is_string(), "the store records when: {session:#}");
@@ -176,10 +158,10 @@ async fn a_hibernated_desktop_resumes_for_the_next_viewer_and_after_a_restart() 
     assert_eq!(names(&first).last(), Some(&"ready"), "{first:?}");
     assert!(names(&first).contains(&"starting"), "a first start says starting: {first:?}");
     let rfb = viewer_seeing_the_page(&server, &id, &token).await;
-    let procs = processes_of(&server.desktop_procs(&id));
+    let procs = server.desktop_procs(&id).members_with_start_times();
     drop((rfb, ws));
     wait_desktop(&server, &id, "hibernated", Duration::from_secs(30)).await;
-    assert_eq!(still_running(&procs), Vec::<i32>::new(), "hibernated: its processes are gone");
+    assert_eq!(still_running(&procs), Vec::<String>::new(), "hibernated: its processes are gone");
 
     // The next viewer resumes it: "resuming" (with the steps), then "ready", and a desktop
     // that works.
@@ -197,9 +179,9 @@ async fn a_hibernated_desktop_resumes_for_the_next_viewer_and_after_a_restart() 
 
     // A graceful shutdown hibernates the running desktop (its viewers are still there),
     // so the restarted server finds it hibernated.
-    let procs = processes_of(&server.desktop_procs(&id));
+    let procs = server.desktop_procs(&id).members_with_start_times();
     let data = server.stop().await;
-    assert_eq!(still_running(&procs), Vec::<i32>::new(), "shutdown stopped the desktop");
+    assert_eq!(still_running(&procs), Vec::<String>::new(), "shutdown stopped the desktop");
     drop((rfb, ws));
     let server = TestServer::start_in(data, &argv).await;
     let session = server.get_session(&id).await;
@@ -239,7 +221,7 @@ async fn with_every_desktop_in_use_a_viewer_waits_in_line_until_an_idle_desktop_
         let seen = statuses_until(ws, "ready", Duration::from_secs(60)).await;
         assert_eq!(names(&seen).last(), Some(&"ready"), "{seen:?}");
     }
-    let procs_a = processes_of(&server.desktop_procs(&a.0));
+    let procs_a = server.desktop_procs(&a.0).members_with_start_times();
     assert!(!procs_a.is_empty());
 
     // A third and a fourth wait in line, told their place.
@@ -257,14 +239,7 @@ async fn with_every_desktop_in_use_a_viewer_waits_in_line_until_an_idle_desktop_
 
     // The line is full: a new session is refused with Retry-After, and so is a viewer of
     // a session not in line yet.
-    let refused = server
-        .http
-        .post(server.url("/api/sessions"))
-        .bearer_auth(ADMIN)
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap();
+    let refused = server.admin_post("/api/sessions", json!({})).await;
     assert_eq!(refused.status(), 503);
     let retry_after: u64 = refused.headers()["retry-after"].to_str().unwrap().parse().unwrap();
     assert!(retry_after > 0);
@@ -289,7 +264,7 @@ async fn with_every_desktop_in_use_a_viewer_waits_in_line_until_an_idle_desktop_
     let session_a = server.get_session(&a.0).await;
     assert_eq!(session_a["desktop"], "hibernated", "{session_a:#}");
     assert_eq!(session_a["state"], "active");
-    assert_eq!(still_running(&procs_a), Vec::<i32>::new(), "A's desktop made room");
+    assert_eq!(still_running(&procs_a), Vec::<String>::new(), "A's desktop made room");
     assert_eq!(server.get_session(&b.0).await["desktop"], "ready", "B's viewer keeps B");
     assert!(
         logs().lines().any(|l| l.contains("desktop hibernating") && l.contains(&a.0) && l.contains("making room")),

@@ -83,12 +83,10 @@ async fn revoking_a_session_and_stopping_the_server_leave_no_process_behind() {
     );
 }
 
-/// Chromium's browser process among a desktop's processes (the one without `--type=`).
-fn browser_process(group: &DesktopProcs) -> Option<i32> {
-    group.members().into_iter().find(|pid| {
-        let cmdline = String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default()).into_owned();
-        cmdline.contains("--user-data-dir") && !cmdline.contains("--type=")
-    })
+/// Whether a command line is Chromium's browser process (its others have `--type=`), for
+/// [`DesktopProcs::member_where`].
+fn is_browser(argv: &[String]) -> bool {
+    argv.iter().any(|arg| arg.contains("--user-data-dir")) && !argv.iter().any(|arg| arg.contains("--type="))
 }
 
 /// Waits for the control channel's `restarting` then `ready`; returns how long it took.
@@ -141,14 +139,14 @@ async fn a_browser_that_exits_comes_back_in_the_same_desktop_with_the_sessions_s
 
     // 1. The browser closes, as when the person closes its last window: it comes back with
     // its tab and cookie, in the same desktop (same processes but Chromium's).
-    let first = browser_process(&group).expect("Chromium's browser process");
+    let first = group.member_where(is_browser).expect("Chromium's browser process");
     cdp.send("Browser.close", json!({}), None).await;
     let took = restarting_then_ready(&mut control).await;
     eprintln!("browser closed: restarting → ready in {} ms", took.as_millis());
     let (code, reason) = cdp.closed(Duration::from_secs(10)).await;
     assert_eq!((code, reason.as_str()), (4010, "desktop unavailable: the browser exited and is starting again; reconnect"));
     assert_eq!(server.desktop_procs(&id), group, "the same desktop");
-    let second = browser_process(&group).expect("a new browser process in the same desktop");
+    let second = group.member_where(is_browser).expect("a new browser process in the same desktop");
     assert_ne!(second, first);
     let (url, cookie) = page_url_and_cookie(&server, &id, &token).await;
     assert_eq!(url, moved, "the tab is restored");
@@ -159,7 +157,7 @@ async fn a_browser_that_exits_comes_back_in_the_same_desktop_with_the_sessions_s
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(second), nix::sys::signal::Signal::SIGKILL).unwrap();
     let took = restarting_then_ready(&mut control).await;
     eprintln!("browser killed: restarting → ready in {} ms", took.as_millis());
-    let third = browser_process(&group).expect("a new browser process in the same desktop");
+    let third = group.member_where(is_browser).expect("a new browser process in the same desktop");
     assert!(third != second && third != first);
     assert!(wait_for_colour(&mut rfb, (255, 0, 255), 0.5, Duration::from_secs(30)).await >= 0.5, "the page is shown again");
     let (url, _) = page_url_and_cookie(&server, &id, &token).await;

@@ -235,6 +235,49 @@ impl DesktopProcs {
     pub fn members(&self) -> Vec<i32> {
         livesession_desktop::members(self.pgid, self.pidns)
     }
+
+    /// The first of the desktop's processes whose command line (its arguments, `argv[0]`
+    /// first) `is_it` picks.
+    pub fn member_where(&self, is_it: impl Fn(&[String]) -> bool) -> Option<i32> {
+        self.members().into_iter().find(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let argv: Vec<String> = cmdline.split(|b| *b == 0).map(|arg| String::from_utf8_lossy(arg).into_owned()).collect();
+            is_it(&argv)
+        })
+    }
+
+    /// The desktop's processes, each with its start time: a PID (or a PID namespace's
+    /// inode) that is reused by a later desktop is not the same process. Compare with
+    /// [`still_running`] later.
+    pub fn members_with_start_times(&self) -> Vec<(i32, String)> {
+        self.members().into_iter().filter_map(|pid| Some((pid, state_and_start_time(pid)?.1))).collect()
+    }
+}
+
+/// A process's state and start time (fields 3 and 22 of its stat), if it runs (a zombie
+/// has ended: it only waits to be reaped).
+fn state_and_start_time(pid: i32) -> Option<(char, String)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command (field 2) is in parentheses and may hold spaces: count from its end.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let state = fields.first()?.chars().next()?;
+    if state == 'Z' {
+        return None;
+    }
+    Some((state, (*fields.get(19)?).to_owned()))
+}
+
+/// Those of `processes` (from [`DesktopProcs::members_with_start_times`]) still running,
+/// each as "pid state command" for a failure message.
+pub fn still_running(processes: &[(i32, String)]) -> Vec<String> {
+    processes
+        .iter()
+        .filter_map(|(pid, start)| {
+            let (state, now) = state_and_start_time(*pid)?;
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            (now == *start).then(|| format!("{pid} {state} {}", String::from_utf8_lossy(&cmdline[..cmdline.len().min(60)])))
+        })
+        .collect()
 }
 
 #[derive(Parser)]
@@ -245,15 +288,150 @@ struct ConfigFromArgs {
     config: ServeConfig,
 }
 
+/// A server's HTTP API as the tests call it, wherever the server runs: in-process
+/// ([`TestServer`] derefs to one) or as the real binary (the fault suite's).
+#[derive(Clone)]
+pub struct ApiClient {
+    /// `scheme://host:port`.
+    pub base: String,
+    pub http: reqwest::Client,
+}
+
+impl ApiClient {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Whether `/healthz` answers 200 within `limit`.
+    pub async fn healthy_within(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Ok(response) = self.http.get(self.url("/healthz")).send().await {
+                if response.status().is_success() {
+                    return true;
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// `POST /api/sessions` as the admin; asserts 201 and returns the body.
+    pub async fn create_session(&self, body: Value) -> Value {
+        let response = self
+            .http
+            .post(self.url("/api/sessions"))
+            .bearer_auth(ADMIN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201, "create session");
+        response.json().await.unwrap()
+    }
+
+    pub async fn get_session(&self, id: &str) -> Value {
+        let response = self
+            .http
+            .get(self.url(&format!("/api/sessions/{id}")))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        response.json().await.unwrap()
+    }
+
+    pub async fn revoke(&self, id: &str) -> Value {
+        let response = self
+            .http
+            .delete(self.url(&format!("/api/sessions/{id}")))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "revoke");
+        response.json().await.unwrap()
+    }
+
+    /// `POST path` with a JSON body, as the admin.
+    pub async fn admin_post(&self, path: &str, body: Value) -> reqwest::Response {
+        self.http
+            .post(self.url(path))
+            .bearer_auth(ADMIN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// `GET path` as the admin; asserts 200 and returns the body.
+    pub async fn admin_get(&self, path: &str) -> Value {
+        let response = self.http.get(self.url(path)).bearer_auth(ADMIN).send().await.unwrap();
+        assert_eq!(response.status(), 200, "GET {path}");
+        response.json().await.unwrap()
+    }
+
+    /// The status of a GET with an optional bearer.
+    pub async fn http_get_status(&self, path: &str, bearer: Option<&str>) -> u16 {
+        let mut request = self.http.get(self.url(path));
+        if let Some(b) = bearer {
+            request = request.bearer_auth(b);
+        }
+        request.send().await.unwrap().status().as_u16()
+    }
+
+    /// The status of a DELETE with the admin token.
+    pub async fn http_delete_admin(&self, path: &str) -> u16 {
+        self.http.delete(self.url(path)).bearer_auth(ADMIN).send().await.unwrap().status().as_u16()
+    }
+
+    /// A fresh access token for a session, minted with the admin token.
+    pub async fn mint_token(&self, id: &str) -> String {
+        let response = self
+            .http
+            .post(self.url(&format!("/api/sessions/{id}/token")))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "mint a token");
+        let body: Value = response.json().await.unwrap();
+        body["token"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn readyz(&self) -> Value {
+        self.http
+            .get(self.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
+
 pub struct TestServer {
     pub addr: SocketAddr,
     // `data` is returned by `stop`, so the struct cannot implement Drop; an unstopped
     // server simply ends with the test's runtime.
-    pub base: String,
     pub data: tempfile::TempDir,
-    pub http: reqwest::Client,
+    api: ApiClient,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<Result<(), livesession::StartupError>>>,
+}
+
+/// The server's API is called on the server itself (`server.get_session(id)`,
+/// `server.http`).
+impl std::ops::Deref for TestServer {
+    type Target = ApiClient;
+
+    fn deref(&self) -> &ApiClient {
+        &self.api
+    }
 }
 
 impl TestServer {
@@ -321,123 +499,18 @@ impl TestServer {
         }));
         let server = Self {
             addr,
-            base: format!("{scheme}://{addr}"),
             data,
-            http,
+            api: ApiClient { base: format!("{scheme}://{addr}"), http },
             shutdown: Some(tx),
             task: Some(task),
         };
-        for _ in 0..200 {
-            if server.http.get(server.url("/healthz")).send().await.is_ok() {
-                return server;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("server did not answer /healthz");
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    /// `POST /api/sessions` as the admin; asserts 201 and returns the body.
-    pub async fn create_session(&self, body: Value) -> Value {
-        let response = self
-            .http
-            .post(self.url("/api/sessions"))
-            .bearer_auth(ADMIN)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 201, "create session");
-        response.json().await.unwrap()
-    }
-
-    pub async fn get_session(&self, id: &str) -> Value {
-        let response = self
-            .http
-            .get(self.url(&format!("/api/sessions/{id}")))
-            .bearer_auth(ADMIN)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
-        response.json().await.unwrap()
-    }
-
-    pub async fn revoke(&self, id: &str) -> Value {
-        let response = self
-            .http
-            .delete(self.url(&format!("/api/sessions/{id}")))
-            .bearer_auth(ADMIN)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200, "revoke");
-        response.json().await.unwrap()
-    }
-
-    /// `POST path` with a JSON body, as the admin.
-    pub async fn admin_post(&self, path: &str, body: Value) -> reqwest::Response {
-        self.http
-            .post(self.url(path))
-            .bearer_auth(ADMIN)
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
-    }
-
-    /// `GET path` as the admin; asserts 200 and returns the body.
-    pub async fn admin_get(&self, path: &str) -> Value {
-        let response = self.http.get(self.url(path)).bearer_auth(ADMIN).send().await.unwrap();
-        assert_eq!(response.status(), 200, "GET {path}");
-        response.json().await.unwrap()
+        assert!(server.healthy_within(Duration::from_secs(10)).await, "server did not answer /healthz");
+        server
     }
 
     /// The data directory, resolved (as the server sees it).
     pub fn data_path(&self) -> std::path::PathBuf {
         self.data.path().canonicalize().unwrap()
-    }
-
-    /// The status of a GET with an optional bearer.
-    pub async fn http_get_status(&self, path: &str, bearer: Option<&str>) -> u16 {
-        let mut request = self.http.get(self.url(path));
-        if let Some(b) = bearer {
-            request = request.bearer_auth(b);
-        }
-        request.send().await.unwrap().status().as_u16()
-    }
-
-    /// The status of a DELETE with the admin token.
-    pub async fn http_delete_admin(&self, path: &str) -> u16 {
-        self.http.delete(self.url(path)).bearer_auth(ADMIN).send().await.unwrap().status().as_u16()
-    }
-
-    /// A fresh access token for a session, minted with the admin token.
-    pub async fn mint_token(&self, id: &str) -> String {
-        let response = self
-            .http
-            .post(self.url(&format!("/api/sessions/{id}/token")))
-            .bearer_auth(ADMIN)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200, "mint a token");
-        let body: Value = response.json().await.unwrap();
-        body["token"].as_str().unwrap().to_owned()
-    }
-
-    pub async fn readyz(&self) -> Value {
-        self.http
-            .get(self.url("/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
     }
 
     /// Where the server keeps its desktops' directories.
