@@ -25,7 +25,11 @@ data="$(mktemp -d)"
 admin="$(python3 -c 'import secrets; print(secrets.token_hex(32))')"
 port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 log="$target/api-check-server.log"
-"$bin" serve --data-dir "$data" --listen "127.0.0.1:$port" --warm-desktops 0 --admin-token "$admin" >"$log" 2>&1 &
+# The rate limits raised (they are tested elsewhere), so that generated requests reach
+# the handlers' logic instead of 429s; no warm desktops, since nothing here watches one.
+limits=(--create-rate 1000 --create-burst 100000 --checkout-rate 1000 --checkout-burst 100000
+  --token-rate 1000 --token-burst 100000)
+"$bin" serve --data-dir "$data" --listen "127.0.0.1:$port" --warm-desktops 0 --admin-token "$admin" "${limits[@]}" >"$log" 2>&1 &
 server=$!
 cleanup() {
   kill "$server" 2>/dev/null || true

@@ -56,8 +56,8 @@ const LAYER_ERRORS: [(&str, &str); 6] = [
 ];
 
 /// The finished spec: the router's operations (`paths`) in [`ApiDoc`], the bearer scheme,
-/// and the layers' errors on every operation.
-pub fn spec(paths: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
+/// the layers' errors on every operation, and the links between operations.
+pub fn spec(paths: utoipa::openapi::OpenApi) -> serde_json::Value {
     let mut spec = ApiDoc::openapi().merge_from(paths);
     let components = spec.components.get_or_insert_with(Default::default);
     components.add_security_scheme(
@@ -86,7 +86,60 @@ pub fn spec(paths: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
             add_layer_errors(operation);
         }
     }
+    let mut spec = serde_json::to_value(&spec).expect("a spec serializes");
+    add_links(&mut spec);
     spec
+}
+
+/// Where an answer names what other operations take (OpenAPI links): from a created
+/// session to its operations, from a created task or link to theirs. A client, and
+/// schemathesis's stateful phase, can follow them. (source path, method, status; the
+/// operations under a path prefix whose path parameters are all given; the parameters.)
+const LINKS: [(&str, &str, &str, &str, &[(&str, &str)]); 4] = [
+    ("/api/sessions", "post", "201", "/api/sessions/{id}", &[("id", "$response.body#/id")]),
+    (
+        "/api/sessions/{id}/tasks",
+        "post",
+        "201",
+        "/api/sessions/{id}/tasks/{task_id}",
+        &[("id", "$response.body#/session_id"), ("task_id", "$response.body#/id")],
+    ),
+    ("/api/sessions/{id}/tasks", "post", "201", "/api/tasks/{id}", &[("id", "$response.body#/id")]),
+    (
+        "/api/sessions/{id}/links",
+        "post",
+        "201",
+        "/api/sessions/{id}/links/{link_id}",
+        &[("id", "$request.path.id"), ("link_id", "$response.body#/id")],
+    ),
+];
+
+/// (Written into the JSON: utoipa 5.5 serializes a link's `operationId` as `operation_id`.)
+fn add_links(spec: &mut serde_json::Value) {
+    const METHODS: [&str; 5] = ["get", "post", "put", "delete", "patch"];
+    for (from, method, status, under, parameters) in LINKS {
+        let mut links = serde_json::Map::new();
+        for (path, item) in spec["paths"].as_object().into_iter().flatten() {
+            let path_parameters = path.split('/').filter_map(|part| part.strip_prefix('{')?.strip_suffix('}'));
+            if !path.starts_with(under)
+                || !path_parameters.into_iter().all(|p| parameters.iter().any(|(name, _)| *name == p))
+            {
+                continue;
+            }
+            for operation in METHODS.iter().filter_map(|m| item.get(*m)) {
+                let Some(id) = operation["operationId"].as_str() else { continue };
+                let given: serde_json::Map<String, serde_json::Value> = parameters
+                    .iter()
+                    .filter(|(name, _)| path.contains(&format!("{{{name}}}")))
+                    .map(|(name, expression)| (name.to_string(), (*expression).into()))
+                    .collect();
+                links.insert(id.to_owned(), serde_json::json!({ "operationId": id, "parameters": given }));
+            }
+        }
+        if let Some(response) = spec["paths"][from][method]["responses"].get_mut(status) {
+            response["links"] = links.into();
+        }
+    }
 }
 
 fn add_layer_errors(operation: &mut Operation) {

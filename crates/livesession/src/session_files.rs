@@ -28,7 +28,7 @@ const PARTIAL_SUFFIX: &str = ".crdownload";
 const UPLOAD_PREFIX: &str = ".upload-";
 
 /// One file as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct FileEntry {
     pub name: String,
     pub size: u64,

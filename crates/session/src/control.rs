@@ -38,7 +38,7 @@ impl Holder {
 }
 
 /// The current holder, since when, and why (an agent asking for a person says why).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ControlState {
     pub holder: Holder,
     #[serde(with = "time::serde::rfc3339")]

@@ -192,7 +192,7 @@ pub struct SetControl {
 #[utoipa::path(post, path = "/api/sessions/{id}/control", tag = "control", security(("bearer" = [])), params(("id" = String, Path, description = "The session's id")),
     request_body = SetControl,
     responses(
-        (status = 200, description = "Who holds control now", body = Object),
+        (status = 200, description = "Who holds control now", body = livesession_session::ControlState),
         (status = 401, description = "No valid admin token or access token of this session", body = crate::error::ErrorBody), (status = 404, description = "No session has this id", body = crate::error::ErrorBody),
         (status = 409, description = "No agent is connected to hand control to", body = crate::error::ErrorBody),
         (status = 410, description = "The session has ended", body = crate::error::ErrorBody),

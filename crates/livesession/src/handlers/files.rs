@@ -21,7 +21,6 @@ use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use livesession_session::SessionState;
 use serde::Deserialize;
-use serde_json::json;
 
 use crate::app::{App, AppState};
 use crate::auth::Role;
@@ -89,8 +88,14 @@ async fn authorize(
 }
 
 /// `GET /api/sessions/{id}/files`.
+/// `GET /api/sessions/{id}/files`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct FileList {
+    files: Vec<crate::session_files::FileEntry>,
+}
+
 #[utoipa::path(get, path = "/api/sessions/{id}/files", tag = "files", security(("bearer" = [])), params(("id" = String, Path, description = "The session's id"), crate::handlers::TokenQuery),
-    responses((status = 200, description = "`{\"files\": [{\"name\", \"size\", \"modified_at\"}]}`", body = Object), (status = 401, description = "No valid admin token or access token of this session", body = crate::error::ErrorBody), (status = 404, description = "No session has this id", body = crate::error::ErrorBody),
+    responses((status = 200, description = "The session's files, oldest first", body = FileList), (status = 401, description = "No valid admin token or access token of this session", body = crate::error::ErrorBody), (status = 404, description = "No session has this id", body = crate::error::ErrorBody),
         (status = 410, description = "The session has ended", body = crate::error::ErrorBody)))]
 pub async fn list_files(
     State(app): State<AppState>,
@@ -98,14 +103,14 @@ pub async fn list_files(
     headers: HeaderMap,
     Path(id): Path<String>,
     ApiQuery(query): ApiQuery<TokenQuery>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<FileList>, ApiError> {
     authorize(&app, &client, &headers, query.token.as_deref(), &id).await?;
     let files = session_files(&app);
     let list = tokio::task::spawn_blocking(move || files.list(&id))
         .await
         .map_err(|e| ApiError::internal("listing the session's files failed", e))?
         .map_err(|e| ApiError::internal("could not list the session's files", e))?;
-    Ok(Json(json!({ "files": list })))
+    Ok(Json(FileList { files: list }))
 }
 
 /// A `Content-Disposition` that names the file safely: ASCII fallback plus RFC 5987
@@ -184,7 +189,7 @@ pub struct UploadQuery {
 /// `POST /api/sessions/{id}/files?name=NAME`, the file's bytes as the body.
 #[utoipa::path(post, path = "/api/sessions/{id}/files", tag = "files", security(("bearer" = [])), params(("id" = String, Path, description = "The session's id"), UploadQuery),
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The file's bytes"),
-    responses((status = 201, description = "Stored, and placed in the live desktop's Downloads", body = Object),
+    responses((status = 201, description = "Stored, and placed in the live desktop's Downloads", body = crate::session_files::FileEntry),
         (status = 401, description = "No valid admin token or access token of this session", body = crate::error::ErrorBody), (status = 404, description = "No session has this id", body = crate::error::ErrorBody), (status = 409, description = "The session has too many files", body = crate::error::ErrorBody), (status = 410, description = "The session has ended", body = crate::error::ErrorBody),
         (status = 507, description = "Not enough space for the file", body = crate::error::ErrorBody)))]
 pub async fn upload_file(
@@ -194,62 +199,71 @@ pub async fn upload_file(
     Path(id): Path<String>,
     ApiQuery(query): ApiQuery<UploadQuery>,
     body: Body,
-) -> Result<Response, ApiError> {
-    let caller = authorize(&app, &client, &headers, None, &id).await?;
-    if matches!(caller, Caller::Token(Role::View)) {
-        return Err(ApiError::forbidden(
-            "role_forbidden",
-            "a view-only token can list and download the session's files but not upload",
-        ));
-    }
-    let name = query.name.ok_or_else(|| {
-        ApiError::bad_request(
-            "invalid_file_name",
-            "the file name is missing: POST …/files?name=NAME",
-        )
-    })?;
-    // Refused at once when the client says it is too large.
-    if let Some(len) = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-        && len > MAX_FILE_BYTES
-    {
-        return Err(files_error(FilesError::TooLarge));
-    }
-    let files = session_files(&app);
-    let (upload_id, upload_name) = (id.clone(), name.clone());
-    let mut upload =
-        tokio::task::spawn_blocking(move || files.begin_upload(&upload_id, &upload_name))
-            .await
-            .map_err(|e| ApiError::internal("starting the upload failed", e))?
-            .map_err(files_error)?;
-    let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| {
-            ApiError::bad_request("bad_body", format!("the upload was interrupted: {e}"))
+) -> Response {
+    let stored: Result<Response, ApiError> = async {
+        let caller = authorize(&app, &client, &headers, None, &id).await?;
+        if matches!(caller, Caller::Token(Role::View)) {
+            return Err(ApiError::forbidden(
+                "role_forbidden",
+                "a view-only token can list and download the session's files but not upload",
+            ));
+        }
+        let name = query.name.ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_file_name",
+                "the file name is missing: POST …/files?name=NAME",
+            )
         })?;
-        // Dropping `upload` on any error removes the temporary file.
-        upload.write(&chunk).map_err(files_error)?;
-    }
-    tokio::task::spawn_blocking(move || upload.finish())
-        .await
-        .map_err(|e| ApiError::internal("finishing the upload failed", e))?
-        .map_err(files_error)?;
-    let files = session_files(&app);
-    let entry = files
-        .list(&id)
-        .map_err(|e| ApiError::internal("could not list the session's files", e))?
-        .into_iter()
-        .find(|f| f.name == name)
-        .ok_or_else(file_not_found)?;
-    tracing::info!(session_id = %id, bytes = entry.size, "file uploaded");
-    // Into the live desktop's Downloads, where a page's file chooser finds it (a desktop
-    // started later gets it when it starts: downloads.rs).
-    if let DesktopStatus::Ready(handle) | DesktopStatus::Restarting(handle) =
-        app.desktops.status(&id)
-    {
-        app.desktops.files().place(&id, &handle, &name).await;
-    }
-    app.desktops.files().publish(&id, entry.clone());
-    Ok((StatusCode::CREATED, Json(entry)).into_response())
+        // Refused at once when the client says it is too large.
+        if let Some(len) = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+            && len > MAX_FILE_BYTES
+        {
+            return Err(files_error(FilesError::TooLarge));
+        }
+        let files = session_files(&app);
+        let (upload_id, upload_name) = (id.clone(), name.clone());
+        let mut upload =
+            tokio::task::spawn_blocking(move || files.begin_upload(&upload_id, &upload_name))
+                .await
+                .map_err(|e| ApiError::internal("starting the upload failed", e))?
+                .map_err(files_error)?;
+        let mut stream = body.into_data_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| {
+                ApiError::bad_request("bad_body", format!("the upload was interrupted: {e}"))
+            })?;
+            // Dropping `upload` on any error removes the temporary file.
+            upload.write(&chunk).map_err(files_error)?;
+        }
+        tokio::task::spawn_blocking(move || upload.finish())
+            .await
+            .map_err(|e| ApiError::internal("finishing the upload failed", e))?
+            .map_err(files_error)?;
+        let files = session_files(&app);
+        let entry = files
+            .list(&id)
+            .map_err(|e| ApiError::internal("could not list the session's files", e))?
+            .into_iter()
+            .find(|f| f.name == name)
+            .ok_or_else(file_not_found)?;
+        tracing::info!(session_id = %id, bytes = entry.size, "file uploaded");
+        // Into the live desktop's Downloads, where a page's file chooser finds it (a desktop
+        // started later gets it when it starts: downloads.rs).
+        if let DesktopStatus::Ready(handle) | DesktopStatus::Restarting(handle) =
+            app.desktops.status(&id)
+        {
+            app.desktops.files().place(&id, &handle, &name).await;
+        }
+        app.desktops.files().publish(&id, entry.clone());
+        Ok((StatusCode::CREATED, Json(entry)).into_response())    }
+    .await;
+    // A refusal may come before the body was read: the connection cannot carry another
+    // request, and a client must not reuse it (it would see its next request cut off).
+    stored.unwrap_or_else(|e| {
+        let mut response = e.into_response();
+        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        response
+    })
 }

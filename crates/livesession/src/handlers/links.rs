@@ -24,8 +24,7 @@ use livesession_session::{
     LinkRole, Session, SessionState, StoreError, ViewerLink, link_secret_hash,
 };
 use serde::Deserialize;
-use serde_json::{Value, json};
-use time::format_description::well_known::Rfc3339;
+use serde_json::json;
 
 use crate::app::{App, AppState};
 use crate::auth::{Role, session_cookies_for, set_cookies};
@@ -112,19 +111,37 @@ fn link_not_found() -> ApiError {
     )
 }
 
-fn rfc3339(t: time::OffsetDateTime) -> String {
-    t.format(&Rfc3339).expect("formattable")
+/// A viewer link as the API shows it: never its secret (which the server does not have).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct LinkView {
+    id: String,
+    role: livesession_session::LinkRole,
+    label: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    created_at: time::OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    revoked_at: Option<time::OffsetDateTime>,
 }
 
-/// A link as the API shows it: never its secret (which the server does not have).
-fn link_json(link: &ViewerLink) -> Value {
-    json!({
-        "id": link.id,
-        "role": link.role.as_str(),
-        "label": link.label,
-        "created_at": rfc3339(link.created_at),
-        "revoked_at": link.revoked_at.map(rfc3339),
-    })
+impl LinkView {
+    fn of(link: ViewerLink) -> Self {
+        LinkView { id: link.id, role: link.role, label: link.label, created_at: link.created_at, revoked_at: link.revoked_at }
+    }
+}
+
+/// `POST /api/sessions/{id}/links`: the new link, with the URL that carries its secret.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct LinkCreated {
+    #[serde(flatten)]
+    link: LinkView,
+    /// `<public URL>/join#<secret>`: shown only here.
+    url: String,
+}
+
+/// `GET /api/sessions/{id}/links`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct LinkList {
+    links: Vec<LinkView>,
 }
 
 /// Who is managing a session's links.
@@ -217,7 +234,7 @@ fn validate_label(label: Option<String>) -> Result<Option<String>, ApiError> {
 #[utoipa::path(post, path = "/api/sessions/{id}/links", tag = "links", security(("bearer" = [])), params(("id" = String, Path, description = "The session's id")),
     request_body = CreateLink,
     responses(
-        (status = 201, description = "The link; its `url` (with the secret) is shown only here", body = Object),
+        (status = 201, description = "The link; its `url` (with the secret) is shown only here", body = LinkCreated),
         (status = 401, description = "No valid admin token or access token of this session", body = crate::error::ErrorBody), (status = 404, description = "No session has this id", body = crate::error::ErrorBody),
         (status = 409, description = "The session is not active yet, or has too many links", body = crate::error::ErrorBody),
         (status = 410, description = "The session has ended", body = crate::error::ErrorBody),
@@ -259,13 +276,7 @@ pub async fn create_link(
         ));
     }
     let (link, secret) = app.sessions.create_link(&id, request.role, label).await?;
-    let body = json!({
-        "id": link.id,
-        "role": link.role.as_str(),
-        "label": link.label,
-        "created_at": rfc3339(link.created_at),
-        "url": format!("{}/join#{secret}", app.public_url),
-    });
+    let body = LinkCreated { url: format!("{}/join#{secret}", app.public_url), link: LinkView::of(link) };
     let mut response = (StatusCode::CREATED, Json(body)).into_response();
     response
         .headers_mut()
@@ -276,18 +287,17 @@ pub async fn create_link(
 /// `GET /api/sessions/{id}/links`: every link of the session, revoked ones included,
 /// oldest first, without secrets.
 #[utoipa::path(get, path = "/api/sessions/{id}/links", tag = "links", security(("bearer" = [])), params(("id" = String, Path, description = "The session's id")),
-    responses((status = 200, description = "`{\"links\": [...]}`, oldest first, without secrets", body = Object), (status = 401, description = "No valid admin token or access token of this session", body = crate::error::ErrorBody), (status = 404, description = "No session has this id", body = crate::error::ErrorBody)))]
+    responses((status = 200, description = "The session's links, revoked ones too, oldest first, without secrets", body = LinkList), (status = 401, description = "No valid admin token or access token of this session", body = crate::error::ErrorBody), (status = 404, description = "No session has this id", body = crate::error::ErrorBody)))]
 pub async fn list_links(
     State(app): State<AppState>,
     client: ClientInfo,
     headers: HeaderMap,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<LinkList>, ApiError> {
     let manager = require_manager(&app, client.ip, &headers, &id)?;
     managed_session(&app, &id, manager).await?;
     let links = app.sessions.store().list_links(&id).await?;
-    let links: Vec<Value> = links.iter().map(link_json).collect();
-    Ok(Json(json!({ "links": links })))
+    Ok(Json(LinkList { links: links.into_iter().map(LinkView::of).collect() }))
 }
 
 /// `DELETE /api/sessions/{id}/links/{link_id}`: revokes the link. Every connection opened
@@ -295,14 +305,14 @@ pub async fn list_links(
 /// its tokens are refused from now on. Revoking a revoked link changes nothing.
 #[utoipa::path(delete, path = "/api/sessions/{id}/links/{link_id}", tag = "links", security(("bearer" = [])),
     params(("id" = String, Path, description = "The session's id"), ("link_id" = String, Path, description = "The link's id")),
-    responses((status = 200, description = "The revoked link", body = Object), (status = 401, description = "No valid admin token or access token of this session", body = crate::error::ErrorBody),
+    responses((status = 200, description = "The revoked link", body = LinkView), (status = 401, description = "No valid admin token or access token of this session", body = crate::error::ErrorBody),
         (status = 404, description = "No such session, or it has no link with this id", body = crate::error::ErrorBody)))]
 pub async fn revoke_link(
     State(app): State<AppState>,
     client: ClientInfo,
     headers: HeaderMap,
     Path((id, link_id)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<LinkView>, ApiError> {
     let manager = require_manager(&app, client.ip, &headers, &id)?;
     managed_session(&app, &id, manager).await?;
     let link = app
@@ -316,7 +326,7 @@ pub async fn revoke_link(
                 "this session has no viewer link with this id",
             )
         })?;
-    Ok(Json(link_json(&link)))
+    Ok(Json(LinkView::of(link)))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]

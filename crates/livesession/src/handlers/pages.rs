@@ -4,7 +4,6 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
-use serde_json::{Value, json};
 
 use crate::app::AppState;
 use crate::web::{NOVNC_PREFIX, asset};
@@ -44,20 +43,41 @@ pub async fn novnc_file(headers: HeaderMap, Path(path): Path<String>) -> Respons
 
 /// What the landing page needs to know about this server.
 #[utoipa::path(get, path = "/api/info", tag = "server",
-    responses((status = 200, description = "`{\"name\", \"version\", \"free_mode\", \"checkout\", \"agent\", \"price\"}`", body = Object)))]
-pub async fn info(State(app): State<AppState>) -> Json<Value> {
-    Json(json!({
-        "name": "livesession",
-        "version": env!("CARGO_PKG_VERSION"),
-        "free_mode": app.config.free_mode(),
-        "checkout": app.checkout.is_some(),
-        // Whether the built-in agent (a configured model) runs goals; without it a goal
-        // waits for an external agent worker.
-        "agent": app.runner_settings.agent.is_some() && app.config.tasks.agent_runners > 0,
-        "price": app.checkout.as_ref().map(|_| json!({
-            "amount_cents": app.config.stripe.price_cents,
-            "currency": app.config.stripe.currency,
-            "product": app.config.stripe.product_name,
-        })),
-    }))
+    responses((status = 200, description = "What the landing page needs to know", body = ServerInfo)))]
+pub async fn info(State(app): State<AppState>) -> Json<ServerInfo> {
+    Json(ServerInfo {
+        name: "livesession",
+        version: env!("CARGO_PKG_VERSION"),
+        free_mode: app.config.free_mode(),
+        checkout: app.checkout.is_some(),
+        agent: app.runner_settings.agent.is_some() && app.config.tasks.agent_runners > 0,
+        price: app.checkout.as_ref().map(|_| Price {
+            amount_cents: app.config.stripe.price_cents,
+            currency: app.config.stripe.currency.clone(),
+            product: app.config.stripe.product_name.clone(),
+        }),
+    })
+}
+
+/// What the landing page needs to know about this server.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ServerInfo {
+    name: &'static str,
+    version: &'static str,
+    /// Whether `POST /start` starts free sessions.
+    free_mode: bool,
+    /// Whether sessions are sold (Stripe Checkout).
+    checkout: bool,
+    /// Whether the built-in agent (a configured model) runs goals; without it a goal
+    /// waits for an external agent worker.
+    agent: bool,
+    /// The price of a session, when sold.
+    price: Option<Price>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Price {
+    amount_cents: u64,
+    currency: String,
+    product: String,
 }

@@ -237,6 +237,12 @@ pub async fn create_session(
     Ok((StatusCode::CREATED, Json(created)).into_response())
 }
 
+/// `GET /api/sessions`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SessionList {
+    pub sessions: Vec<SessionView>,
+}
+
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
@@ -246,13 +252,13 @@ pub struct ListQuery {
 }
 
 #[utoipa::path(get, path = "/api/sessions", tag = "sessions", security(("bearer" = [])), params(ListQuery),
-    responses((status = 200, description = "`{\"sessions\": [SessionView]}`, newest first", body = Object), (status = 401, description = "The admin token is missing or wrong", body = crate::error::ErrorBody)))]
+    responses((status = 200, description = "The sessions, newest first", body = SessionList), (status = 401, description = "The admin token is missing or wrong", body = crate::error::ErrorBody)))]
 pub async fn list_sessions(
     State(app): State<AppState>,
     client: ClientInfo,
     headers: HeaderMap,
     ApiQuery(q): ApiQuery<ListQuery>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<SessionList>, ApiError> {
     require_admin(&app, client.ip, &headers)?;
     let store = app.sessions.store();
     let found = match &q.checkout_session_id {
@@ -264,7 +270,7 @@ pub async fn list_sessions(
         }
     };
     let sessions: Vec<SessionView> = found.into_iter().map(|s| view(&app, s)).collect();
-    Ok(Json(serde_json::json!({ "sessions": sessions })))
+    Ok(Json(SessionList { sessions }))
 }
 
 #[utoipa::path(get, path = "/api/sessions/{id}", tag = "sessions", security(("bearer" = [])), params(("id" = String, Path, description = "The session's id")),

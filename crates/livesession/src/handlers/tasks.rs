@@ -89,9 +89,9 @@ fn task_not_found() -> ApiError {
 /// A task as the API shows it, with the URLs a client follows.
 /// A task as the API shows it: the stored task and where to read it.
 #[derive(serde::Serialize, utoipa::ToSchema)]
-pub struct TaskView<'a> {
+pub struct TaskView {
     #[serde(flatten)]
-    task: &'a Task,
+    task: Task,
     /// `/api/tasks/{id}`.
     url: String,
     /// With `GET` of one task: its events after `?after=` (at most a page).
@@ -99,8 +99,20 @@ pub struct TaskView<'a> {
     events: Option<Vec<Value>>,
 }
 
+impl TaskView {
+    fn of(task: Task) -> Self {
+        TaskView { url: format!("/api/tasks/{}", task.id), task, events: None }
+    }
+}
+
+/// `GET /api/tasks`, `GET /api/sessions/{id}/tasks`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct TaskList {
+    tasks: Vec<TaskView>,
+}
+
 pub(crate) fn task_view(task: &Task) -> Value {
-    serde_json::to_value(TaskView { task, url: format!("/api/tasks/{}", task.id), events: None }).expect("serializable")
+    serde_json::to_value(TaskView::of(task.clone())).expect("serializable")
 }
 
 /// An event as the API shows it: with the URL of its screenshot, if it has one.
@@ -182,14 +194,14 @@ pub async fn post_task(
 
 /// `GET /api/sessions/{id}/tasks`.
 #[utoipa::path(get, path = "/api/sessions/{id}/tasks", tag = "tasks", security(("bearer" = [])), params(("id" = String, Path, description = "The session's id"), crate::handlers::TokenQuery),
-    responses((status = 200, description = "`{\"tasks\": [TaskView]}`, oldest first", body = Object), (status = 401, description = "No valid admin token or access token of this session", body = crate::error::ErrorBody), (status = 404, description = "No session has this id", body = crate::error::ErrorBody)))]
+    responses((status = 200, description = "The session's tasks, oldest first", body = TaskList), (status = 401, description = "No valid admin token or access token of this session", body = crate::error::ErrorBody), (status = 404, description = "No session has this id", body = crate::error::ErrorBody)))]
 pub async fn list_tasks(
     State(app): State<AppState>,
     client: ClientInfo,
     headers: HeaderMap,
     Path(id): Path<String>,
     ApiQuery(query): ApiQuery<TaskQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TaskList>, ApiError> {
     session_caller(&app, &client, &headers, query.token.as_deref(), &id).await?;
     existing_session(&app, &id).await?;
     let tasks = app
@@ -202,8 +214,7 @@ pub async fn list_tasks(
         })
         .await
         .map_err(|e| ApiError::internal("the task store failed", e))?;
-    let tasks: Vec<Value> = tasks.iter().map(task_view).collect();
-    Ok(Json(json!({ "tasks": tasks })))
+    Ok(Json(TaskList { tasks: tasks.into_iter().map(TaskView::of).collect() }))
 }
 
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
@@ -217,13 +228,13 @@ pub struct ListQuery {
 /// `GET /api/tasks` (admin): recent tasks of every session, most recent first, or one
 /// session's (`?session_id=`, oldest first); `?state=` filters.
 #[utoipa::path(get, path = "/api/tasks", tag = "tasks", security(("bearer" = [])), params(ListQuery),
-    responses((status = 200, description = "`{\"tasks\": [TaskView]}`", body = Object), (status = 401, description = "The admin token is missing or wrong", body = crate::error::ErrorBody)))]
+    responses((status = 200, description = "Recent tasks, most recent first (one session's: oldest first)", body = TaskList), (status = 401, description = "The admin token is missing or wrong", body = crate::error::ErrorBody)))]
 pub async fn list_all_tasks(
     State(app): State<AppState>,
     client: ClientInfo,
     headers: HeaderMap,
     ApiQuery(query): ApiQuery<ListQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TaskList>, ApiError> {
     crate::handlers::admin::require_admin(&app, client.ip, &headers)?;
     let state = match query.state.as_deref() {
         None => None,
@@ -240,8 +251,7 @@ pub async fn list_all_tasks(
         limit: query.limit.unwrap_or(100).clamp(1, 1000),
     };
     let tasks = app.queue.store().list_tasks(&filter).await?;
-    let tasks: Vec<Value> = tasks.iter().map(task_view).collect();
-    Ok(Json(json!({ "tasks": tasks })))
+    Ok(Json(TaskList { tasks: tasks.into_iter().map(TaskView::of).collect() }))
 }
 
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]

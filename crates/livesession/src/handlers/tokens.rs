@@ -12,7 +12,6 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use livesession_session::SessionState;
-use serde_json::json;
 
 use crate::app::AppState;
 use crate::app::App;
@@ -27,7 +26,7 @@ use crate::proxy::ClientInfo;
 #[utoipa::path(post, path = "/api/sessions/{id}/token", tag = "tokens", security(("bearer" = []), ()), params(("id" = String, Path, description = "The session's id")),
     request_body(content = TokenRequest, description = "Only with the admin token: the role to mint (default interactive)"),
     responses(
-        (status = 200, description = "A fresh access token (`{\"token\", \"expires_at\", \"role\"}`); browsers also get new cookies", body = Object),
+        (status = 200, description = "A fresh access token; browsers also get new cookies", body = TokenIssued),
         (status = 401, description = "No refresh credential (cookie or bearer) or admin token, or it is invalid or expired", body = crate::error::ErrorBody),
         (status = 404, description = "No session has this id", body = crate::error::ErrorBody), (status = 410, description = "The session has ended", body = crate::error::ErrorBody),
     ))]
@@ -101,18 +100,16 @@ pub async fn issue_token(
         link.as_deref(),
         session.expires_at,
     );
-    let mut body = json!({
-        "token": token,
-        "role": role,
-        "expires_at": expires_at.format(&time::format_description::well_known::Rfc3339).expect("formattable"),
-        "session_expires_at": session.expires_at.format(&time::format_description::well_known::Rfc3339).expect("formattable"),
-    });
-    // The operator also gets a refresh token of that role, to hand on (a person's
-    // `viewer_url#token=…`, a program that renews). Browsers renewing by cookie never see
-    // theirs in a body: it stays in the HttpOnly cookie.
-    if by_admin {
-        body["refresh_token"] = json!(app.tokens.refresh(&session.id, role, session.expires_at));
-    }
+    let body = TokenIssued {
+        token,
+        role,
+        expires_at,
+        session_expires_at: session.expires_at,
+        // The operator also gets a refresh token of that role, to hand on (a person's
+        // `viewer_url#token=…`, a program that renews). Browsers renewing by cookie never
+        // see theirs in a body: it stays in the HttpOnly cookie.
+        refresh_token: by_admin.then(|| app.tokens.refresh(&session.id, role, session.expires_at)),
+    };
     let mut response = (StatusCode::OK, Json(body)).into_response();
     response
         .headers_mut()
@@ -127,6 +124,20 @@ pub async fn issue_token(
     );
     set_cookies(response.headers_mut(), &cookies);
     Ok(response)
+}
+
+/// A fresh access token. No `Debug`: it holds tokens, which must not reach a log.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct TokenIssued {
+    token: String,
+    role: Role,
+    #[serde(with = "time::serde::rfc3339")]
+    expires_at: time::OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    session_expires_at: time::OffsetDateTime,
+    /// Only to the admin token: a refresh token of the same role.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refresh_token: Option<String>,
 }
 
 /// An admin request's optional body: the role of the tokens to mint.
