@@ -10,7 +10,9 @@
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use axum::http::HeaderMap;
 use axum::http::header::{HOST, ORIGIN};
+use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use axum::extract::ws::WebSocketUpgrade;
@@ -215,19 +217,25 @@ fn truncate_reason(reason: &str) -> &str {
 /// Sends the close frame and waits briefly for the client's answer. Bounded in time:
 /// a client that stopped reading cannot hold the connection (or shutdown) open. Counted
 /// by kind and code (`/metrics`).
-pub async fn close(app: &App, kind: ConnKind, mut socket: WebSocket, close: Close) {
+///
+/// Boxed: a connection's task reserves room for every future it may await, and this one
+/// (which owns the socket), awaited once at the end, would otherwise make every idle
+/// connection larger by its size.
+pub fn close(app: &App, kind: ConnKind, mut socket: WebSocket, close: Close) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
     app.metrics.close_sent(kind, close.code.code());
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(3), async {
-        if socket.send(close.frame()).await.is_ok() {
-            use futures_util::StreamExt;
-            while let Some(Ok(m)) = socket.next().await {
-                if matches!(m, Message::Close(_)) {
-                    break;
+    Box::pin(async move {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(3), async {
+            if socket.send(close.frame()).await.is_ok() {
+                use futures_util::StreamExt;
+                while let Some(Ok(m)) = socket.next().await {
+                    if matches!(m, Message::Close(_)) {
+                        break;
+                    }
                 }
             }
-        }
+        })
+        .await;
     })
-    .await;
 }
 
 /// Completes the upgrade and runs `serve` for an authorized connection, or closes a

@@ -170,13 +170,14 @@ pub async fn control_channel(
 ) -> Result<Response, ApiError> {
     let upgrade =
         upgrade.map_err(|e| ApiError::new(e.status(), "websocket_required", e.body_text()))?;
-    // Control messages are small: small buffers keep an idle connection cheap (the
-    // default 128 KiB each way dominated memory per connection), and a write buffer cap
+    // Control messages are small (an AUTH, the largest a client sends, is under 1 KiB):
+    // small buffers keep an idle connection cheap (the default 128 KiB each way dominated
+    // memory per connection; the buffer grows for a larger message), and a write buffer cap
     // bounds what a client that does not read can make the server hold.
     let upgrade = upgrade
         .max_message_size(MAX_CLIENT_MESSAGE)
         .max_frame_size(MAX_CLIENT_MESSAGE)
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(1024)
         .write_buffer_size(0)
         .max_write_buffer_size(64 * 1024);
     let decision = ws::authorize(&app, peer.ip(), &id, &headers, query.token.as_deref()).await;
