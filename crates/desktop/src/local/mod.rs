@@ -656,15 +656,20 @@ impl Inner {
         // Up once the namespace has a default route.
         let route_file = format!("/proc/{inner}/net/route");
         loop {
-            let routes = std::fs::read_to_string(&route_file).unwrap_or_default();
-            if routes.lines().skip(1).any(|l| l.split_whitespace().nth(1) == Some("00000000")) {
+            let routes = std::fs::read_to_string(&route_file);
+            if routes.as_deref().is_ok_and(|r| r.lines().skip(1).any(|l| l.split_whitespace().nth(1) == Some("00000000"))) {
                 break;
             }
             if let Ok(Some(status)) = slirp.try_wait() {
                 return Err(failed(format!("exited early ({status})")));
             }
             if Instant::now() >= deadline {
-                return Err(failed("did not configure the network in time".into()));
+                // What was seen, for the next one to look: the sandbox gone, or its routes.
+                let seen = match routes {
+                    Ok(r) => format!("its routes: {:?}", r.lines().skip(1).collect::<Vec<_>>()),
+                    Err(e) => format!("the sandbox's routes could not be read: {e}"),
+                };
+                return Err(failed(format!("did not configure the network in time ({seen})")));
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
