@@ -95,8 +95,7 @@ pub struct CheckoutClaimRequest {
 #[utoipa::path(post, path = "/api/checkout/claim", tag = "checkout", request_body = CheckoutClaimRequest,
     responses(
         (status = 200, description = "This browser has the paid session (cookies set)", body = Object),
-        (status = 202, description = "The payment is not confirmed yet; ask again", body = Object),
-        (status = 404, description = "No checkout has this id", body = crate::error::ErrorBody),
+        (status = 202, description = "The payment is not confirmed yet (or the checkout is not known yet); ask again", body = Object),
         (status = 409, description = "Another browser claimed this session", body = crate::error::ErrorBody),
         (status = 410, description = "The session has ended", body = crate::error::ErrorBody),
     ))]

@@ -9,7 +9,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use livesession_profiles::{SavedInfo, StateKey, StateMeta, VaultError};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::app::{App, AppState};
 use crate::error::ApiError;
@@ -75,25 +75,85 @@ pub(crate) fn not_being_saved(app: &App, name: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn profile_json(name: &str, info: &SavedInfo, writer: Option<String>) -> Value {
-    json!({
-        "name": name,
-        "stored_bytes": info.stored_bytes,
-        "unpacked_bytes": info.unpacked_bytes,
-        "files": info.files,
-        "updated_at": info.updated_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
-        "in_use_by": writer,
-    })
+/// A saved profile as the API shows it.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ProfileView {
+    name: String,
+    /// The encrypted file's size.
+    stored_bytes: u64,
+    /// The saved files' sizes added up.
+    unpacked_bytes: u64,
+    files: u64,
+    /// RFC 3339.
+    updated_at: String,
+    /// The session that saves to it now, if any.
+    in_use_by: Option<String>,
+}
+
+impl ProfileView {
+    fn of(name: &str, info: &SavedInfo, writer: Option<String>) -> Self {
+        ProfileView {
+            name: name.to_owned(),
+            stored_bytes: info.stored_bytes,
+            unpacked_bytes: info.unpacked_bytes,
+            files: info.files,
+            updated_at: info.updated_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+            in_use_by: writer,
+        }
+    }
+}
+
+/// `GET /api/profiles`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ProfileList {
+    profiles: Vec<ProfileView>,
+}
+
+/// `GET /api/profiles/{name}`: the profile, what it opens and how many cookies it holds.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ProfileDetails {
+    #[serde(flatten)]
+    profile: ProfileView,
+    /// The tabs it opens (URLs).
+    tabs: Vec<String>,
+    cookies: usize,
+    /// Imported and not yet applied (they are, at the next start).
+    imported_cookies: usize,
+    saved_at: Option<String>,
+    saved_by_session: Option<String>,
+}
+
+/// `DELETE /api/profiles/{name}`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ProfileDeleted {
+    name: String,
+    deleted: bool,
+}
+
+/// `GET /api/profiles/{name}/cookies`: as CDP's `Network.Cookie` and `Network.CookieParam`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ProfileCookies {
+    name: String,
+    cookies: Vec<Value>,
+    imported_cookies: Vec<Value>,
+}
+
+/// `POST /api/profiles/{name}/cookies`: the profile, and how many cookies were imported.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct CookiesImported {
+    #[serde(flatten)]
+    profile: ProfileView,
+    imported: usize,
 }
 
 /// `GET /api/profiles`.
 #[utoipa::path(get, path = "/api/profiles", tag = "profiles", security(("bearer" = [])),
-    responses((status = 200, description = "`{\"profiles\": [...]}`", body = Object), (status = 401, description = "The admin token is missing or wrong", body = crate::error::ErrorBody)))]
+    responses((status = 200, description = "The saved profiles", body = ProfileList), (status = 401, description = "The admin token is missing or wrong", body = crate::error::ErrorBody)))]
 pub async fn list_profiles(
     State(app): State<AppState>,
     client: ClientInfo,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ProfileList>, ApiError> {
     require_admin(&app, client.ip, &headers)?;
     let infos = blocking(&app, |v| v.list_profiles())
         .await
@@ -102,45 +162,46 @@ pub async fn list_profiles(
     for info in infos {
         let StateKey::Profile(name) = &info.key else { continue };
         let writer = writer_of(&app, name).await?;
-        profiles.push(profile_json(name, &info, writer));
+        profiles.push(ProfileView::of(name, &info, writer));
     }
-    Ok(Json(json!({ "profiles": profiles })))
+    Ok(Json(ProfileList { profiles }))
 }
 
 /// `GET /api/profiles/{name}`: sizes, when saved, its tabs and how many cookies.
 #[utoipa::path(get, path = "/api/profiles/{name}", tag = "profiles", security(("bearer" = [])), params(("name" = String, Path, description = "The profile's name")),
-    responses((status = 200, description = "The profile's sizes, tabs and cookie counts", body = Object), (status = 401, description = "The admin token is missing or wrong", body = crate::error::ErrorBody), (status = 404, description = "No profile has this name", body = crate::error::ErrorBody), (status = 409, description = "The profile's stored state cannot be read", body = crate::error::ErrorBody)))]
+    responses((status = 200, description = "The profile's sizes, tabs and cookie counts", body = ProfileDetails), (status = 401, description = "The admin token is missing or wrong", body = crate::error::ErrorBody), (status = 404, description = "No profile has this name", body = crate::error::ErrorBody), (status = 409, description = "The profile's stored state cannot be read", body = crate::error::ErrorBody)))]
 pub async fn get_profile(
     State(app): State<AppState>,
     client: ClientInfo,
     headers: HeaderMap,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ProfileDetails>, ApiError> {
     require_admin(&app, client.ip, &headers)?;
     check_name(&name)?;
     let key = StateKey::Profile(name.clone());
     let (info, meta) = blocking(&app, move |v| (v.info(&key), v.meta(&key))).await;
     let info = info.ok_or_else(profile_not_found)?;
     let meta = meta.map_err(vault_error)?.unwrap_or_default();
-    let mut body = profile_json(&name, &info, writer_of(&app, &name).await?);
-    body["tabs"] = json!(meta.tabs);
-    body["cookies"] = json!(meta.cookies.len());
-    body["imported_cookies"] = json!(meta.imported_cookies.len());
-    body["saved_at"] = json!(meta.saved_at);
-    body["saved_by_session"] = json!(meta.saved_by_session);
-    Ok(Json(body))
+    Ok(Json(ProfileDetails {
+        profile: ProfileView::of(&name, &info, writer_of(&app, &name).await?),
+        cookies: meta.cookies.len(),
+        imported_cookies: meta.imported_cookies.len(),
+        tabs: meta.tabs,
+        saved_at: meta.saved_at,
+        saved_by_session: meta.saved_by_session,
+    }))
 }
 
 /// `DELETE /api/profiles/{name}`: 409 while a session persists to it.
 #[utoipa::path(delete, path = "/api/profiles/{name}", tag = "profiles", security(("bearer" = [])), params(("name" = String, Path, description = "The profile's name")),
-    responses((status = 200, description = "`{\"name\", \"deleted\": true}`", body = Object), (status = 401, description = "The admin token is missing or wrong", body = crate::error::ErrorBody), (status = 404, description = "No profile has this name", body = crate::error::ErrorBody),
+    responses((status = 200, description = "Deleted", body = ProfileDeleted), (status = 401, description = "The admin token is missing or wrong", body = crate::error::ErrorBody), (status = 404, description = "No profile has this name", body = crate::error::ErrorBody),
         (status = 409, description = "A session saves to this profile, or it is being saved", body = crate::error::ErrorBody)))]
 pub async fn delete_profile(
     State(app): State<AppState>,
     client: ClientInfo,
     headers: HeaderMap,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ProfileDeleted>, ApiError> {
     require_admin(&app, client.ip, &headers)?;
     check_name(&name)?;
     if let Some(session) = writer_of(&app, &name).await? {
@@ -155,7 +216,7 @@ pub async fn delete_profile(
         return Err(profile_not_found());
     }
     tracing::info!(profile = %name, "profile deleted");
-    Ok(Json(json!({ "name": name, "deleted": true })))
+    Ok(Json(ProfileDeleted { name, deleted: true }))
 }
 
 fn in_use(session: &str) -> ApiError {
@@ -169,19 +230,19 @@ fn in_use(session: &str) -> ApiError {
 /// `GET /api/profiles/{name}/cookies`: the cookies saved with the profile (as CDP's
 /// `Network.Cookie`), and those imported and not yet applied.
 #[utoipa::path(get, path = "/api/profiles/{name}/cookies", tag = "profiles", security(("bearer" = [])), params(("name" = String, Path, description = "The profile's name")),
-    responses((status = 200, description = "`{\"name\", \"cookies\", \"imported_cookies\"}`", body = Object), (status = 401, description = "The admin token is missing or wrong", body = crate::error::ErrorBody), (status = 404, description = "No profile has this name", body = crate::error::ErrorBody), (status = 409, description = "The profile's stored state cannot be read", body = crate::error::ErrorBody)))]
+    responses((status = 200, description = "The saved and the imported cookies", body = ProfileCookies), (status = 401, description = "The admin token is missing or wrong", body = crate::error::ErrorBody), (status = 404, description = "No profile has this name", body = crate::error::ErrorBody), (status = 409, description = "The profile's stored state cannot be read", body = crate::error::ErrorBody)))]
 pub async fn get_cookies(
     State(app): State<AppState>,
     client: ClientInfo,
     headers: HeaderMap,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ProfileCookies>, ApiError> {
     require_admin(&app, client.ip, &headers)?;
     check_name(&name)?;
     let key = StateKey::Profile(name.clone());
     let meta = blocking(&app, move |v| v.meta(&key)).await.map_err(vault_error)?;
     let meta = meta.ok_or_else(profile_not_found)?;
-    Ok(Json(json!({ "name": name, "cookies": meta.cookies, "imported_cookies": meta.imported_cookies })))
+    Ok(Json(ProfileCookies { name, cookies: meta.cookies, imported_cookies: meta.imported_cookies }))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -226,7 +287,7 @@ fn check_cookie(i: usize, c: &Value) -> Result<(), ApiError> {
 /// (its next save would not carry them).
 #[utoipa::path(post, path = "/api/profiles/{name}/cookies", tag = "profiles", security(("bearer" = [])), params(("name" = String, Path, description = "The profile's name")),
     request_body = ImportCookies,
-    responses((status = 200, description = "The profile, with `imported`", body = Object), (status = 401, description = "The admin token is missing or wrong", body = crate::error::ErrorBody),
+    responses((status = 200, description = "The profile, with how many cookies were imported", body = CookiesImported), (status = 401, description = "The admin token is missing or wrong", body = crate::error::ErrorBody),
         (status = 409, description = "A session saves to this profile, or it is being saved", body = crate::error::ErrorBody)))]
 pub async fn import_cookies(
     State(app): State<AppState>,
@@ -234,7 +295,7 @@ pub async fn import_cookies(
     headers: HeaderMap,
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<CookiesImported>), ApiError> {
     require_admin(&app, client.ip, &headers)?;
     check_name(&name)?;
     let request: ImportCookies = serde_json::from_slice(&body?).map_err(|e| {
@@ -265,7 +326,5 @@ pub async fn import_cookies(
     .await
     .map_err(vault_error)?;
     tracing::info!(profile = %name, cookies = count, "cookies imported into a profile");
-    let mut body = profile_json(&name, &info, None);
-    body["imported"] = json!(count);
-    Ok((StatusCode::OK, Json(body)))
+    Ok((StatusCode::OK, Json(CookiesImported { profile: ProfileView::of(&name, &info, None), imported: count })))
 }

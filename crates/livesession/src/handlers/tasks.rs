@@ -100,7 +100,7 @@ pub struct TaskView {
 }
 
 impl TaskView {
-    fn of(task: Task) -> Self {
+    pub(crate) fn of(task: Task) -> Self {
         TaskView { url: format!("/api/tasks/{}", task.id), task, events: None }
     }
 }

@@ -29,7 +29,7 @@ use crate::app::{App, AppState};
 use crate::auth::{Role, TokenError};
 use crate::error::ApiError;
 use crate::handlers::admin::{Bearer, admin_bearer, require_admin};
-use crate::handlers::tasks::task_view;
+use crate::handlers::tasks::TaskView;
 use crate::proxy::ClientInfo;
 
 /// The longest long poll: proxies cut idle requests after a minute or so.
@@ -106,6 +106,53 @@ pub async fn mint_worker_token(
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
+/// `POST /api/workers/claim`: the claimed task and what the worker needs to run it. No
+/// `Debug`: it holds the lease id and a token.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Claimed {
+    task: TaskView,
+    lease: ClaimedLease,
+    session_id: String,
+    /// The session's browser-level DevTools WebSocket (add `?token=`).
+    cdp_url: String,
+    /// Its HTTP discovery base (`/json/version`, `/json/list`).
+    cdp_http_url: String,
+    /// An agent token of the task's session.
+    token: String,
+    #[serde(with = "time::serde::rfc3339")]
+    token_expires_at: OffsetDateTime,
+}
+
+/// The lease: its id (secret to the worker; every write names it) and until when it holds.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ClaimedLease {
+    id: String,
+    #[serde(with = "time::serde::rfc3339")]
+    until: OffsetDateTime,
+}
+
+/// `POST /api/tasks/{id}/heartbeat`: the lease extended, and a fresh agent token.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Renewed {
+    task: TaskView,
+    lease: RenewedLease,
+    token: String,
+    #[serde(with = "time::serde::rfc3339")]
+    token_expires_at: OffsetDateTime,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct RenewedLease {
+    #[serde(with = "time::serde::rfc3339::option")]
+    until: Option<OffsetDateTime>,
+}
+
+/// A worker's write answered: the task as it is now.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct TaskAfter {
+    task: TaskView,
+}
+
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct WorkerClaimRequest {
@@ -126,7 +173,7 @@ fn rfc3339(t: OffsetDateTime) -> String {
 /// `POST /api/workers/claim`.
 #[utoipa::path(post, path = "/api/workers/claim", tag = "workers", security(("bearer" = [])), request_body = WorkerClaimRequest,
     responses(
-        (status = 200, description = "A task, its lease, and an agent token for its session (docs/tasks.md)", body = Object),
+        (status = 200, description = "A task, its lease, and an agent token for its session (docs/tasks.md)", body = Claimed),
         (status = 204, description = "No task came within `wait_seconds`"),
         (status = 401, description = "No valid worker token or admin token", body = crate::error::ErrorBody),
     ))]
@@ -166,15 +213,15 @@ pub async fn claim(
     let (token, token_expires_at) = agent_token(&app, &task.session_id).await?;
     let ws_base = app.public_url.replacen("http", "ws", 1);
     tracing::info!(worker = %worker, task_id = %task.id, session_id = %task.session_id, attempt = task.attempts, "task claimed by a worker");
-    Ok(Json(json!({
-        "task": task_view(task),
-        "lease": { "id": claimed.lease.id, "until": rfc3339(claimed.lease.until) },
-        "session_id": task.session_id,
-        "cdp_url": format!("{ws_base}/api/sessions/{}/cdp", task.session_id),
-        "cdp_http_url": format!("{}/api/sessions/{}/cdp", app.public_url, task.session_id),
-        "token": token,
-        "token_expires_at": rfc3339(token_expires_at),
-    }))
+    Ok(Json(Claimed {
+        lease: ClaimedLease { id: claimed.lease.id, until: claimed.lease.until },
+        session_id: task.session_id.clone(),
+        cdp_url: format!("{ws_base}/api/sessions/{}/cdp", task.session_id),
+        cdp_http_url: format!("{}/api/sessions/{}/cdp", app.public_url, task.session_id),
+        token,
+        token_expires_at,
+        task: TaskView::of(claimed.task),
+    })
     .into_response())
 }
 
@@ -198,7 +245,7 @@ struct HeartbeatRequest {
 /// `POST /api/tasks/{id}/heartbeat` `{"lease"}`: extends the lease; answers a fresh agent
 /// token.
 #[utoipa::path(post, path = "/api/tasks/{id}/heartbeat", tag = "workers", security(("bearer" = [])), params(("id" = String, Path, description = "The task's id")), request_body = HeartbeatRequest,
-    responses((status = 200, description = "The lease, extended; a fresh agent token", body = Object), (status = 401, description = "No valid worker token or admin token", body = crate::error::ErrorBody), (status = 404, description = "No task has this id", body = crate::error::ErrorBody),
+    responses((status = 200, description = "The lease, extended; a fresh agent token", body = Renewed), (status = 401, description = "No valid worker token or admin token", body = crate::error::ErrorBody), (status = 404, description = "No task has this id", body = crate::error::ErrorBody),
         (status = 409, description = "The lease was lost (ran out, or the task was cancelled), or the task is not in a state for this", body = crate::error::ErrorBody)))]
 pub async fn heartbeat(
     State(app): State<AppState>,
@@ -206,18 +253,17 @@ pub async fn heartbeat(
     headers: HeaderMap,
     Path(task_id): Path<String>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Renewed>, ApiError> {
     worker_of(&app, &client, &headers)?;
     let request: HeartbeatRequest = json_body(&body?, "{\"lease\": \"...\"}")?;
     let task = app.queue.heartbeat(&task_id, &request.lease).await.map_err(lease_refused)?;
     let (token, token_expires_at) = agent_token(&app, &task.session_id).await?;
-    let until = task.lease.as_ref().map(|l| rfc3339(l.until));
-    Ok(Json(json!({
-        "task": task_view(&task),
-        "lease": { "until": until },
-        "token": token,
-        "token_expires_at": rfc3339(token_expires_at),
-    })))
+    Ok(Json(Renewed {
+        lease: RenewedLease { until: task.lease.as_ref().map(|l| l.until) },
+        token,
+        token_expires_at,
+        task: TaskView::of(task),
+    }))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -235,7 +281,7 @@ struct EventRequest {
 
 /// `POST /api/tasks/{id}/events`.
 #[utoipa::path(post, path = "/api/tasks/{id}/events", tag = "workers", security(("bearer" = [])), params(("id" = String, Path, description = "The task's id")), request_body = EventRequest,
-    responses((status = 200, description = "The task after the event", body = Object), (status = 401, description = "No valid worker token or admin token", body = crate::error::ErrorBody), (status = 404, description = "No task has this id", body = crate::error::ErrorBody),
+    responses((status = 200, description = "The task after the event", body = TaskAfter), (status = 401, description = "No valid worker token or admin token", body = crate::error::ErrorBody), (status = 404, description = "No task has this id", body = crate::error::ErrorBody),
         (status = 409, description = "The lease was lost (ran out, or the task was cancelled), or the task is not in a state for this", body = crate::error::ErrorBody)))]
 pub async fn post_event(
     State(app): State<AppState>,
@@ -243,7 +289,7 @@ pub async fn post_event(
     headers: HeaderMap,
     Path(task_id): Path<String>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TaskAfter>, ApiError> {
     worker_of(&app, &client, &headers)?;
     let request: EventRequest = json_body(
         &body?,
@@ -289,7 +335,7 @@ pub async fn post_event(
         // The worker goes on (the person is done, or was never needed after all).
         app.control.withdraw_request(&task.session_id);
     }
-    Ok(Json(json!({ "task": task_view(&task) })))
+    Ok(Json(TaskAfter { task: TaskView::of(task) }))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -302,7 +348,7 @@ struct CompleteRequest {
 
 /// `POST /api/tasks/{id}/complete` `{"lease", "result"}`.
 #[utoipa::path(post, path = "/api/tasks/{id}/complete", tag = "workers", security(("bearer" = [])), params(("id" = String, Path, description = "The task's id")), request_body = CompleteRequest,
-    responses((status = 200, description = "The task, succeeded", body = Object), (status = 401, description = "No valid worker token or admin token", body = crate::error::ErrorBody), (status = 404, description = "No task has this id", body = crate::error::ErrorBody),
+    responses((status = 200, description = "The task, succeeded", body = TaskAfter), (status = 401, description = "No valid worker token or admin token", body = crate::error::ErrorBody), (status = 404, description = "No task has this id", body = crate::error::ErrorBody),
         (status = 409, description = "The lease was lost (ran out, or the task was cancelled), or the task is not in a state for this", body = crate::error::ErrorBody)))]
 pub async fn complete(
     State(app): State<AppState>,
@@ -310,12 +356,12 @@ pub async fn complete(
     headers: HeaderMap,
     Path(task_id): Path<String>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TaskAfter>, ApiError> {
     let worker = worker_of(&app, &client, &headers)?;
     let request: CompleteRequest = json_body(&body?, "{\"lease\": \"...\", \"result\": ...}")?;
     let task = finish(&app, &task_id, &request.lease, Transition::Succeed(request.result), "done").await?;
     tracing::info!(worker = %worker, task_id = %task.id, "task completed by a worker");
-    Ok(Json(json!({ "task": task_view(&task) })))
+    Ok(Json(TaskAfter { task: TaskView::of(task) }))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -327,7 +373,7 @@ struct FailRequest {
 
 /// `POST /api/tasks/{id}/fail` `{"lease", "error"}`.
 #[utoipa::path(post, path = "/api/tasks/{id}/fail", tag = "workers", security(("bearer" = [])), params(("id" = String, Path, description = "The task's id")), request_body = FailRequest,
-    responses((status = 200, description = "The task, failed (or queued again while attempts remain)", body = Object), (status = 401, description = "No valid worker token or admin token", body = crate::error::ErrorBody), (status = 404, description = "No task has this id", body = crate::error::ErrorBody),
+    responses((status = 200, description = "The task, failed (or queued again while attempts remain)", body = TaskAfter), (status = 401, description = "No valid worker token or admin token", body = crate::error::ErrorBody), (status = 404, description = "No task has this id", body = crate::error::ErrorBody),
         (status = 409, description = "The lease was lost (ran out, or the task was cancelled), or the task is not in a state for this", body = crate::error::ErrorBody)))]
 pub async fn fail(
     State(app): State<AppState>,
@@ -335,7 +381,7 @@ pub async fn fail(
     headers: HeaderMap,
     Path(task_id): Path<String>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TaskAfter>, ApiError> {
     let worker = worker_of(&app, &client, &headers)?;
     let request: FailRequest = json_body(&body?, "{\"lease\": \"...\", \"error\": \"...\"}")?;
     if request.error.trim().is_empty() {
@@ -344,7 +390,7 @@ pub async fn fail(
     let message = request.error.clone();
     let task = finish(&app, &task_id, &request.lease, Transition::Fail(request.error), &message).await?;
     tracing::info!(worker = %worker, task_id = %task.id, "task failed by a worker");
-    Ok(Json(json!({ "task": task_view(&task) })))
+    Ok(Json(TaskAfter { task: TaskView::of(task) }))
 }
 
 async fn finish(app: &App, task_id: &str, lease: &str, change: Transition, message: &str) -> Result<Task, ApiError> {
