@@ -169,6 +169,8 @@ impl BeforeReady for FirstLooks {
             .unwrap_or_else(|_| Err(format!("no answer within {} s", FIRST_LOOK_BOUND.as_secs())));
             match looked {
                 Ok((cdp, baseline, held)) => {
+                    tracing::info!(session_id = %id, tabs = ?logged_tabs(&baseline), resuming,
+                        "login capture: first look at the new desktop, before it is published");
                     log_held(id, held);
                     if let Some(watched) = app.logins.watched.lock().unwrap().get_mut(id) {
                         watched.look = Some(FirstLook { handle: handle.clone(), cdp, baseline });
@@ -179,6 +181,12 @@ impl BeforeReady for FirstLooks {
             }
         })
     }
+}
+
+/// The baseline's tab URLs as a log may show them: without credentials, query or
+/// fragment (where logins put codes and tokens).
+fn logged_tabs(baseline: &Baseline) -> Vec<String> {
+    baseline.tabs.values().map(|u| reportable(u)).collect()
 }
 
 fn log_held(session_id: &str, held: bool) {
@@ -267,6 +275,8 @@ async fn wait_until_done(app: &App, login: &Login, start_url: &str) -> String {
             }
             let looked = match baseline.as_mut() {
                 None => first_look(&cdp, &login.done, open_start_url.then_some(start_url)).await.map(|(b, held)| {
+                    tracing::info!(session_id = %id, tabs = ?logged_tabs(&b),
+                        "login capture: first look at a desktop already published (no look before it)");
                     open_start_url = false;
                     log_held(id, held);
                     baseline = Some(b);

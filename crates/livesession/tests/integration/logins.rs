@@ -154,11 +154,16 @@ async fn next_json(ws: &mut Ws, limit: Duration) -> Value {
     }
 }
 
-/// Reads control messages until one of `kind`; returns it and the ones before.
+/// Reads control messages until one of `kind`, within `limit` in all (other messages
+/// keep coming meanwhile); returns it and the ones before.
 async fn until(ws: &mut Ws, kind: &str, limit: Duration) -> (Value, Vec<Value>) {
+    let deadline = tokio::time::Instant::now() + limit;
     let mut seen = Vec::new();
     loop {
-        let message = next_json(ws, limit).await;
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let message = tokio::time::timeout(left, next_json(ws, limit))
+            .await
+            .unwrap_or_else(|_| panic!("no {kind} within {limit:?}; before it: {seen:?}"));
         if message["type"] == kind {
             return (message, seen);
         }
@@ -236,10 +241,32 @@ fn check_captured_event(delivery: &Delivery, session_id: &str, login_id: &str, p
     event
 }
 
+/// Held by a capture test: if it fails, prints what the login watchers and the desktops
+/// logged (all servers of this binary), so a failure in CI says what the watcher saw.
+struct CaptureLogsOnFailure;
+
+impl Drop for CaptureLogsOnFailure {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let logs = logs();
+        let lines: Vec<&str> = logs
+            .lines()
+            .filter(|l| ["login_capture", "livesession::desktops", "saved_state"].iter().any(|t| l.contains(t)))
+            .collect();
+        eprintln!("--- login capture and desktop logs (last {} of {}):", lines.len().min(300), lines.len());
+        for line in &lines[lines.len().saturating_sub(300)..] {
+            eprintln!("{line}");
+        }
+    }
+}
+
 // ---------------------------------------------------------------- the tests
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_login_is_captured_when_a_tab_reaches_the_url_prefix_and_its_signed_event_is_retried_until_taken() {
+    let _logs = CaptureLogsOnFailure;
     let page = PageServer::start().await;
     // The endpoint answers 500 once: the event must come again, the same and signed anew.
     let receiver = EventReceiver::start(1).await;
@@ -362,6 +389,7 @@ async fn a_login_is_captured_when_a_tab_reaches_the_url_prefix_and_its_signed_ev
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_login_is_captured_by_its_cookie_and_watched_again_after_a_restart() {
+    let _logs = CaptureLogsOnFailure;
     let page = PageServer::start().await;
     let receiver = EventReceiver::start(0).await;
     let events_url = format!("http://127.0.0.1:{}/events", receiver.port);
@@ -407,6 +435,7 @@ async fn a_login_is_captured_by_its_cookie_and_watched_again_after_a_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_login_whose_state_cannot_be_saved_ends_as_not_saved_and_sends_login_failed() {
+    let _logs = CaptureLogsOnFailure;
     let page = PageServer::start().await;
     let receiver = EventReceiver::start(0).await;
     let events_url = format!("http://127.0.0.1:{}/events", receiver.port);
@@ -427,6 +456,12 @@ async fn a_login_whose_state_cannot_be_saved_ends_as_not_saved_and_sends_login_f
     sign_in(&server, &session_id, "carol").await;
     let (ended, _) = until(&mut control, "SESSION_ENDED", Duration::from_secs(90)).await;
     assert_eq!(ended["reason"], "login_not_saved", "{ended}");
+    // The watcher looked before anyone could use the desktop (so the sign-in, made as
+    // soon as the desktop was ready, came after its baseline).
+    assert!(
+        logs().lines().any(|l| l.contains(&session_id) && l.contains("first look at the new desktop, before it is published")),
+        "no first look before the desktop was published"
+    );
     assert_eq!(close_of(&mut control, Duration::from_secs(10)).await, (4008, "login not saved".to_owned()));
     assert_eq!(server.get_session(&session_id).await["end_reason"], "login not saved");
 
