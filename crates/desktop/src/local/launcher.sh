@@ -128,6 +128,20 @@ piece[$!]=openbox
 if [ -n "${LS_WAIT_NET:-}" ]; then
     until [ -e "$LS_RUN/net-ready" ]; do sleep 0.02; done
 fi
+# Waits until something listens on port $1 of the desktop's loopback (the kernel's own
+# table, so nothing connects to find out), or ends the desktop if process $2 exits first.
+wait_listening() {
+    local hex address state
+    hex=$(printf '%04X' "$1")
+    while :; do
+        # Lines of "sl local_address rem_address st ...": 0A is LISTEN.
+        while read -r _ address _ state _; do
+            [ "$address" = "0100007F:$hex" ] && [ "$state" = 0A ] && return 0
+        done < /proc/net/tcp
+        kill -0 "$2" 2>/dev/null || { echo "livesession: the relay for host port $1 did not start" >&2; ended devtools 1; }
+        sleep 0.01
+    done
+}
 browser_state() {
     printf '%s %s\n' "$1" "$2" > "$LS_RUN/browser.tmp" && mv "$LS_RUN/browser.tmp" "$LS_RUN/browser"
 }
@@ -172,16 +186,20 @@ may_restart() {
     restarted_at+=("$SECONDS")
 }
 
+# The host ports listen before Chromium starts: it opens its start page (often on such a
+# port) at once, and a connection refused then leaves an error page in the tab.
+for port in ${LS_HOST_PORTS:-}; do
+    "$LS_SOCAT" TCP-LISTEN:"$port",bind=127.0.0.1,fork,reuseaddr \
+        UNIX-CONNECT:"$LS_GATE/hostport-$port.sock" 2>>"$LS_LOGS/devtools.log" &
+    piece[$!]=devtools
+    wait_listening "$port" "$!"
+done
+
 starts=0
 mapfile -t chromium_args <<< "$LS_CHROMIUM_ARGS"
 mapfile -t chromium_restart_args <<< "$LS_CHROMIUM_RESTART_ARGS"
 start_chromium "${chromium_args[@]}" || { wait "$chromium"; ended chromium "$?"; }
 
-for port in ${LS_HOST_PORTS:-}; do
-    "$LS_SOCAT" TCP-LISTEN:"$port",bind=127.0.0.1,fork,reuseaddr \
-        UNIX-CONNECT:"$LS_GATE/hostport-$port.sock" 2>>"$LS_LOGS/devtools.log" &
-    piece[$!]=devtools
-done
 
 while :; do
     wait -n -p dead
