@@ -13,6 +13,12 @@
 //! of file as soon as it looks. bubblewrap's `--die-with-parent` alone did not: it is set
 //! by bubblewrap after it starts, so a server that died before then left the desktop
 //! running, and it follows the thread that started the desktop, not the process.
+//!
+//! One moment is not the supervisor's: bubblewrap's child, cloned into the sandbox's
+//! namespaces, waits for its parent's word before anything runs in it. The user-namespace
+//! limiter, outside the sandbox, keeps the lifeline for it until the supervisor runs
+//! (`sandbox::limiter_script`), and the runtime kills such a sandbox whole when it stops
+//! or drops a desktop that is still starting (`process::kill_unannounced_sandbox`).
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};

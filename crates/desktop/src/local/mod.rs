@@ -107,6 +107,25 @@ struct LocalDesktop {
     forwards: Vec<tokio::task::JoinHandle<()>>,
 }
 
+/// A desktop dropped while its processes still run (its start was cancelled: the server
+/// stopping mid-start, a client gone) is killed here, all of it: the child's
+/// `kill_on_drop` alone would reach bubblewrap but not a sandbox it had just cloned.
+impl Drop for LocalDesktop {
+    fn drop(&mut self) {
+        let Some(supervisor) = self.supervisor.as_mut() else { return };
+        if !matches!(supervisor.try_wait(), Ok(None)) || self.pgid <= 0 {
+            return;
+        }
+        if self.pidns.is_none() {
+            process::kill_unannounced_sandbox(self.pgid);
+        }
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(self.pgid), nix::sys::signal::Signal::SIGKILL);
+        for pid in members(self.pgid, self.pidns) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
 pub struct LocalRuntime {
     inner: std::sync::Arc<Inner>,
 }
@@ -709,7 +728,7 @@ impl Inner {
 
     async fn stop_processes(&self, desktop: &mut LocalDesktop) {
         if let Some(supervisor) = desktop.supervisor.as_mut() {
-            stop_desktop(desktop.pgid, desktop.pidns, supervisor, self.config.stop_grace).await;
+            stop_desktop(desktop.pgid, desktop.pidns, self.config.sandbox, supervisor, self.config.stop_grace).await;
         }
         if let Some(mut network) = desktop.network.take() {
             let _ = network.kill().await;

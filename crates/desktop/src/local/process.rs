@@ -27,7 +27,12 @@ pub(crate) fn tail_of(bytes: &[u8], lines: usize) -> String {
 /// Stops a desktop: SIGTERM to its group, up to `grace` for the supervisor to exit, then
 /// SIGKILL for whatever is left, until no process of the group or of the sandbox's PID
 /// namespace remains (killed grandchildren are reaped by init, which takes a moment).
-pub(crate) async fn stop_desktop(pgid: i32, pidns: Option<u64>, child: &mut Child, grace: Duration) {
+/// A sandbox whose PID namespace is not known yet (stopped while starting) is killed at
+/// once: see [`kill_unannounced_sandbox`].
+pub(crate) async fn stop_desktop(pgid: i32, pidns: Option<u64>, sandboxed: bool, child: &mut Child, grace: Duration) {
+    if sandboxed && pidns.is_none() && pgid > 0 {
+        kill_unannounced_sandbox(pgid);
+    }
     if pgid > 0 {
         let _ = killpg(Pid::from_raw(pgid), Signal::SIGTERM);
     }
@@ -48,6 +53,35 @@ pub(crate) async fn stop_desktop(pgid: i32, pidns: Option<u64>, child: &mut Chil
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let _ = child.wait().await;
+}
+
+/// Kills a sandbox that the runtime has not seen yet, with bubblewrap (`outer`, the
+/// group's leader). bubblewrap's child waits on an eventfd for its parent's word before it
+/// sets `--die-with-parent` or starts anything; killing bubblewrap in between left that
+/// child waiting forever, in a session of its own and a PID namespace the runtime had not
+/// recorded. So: stop bubblewrap (a stopped process cannot clone), find its children in
+/// another PID namespace, kill them, then bubblewrap's whole group. Nothing of such a
+/// desktop has run yet, so there is nothing to stop gracefully.
+pub(crate) fn kill_unannounced_sandbox(outer: i32) {
+    let leader = Pid::from_raw(outer);
+    if nix::sys::signal::kill(leader, Signal::SIGSTOP).is_err() {
+        return;
+    }
+    // The signal takes effect when the process next leaves the kernel: wait for that.
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while !matches!(state_of(outer).as_deref(), None | Some("T" | "t" | "Z" | "X"))
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let ours = pidns_of(std::process::id() as i32);
+    let children = std::fs::read_to_string(format!("/proc/{outer}/task/{outer}/children")).unwrap_or_default();
+    for child in children.split_whitespace().filter_map(|c| c.parse::<i32>().ok()) {
+        if pidns_of(child).is_some_and(|ns| Some(ns) != ours) {
+            let _ = nix::sys::signal::kill(Pid::from_raw(child), Signal::SIGKILL);
+        }
+    }
+    let _ = killpg(leader, Signal::SIGKILL);
 }
 
 /// Live processes of a desktop: those in process group `pgid` and, for a sandboxed

@@ -199,15 +199,56 @@ pub fn command(
 /// namespace (as the user who created it, it may, and holds every capability there until
 /// it executes something) and, in the same process, sets `user.max_user_namespaces` there
 /// to [`USER_NAMESPACES_MAX`]. It gives up when bubblewrap is gone (the desktop was
-/// stopped before its sandbox started), so it never outlives the desktop. Perl (Essential on Debian) because `nsenter` would lose
-/// those capabilities when it executes the command that writes. Inside, the desktop's
-/// processes hold no capability in that namespace, so none can raise the limit again.
+/// stopped before its sandbox started), so it never outlives the desktop. Perl (Essential
+/// on Debian) because `nsenter` would lose those capabilities when it executes the
+/// command that writes. Inside, the desktop's processes hold no capability in that
+/// namespace, so none can raise the limit again.
+///
+/// Then it keeps the lifeline (`lifeline.rs`) for the sandbox until the sandbox's own
+/// supervisor runs: bubblewrap's child waits on an eventfd for its parent's word before
+/// it sets `--die-with-parent` or starts anything, and a parent that died in between (the
+/// server killed, the group stopped) left it waiting forever, outside every process group
+/// the server knows. So until that child has started the supervisor, the limiter kills
+/// it when the lifeline ends or when bubblewrap is no longer its parent.
 fn limiter_script() -> String {
     let setns = nix::libc::SYS_setns;
     let newuser = nix::libc::CLONE_NEWUSER;
     format!(
-        r#"me=$(readlink /proc/self/ns/user); i=0; while [ $i -lt 2000 ] && [ -e /proc/$p ]; do for c in $(cat /proc/$p/task/$p/children 2>/dev/null); do ns=$(readlink /proc/$c/ns/user 2>/dev/null) && [ "$ns" != "$me" ] && exec perl -e 'open(my $ns, "<", "/proc/$ARGV[0]/ns/user") or die "livesession: $!\n"; syscall({setns}, fileno($ns), {newuser}) == 0 or die "livesession: setns: $!\n"; open(my $f, ">", "/proc/sys/user/max_user_namespaces") or die "livesession: $!\n"; print $f "{USER_NAMESPACES_MAX}\n"; close($f) or die "livesession: $!\n";' "$c"; done; i=$((i+1)); sleep 0.005; done; echo "livesession: the sandbox's user-namespace limit could not be set" >&2"#
+        r#"me=$(readlink /proc/self/ns/user); i=0; while [ $i -lt 2000 ] && [ -e /proc/$p ]; do for c in $(cat /proc/$p/task/$p/children 2>/dev/null); do ns=$(readlink /proc/$c/ns/user 2>/dev/null) && [ "$ns" != "$me" ] && exec perl -e '{LIMITER_PERL}' "$c" "$p" "${{LS_LIFELINE_FD:-}}"; done; i=$((i+1)); sleep 0.005; done; echo "livesession: the sandbox's user-namespace limit could not be set" >&2"#,
+        LIMITER_PERL = limiter_perl(setns, newuser),
     )
+}
+
+/// The limiter's Perl (see [`limiter_script`]): `$c` the sandbox's first process, `$p`
+/// bubblewrap, `$fd` the lifeline's read end. No single quote: it sits in the shell's.
+fn limiter_perl(setns: i64, newuser: i32) -> String {
+    r#"
+my ($c, $p, $fd) = @ARGV;
+open(my $ns, "<", "/proc/$c/ns/user") or die "livesession: $!\n";
+syscall(SETNS, fileno($ns), NEWUSER) == 0 or die "livesession: setns: $!\n";
+open(my $f, ">", "/proc/sys/user/max_user_namespaces") or die "livesession: $!\n";
+print $f "LIMIT\n";
+close($f) or die "livesession: $!\n";
+exit 0 if $fd eq "";
+my $lifeline = "";
+vec($lifeline, $fd, 1) = 1;
+while (1) {
+    # Gone already, or bubblewrap is no longer its parent (it died before its word).
+    open(my $stat, "<", "/proc/$c/stat") or exit 0;
+    my ($ppid) = (<$stat> // "") =~ /\) \S+ (\d+)/;
+    close($stat);
+    # Nothing is ever written to the lifeline: readable means its end.
+    my $ended = !defined($ppid) || $ppid != $p || select(my $ready = $lifeline, undef, undef, 0.05) > 0;
+    if ($ended) { kill "KILL", $c; exit 0; }
+    # The supervisor runs (the child has a child of its own): it keeps the lifeline now.
+    if (open(my $children, "<", "/proc/$c/task/$c/children")) {
+        exit 0 if (<$children> // "") =~ /\d/;
+    }
+}
+"#
+    .replace("SETNS", &setns.to_string())
+    .replace("NEWUSER", &newuser.to_string())
+    .replace("LIMIT", &USER_NAMESPACES_MAX.to_string())
 }
 
 /// bubblewrap's options for one desktop.
