@@ -12,8 +12,6 @@ mod idle;
 mod queue;
 
 use std::collections::{HashMap, VecDeque};
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -195,13 +193,9 @@ pub struct Desktops {
 /// Work on a new desktop after it started and before anyone can use it: a login capture
 /// takes its first look at the browser there (login_capture.rs), so nothing a person or an
 /// agent does in the desktop can come before that look. The implementer bounds its time.
+#[async_trait::async_trait]
 pub trait BeforeReady: Send + Sync {
-    fn before_ready<'a>(
-        &'a self,
-        session: &'a Session,
-        handle: &'a Arc<DesktopHandle>,
-        resuming: bool,
-    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+    async fn before_ready(&self, session: &Session, handle: &Arc<DesktopHandle>, resuming: bool);
 }
 
 /// Counts a connection or task run as activity on its session's desktop while held: a
