@@ -182,6 +182,9 @@ pub enum BrowserState {
     Running { starts: u32 },
     /// Exited unasked after `starts` starts, and being started again.
     Restarting { starts: u32 },
+    /// Closed on purpose: its state is being saved, and the desktop stops after
+    /// (`save_and_stop`). Whoever saves it stops it; nobody else should.
+    Saving,
     /// The desktop itself has stopped (or is not known).
     Gone,
 }

@@ -360,6 +360,7 @@ impl Conversation<'_> {
             ),
             // A page target ends with its tab; the browser (and the desktop) go on.
             BrowserState::Running { .. } if self.page_target => Close::new(CloseCode::Normal, "the DevTools target closed"),
+            BrowserState::Saving => Close::new(CloseCode::DesktopUnavailable, "desktop unavailable: the browser's state is being saved"),
             _ => Close::new(CloseCode::DesktopUnavailable, "desktop unavailable: the browser closed the DevTools connection"),
         }
     }

@@ -1048,12 +1048,11 @@ impl Inner {
     /// The supervisor's `run/browser` ("running N" or "restarting N", launcher.sh). The
     /// desktop writes that file, so it can only misreport its own browser.
     async fn browser_state(&self, id: &str) -> BrowserState {
-        // Being saved (its browser closed on purpose, out of `desktops` meanwhile): not
-        // dead, and not for a follower to stop.
+        // Being saved: out of `desktops` meanwhile, its browser closed on purpose.
         // (Asked under the lock: `save_and_stop` moves it from one to the other under it.)
         let mut desktops = self.desktops.lock().await;
         if self.saving.borrow().contains(id) {
-            return BrowserState::Running { starts: 0 };
+            return BrowserState::Saving;
         }
         let Some(desktop) = desktops.get_mut(id) else {
             return BrowserState::Gone;

@@ -51,6 +51,8 @@ pub(super) async fn follow(
                 }
                 publish(&desktops, &id, generation, &handle, DesktopStatus::Ready(handle.clone()));
             }
+            // Its saver (a login capture) stops it and ends the session next.
+            BrowserState::Saving => return,
             BrowserState::Gone => {
                 tracing::warn!(session_id = %id, "desktop stopped unexpectedly; a new one will start on the next connection");
                 desktops.stop_if_current(&id, generation).await;

@@ -454,11 +454,14 @@ pub struct GoalForm {
     goal: Option<String>,
 }
 
+/// The one field [`form_goal`] reads; [`GoalForm`] shows it (a test ties them).
+const GOAL_FIELD: &str = "goal";
+
 /// The optional `goal` field of the landing page's forms (`application/x-www-form-urlencoded`;
 /// an empty body has none). A blank goal is none.
 pub(crate) fn form_goal(body: &[u8]) -> Result<Option<String>, ApiError> {
     let goal = form_urlencoded::parse(body)
-        .find(|(name, _)| name == "goal")
+        .find(|(name, _)| name == GOAL_FIELD)
         // A browser posts a textarea's line breaks as CR LF; the page counted them as one.
         .map(|(_, value)| value.trim().replace("\r\n", "\n"))
         .filter(|goal| !goal.is_empty());
@@ -472,4 +475,29 @@ pub(crate) fn form_goal(body: &[u8]) -> Result<Option<String>, ApiError> {
 /// Starts the agent task of a goal written on the landing page, in its new session.
 pub(crate) async fn start_goal(app: &App, session: &Session, goal: &str) -> Result<Task, ApiError> {
     create_task(app, session, &TaskInput::Agent { goal: goal.to_owned() }).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_specs_goal_form_has_the_field_the_parser_reads() {
+        use utoipa::PartialSchema;
+        let schema = serde_json::to_value(GoalForm::schema()).unwrap();
+        let shown: Vec<&str> = schema["properties"].as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(shown, [GOAL_FIELD]);
+        assert!(schema.get("required").is_none_or(|r| r.as_array().is_some_and(Vec::is_empty)), "the goal is optional: {schema}");
+    }
+
+    #[test]
+    fn a_forms_goal_is_read_trimmed_with_its_line_breaks_and_a_blank_one_is_none() {
+        assert_eq!(form_goal(b"").unwrap(), None);
+        assert_eq!(form_goal(b"goal=+++").unwrap(), None);
+        assert_eq!(form_goal(b"other=x").unwrap(), None);
+        assert_eq!(form_goal(b"goal=+find+a+flight%0D%0Ato+Oslo+").unwrap().as_deref(), Some("find a flight\nto Oslo"));
+        let too_long = format!("goal={}", "x".repeat(livesession_tasks::model::limits::MAX_GOAL_CHARS + 1));
+        let refused = form_goal(too_long.as_bytes()).unwrap_err();
+        assert_eq!((refused.status, refused.code), (axum::http::StatusCode::BAD_REQUEST, "invalid_goal"));
+    }
 }
