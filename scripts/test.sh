@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The second command: install what the tests need (the desktop toolchain, noVNC and
 # Playwright from npm) and run every test: Rust unit and integration tests against real
-# Xvnc/openbox/Chromium and SQLite, then the Playwright tests against the real server
+# Xvnc/openbox/Chromium, SQLite and PostgreSQL (the store suites start their own server
+# on loopback from Debian's package), then the Playwright tests against the real server
 # and viewer. Run as root from the repository.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 
-apt_install "${RUNTIME_PACKAGES[@]}" build-essential pkg-config procps python3 python3-venv
+apt_install "${RUNTIME_PACKAGES[@]}" build-essential pkg-config procps python3 python3-venv postgresql postgresql-client
 ensure_node
 ensure_rust
 install_web_client

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use livesession_desktop::{DesktopRuntime, LocalRuntime};
-use livesession_session::{SessionStore, Sessions, store::SqliteStore};
+use livesession_session::{SessionStore, Sessions, store::{LoginStore, PgLogins, PgStore, SqliteLogins, SqliteStore}};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -138,6 +138,32 @@ impl App {
 }
 
 /// Builds the application: data directory, secrets, store, desktop runtime.
+/// The sessions', tasks' and logins' stores: each on the one database, in its own tables
+/// (a SQLite file in the data directory, or the PostgreSQL database configured).
+async fn open_stores(
+    config: &ServeConfig,
+    data_dir: &std::path::Path,
+) -> Result<(Arc<dyn SessionStore>, Arc<dyn livesession_tasks::TaskStore>, Arc<dyn LoginStore>), StartupError> {
+    let startup = |what: &str, e: &dyn std::fmt::Display| StartupError(format!("cannot open the {what} store: {e}"));
+    match &config.database_url {
+        None => {
+            let sqlite = SqliteStore::open(&data_dir.join("livesession.db")).await.map_err(|e| startup("session", &e))?;
+            let tasks = livesession_tasks::SqliteTaskStore::new(sqlite.pool().clone()).await.map_err(|e| startup("task", &e))?;
+            let logins = SqliteLogins::new(sqlite.pool().clone());
+            Ok((Arc::new(sqlite), Arc::new(tasks), Arc::new(logins)))
+        }
+        Some(url) => {
+            let postgres = PgStore::connect(url.expose())
+                .await
+                .map_err(|e| startup("session", &format!("{e} (database {url})")))?;
+            let tasks = livesession_tasks::PgTaskStore::new(postgres.pool().clone()).await.map_err(|e| startup("task", &e))?;
+            let logins = PgLogins::new(postgres.pool().clone());
+            tracing::info!(database = %url, "the store is PostgreSQL");
+            Ok((Arc::new(postgres), Arc::new(tasks), Arc::new(logins)))
+        }
+    }
+}
+
 pub async fn build(config: ServeConfig, local_addr: SocketAddr) -> Result<Arc<App>, StartupError> {
     let tls = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => Some(tls::load(cert, key).map_err(startup)?),
@@ -191,19 +217,7 @@ pub async fn build(config: ServeConfig, local_addr: SocketAddr) -> Result<Arc<Ap
             secrets.admin_token
         );
     }
-    let sqlite = SqliteStore::open(&data_dir.join("livesession.db"))
-        .await
-        .map_err(|e| startup(format!("cannot open the session store: {e}")))?;
-    // Tasks live in the same database file, in their own tables.
-    let task_store: Arc<dyn livesession_tasks::TaskStore> = Arc::new(
-        livesession_tasks::SqliteTaskStore::new(sqlite.pool().clone())
-            .await
-            .map_err(|e| startup(format!("cannot open the task store: {e}")))?,
-    );
-    // Login captures and outgoing events too (migration 0008).
-    let login_store: Arc<dyn livesession_session::store::LoginStore> =
-        Arc::new(livesession_session::store::SqliteLogins::new(sqlite.pool().clone()));
-    let store: Arc<dyn SessionStore> = Arc::new(sqlite);
+    let (store, task_store, login_store) = open_stores(&config, &data_dir).await?;
     let runtime: Arc<dyn DesktopRuntime> = Arc::new(
         LocalRuntime::new(livesession_desktop::LocalRuntimeConfig {
             // Warm desktops show the default start page already.

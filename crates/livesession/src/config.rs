@@ -171,6 +171,55 @@ impl DesktopArgs {
 
 pub use livesession_desktop::desktops_root;
 
+/// A PostgreSQL connection URL. It may hold a password: its `Debug` and `Display` show
+/// it without one, and only [`DatabaseUrl::expose`] gives the whole text.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let url = reqwest::Url::parse(text).map_err(|_| {
+            "not a URL; expected postgres://user:password@host:port/database (leave it unset for SQLite)".to_owned()
+        })?;
+        if !matches!(url.scheme(), "postgres" | "postgresql") {
+            return Err(format!(
+                "unsupported scheme {:?}: only postgres:// (or postgresql://) is taken; leave it unset for the SQLite file in the data directory",
+                url.scheme()
+            ));
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err("the URL names no host".into());
+        }
+        Ok(Self(text.to_owned()))
+    }
+
+    /// The whole URL, password included: for the database driver only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match reqwest::Url::parse(&self.0) {
+            Ok(mut url) => {
+                if url.password().is_some() {
+                    let _ = url.set_password(Some("***"));
+                }
+                url.set_query(None);
+                f.write_str(url.as_str())
+            }
+            Err(_) => f.write_str("(unparsable URL)"),
+        }
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DatabaseUrl({self})")
+    }
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct ServeConfig {
     /// Filled from the common `--data-dir`.
@@ -179,6 +228,10 @@ pub struct ServeConfig {
     /// Address and port to listen on.
     #[arg(long, env = "LIVESESSION_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    /// The store: unset, a SQLite file in the data directory; `postgres://…` (or
+    /// `postgresql://…`), a PostgreSQL database, which several servers can share.
+    #[arg(long, env = "LIVESESSION_DATABASE_URL", hide_env_values = true, value_parser = DatabaseUrl::parse)]
+    pub database_url: Option<DatabaseUrl>,
     /// The admin bearer token. If unset, one is generated on first start and kept in
     /// `<data dir>/secrets/admin.token`.
     #[arg(long, env = "LIVESESSION_ADMIN_TOKEN", hide_env_values = true)]
@@ -456,6 +509,20 @@ mod tests {
         );
         assert!("1280".parse::<DesktopSize>().is_err());
         assert!("10x10".parse::<DesktopSize>().is_err());
+    }
+
+    #[test]
+    fn a_database_url_is_postgres_and_never_shows_its_password() {
+        let url = DatabaseUrl::parse("postgres://ls:s3cr3t-pw@db.internal:5432/livesession?sslmode=require&password=q-pw").unwrap();
+        assert_eq!(url.expose(), "postgres://ls:s3cr3t-pw@db.internal:5432/livesession?sslmode=require&password=q-pw");
+        for shown in [url.to_string(), format!("{url:?}")] {
+            assert!(!shown.contains("s3cr3t-pw") && !shown.contains("q-pw"), "{shown}");
+            assert!(shown.contains("db.internal:5432/livesession"), "{shown}");
+        }
+        assert!(DatabaseUrl::parse("postgresql://localhost/x").is_ok());
+        let sqlite = DatabaseUrl::parse("sqlite:///data/livesession.db").unwrap_err();
+        assert!(sqlite.contains("leave it unset"), "{sqlite}");
+        assert!(DatabaseUrl::parse("not a url").is_err());
     }
 }
 

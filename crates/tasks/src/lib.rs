@@ -2,7 +2,7 @@
 //! run tasks in a session's browser over the DevTools protocol.
 //!
 //! - [`model`]: tasks, states, events, the steps a `steps` task runs and their validation;
-//! - [`store`]: the store trait and its SQLite backend;
+//! - [`store`]: the store trait and its SQLite and PostgreSQL backends;
 //! - [`queue`]: creating, claiming, leasing, cancelling, and live updates per session;
 //! - [`cdp`]: a small DevTools client; [`steps`]: runs steps in a page;
 //! - [`agent`]: the model loop against an OpenAI-compatible Chat Completions API;
@@ -22,4 +22,4 @@ pub use model::{
 
 pub use queue::{CreateError, QueueConfig, TaskQueue};
 pub use runner::{RunContext, Stopped};
-pub use store::{SqliteTaskStore, StoreError, TaskStore, WriteError};
+pub use store::{PgTaskStore, SqliteTaskStore, StoreError, TaskStore, WriteError};

@@ -15,6 +15,7 @@ mod links;
 mod logins;
 mod metrics;
 mod payments;
+mod postgres;
 mod pool;
 mod processes;
 mod profiles;

@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 
 use crate::support::{ADMIN, TestServer};
 
-const SECRET: &str = "whsec_integration";
+pub(crate) const SECRET: &str = "whsec_integration";
 
 pub(crate) async fn paid_server() -> TestServer {
     // The API base is never called in these tests (no checkout is created here).

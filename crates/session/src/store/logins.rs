@@ -3,11 +3,12 @@
 //! until the operator's endpoint took them. docs/profiles.md, "Login capture", "Events".
 
 use serde::{Deserialize, Serialize};
-use sqlx::Row;
+use sqlx::FromRow;
 use sqlx::sqlite::{SqlitePool, SqliteRow};
 use time::OffsetDateTime;
 
 use super::StoreError;
+use super::rows::{EventRow, LoginRow, millis};
 
 /// When a login counts as done, as `POST /api/logins` takes it: `{"url_prefix": "…"}` or
 /// `{"cookie": "…"}`.
@@ -38,7 +39,7 @@ impl LoginOutcome {
         }
     }
 
-    fn parse(s: &str) -> Option<Self> {
+    pub(super) fn parse(s: &str) -> Option<Self> {
         match s {
             "captured" => Some(LoginOutcome::Captured),
             "failed" => Some(LoginOutcome::Failed),
@@ -117,41 +118,12 @@ impl SqliteLogins {
     }
 }
 
-fn millis(t: OffsetDateTime) -> i64 {
-    (t.unix_timestamp_nanos() / 1_000_000) as i64
-}
-
-fn from_millis(ms: i64) -> Result<OffsetDateTime, StoreError> {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .map_err(|e| StoreError::Corrupt(format!("timestamp {ms}: {e}")))
-}
-
 fn login_from_row(row: &SqliteRow) -> Result<Login, StoreError> {
-    let done: String = row.try_get("done")?;
-    let outcome: Option<String> = row.try_get("outcome")?;
-    Ok(Login {
-        id: row.try_get("id")?,
-        session_id: row.try_get("session_id")?,
-        profile: row.try_get("profile")?,
-        done: serde_json::from_str(&done)
-            .map_err(|e| StoreError::Corrupt(format!("login done condition: {e}")))?,
-        created_at: from_millis(row.try_get("created_at")?)?,
-        outcome: outcome
-            .map(|o| LoginOutcome::parse(&o).ok_or_else(|| StoreError::Corrupt(format!("unknown login outcome {o:?}"))))
-            .transpose()?,
-        finished_at: row.try_get::<Option<i64>, _>("finished_at")?.map(from_millis).transpose()?,
-    })
+    LoginRow::from_row(row)?.try_into()
 }
 
 fn event_from_row(row: &SqliteRow) -> Result<OutgoingEvent, StoreError> {
-    Ok(OutgoingEvent {
-        id: row.try_get("id")?,
-        kind: row.try_get("type")?,
-        body: row.try_get("body")?,
-        created_at: from_millis(row.try_get("created_at")?)?,
-        attempts: row.try_get::<i64, _>("attempts")?.clamp(0, i64::from(u32::MAX)) as u32,
-        next_attempt_at: from_millis(row.try_get("next_attempt_at")?)?,
-    })
+    EventRow::from_row(row)?.try_into()
 }
 
 #[async_trait::async_trait]
@@ -286,8 +258,6 @@ impl LoginStore for SqliteLogins {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{SessionStore, SqliteStore};
-    use crate::{NewSession, SessionSource, Sessions};
 
     #[test]
     fn done_conditions_read_as_the_api_writes_them() {
@@ -297,60 +267,5 @@ mod tests {
         assert_eq!(serde_json::to_string(&cookie).unwrap(), r#"{"cookie":"sid"}"#);
         assert!(serde_json::from_str::<DoneCondition>(r#"{"url_prefix": "x", "cookie": "y"}"#).is_err());
         assert!(serde_json::from_str::<DoneCondition>(r#"{}"#).is_err());
-    }
-
-    #[tokio::test]
-    async fn a_login_finishes_once_and_its_event_waits_until_delivered() {
-        let dir = tempfile::tempdir().unwrap();
-        let sqlite = SqliteStore::open(&dir.path().join("db")).await.unwrap();
-        let logins = SqliteLogins::new(sqlite.pool().clone());
-        let store: std::sync::Arc<dyn SessionStore> = std::sync::Arc::new(sqlite);
-        let sessions = Sessions::new(store);
-        let session = sessions
-            .create(NewSession {
-                source: SessionSource::Api,
-                start_url: "about:blank".into(),
-                ttl: time::Duration::minutes(5),
-                profile: None,
-                idle_timeout_seconds: None,
-                record: false,
-            })
-            .await
-            .unwrap();
-        let now = OffsetDateTime::now_utc().replace_millisecond(0).unwrap();
-        let login = Login {
-            id: "lg_1".into(),
-            session_id: session.id.clone(),
-            profile: "p".into(),
-            done: DoneCondition::Cookie("sid".into()),
-            created_at: now,
-            outcome: None,
-            finished_at: None,
-        };
-        logins.insert_login(&login).await.unwrap();
-        assert_eq!(logins.login_for_session(&session.id).await.unwrap(), Some(login.clone()));
-        assert_eq!(logins.logins_of_active_sessions().await.unwrap(), vec![login.clone()]);
-
-        let event = OutgoingEvent {
-            id: "evt_1".into(),
-            kind: "login.captured".into(),
-            body: "{}".into(),
-            created_at: now,
-            attempts: 0,
-            next_attempt_at: now,
-        };
-        assert!(logins.finish_login("lg_1", LoginOutcome::Captured, now, Some(&event)).await.unwrap());
-        assert!(!logins.finish_login("lg_1", LoginOutcome::Failed, now, None).await.unwrap(), "the first outcome stays");
-        assert_eq!(logins.pending_events().await.unwrap(), vec![event.clone()]);
-        logins.event_attempt_failed("evt_1", 1, now + time::Duration::seconds(1), "HTTP 500").await.unwrap();
-        let pending = logins.pending_events().await.unwrap();
-        assert_eq!((pending[0].attempts, pending[0].next_attempt_at), (1, now + time::Duration::seconds(1)));
-        logins.event_delivered("evt_1", 2, now).await.unwrap();
-        assert!(logins.pending_events().await.unwrap().is_empty());
-
-        sessions.revoke(&session.id, "login captured").await.unwrap();
-        assert!(logins.logins_of_active_sessions().await.unwrap().is_empty());
-        let finished = logins.login_for_session(&session.id).await.unwrap().unwrap();
-        assert_eq!(finished.outcome, Some(LoginOutcome::Captured));
     }
 }

@@ -1,9 +1,16 @@
 //! The session store: a trait with one module per backend, each with its own migrations.
 
 pub mod logins;
+mod postgres;
+mod postgres_logins;
+mod rows;
 mod sqlite;
+#[cfg(test)]
+mod suite;
 
 pub use logins::{DoneCondition, Login, LoginOutcome, LoginStore, OutgoingEvent, SqliteLogins};
+pub use postgres::PgStore;
+pub use postgres_logins::PgLogins;
 pub use sqlite::SqliteStore;
 
 use crate::model::{Session, SessionEnd, ViewerLink};
@@ -56,13 +63,20 @@ pub enum Unavailable {
 }
 
 impl Unavailable {
-    /// Classifies a database error (SQLite's result codes, and the pool's own timeout).
+    /// Classifies a database error: SQLite's result codes, PostgreSQL's SQLSTATEs, and
+    /// the pool's own timeout.
     pub fn of(e: &sqlx::Error) -> Option<Self> {
         const ENOSPC: i32 = 28;
         match e {
             sqlx::Error::PoolTimedOut => Some(Unavailable::Busy),
             sqlx::Error::Io(io) if io.raw_os_error() == Some(ENOSPC) => Some(Unavailable::Full),
             sqlx::Error::Database(db) => {
+                // PostgreSQL's codes are five-character SQLSTATEs, some all digits
+                // ("53100"): told apart from SQLite's numeric codes by the error's type,
+                // not by the code's shape.
+                if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+                    return Self::of_sqlstate(pg.code());
+                }
                 // SQLite's extended result code; the primary code is its low byte.
                 let code: i32 = db.code()?.parse().ok()?;
                 match code & 0xff {
@@ -75,6 +89,26 @@ impl Unavailable {
                     _ => None,
                 }
             }
+            _ => None,
+        }
+    }
+
+    /// A PostgreSQL SQLSTATE (appendix A of its manual).
+    fn of_sqlstate(code: &str) -> Option<Self> {
+        match code {
+            // disk_full. Not the rest of class 53 (insufficient resources: out of memory,
+            // too many connections): those are the server's, not a full disk.
+            "53100" => Some(Unavailable::Full),
+            // lock_not_available (lock_timeout), query_canceled (statement_timeout): a
+            // write blocked past the bound PgStore sets on every connection.
+            "55P03" | "57014" => Some(Unavailable::Busy),
+            // serialization_failure, deadlock_detected: the transaction was rolled back
+            // and may be retried.
+            "40001" | "40P01" => Some(Unavailable::Busy),
+            // too_many_connections: the server is at max_connections.
+            "53300" => Some(Unavailable::Busy),
+            // cannot_connect_now: the server is starting up or shutting down.
+            "57P03" => Some(Unavailable::Busy),
             _ => None,
         }
     }

@@ -1,13 +1,24 @@
-//! The task store: a trait with one module per backend, each with its own migrations.
+//! The task store: a trait with one module per backend (SQLite, PostgreSQL), each with
+//! its own migrations; what they share (columns, conversions, the changes each write makes
+//! to a task) is in `common`, and one test suite runs against both (`tests`).
 //!
 //! Every method that changes a task does so in one transaction together with the event
-//! that records the change, so the events are the task's complete history. The claim is
-//! written so that PostgreSQL can follow with `SELECT … FOR UPDATE SKIP LOCKED`; SQLite
-//! takes the database's write lock (`BEGIN IMMEDIATE`) instead.
+//! that records the change, so the events are the task's complete history. SQLite takes
+//! the database's write lock (`BEGIN IMMEDIATE`) for each write; PostgreSQL claims with
+//! `SELECT … FOR UPDATE SKIP LOCKED` and serializes a session's writes with a
+//! per-session advisory lock (see `postgres`).
 
+#[macro_use]
+mod common;
+mod postgres;
 mod sqlite;
 
+pub use common::MAX_SCREENSHOT_BYTES;
+pub use postgres::PgTaskStore;
 pub use sqlite::SqliteTaskStore;
+
+#[cfg(test)]
+mod tests;
 
 use crate::model::{EventNote, Lease, NewTask, Task, TaskEvent, TaskKind, TaskState};
 use time::OffsetDateTime;

@@ -1,0 +1,91 @@
+//! The server on PostgreSQL (`--database-url postgres://…`), a real server from Debian's
+//! package (livesession-pgtest): the same API, desktops and WebSockets as on SQLite; what
+//! it stored survives a restart; and what must be unique is unique under concurrency.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::payments::{completed, deliver};
+use crate::support::{ADMIN, PageServer, TestServer, close_of, rfb_over_ws, wait_for_colour, ws_connect};
+
+const MAGENTA: (u8, u8, u8) = (255, 0, 255);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_on_postgres_serves_a_session_and_keeps_it_across_a_restart() {
+    let database = livesession_pgtest::database();
+    let page = PageServer::start().await;
+    let page_args = page.server_args();
+    let args = ["--database-url", database.as_str(), page_args[0].as_str(), page_args[1].as_str()];
+    let server = TestServer::start(&args).await;
+
+    // A session, watched through the proxy: the desktop shows its page.
+    let created = server.create_session(json!({"start_url": page.url})).await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let token = server.mint_token(&id).await;
+    let ws = ws_connect(&server, &format!("/api/sessions/{id}/vnc?token={token}"), &[]).await;
+    let mut rfb = rfb_over_ws(ws).await;
+    let share = wait_for_colour(&mut rfb, MAGENTA, 0.5, Duration::from_secs(60)).await;
+    assert!(share >= 0.5, "the page covers {share:.2} of the screen");
+    drop(rfb);
+    let link = server.admin_post(&format!("/api/sessions/{id}/links"), json!({"role": "view"})).await;
+    assert_eq!(link.status(), 201, "a viewer link is created");
+    // Nothing of the store is in the data directory.
+    let data = server.stop().await;
+    assert!(!data.path().join("livesession.db").exists(), "no SQLite file beside a PostgreSQL store");
+
+    // Restarted on the same database: the session and its link are there, and a
+    // revocation closes a live connection with its code.
+    let server = TestServer::start_in(data, &args).await;
+    assert_eq!(server.get_session(&id).await["state"], "active");
+    let links = server.admin_get(&format!("/api/sessions/{id}/links")).await;
+    assert_eq!(links["links"].as_array().map(Vec::len), Some(1), "{links}");
+    let token = server.mint_token(&id).await;
+    let mut ws = ws_connect(&server, &format!("/api/sessions/{id}/vnc?token={token}"), &[]).await;
+    use futures_util::StreamExt;
+    let first = tokio::time::timeout(Duration::from_secs(60), ws.next()).await.unwrap().unwrap().unwrap();
+    assert!(first.is_binary(), "the desktop answers after the restart");
+    server.revoke(&id).await;
+    assert_eq!(close_of(&mut ws, Duration::from_secs(5)).await, (4008, "session revoked".to_owned()));
+    assert_eq!(server.get_session(&id).await["state"], "revoked");
+    server.stop().await;
+}
+
+/// Stripe retries and may deliver one payment several times at once, with distinct event
+/// ids: the database, not a lock in the process, keeps it to one session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_concurrent_deliveries_for_one_checkout_make_one_session_on_postgres() {
+    let database = livesession_pgtest::database();
+    let server = TestServer::start(&[
+        "--database-url",
+        &database,
+        "--stripe-secret-key",
+        "sk_test_x",
+        "--stripe-webhook-secret",
+        crate::payments::SECRET,
+        "--stripe-api-base",
+        "http://127.0.0.1:9",
+    ])
+    .await;
+    let cs = "cs_test_pg_concurrent";
+    let deliveries = (0..50).map(|n| {
+        let mut event = completed(cs, "pi_pg_concurrent", 100);
+        event["id"] = json!(format!("evt_pg_{n}"));
+        let server = &server;
+        async move { deliver(server, event).await }
+    });
+    let statuses = futures_util::future::join_all(deliveries).await;
+    assert!(statuses.iter().all(|s| *s == 200), "every delivery is acknowledged: {statuses:?}");
+    let list: serde_json::Value = server
+        .http
+        .get(server.url(&format!("/api/sessions?checkout_session_id={cs}")))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["sessions"].as_array().map(Vec::len), Some(1), "{list}");
+    server.stop().await;
+}
