@@ -138,19 +138,27 @@ impl App {
 }
 
 /// Builds the application: data directory, secrets, store, desktop runtime.
-/// The sessions', tasks' and logins' stores: each on the one database, in its own tables
+type Stores = (
+    Arc<dyn SessionStore>,
+    Arc<dyn livesession_tasks::TaskStore>,
+    Arc<dyn LoginStore>,
+    Option<Arc<livesession_session::fanout::PgFanout>>,
+);
+
+/// The sessions', tasks' and logins' stores, and the fan-out to other servers where the
+/// database is shared: each on the one database, in its own tables
 /// (a SQLite file in the data directory, or the PostgreSQL database configured).
 async fn open_stores(
     config: &ServeConfig,
     data_dir: &std::path::Path,
-) -> Result<(Arc<dyn SessionStore>, Arc<dyn livesession_tasks::TaskStore>, Arc<dyn LoginStore>), StartupError> {
+) -> Result<Stores, StartupError> {
     let startup = |what: &str, e: &dyn std::fmt::Display| StartupError(format!("cannot open the {what} store: {e}"));
     match &config.database_url {
         None => {
             let sqlite = SqliteStore::open(&data_dir.join("livesession.db")).await.map_err(|e| startup("session", &e))?;
             let tasks = livesession_tasks::SqliteTaskStore::new(sqlite.pool().clone()).await.map_err(|e| startup("task", &e))?;
             let logins = SqliteLogins::new(sqlite.pool().clone());
-            Ok((Arc::new(sqlite), Arc::new(tasks), Arc::new(logins)))
+            Ok((Arc::new(sqlite), Arc::new(tasks), Arc::new(logins), None))
         }
         Some(url) => {
             let postgres = PgStore::connect(url.expose())
@@ -159,7 +167,8 @@ async fn open_stores(
             let tasks = livesession_tasks::PgTaskStore::new(postgres.pool().clone()).await.map_err(|e| startup("task", &e))?;
             let logins = PgLogins::new(postgres.pool().clone());
             tracing::info!(database = %url, "the store is PostgreSQL");
-            Ok((Arc::new(postgres), Arc::new(tasks), Arc::new(logins)))
+            let fanout = livesession_session::fanout::PgFanout::new(postgres.pool().clone());
+            Ok((Arc::new(postgres), Arc::new(tasks), Arc::new(logins), Some(fanout)))
         }
     }
 }
@@ -217,7 +226,7 @@ pub async fn build(config: ServeConfig, local_addr: SocketAddr) -> Result<Arc<Ap
             secrets.admin_token
         );
     }
-    let (store, task_store, login_store) = open_stores(&config, &data_dir).await?;
+    let (store, task_store, login_store, fanout) = open_stores(&config, &data_dir).await?;
     let runtime: Arc<dyn DesktopRuntime> = Arc::new(
         LocalRuntime::new(livesession_desktop::LocalRuntimeConfig {
             // Warm desktops show the default start page already.
@@ -289,6 +298,12 @@ pub async fn build(config: ServeConfig, local_addr: SocketAddr) -> Result<Arc<Ap
     .map_err(|e| startup(format!("cannot open the profiles directory: {e}")))?;
     let shutdown = CancellationToken::new();
     let sessions = Sessions::new(store);
+    if let Some(fanout) = fanout {
+        // Servers sharing the database hear of each other's ends, link revocations and
+        // extensions within a notification's time (fanout.rs).
+        sessions.set_fanout(fanout.clone());
+        tokio::spawn(fanout.listen(sessions.clone(), shutdown.clone().cancelled_owned()));
+    }
     let limits = ConnectionLimits::new(LimitsConfig {
         per_ip: config.max_connections_per_ip,
         per_session: config.max_connections_per_session,

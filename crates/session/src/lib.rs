@@ -5,6 +5,7 @@
 //! its end signal, so ending a session is one event rather than a search for sockets.
 
 pub mod control;
+pub mod fanout;
 mod lifecycle;
 mod model;
 pub mod store;

@@ -8,6 +8,8 @@ use std::sync::{Arc, Mutex};
 use time::OffsetDateTime;
 use tokio::sync::{Notify, broadcast, watch};
 
+use crate::fanout::{Fanout, Notice};
+
 use crate::model::{
     LinkRole, NewSession, Session, SessionEnd, SessionSource, SessionState, ViewerLink,
     link_secret_hash, new_link_secret, new_session_id,
@@ -79,6 +81,9 @@ pub struct Sessions {
     /// Deadlines of active sessions, earliest first, read by [`Sessions::run_expiry`].
     deadlines: Mutex<BinaryHeap<Reverse<(OffsetDateTime, String)>>>,
     deadline_added: Notify,
+    /// The other servers sharing the store, told of ends, link revocations and
+    /// extensions (fanout.rs). Unset with SQLite: one server.
+    fanout: std::sync::OnceLock<Arc<dyn Fanout>>,
 }
 
 impl Sessions {
@@ -90,7 +95,85 @@ impl Sessions {
             ended: broadcast::channel(256).0,
             deadlines: Mutex::default(),
             deadline_added: Notify::new(),
+            fanout: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Tells the other servers sharing the store of what this one records (once, at start).
+    pub fn set_fanout(&self, fanout: Arc<dyn Fanout>) {
+        if self.fanout.set(fanout).is_err() {
+            tracing::warn!("the fan-out was set twice; the first is kept");
+        }
+    }
+
+    async fn publish(&self, notice: Notice) {
+        if let Some(fanout) = self.fanout.get() {
+            fanout.publish(notice).await;
+        }
+    }
+
+    /// Applies another server's notice to this server's subscribers (fanout.rs): what it
+    /// recorded is in the store already.
+    pub async fn apply(&self, notice: Notice) {
+        match notice {
+            Notice::SessionEnded { session_id, end } => {
+                tracing::info!(session_id = %session_id, end = ?end, "session ended on another server");
+                self.signal(&session_id, end.into());
+            }
+            Notice::LinkRevoked { session_id, link_id } => {
+                tracing::info!(session_id = %session_id, link_id = %link_id, "viewer link revoked on another server");
+                self.signal_link(&link_id);
+            }
+            Notice::SessionExtended { session_id } => match self.store.get_session(&session_id).await {
+                Ok(Some(session)) if session.state == SessionState::Active => self.schedule(&session),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(session_id = %session_id, error = %e, "could not read an extended session"),
+            },
+        }
+    }
+
+    /// After notices may have been missed (fanout.rs): every session and link this
+    /// server's connections follow is read again from the store and signalled if it
+    /// ended, and every active session's deadline is scheduled again.
+    pub async fn resync(&self) {
+        let sessions: Vec<String> = self
+            .signals
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, tx)| tx.receiver_count() > 0)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in sessions {
+            match self.store.get_session(&id).await {
+                Ok(Some(session)) => {
+                    if let Some(end) = session.end_at(OffsetDateTime::now_utc()).filter(|_| session.state != SessionState::Active) {
+                        self.signal(&id, end);
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(session_id = %id, error = %e, "resync: could not read a session"),
+            }
+        }
+        let links: Vec<String> = self
+            .link_signals
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, tx)| tx.receiver_count() > 0)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for link_id in links {
+            match self.store.get_link(&link_id).await {
+                Ok(Some(link)) if link.revoked_at.is_some() => self.signal_link(&link_id),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(link_id = %link_id, error = %e, "resync: could not read a viewer link"),
+            }
+        }
+        match self.store.list_active_sessions().await {
+            Ok(active) => active.iter().for_each(|s| self.schedule(s)),
+            Err(e) => tracing::warn!(error = %e, "resync: could not read the active sessions"),
+        }
     }
 
     pub fn store(&self) -> &Arc<dyn SessionStore> {
@@ -235,6 +318,7 @@ impl Sessions {
         if let Some(s) = &extended {
             self.schedule(s);
             tracing::info!(session_id = %id, expires_at = %s.expires_at, "session extended");
+            self.publish(Notice::SessionExtended { session_id: id.to_owned() }).await;
         }
         Ok(extended)
     }
@@ -293,6 +377,7 @@ impl Sessions {
         if ended.is_some() {
             self.signal(id, end);
             tracing::info!(session_id = %id, end = ?end, reason, "session ended");
+            self.publish(Notice::SessionEnded { session_id: id.to_owned(), end: end.into() }).await;
         }
         Ok(ended)
     }
@@ -369,12 +454,17 @@ impl Sessions {
             .revoke_link(session_id, link_id, Self::now())
             .await?;
         if revoked.is_some() {
-            if let Some(tx) = self.link_signals.lock().unwrap().remove(link_id) {
-                tx.send_replace(true);
-            }
+            self.signal_link(link_id);
             tracing::info!(session_id, link_id, "viewer link revoked");
+            self.publish(Notice::LinkRevoked { session_id: session_id.to_owned(), link_id: link_id.to_owned() }).await;
         }
         Ok(revoked)
+    }
+
+    fn signal_link(&self, link_id: &str) {
+        if let Some(tx) = self.link_signals.lock().unwrap().remove(link_id) {
+            tx.send_replace(true);
+        }
     }
 
     /// Subscribes to a viewer link's revocation. Subscribe *before* checking the link in

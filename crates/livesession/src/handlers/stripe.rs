@@ -104,8 +104,15 @@ fn sells_a_session(app: &App, event: &Event) -> bool {
 }
 
 async fn handle(app: &App, event: &Event) -> Result<(), ApiError> {
+    use tracing::Instrument;
+    // Instrumented, not entered: an entered span's guard held across an await moved
+    // between worker threads and broke the subscriber's span stack (a panic in a worker,
+    // seen with 50 concurrent deliveries).
     let span = tracing::info_span!("stripe_event", event_id = %event.id, event_type = %event.kind);
-    let _enter = span.enter();
+    handle_in_span(app, event).instrument(span).await
+}
+
+async fn handle_in_span(app: &App, event: &Event) -> Result<(), ApiError> {
     match event.kind.as_str() {
         "checkout.session.completed" | "checkout.session.async_payment_succeeded" => {
             let Some(checkout_id) = event.object_str("id") else {

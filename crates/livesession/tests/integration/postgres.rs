@@ -89,3 +89,94 @@ async fn fifty_concurrent_deliveries_for_one_checkout_make_one_session_on_postgr
     assert_eq!(list["sessions"].as_array().map(Vec::len), Some(1), "{list}");
     server.stop().await;
 }
+
+/// A second server on the same database and secrets (its own data directory otherwise).
+async fn second_server(first: &TestServer, args: &[&str]) -> TestServer {
+    let data = tempfile::Builder::new().prefix("ls").tempdir_in("/tmp").unwrap();
+    let secrets = data.path().join("secrets");
+    std::fs::create_dir(&secrets).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o700)).unwrap();
+    for entry in std::fs::read_dir(first.data_path().join("secrets")).unwrap().flatten() {
+        let to = secrets.join(entry.file_name());
+        std::fs::copy(entry.path(), &to).unwrap();
+        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    TestServer::start_in(data, args).await
+}
+
+/// Opens a VNC connection to `server` for session `id` and waits for the desktop's first
+/// bytes (the relay runs).
+async fn watching(server: &TestServer, id: &str) -> crate::support::Ws {
+    let token = server.mint_token(id).await;
+    let mut ws = ws_connect(server, &format!("/api/sessions/{id}/vnc?token={token}"), &[]).await;
+    use futures_util::StreamExt;
+    let first = tokio::time::timeout(Duration::from_secs(60), ws.next()).await.unwrap().unwrap().unwrap();
+    assert!(first.is_binary(), "the desktop answers");
+    ws
+}
+
+/// Two servers, one database: a session revoked through one closes its connections on
+/// the other within a second (LISTEN/NOTIFY), and a token one server issued is good on
+/// the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_revocation_through_one_server_closes_connections_on_another_within_a_second() {
+    let database = livesession_pgtest::database();
+    let args = ["--database-url", database.as_str()];
+    let a = TestServer::start(&args).await;
+    let b = second_server(&a, &args).await;
+
+    let created = a.create_session(json!({})).await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    assert_eq!(b.get_session(&id).await["state"], "active", "the other server reads the same store");
+    // Minted by B, used on A: the servers share the signing key.
+    let token = b.mint_token(&id).await;
+    let mut on_a = ws_connect(&a, &format!("/api/sessions/{id}/vnc?token={token}"), &[]).await;
+    use futures_util::StreamExt;
+    let first = tokio::time::timeout(Duration::from_secs(60), on_a.next()).await.unwrap().unwrap().unwrap();
+    assert!(first.is_binary(), "the desktop answers on A");
+
+    let revoked_at = std::time::Instant::now();
+    b.revoke(&id).await;
+    let (code, reason) = close_of(&mut on_a, Duration::from_secs(5)).await;
+    let took = revoked_at.elapsed();
+    assert_eq!((code, reason.as_str()), (4008, "session revoked"));
+    assert!(took < Duration::from_secs(1), "the close on A came {took:?} after the revocation on B");
+    // A stopped the desktop it ran for the session.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while a.get_session(&id).await["desktop"] != "stopped" {
+        assert!(tokio::time::Instant::now() < deadline, "A's desktop for the revoked session stopped");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    b.stop().await;
+    a.stop().await;
+}
+
+/// Notifications sent while a server's listening connection is down are gone: the
+/// server resynchronises from the store when it listens again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_server_whose_listening_connection_was_cut_resynchronises_from_the_store() {
+    let database = livesession_pgtest::database();
+    let args = ["--database-url", database.as_str()];
+    let a = TestServer::start(&args).await;
+    let b = second_server(&a, &args).await;
+    let created = a.create_session(json!({})).await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let mut on_a = watching(&a, &id).await;
+
+    // Cut every listening connection (A's and B's), then revoke at once through B: A may
+    // be reconnecting when B's notice goes out.
+    let name = database.rsplit('/').next().unwrap().to_owned();
+    let cut = std::process::Command::new("psql")
+        .args(["-h", "127.0.0.1", "-p", database.split(':').nth(2).unwrap().split('/').next().unwrap(), "-U", "postgres", "-d", &name, "-tAc"])
+        .arg("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN%'")
+        .output()
+        .expect("psql runs");
+    let cut_count = String::from_utf8_lossy(&cut.stdout).trim().to_owned();
+    assert_eq!(cut_count, "2", "both servers' listening connections were cut: {}", String::from_utf8_lossy(&cut.stderr));
+    b.revoke(&id).await;
+    let (code, reason) = close_of(&mut on_a, Duration::from_secs(10)).await;
+    assert_eq!((code, reason.as_str()), (4008, "session revoked"));
+    b.stop().await;
+    a.stop().await;
+}
