@@ -77,6 +77,11 @@ if [ -n "${LS_LIFELINE_FD:-}" ]; then
     piece[$!]=lifeline
 fi
 
+# The supervisor runs: bubblewrap has set the sandbox up (its loopback among it), so the
+# gateway may now give the sandbox its network (slirp4netns): configuring it while
+# bubblewrap still set up the loopback failed bubblewrap ("Failed RTM_NEWADDR").
+: > "$LS_RUN/supervising"
+
 # Waits until file $1 is non-empty while checking that pid $2 is alive.
 wait_for() {
     until [ -s "$1" ]; do

@@ -546,7 +546,19 @@ impl Inner {
                     .map_err(|e| setup("cannot write desktop.pidns", e))?;
             }
             if internet {
-                desktop.network = Some(self.connect_network(inner, desktop.pgid, &files, deadline).await?);
+                // Not before the sandbox's supervisor runs (launcher.sh, "supervising"):
+                // bubblewrap sets up the namespace's loopback until then, and slirp4netns
+                // configuring the namespace at the same time made that fail.
+                while std::fs::symlink_metadata(dirs.run.join("supervising")).is_err() {
+                    if let Some(e) = failed(desktop) {
+                        return Err(e);
+                    }
+                    if Instant::now() >= deadline {
+                        return Err(self.timeout(Piece::Bubblewrap, &files, "did not start the desktop's supervisor"));
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                desktop.network = Some(self.connect_network(inner, desktop, &files, deadline).await?);
             }
         }
 
@@ -635,10 +647,11 @@ impl Inner {
     async fn connect_network(
         &self,
         inner: i32,
-        pgid: i32,
+        desktop: &mut LocalDesktop,
         files: &DesktopDir,
         deadline: Instant,
     ) -> Result<Child, DesktopError> {
+        let pgid = desktop.pgid;
         let tools = &self.config.tools;
         let failed = |reason: String| DesktopError::PieceFailed {
             piece: Piece::Network,
@@ -681,6 +694,11 @@ impl Inner {
             }
             if let Ok(Some(status)) = slirp.try_wait() {
                 return Err(failed(format!("exited early ({status})")));
+            }
+            // The desktop itself ended meanwhile: say why (its supervisor's exit), rather
+            // than wait for routes in a namespace that is gone.
+            if let Some(e) = exit_error(desktop, files) {
+                return Err(e);
             }
             if Instant::now() >= deadline {
                 // What was seen, for the next one to look: the sandbox gone, or its routes.
