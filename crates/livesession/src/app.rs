@@ -48,6 +48,8 @@ pub struct App {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Scheme, host and port browsers use to reach us, without a trailing slash.
     pub public_url: String,
+    /// The address this server listens on (its node address unless `--node-addr`).
+    pub local_addr: SocketAddr,
     /// Built-in TLS, when `--tls-cert`/`--tls-key` are set.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// CSP (with the configured frame-ancestors) and the other security headers.
@@ -363,6 +365,7 @@ pub async fn build(config: ServeConfig, local_addr: SocketAddr) -> Result<Arc<Ap
         cdp_connections,
         metrics,
         public_url,
+        local_addr,
         tls,
         policy_headers: PolicyHeaders::new(&config.frame_ancestors),
         shutdown,
@@ -445,6 +448,8 @@ pub async fn launch(
             .clone()
             .run_expiry(app.shutdown.clone().cancelled_owned()),
     );
+    // This server as a node of those sharing the store: registered, heartbeating.
+    let node = tokio::spawn(crate::nodes::run(app.clone(), app.shutdown.clone()));
     // Checkouts never paid are deleted once older than `--pending-checkout-ttl`.
     let pending_cleanup = tokio::spawn(app.sessions.clone().run_pending_cleanup(
         // At least a second, at most ten years (no date arithmetic overflows).
@@ -516,6 +521,7 @@ pub async fn launch(
     app.states.close();
     cleanup.abort();
     let _ = expiry.await;
+    let _ = node.await;
     let _ = sweeper.await;
     let _ = pending_cleanup.await;
     let _ = recordings.await;

@@ -232,6 +232,20 @@ pub struct ServeConfig {
     /// `postgresql://…`), a PostgreSQL database, which several servers can share.
     #[arg(long, env = "LIVESESSION_DATABASE_URL", hide_env_values = true, value_parser = DatabaseUrl::parse)]
     pub database_url: Option<DatabaseUrl>,
+    /// This server's id among the nodes sharing the store (`GET /api/nodes`). Defaults to
+    /// the host's name and the listening port.
+    #[arg(long, env = "LIVESESSION_NODE_ID")]
+    pub node_id: Option<String>,
+    /// The address other nodes reach this one at (host:port). Defaults to the listening
+    /// address.
+    #[arg(long, env = "LIVESESSION_NODE_ADDR")]
+    pub node_addr: Option<String>,
+    /// Seconds between this node's heartbeats in the store.
+    #[arg(long, env = "LIVESESSION_NODE_HEARTBEAT", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub node_heartbeat: u64,
+    /// A node whose last heartbeat is older than this many seconds is dead to the others.
+    #[arg(long, env = "LIVESESSION_NODE_DEAD_AFTER", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub node_dead_after: u64,
     /// The admin bearer token. If unset, one is generated on first start and kept in
     /// `<data dir>/secrets/admin.token`.
     #[arg(long, env = "LIVESESSION_ADMIN_TOKEN", hide_env_values = true)]

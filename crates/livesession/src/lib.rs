@@ -22,6 +22,7 @@ mod limits;
 mod login_capture;
 mod openapi;
 mod metrics;
+mod nodes;
 pub mod logging;
 pub mod proxy;
 mod recording;

@@ -40,6 +40,7 @@ use crate::error::ErrorBody;
         (name = "tasks", description = "Tasks for agents"),
         (name = "workers", description = "External task workers"),
         (name = "server", description = "The server itself"),
+        (name = "nodes", description = "The servers sharing this store (admin token)"),
     ),
 )]
 pub struct ApiDoc;

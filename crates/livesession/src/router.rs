@@ -53,7 +53,7 @@ use utoipa_axum::routes;
 
 use crate::app::AppState;
 use crate::handlers::{
-    cdp, checkout, control, files, health, links, logins, pages, profiles, recording, sessions, stripe, tasks, tokens, vnc, workers,
+    cdp, checkout, control, files, health, links, logins, nodes, pages, profiles, recording, sessions, stripe, tasks, tokens, vnc, workers,
 };
 use crate::{error, logging, metrics, proxy, security};
 
@@ -101,7 +101,8 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(workers::mint_worker_token))
         .routes(routes!(workers::claim))
         .routes(routes!(workers::heartbeat))
-        .routes(routes!(workers::fail));
+        .routes(routes!(workers::fail))
+        .routes(routes!(nodes::list_nodes));
     let pages = Router::new()
         .route("/", get(pages::landing))
         .route("/start", post(sessions::start_free_session))

@@ -8,6 +8,7 @@ pub mod control;
 pub mod fanout;
 mod lifecycle;
 mod model;
+pub mod nodes;
 pub mod store;
 
 pub use control::{AgentPresence, ControlBoard, ControlError, ControlState, Holder};
@@ -16,4 +17,5 @@ pub use model::{
     LinkRole, NewSession, ProfileUse, Session, SessionEnd, SessionSource, SessionState, ViewerLink,
     link_secret_hash, new_link_secret, new_session_id,
 };
+pub use nodes::Node;
 pub use store::{CheckoutActivation, SessionCounts, SessionStore, StoreError};

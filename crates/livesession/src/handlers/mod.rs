@@ -8,6 +8,7 @@ pub mod files;
 pub mod health;
 pub mod links;
 pub mod logins;
+pub mod nodes;
 pub mod pages;
 pub mod profiles;
 pub mod recording;

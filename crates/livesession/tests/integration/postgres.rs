@@ -180,3 +180,35 @@ async fn a_server_whose_listening_connection_was_cut_resynchronises_from_the_sto
     b.stop().await;
     a.stop().await;
 }
+
+/// Servers on one database register as nodes and see each other; a graceful stop
+/// deregisters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn servers_on_one_database_list_each_other_as_live_nodes() {
+    let database = livesession_pgtest::database();
+    let a = TestServer::start(&["--database-url", &database, "--node-id", "node-a", "--node-heartbeat", "1"]).await;
+    let b = second_server(&a, &["--database-url", &database, "--node-id", "node-b", "--node-addr", "10.0.0.2:8080", "--node-heartbeat", "1"]).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let listed = loop {
+        let listed = a.admin_get("/api/nodes").await;
+        if listed["nodes"].as_array().map(Vec::len) == Some(2) {
+            break listed;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "both nodes registered within 10 s: {listed}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let nodes = listed["nodes"].as_array().unwrap();
+    assert_eq!(nodes[0]["id"], "node-a");
+    assert_eq!(nodes[0]["this"], true);
+    assert_eq!(nodes[1]["id"], "node-b");
+    assert_eq!(nodes[1]["this"], false);
+    assert_eq!(nodes[1]["addr"], "10.0.0.2:8080");
+    assert!(nodes.iter().all(|n| n["alive"] == true && n["capacity"].as_u64().is_some_and(|c| c > 0)), "{listed}");
+    assert_eq!(a.http_get_status("/api/nodes", None).await, 401, "the admin's only");
+
+    b.stop().await;
+    let after = a.admin_get("/api/nodes").await;
+    let ids: Vec<&str> = after["nodes"].as_array().unwrap().iter().map(|n| n["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["node-a"], "a graceful stop deregisters: {after}");
+    a.stop().await;
+}

@@ -14,6 +14,7 @@ pub use postgres_logins::PgLogins;
 pub use sqlite::SqliteStore;
 
 use crate::model::{Session, SessionEnd, ViewerLink};
+use crate::nodes::Node;
 use time::OffsetDateTime;
 
 /// What `activate_checkout` needs: the session to insert if none exists for the checkout.
@@ -224,6 +225,20 @@ pub trait SessionStore: Send + Sync + 'static {
     async fn count_sessions(&self) -> Result<SessionCounts, StoreError>;
     /// A cheap round trip, for `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Records a node's heartbeat: inserts it, or updates its address, capacity, live
+    /// desktops and heartbeat time, keeping the first `started_at`. One statement
+    /// (`INSERT … ON CONFLICT`): concurrent heartbeats of one id leave one row.
+    async fn node_heartbeat(&self, node: &Node) -> Result<(), StoreError>;
+    /// Every registered node, alive or not, by id.
+    async fn list_nodes(&self) -> Result<Vec<Node>, StoreError>;
+    /// The nodes whose last heartbeat is at or after `since`, least loaded first
+    /// ([`Node::cmp_load`]).
+    async fn live_nodes(&self, since: OffsetDateTime) -> Result<Vec<Node>, StoreError>;
+    /// Deregisters a node (a graceful stop); returns whether it was registered.
+    async fn remove_node(&self, id: &str) -> Result<bool, StoreError>;
+    /// Deletes the nodes whose last heartbeat is before `cutoff` (long dead); returns how many.
+    async fn forget_nodes_before(&self, cutoff: OffsetDateTime) -> Result<u64, StoreError>;
 }
 
 /// Sessions by state ([`SessionStore::count_sessions`]).

@@ -16,9 +16,10 @@ use sqlx::FromRow;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use time::OffsetDateTime;
 
-use super::rows::{LinkRow, SessionRow, millis};
+use super::rows::{LinkRow, NodeRow, SessionRow, millis};
 use super::{CheckoutActivation, SessionCounts, SessionStore, StoreError};
 use crate::model::{Session, SessionEnd, ViewerLink};
+use crate::nodes::{Node, sort_by_load};
 
 /// How long a statement may run, and wait for a lock, before PostgreSQL cancels it (as
 /// SQLite's busy timeout bounds a write): the request then fails as busy
@@ -89,6 +90,16 @@ fn session_from_row(row: &PgRow) -> Result<Session, StoreError> {
 
 fn link_from_row(row: &PgRow) -> Result<ViewerLink, StoreError> {
     LinkRow::from_row(row)?.try_into()
+}
+
+macro_rules! node_columns {
+    () => {
+        "id, addr, capacity, live_desktops, started_at, heartbeat_at"
+    };
+}
+
+fn node_from_row(row: &PgRow) -> Result<Node, StoreError> {
+    NodeRow::from_row(row)?.try_into()
 }
 
 /// Binds a session's fields in the order of `columns!()` ($1 to $18).
@@ -526,5 +537,63 @@ impl SessionStore for PgStore {
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+
+    async fn node_heartbeat(&self, node: &Node) -> Result<(), StoreError> {
+        sqlx::query(concat!(
+            "INSERT INTO nodes (",
+            node_columns!(),
+            ") VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (id) DO UPDATE SET addr = excluded.addr, capacity = excluded.capacity, \
+             live_desktops = excluded.live_desktops, heartbeat_at = excluded.heartbeat_at"
+        ))
+        .bind(&node.id)
+        .bind(&node.addr)
+        .bind(i64::from(node.capacity))
+        .bind(i64::from(node.live_desktops))
+        .bind(millis(node.started_at))
+        .bind(millis(node.heartbeat_at))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn list_nodes(&self) -> Result<Vec<Node>, StoreError> {
+        let rows = sqlx::query(concat!("SELECT ", node_columns!(), " FROM nodes ORDER BY id"))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(node_from_row).collect()
+    }
+
+    async fn live_nodes(&self, since: OffsetDateTime) -> Result<Vec<Node>, StoreError> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            node_columns!(),
+            " FROM nodes WHERE heartbeat_at >= $1"
+        ))
+        .bind(millis(since))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut nodes = rows.iter().map(node_from_row).collect::<Result<Vec<_>, _>>()?;
+        // The load order is exact in Rust (a ratio compared by cross-multiplication),
+        // and the same on both backends.
+        sort_by_load(&mut nodes);
+        Ok(nodes)
+    }
+
+    async fn remove_node(&self, id: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM nodes WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn forget_nodes_before(&self, cutoff: OffsetDateTime) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM nodes WHERE heartbeat_at < $1")
+            .bind(millis(cutoff))
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
     }
 }

@@ -7,6 +7,7 @@ use time::OffsetDateTime;
 use super::StoreError;
 use super::logins::{Login, LoginOutcome, OutgoingEvent};
 use crate::model::{LinkRole, Session, SessionSource, SessionState, ViewerLink};
+use crate::nodes::Node;
 
 pub(super) fn millis(t: OffsetDateTime) -> i64 {
     (t.unix_timestamp_nanos() / 1_000_000) as i64
@@ -164,6 +165,35 @@ impl TryFrom<EventRow> for OutgoingEvent {
             created_at: from_millis(row.created_at)?,
             attempts: row.attempts.clamp(0, i64::from(u32::MAX)) as u32,
             next_attempt_at: from_millis(row.next_attempt_at)?,
+        })
+    }
+}
+
+/// The columns of `node_columns!()` (sqlite.rs, postgres.rs), in that order.
+#[derive(sqlx::FromRow)]
+pub(super) struct NodeRow {
+    id: String,
+    addr: String,
+    capacity: i64,
+    live_desktops: i64,
+    started_at: i64,
+    heartbeat_at: i64,
+}
+
+impl TryFrom<NodeRow> for Node {
+    type Error = StoreError;
+
+    fn try_from(row: NodeRow) -> Result<Self, StoreError> {
+        let count = |name: &str, n: i64| {
+            u32::try_from(n).map_err(|_| StoreError::Corrupt(format!("node {name} {n}")))
+        };
+        Ok(Node {
+            capacity: count("capacity", row.capacity)?,
+            live_desktops: count("live_desktops", row.live_desktops)?,
+            started_at: from_millis(row.started_at)?,
+            heartbeat_at: from_millis(row.heartbeat_at)?,
+            id: row.id,
+            addr: row.addr,
         })
     }
 }

@@ -17,6 +17,7 @@ use crate::model::{
     new_session_id,
 };
 use crate::Sessions;
+use crate::nodes::Node;
 
 #[derive(Debug, Clone, Copy)]
 enum Backend {
@@ -136,6 +137,10 @@ on_both_backends!(
     concurrent_writers_of_one_profile_have_one_winner,
     concurrent_deliveries_of_one_event_and_one_refund_are_recorded_once,
     concurrent_finishes_of_one_login_record_one_outcome_and_one_event,
+    a_node_heartbeat_upserts_keeping_its_start_and_nodes_are_listed_by_id_and_removed,
+    live_nodes_leave_out_stale_ones_and_come_least_loaded_first,
+    forgetting_nodes_deletes_only_those_silent_since_the_cutoff,
+    concurrent_heartbeats_of_one_node_leave_one_row,
 );
 
 /// Runs `n` copies of `f` at once, each in its own task, and returns their results.
@@ -813,6 +818,150 @@ async fn concurrent_finishes_of_one_login_record_one_outcome_and_one_event(f: Fi
     assert_eq!(pending.iter().map(|e| e.id.clone()).collect::<Vec<_>>(), [format!("evt_{winner}")]);
 }
 
+/// A whole second in the past, so that millisecond offsets from it stay exact.
+fn node_epoch() -> OffsetDateTime {
+    OffsetDateTime::now_utc().replace_nanosecond(0).unwrap() - time::Duration::seconds(60)
+}
+
+fn node(id: &str, capacity: u32, live_desktops: u32, started_at: OffsetDateTime, heartbeat_at: OffsetDateTime) -> Node {
+    Node {
+        id: id.into(),
+        addr: format!("10.0.0.1:{}", 8000 + capacity),
+        capacity,
+        live_desktops,
+        started_at,
+        heartbeat_at,
+    }
+}
+
+fn ids(nodes: &[Node]) -> Vec<&str> {
+    nodes.iter().map(|n| n.id.as_str()).collect()
+}
+
+async fn a_node_heartbeat_upserts_keeping_its_start_and_nodes_are_listed_by_id_and_removed(f: Fixture) {
+    let t0 = node_epoch();
+    let ms = time::Duration::milliseconds;
+    assert!(f.store.list_nodes().await.unwrap().is_empty());
+
+    // Millisecond times survive the round trip.
+    let first = node("n-b", 4, 1, t0 + ms(123), t0 + ms(123));
+    f.store.node_heartbeat(&first).await.unwrap();
+    assert_eq!(f.store.list_nodes().await.unwrap(), vec![first.clone()]);
+
+    // A later heartbeat updates everything but the first start (a restarted node
+    // reporting another start time keeps the registered one).
+    let later = Node {
+        id: "n-b".into(),
+        addr: "10.0.0.2:9000".into(),
+        capacity: 8,
+        live_desktops: 3,
+        started_at: t0 + ms(5_000),
+        heartbeat_at: t0 + ms(2_456),
+    };
+    f.store.node_heartbeat(&later).await.unwrap();
+    let listed = f.store.list_nodes().await.unwrap();
+    assert_eq!(listed, vec![Node { started_at: first.started_at, ..later.clone() }]);
+
+    // Listed by id, whatever the order of registration.
+    for id in ["n-c", "n-a"] {
+        f.store.node_heartbeat(&node(id, 2, 0, t0, t0 + ms(1))).await.unwrap();
+    }
+    assert_eq!(ids(&f.store.list_nodes().await.unwrap()), ["n-a", "n-b", "n-c"]);
+
+    // A graceful stop deregisters, once; the others stay, also for a reopened store.
+    assert!(f.store.remove_node("n-b").await.unwrap());
+    assert!(!f.store.remove_node("n-b").await.unwrap());
+    assert!(!f.store.remove_node("n-unknown").await.unwrap());
+    assert_eq!(ids(&f.reopen().await.list_nodes().await.unwrap()), ["n-a", "n-c"]);
+}
+
+async fn live_nodes_leave_out_stale_ones_and_come_least_loaded_first(f: Fixture) {
+    let t0 = node_epoch();
+    let ms = time::Duration::milliseconds;
+    let since = t0 + ms(10_000);
+    // Ratios 0.5 (a), 0.2 (b), 0.25 (c); d has the lowest load but is stale by 1 ms;
+    // e is exactly at `since` (included); z has capacity 0 and comes last.
+    let nodes = [
+        node("a", 10, 5, t0, since + ms(1)),
+        node("b", 10, 2, t0, since + ms(2)),
+        node("c", 4, 1, t0, since + ms(3)),
+        node("d", 10, 0, t0, since - ms(1)),
+        node("e", 2, 1, t0, since),
+        node("z", 0, 0, t0, since + ms(4)),
+    ];
+    for n in &nodes {
+        f.store.node_heartbeat(n).await.unwrap();
+    }
+    let live = f.store.live_nodes(since).await.unwrap();
+    // e (0.5 with 1 live) before a (0.5 with 5 live).
+    assert_eq!(ids(&live), ["b", "c", "e", "a", "z"]);
+    assert_eq!(live[0], nodes[1]);
+
+    // Without e and z: the example of capacities 10/10/4 with 5/2/1 live.
+    assert!(f.store.remove_node("e").await.unwrap());
+    assert!(f.store.remove_node("z").await.unwrap());
+    assert_eq!(ids(&f.store.live_nodes(since).await.unwrap()), ["b", "c", "a"]);
+
+    // A load change reorders: a, now idle, first; d's heartbeat brings it back.
+    f.store.node_heartbeat(&node("a", 10, 0, t0, since + ms(5))).await.unwrap();
+    f.store.node_heartbeat(&node("d", 10, 9, t0, since + ms(6))).await.unwrap();
+    assert_eq!(ids(&f.store.live_nodes(since).await.unwrap()), ["a", "b", "c", "d"]);
+
+    // Nobody after the last heartbeat.
+    assert!(f.store.live_nodes(since + ms(7)).await.unwrap().is_empty());
+    // Everybody from long before, still ordered by load.
+    assert_eq!(ids(&f.store.live_nodes(t0).await.unwrap()), ["a", "b", "c", "d"]);
+}
+
+async fn forgetting_nodes_deletes_only_those_silent_since_the_cutoff(f: Fixture) {
+    let t0 = node_epoch();
+    let ms = time::Duration::milliseconds;
+    let cutoff = t0 + ms(30_000);
+    f.store.node_heartbeat(&node("old", 1, 0, t0, t0)).await.unwrap();
+    f.store.node_heartbeat(&node("just-old", 1, 0, t0, cutoff - ms(1))).await.unwrap();
+    f.store.node_heartbeat(&node("at-cutoff", 1, 0, t0, cutoff)).await.unwrap();
+    f.store.node_heartbeat(&node("recent", 1, 0, t0, cutoff + ms(1))).await.unwrap();
+    // A node started long ago but heard from recently is kept: the last heartbeat counts.
+    f.store.node_heartbeat(&node("revived", 1, 0, t0, t0)).await.unwrap();
+    f.store.node_heartbeat(&node("revived", 1, 0, t0, cutoff + ms(2))).await.unwrap();
+
+    assert_eq!(f.store.forget_nodes_before(cutoff).await.unwrap(), 2);
+    assert_eq!(ids(&f.store.list_nodes().await.unwrap()), ["at-cutoff", "recent", "revived"]);
+    assert_eq!(f.store.forget_nodes_before(cutoff).await.unwrap(), 0);
+    assert_eq!(f.store.forget_nodes_before(t0).await.unwrap(), 0);
+    assert_eq!(f.store.list_nodes().await.unwrap().len(), 3);
+}
+
+async fn concurrent_heartbeats_of_one_node_leave_one_row(f: Fixture) {
+    let t0 = node_epoch();
+    let sent = |i: u32| Node {
+        id: "n-racy".into(),
+        addr: format!("10.0.1.{i}:8080"),
+        capacity: 100 + i,
+        live_desktops: i,
+        started_at: t0 + time::Duration::seconds(i64::from(i)),
+        heartbeat_at: t0 + time::Duration::milliseconds(i64::from(i)),
+    };
+    let results = race(20, |i| {
+        let store = f.store.clone();
+        let node = sent(i as u32);
+        async move { store.node_heartbeat(&node).await }
+    })
+    .await;
+    for r in results {
+        r.unwrap();
+    }
+    let listed = f.store.list_nodes().await.unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let row = &listed[0];
+    // One heartbeat's values throughout (each is one statement), and one heartbeat's start.
+    let last = row.live_desktops;
+    assert!(last < 20);
+    assert_eq!(Node { started_at: row.started_at, ..sent(last) }, *row);
+    assert!((0..20).any(|i| sent(i).started_at == row.started_at), "{row:?}");
+    assert_eq!(f.store.live_nodes(t0).await.unwrap(), listed);
+}
+
 /// PostgreSQL only: what a bounded wait and the server's errors become.
 mod postgres_only {
     use super::*;
@@ -843,7 +992,7 @@ mod postgres_only {
             .fetch_one(store.pool())
             .await
             .unwrap();
-        assert_eq!(migrated, 4);
+        assert_eq!(migrated, 5);
     }
 
     /// A write blocked by another transaction's row lock fails as busy within the lock
