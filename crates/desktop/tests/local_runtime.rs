@@ -602,3 +602,32 @@ async fn a_desktop_that_writes_without_end_stops_at_its_cap_and_others_go_on() {
     assert!(mounts_under(root.path()).is_empty(), "the caps are unmounted with their desktops");
     assert!(!root.path().join("filler").exists() && !root.path().join("bystander").exists());
 }
+
+/// A desktop stopped while a new one starts for the same id (a viewer reconnecting right
+/// after the desktop was lost): the new one waits for the old one's removal, which must
+/// not take the new one's directory along (a CI failure: the new desktop's bubblewrap found
+/// its home gone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_desktop_started_while_its_predecessor_stops_keeps_its_directory() {
+    let root = tempfile::tempdir().unwrap();
+    let rt = std::sync::Arc::new(runtime(root.path(), ToolPaths::default()));
+    let first = rt.start(spec("again", MAGENTA_PAGE), &|_| {}).await.unwrap();
+    let stopping = tokio::spawn({
+        let rt = rt.clone();
+        async move { rt.stop("again").await }
+    });
+    // The stop has taken the desktop out of the runtime and is killing its processes.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while rt.is_alive("again").await {
+        assert!(tokio::time::Instant::now() < deadline, "the stop began");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let second = rt.start(spec("again", GREEN_PAGE), &|_| {}).await.expect("the new desktop starts");
+    stopping.await.unwrap();
+    assert!(members(first.pgid, first.pidns).is_empty(), "the first desktop is gone");
+    assert!(rt.is_alive("again").await, "the new desktop runs");
+    assert!(second.vnc_socket.path().exists(), "the new desktop's directory is still there");
+    let stream = second.vnc_socket.connect().await.expect("its VNC socket answers");
+    RfbClient::handshake(stream).await.expect("an RFB handshake");
+    rt.stop_all().await;
+}

@@ -140,6 +140,10 @@ struct Inner {
     /// stopped, and waited for by `stop` (so a new desktop for the id never starts in
     /// the directory being copied).
     saving: tokio::sync::watch::Sender<BTreeSet<String>>,
+    /// Ids of desktops being stopped: out of `desktops` until their processes are gone
+    /// and their directory removed, and waited for by `stop` (so a new desktop for the id,
+    /// in the same directory, never starts before the old one's removal is done).
+    stopping: tokio::sync::watch::Sender<BTreeSet<String>>,
     /// Every desktop ends when this process does (`lifeline.rs`).
     lifeline: lifeline::Lifeline,
 }
@@ -147,7 +151,7 @@ struct Inner {
 /// How long Chromium gets to exit after `Browser.close` before it is killed.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
-/// Marks a desktop as being saved for as long as it lives.
+/// Marks a desktop as being saved (or stopped, in `stopping`) for as long as it lives.
 struct Saving<'a> {
     ids: &'a tokio::sync::watch::Sender<BTreeSet<String>>,
     id: String,
@@ -210,6 +214,7 @@ impl Inner {
             uid_slots: Default::default(),
             pool: pool::WarmPool::default(),
             saving: tokio::sync::watch::channel(BTreeSet::new()).0,
+            stopping: tokio::sync::watch::channel(BTreeSet::new()).0,
             lifeline: lifeline::Lifeline::new()?,
         };
         runtime.reap_stale();
@@ -905,12 +910,27 @@ impl Inner {
     }
 
     async fn stop(&self, id: &str) {
-        let desktop = self.desktops.lock().await.remove(id);
+        let desktop = {
+            let mut desktops = self.desktops.lock().await;
+            let desktop = desktops.remove(id);
+            if desktop.is_some() {
+                // Marked under the lock that took it out: a concurrent `stop` (a new
+                // start's) cannot miss it.
+                self.stopping.send_modify(|ids| {
+                    ids.insert(id.to_owned());
+                });
+            }
+            desktop
+        };
         let Some(mut desktop) = desktop else {
-            // A desktop being saved is stopped by its save: wait for that.
+            // A desktop being saved is stopped by its save, one being stopped by its
+            // stop: wait for those. Once this returns, nothing of the id's last desktop
+            // is left, its directory included.
             let _ = self.saving.subscribe().wait_for(|ids| !ids.contains(id)).await;
+            let _ = self.stopping.subscribe().wait_for(|ids| !ids.contains(id)).await;
             return;
         };
+        let _stopping = Saving { ids: &self.stopping, id: id.to_owned() };
         self.stop_processes(&mut desktop).await;
         self.remove(id, &mut desktop);
     }
