@@ -612,6 +612,17 @@ async fn a_desktop_started_while_its_predecessor_stops_keeps_its_directory() {
     let root = tempfile::tempdir().unwrap();
     let rt = std::sync::Arc::new(runtime(root.path(), ToolPaths::default()));
     let first = rt.start(spec("again", MAGENTA_PAGE), &|_| {}).await.unwrap();
+    // Each process by pid and start time: a PID namespace's inode number (and a pid) may
+    // be reused by the next desktop once the first is gone.
+    // (None for a zombie: dead, waiting for a parent that may never reap it.)
+    let start_time = |pid: i32| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split_whitespace().collect();
+        (fields.first() != Some(&"Z")).then(|| fields.get(19).map(|t| t.to_string())).flatten()
+    };
+    let first_processes: Vec<(i32, Option<String>)> =
+        members(first.pgid, first.pidns).into_iter().map(|p| (p, start_time(p))).collect();
+    assert!(!first_processes.is_empty());
     let stopping = tokio::spawn({
         let rt = rt.clone();
         async move { rt.stop("again").await }
@@ -624,7 +635,8 @@ async fn a_desktop_started_while_its_predecessor_stops_keeps_its_directory() {
     }
     let second = rt.start(spec("again", GREEN_PAGE), &|_| {}).await.expect("the new desktop starts");
     stopping.await.unwrap();
-    assert!(members(first.pgid, first.pidns).is_empty(), "the first desktop is gone");
+    let left: Vec<_> = first_processes.iter().filter(|(p, t)| t.is_some() && start_time(*p) == *t).collect();
+    assert!(left.is_empty(), "the first desktop is gone: {left:?}");
     assert!(rt.is_alive("again").await, "the new desktop runs");
     assert!(second.vnc_socket.path().exists(), "the new desktop's directory is still there");
     let stream = second.vnc_socket.connect().await.expect("its VNC socket answers");
