@@ -119,10 +119,7 @@ impl Drop for LocalDesktop {
         if self.pidns.is_none() {
             process::kill_unannounced_sandbox(self.pgid);
         }
-        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(self.pgid), nix::sys::signal::Signal::SIGKILL);
-        for pid in members(self.pgid, self.pidns) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
-        }
+        process::kill_now(self.pgid, self.pidns);
     }
 }
 
@@ -151,13 +148,13 @@ struct Inner {
 /// How long Chromium gets to exit after `Browser.close` before it is killed.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
-/// Marks a desktop as being saved (or stopped, in `stopping`) for as long as it lives.
-struct Saving<'a> {
+/// Marks a desktop's id in a set (`saving`, `stopping`) for as long as it lives.
+struct IdMark<'a> {
     ids: &'a tokio::sync::watch::Sender<BTreeSet<String>>,
     id: String,
 }
 
-impl Drop for Saving<'_> {
+impl Drop for IdMark<'_> {
     fn drop(&mut self) {
         self.ids.send_modify(|ids| {
             ids.remove(&self.id);
@@ -248,16 +245,7 @@ impl Inner {
                 let pidns = read("desktop.pidns").and_then(|s| s.trim().parse::<u64>().ok());
                 if group_members(pgid).iter().any(mentions_dir) {
                     tracing::warn!(pgid, dir = %dir.display(), "stopping a desktop left by a previous run");
-                    let _ = nix::sys::signal::killpg(
-                        nix::unistd::Pid::from_raw(pgid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                    for pid in pidns.map(|ns| members(0, Some(ns))).unwrap_or_default() {
-                        let _ = nix::sys::signal::kill(
-                            nix::unistd::Pid::from_raw(pid),
-                            nix::sys::signal::Signal::SIGKILL,
-                        );
-                    }
+                    process::kill_now(pgid, pidns);
                 }
             }
             writable::remove_desktop_dir(&dir);
@@ -930,7 +918,7 @@ impl Inner {
             let _ = self.stopping.subscribe().wait_for(|ids| !ids.contains(id)).await;
             return;
         };
-        let _stopping = Saving { ids: &self.stopping, id: id.to_owned() };
+        let _stopping = IdMark { ids: &self.stopping, id: id.to_owned() };
         self.stop_processes(&mut desktop).await;
         self.remove(id, &mut desktop);
     }
@@ -994,7 +982,7 @@ impl Inner {
             });
             desktop
         };
-        let _saving = Saving { ids: &self.saving, id: id.to_owned() };
+        let _saving = IdMark { ids: &self.saving, id: id.to_owned() };
         let started = Instant::now();
 
         // Chromium writes its state as it closes; its exit ends the desktop's supervisor.

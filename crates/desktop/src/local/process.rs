@@ -39,13 +39,7 @@ pub(crate) async fn stop_desktop(pgid: i32, pidns: Option<u64>, sandboxed: bool,
     let _ = tokio::time::timeout(grace, child.wait()).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
-        if pgid > 0 {
-            let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
-        }
-        let left = members(pgid, pidns);
-        for pid in &left {
-            let _ = nix::sys::signal::kill(Pid::from_raw(*pid), Signal::SIGKILL);
-        }
+        let left = kill_now(pgid, pidns);
         let _ = child.try_wait();
         if left.is_empty() || tokio::time::Instant::now() >= deadline {
             break;
@@ -53,6 +47,19 @@ pub(crate) async fn stop_desktop(pgid: i32, pidns: Option<u64>, sandboxed: bool,
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let _ = child.wait().await;
+}
+
+/// SIGKILL for every process of the group `pgid` and of the PID namespace `pidns`;
+/// answers those it found (killed processes linger a moment until reaped).
+pub(crate) fn kill_now(pgid: i32, pidns: Option<u64>) -> Vec<i32> {
+    if pgid > 0 {
+        let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+    }
+    let left = members(pgid, pidns);
+    for pid in &left {
+        let _ = nix::sys::signal::kill(Pid::from_raw(*pid), Signal::SIGKILL);
+    }
+    left
 }
 
 /// Kills a sandbox that the runtime has not seen yet, with bubblewrap (`outer`, the
