@@ -50,6 +50,12 @@ pub struct App {
     pub public_url: String,
     /// The address this server listens on (its node address unless `--node-addr`).
     pub local_addr: SocketAddr,
+    /// Where secrets, saved states, session files and recordings are kept: the data
+    /// directory, or `--shared-dir` when nodes share one.
+    pub shared_dir: std::path::PathBuf,
+    /// This node among those sharing the store, and the relay to the others
+    /// (cluster/): placement and relaying are on only with a cluster secret.
+    pub cluster: crate::cluster::Cluster,
     /// Built-in TLS, when `--tls-cert`/`--tls-key` are set.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// CSP (with the configured frame-ancestors) and the other security headers.
@@ -202,6 +208,16 @@ pub async fn build(config: ServeConfig, local_addr: SocketAddr) -> Result<Arc<Ap
         .data_dir
         .canonicalize()
         .map_err(|e| startup(format!("data directory {}: {e}", config.data_dir.display())))?;
+    // What every node must see (secrets, saved states, files, recordings): the data
+    // directory, unless a directory the nodes share is configured.
+    let shared_dir = match &config.shared_dir {
+        None => data_dir.clone(),
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .and_then(|()| dir.canonicalize())
+                .map_err(|e| startup(format!("shared directory {} (--shared-dir / LIVESESSION_SHARED_DIR): {e}", dir.display())))?
+        }
+    };
     if let Some(token) = config.admin_token.as_deref().map(str::trim).filter(|t| !t.is_empty())
         && let Some(why) = secrets::admin_token_weakness(token)
     {
@@ -214,10 +230,10 @@ pub async fn build(config: ServeConfig, local_addr: SocketAddr) -> Result<Arc<Ap
         )));
     }
     let secrets =
-        secrets::load_or_create(&data_dir, config.admin_token.as_deref()).map_err(|e| {
+        secrets::load_or_create(&shared_dir, config.admin_token.as_deref()).map_err(|e| {
             startup(format!(
                 "cannot read or create secrets in {}: {e}",
-                data_dir.display()
+                shared_dir.display()
             ))
         })?;
     if let Some(path) = &secrets.admin_token_created {
@@ -271,6 +287,7 @@ pub async fn build(config: ServeConfig, local_addr: SocketAddr) -> Result<Arc<Ap
         tracing::info!(endpoint = %crate::events::redact_url(url), "events are sent, signed, to the configured endpoint");
     }
     let tasks = TaskTracker::new();
+    let cluster = crate::cluster::Cluster::new(&config, local_addr);
     let public_url = config
         .public_url
         .clone()
@@ -292,7 +309,7 @@ pub async fn build(config: ServeConfig, local_addr: SocketAddr) -> Result<Arc<Ap
     }
     let states = crate::saved_state::StateKeeper::new(
         runtime.clone(),
-        &data_dir.join("profiles"),
+        &shared_dir.join("profiles"),
         secrets.profile_key,
         data_dir.join("staging"),
         config.profile_max_bytes(),
@@ -333,12 +350,12 @@ pub async fn build(config: ServeConfig, local_addr: SocketAddr) -> Result<Arc<Ap
             },
         },
         tasks.clone(),
-        crate::downloads::DesktopFiles::new(crate::session_files::SessionFiles::new(data_dir.join("files"))),
+        crate::downloads::DesktopFiles::new(crate::session_files::SessionFiles::new(shared_dir.join("files"))),
         metrics.clone(),
     );
     let events = crate::events::Events::new(events_target, login_store.clone(), tasks.clone(), shutdown.clone());
     let recordings = crate::recording::Recordings::new(
-        config.recording.settings(&data_dir),
+        config.recording.settings(&shared_dir),
         desktops.clone(),
         sessions.clone(),
         shutdown.clone(),
@@ -366,6 +383,8 @@ pub async fn build(config: ServeConfig, local_addr: SocketAddr) -> Result<Arc<Ap
         metrics,
         public_url,
         local_addr,
+        shared_dir,
+        cluster,
         tls,
         policy_headers: PolicyHeaders::new(&config.frame_ancestors),
         shutdown,
@@ -397,7 +416,7 @@ pub async fn launch(
 
     // Own saved states (hibernations') of sessions that ended while this server was
     // down, or whose cleanup never finished, are deleted.
-    let saved_sessions = app.config.data_dir.join("profiles").join("sessions");
+    let saved_sessions = app.shared_dir.join("profiles").join("sessions");
     app.desktops.forget_states_of_ended(&app.sessions, &saved_sessions).await;
     // Files of sessions that ended while this server was down go with them.
     let session_files = crate::handlers::files::session_files(&app);
@@ -449,7 +468,8 @@ pub async fn launch(
             .run_expiry(app.shutdown.clone().cancelled_owned()),
     );
     // This server as a node of those sharing the store: registered, heartbeating.
-    let node = tokio::spawn(crate::nodes::run(app.clone(), app.shutdown.clone()));
+    let deregister = CancellationToken::new();
+    let node = tokio::spawn(crate::nodes::run(app.clone(), deregister.clone()));
     // Checkouts never paid are deleted once older than `--pending-checkout-ttl`.
     let pending_cleanup = tokio::spawn(app.sessions.clone().run_pending_cleanup(
         // At least a second, at most ten years (no date arithmetic overflows).
@@ -517,6 +537,8 @@ pub async fn launch(
     // Running desktops are saved (hibernated) so a restart resumes them; the rest stop.
     let _ = keeper.await;
     app.desktops.shut_down(crate::desktops::SHUTDOWN_SAVE_BOUND).await;
+    // Drained: its sessions are saved, so other nodes may now take them.
+    deregister.cancel();
     // Nothing is being saved or started any more.
     app.states.close();
     cleanup.abort();

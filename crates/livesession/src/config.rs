@@ -214,6 +214,35 @@ impl std::fmt::Display for DatabaseUrl {
     }
 }
 
+/// The nodes' shared secret (`--cluster-secret`): never shown.
+#[derive(Clone)]
+pub struct ClusterSecret(String);
+
+impl ClusterSecret {
+    pub const MIN_CHARS: usize = 32;
+
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        if text.chars().count() < Self::MIN_CHARS {
+            return Err(format!(
+                "too short: at least {} characters, the same on every node (e.g. `openssl rand -hex 32`)",
+                Self::MIN_CHARS
+            ));
+        }
+        Ok(Self(text.to_owned()))
+    }
+
+    pub fn expose(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl std::fmt::Debug for ClusterSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClusterSecret(***)")
+    }
+}
+
 impl std::fmt::Debug for DatabaseUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "DatabaseUrl({self})")
@@ -246,6 +275,17 @@ pub struct ServeConfig {
     /// A node whose last heartbeat is older than this many seconds is dead to the others.
     #[arg(long, env = "LIVESESSION_NODE_DEAD_AFTER", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub node_dead_after: u64,
+    /// The secret the nodes sharing a PostgreSQL store authenticate their relayed
+    /// requests with (docs/scaling.md): set (the same on every node, at least 32
+    /// characters), each session's desktop is placed on one node and the others relay
+    /// its WebSockets there; unset, every node serves the sessions it is asked for itself.
+    #[arg(long, env = "LIVESESSION_CLUSTER_SECRET", hide_env_values = true, value_parser = ClusterSecret::parse)]
+    pub cluster_secret: Option<ClusterSecret>,
+    /// Where what every node must see is kept: secrets, saved profiles and hibernated
+    /// sessions' states (encrypted), session files and recordings. Defaults to the data
+    /// directory; with several nodes, a directory they all mount (docs/scaling.md).
+    #[arg(long, env = "LIVESESSION_SHARED_DIR")]
+    pub shared_dir: Option<PathBuf>,
     /// The admin bearer token. If unset, one is generated on first start and kept in
     /// `<data dir>/secrets/admin.token`.
     #[arg(long, env = "LIVESESSION_ADMIN_TOKEN", hide_env_values = true)]

@@ -8,6 +8,7 @@
 mod app;
 mod auth;
 mod cdp_relay;
+mod cluster;
 /// The benchmarks live in their own crate; `livesession bench` runs them.
 pub use livesession_bench as bench;
 pub mod cli;

@@ -18,10 +18,7 @@ const FORGET_AFTER: time::Duration = time::Duration::days(1);
 
 /// This server's node id: `--node-id`, or the host's name and the listening port.
 pub fn node_id(app: &App) -> String {
-    app.config.node_id.clone().unwrap_or_else(|| {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-        format!("{}-{}", host.trim(), app.local_addr.port())
-    })
+    app.cluster.node_id().to_owned()
 }
 
 /// The address other nodes reach this one at: `--node-addr`, or the listening address.
@@ -39,8 +36,11 @@ pub fn live_since(app: &App) -> OffsetDateTime {
     now() - time::Duration::seconds(app.config.node_dead_after.max(1) as i64)
 }
 
-/// Heartbeats until `shutdown`, then deregisters.
-pub async fn run(app: Arc<App>, shutdown: CancellationToken) {
+/// Heartbeats until `deregister`. From the server's shutdown on (`app.shutdown`), the
+/// heartbeat says the node is draining, at once and then as before: other nodes place
+/// nothing new here, and move its sessions once their desktops are saved
+/// (docs/scaling.md, "Draining"); the server cancels `deregister` after that.
+pub async fn run(app: Arc<App>, deregister: CancellationToken) {
     let id = node_id(&app);
     let started_at = now();
     let every = Duration::from_secs(app.config.node_heartbeat.max(1));
@@ -54,6 +54,7 @@ pub async fn run(app: Arc<App>, shutdown: CancellationToken) {
             live_desktops: u32::try_from(app.desktops.live()).unwrap_or(u32::MAX),
             started_at,
             heartbeat_at: now(),
+            draining: app.shutdown.is_cancelled(),
         };
         match store.node_heartbeat(&node).await {
             Ok(()) if logged_failure => {
@@ -68,8 +69,14 @@ pub async fn run(app: Arc<App>, shutdown: CancellationToken) {
             Err(_) => {}
         }
         let _ = store.forget_nodes_before(now() - FORGET_AFTER).await;
+        if deregister.is_cancelled() {
+            break;
+        }
+        let draining = node.draining;
         tokio::select! {
-            _ = shutdown.cancelled() => break,
+            _ = deregister.cancelled() => break,
+            // Said at once, not at the next beat.
+            _ = app.shutdown.cancelled(), if !draining => {}
             _ = tokio::time::sleep(every) => {}
         }
     }

@@ -22,7 +22,7 @@ use axum::http::header::HOST;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 
 use crate::app::AppState;
 
@@ -230,8 +230,39 @@ pub async fn client_info(
         .unwrap_or_else(|| SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)));
     let tls = app.tls.is_some();
     let trusted = &app.config.trusted_proxies;
+    // Another node relaying a request (cluster/): its signature names the client.
+    let relayed = match request.headers_mut().remove(crate::cluster::RELAY_HEADER) {
+        None => None,
+        Some(value) => {
+            let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+            let checked = match (app.cluster.secret(), value.to_str()) {
+                (Some(secret), Ok(value)) => crate::cluster::verify_relay(secret, value, request.method().as_str(), path),
+                (None, _) => Err("this node is not in a cluster (no cluster secret)"),
+                (Some(_), Err(_)) => Err("malformed relay header"),
+            };
+            match checked {
+                Ok(from) => Some(from),
+                Err(why) => {
+                    tracing::warn!(peer = %peer.ip(), why, "refused a request claiming to be relayed by a node");
+                    return crate::error::ApiError::new(
+                        axum::http::StatusCode::FORBIDDEN,
+                        "relay_refused",
+                        format!("relay refused: {why}"),
+                    )
+                    .into_response();
+                }
+            }
+        }
+    };
     let headers = request.headers_mut();
-    let info = if is_trusted(trusted, peer.ip()) {
+    let info = if let Some(from) = &relayed {
+        // The relaying node passed the client's own forwarding headers on; it already
+        // applied them, so they are not read twice.
+        for name in [X_FORWARDED_FOR, X_FORWARDED_PROTO, X_FORWARDED_HOST, FORWARDED] {
+            headers.remove(name);
+        }
+        ClientInfo { ip: from.client_ip, https: from.https, via_proxy: true }
+    } else if is_trusted(trusted, peer.ip()) {
         let ip = client_ip(
             peer.ip(),
             headers
@@ -275,6 +306,9 @@ pub async fn client_info(
         .extensions_mut()
         .insert(ConnectInfo(SocketAddr::new(info.ip, port)));
     request.extensions_mut().insert(info);
+    if let Some(from) = relayed {
+        request.extensions_mut().insert(from);
+    }
     next.run(request).await
 }
 

@@ -137,6 +137,8 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(max_body))
         .merge(webhook)
         .merge(worker_events)
+        // After the CSRF check, so a relayed request was checked here as well as there.
+        .layer(from_fn_with_state(state.clone(), crate::cluster::relay::to_owner))
         .layer(from_fn_with_state(state.clone(), security::csrf))
         .layer(map_response(error::json_errors))
         .layer(from_fn_with_state(state.clone(), security::header_limit))

@@ -48,15 +48,27 @@ fn read_or_create(path: &Path, make: impl FnOnce() -> String) -> std::io::Result
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
+    // Written whole under a temporary name, then linked into place: nodes starting
+    // together on one shared directory never read a half-written secret, and the first
+    // link wins (the others read the winner's).
     let value = make();
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    file.write_all(value.as_bytes())?;
-    file.write_all(b"\n")?;
-    file.sync_all()?;
+    let tmp = path.with_extension(format!("tmp-{}", random_token(6)));
+    let written = (|| {
+        let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+        file.write_all(value.as_bytes())?;
+        file.write_all(b"\n")?;
+        file.sync_all()?;
+        std::fs::hard_link(&tmp, path)
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    match written {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let existing = std::fs::read_to_string(path)?;
+            return Ok((existing.trim().to_owned(), false));
+        }
+        Err(e) => return Err(e),
+    }
     Ok((value, true))
 }
 

@@ -209,6 +209,7 @@ impl Sessions {
             idle_timeout_seconds: new.idle_timeout_seconds,
             hibernated_at: None,
             record: new.record,
+            node: None,
         }
     }
 
@@ -275,6 +276,7 @@ impl Sessions {
             idle_timeout_seconds: None,
             hibernated_at: None,
             record: false,
+            node: None,
         };
         self.store.insert_session(&session).await?;
         tracing::info!(session_id = %session.id, "checkout started; session pending payment");

@@ -123,6 +123,9 @@ pub struct Session {
     pub hibernated_at: Option<OffsetDateTime>,
     /// Whether the session asked for its screen to be recorded (docs/recordings.md).
     pub record: bool,
+    /// The node its desktop is placed on (docs/scaling.md, "Placement"); `None` before
+    /// its first placement, and always with one node.
+    pub node: Option<String>,
 }
 
 impl Session {
@@ -275,6 +278,7 @@ mod tests {
             idle_timeout_seconds: None,
             hibernated_at: None,
             record: false,
+            node: None,
         };
         assert_eq!(s.end_at(now), None);
         assert_eq!(

@@ -22,6 +22,9 @@ pub struct Node {
     /// Its last heartbeat.
     #[serde(with = "time::serde::rfc3339")]
     pub heartbeat_at: OffsetDateTime,
+    /// It is stopping gracefully: it takes no new placements and hibernates its
+    /// desktops before it goes.
+    pub draining: bool,
 }
 
 impl Node {
@@ -42,6 +45,42 @@ impl Node {
     }
 }
 
+/// Where a session's desktop runs ([`crate::SessionStore::place_session`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    pub node: Node,
+    /// The node it was placed on before, when this placement moved it (that node is
+    /// dead, gone, or draining and the session hibernated).
+    pub moved_from: Option<String>,
+    /// Whether this call recorded the placement (first placement or a move).
+    pub placed_now: bool,
+}
+
+/// Whether a session keeps its recorded node: while that node is live and not draining;
+/// a draining node keeps the sessions whose desktops still run there (`hibernated` false)
+/// until they are saved, so a session never runs on two nodes at once.
+pub fn keeps_placement(node: Option<&Node>, hibernated: bool) -> bool {
+    node.is_some_and(|n| !n.draining || !hibernated)
+}
+
+/// The node a session is placed on: of the live nodes not draining, the least loaded by
+/// the sessions placed on it whose desktops run (`placed`: active, not hibernated, by
+/// node id) per desktop of capacity ([`Node::cmp_load`] on those counts). Counting
+/// placements rather than the heartbeat's live desktops makes a burst of placements
+/// spread at once, before any heartbeat reports them.
+pub fn choose_node(live: Vec<Node>, placed: &std::collections::HashMap<String, u32>) -> Option<Node> {
+    let mut candidates: Vec<Node> = live
+        .into_iter()
+        .filter(|n| !n.draining)
+        .map(|mut n| {
+            n.live_desktops = placed.get(&n.id).copied().unwrap_or(0);
+            n
+        })
+        .collect();
+    sort_by_load(&mut candidates);
+    candidates.into_iter().next()
+}
+
 /// Sorts nodes least loaded first ([`Node::cmp_load`]).
 pub fn sort_by_load(nodes: &mut [Node]) {
     nodes.sort_by(Node::cmp_load);
@@ -60,7 +99,30 @@ mod tests {
             live_desktops: live,
             started_at: t,
             heartbeat_at: t,
+            draining: false,
         }
+    }
+
+    #[test]
+    fn placement_counts_placed_sessions_and_skips_draining_nodes() {
+        use std::collections::HashMap;
+        let nodes = || vec![node("a", 4, 0), node("b", 4, 3), node("c", 8, 0)];
+        // The heartbeat's counts are ignored: placements are what count.
+        let placed: HashMap<String, u32> = [("a".to_string(), 2), ("b".to_string(), 1), ("c".to_string(), 3)].into();
+        // a: 2/4, b: 1/4, c: 3/8 -> b.
+        assert_eq!(choose_node(nodes(), &placed).unwrap().id, "b");
+        assert_eq!(choose_node(nodes(), &HashMap::new()).unwrap().id, "a");
+        let mut drained = nodes();
+        drained[0].draining = true;
+        drained[1].draining = true;
+        assert_eq!(choose_node(drained, &placed).unwrap().id, "c");
+        assert_eq!(choose_node(Vec::new(), &placed), None);
+        let mut draining = node("a", 4, 0);
+        draining.draining = true;
+        assert!(keeps_placement(Some(&node("a", 4, 0)), true));
+        assert!(keeps_placement(Some(&draining), false), "a desktop still running stays");
+        assert!(!keeps_placement(Some(&draining), true), "a hibernated one moves off a draining node");
+        assert!(!keeps_placement(None, false), "a dead or gone node keeps nothing");
     }
 
     #[test]

@@ -239,6 +239,17 @@ pub trait SessionStore: Send + Sync + 'static {
     async fn remove_node(&self, id: &str) -> Result<bool, StoreError>;
     /// Deletes the nodes whose last heartbeat is before `cutoff` (long dead); returns how many.
     async fn forget_nodes_before(&self, cutoff: OffsetDateTime) -> Result<u64, StoreError>;
+    /// Places an active session's desktop on a node and returns where: the recorded node
+    /// while it is live (a heartbeat at or after `live_since`) and keeps the session
+    /// ([`crate::nodes::keeps_placement`]), else the node [`crate::nodes::choose_node`]
+    /// picks, recorded. `None` when the session is not active or no live node takes
+    /// placements. Placements are serialized by the database (one transaction, and on
+    /// PostgreSQL an advisory lock), so concurrent ones spread exactly.
+    async fn place_session(
+        &self,
+        id: &str,
+        live_since: OffsetDateTime,
+    ) -> Result<Option<crate::nodes::Placement>, StoreError>;
 }
 
 /// Sessions by state ([`SessionStore::count_sessions`]).

@@ -19,12 +19,14 @@ use time::OffsetDateTime;
 use super::rows::{LinkRow, NodeRow, SessionRow, millis};
 use super::{CheckoutActivation, SessionCounts, SessionStore, StoreError};
 use crate::model::{Session, SessionEnd, ViewerLink};
-use crate::nodes::{Node, sort_by_load};
+use crate::nodes::{Node, Placement, choose_node, keeps_placement, sort_by_load};
 
 /// How long a statement may run, and wait for a lock, before PostgreSQL cancels it (as
 /// SQLite's busy timeout bounds a write): the request then fails as busy
 /// ([`super::Unavailable`]) rather than hanging.
 const STATEMENT_TIMEOUT: &str = "5s";
+/// The advisory lock that serializes placements (`place_session`): "lsplace" in ASCII.
+const PLACEMENT_LOCK: i64 = 0x006c_7370_6c61_6365;
 const LOCK_TIMEOUT: &str = "5s";
 
 /// The advisory lock namespace of the per-address session cap (the first key of
@@ -68,13 +70,13 @@ macro_rules! columns {
     () => {
         "id, state, source, start_url, created_at, expires_at, ended_at, end_reason, \
          checkout_session_id, payment_intent, activated_at, claimed_at, goal, profile, \
-         profile_persist, idle_timeout_seconds, hibernated_at, record"
+         profile_persist, idle_timeout_seconds, hibernated_at, record, node_id"
     };
 }
 
 macro_rules! placeholders {
     () => {
-        "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18"
+        "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19"
     };
 }
 
@@ -94,7 +96,7 @@ fn link_from_row(row: &PgRow) -> Result<ViewerLink, StoreError> {
 
 macro_rules! node_columns {
     () => {
-        "id, addr, capacity, live_desktops, started_at, heartbeat_at"
+        "id, addr, capacity, live_desktops, started_at, heartbeat_at, draining"
     };
 }
 
@@ -126,6 +128,7 @@ fn bind_session<'q>(
         .bind(s.idle_timeout_seconds.map(i64::from))
         .bind(s.hibernated_at.map(millis))
         .bind(s.record)
+        .bind(&s.node)
 }
 
 /// A second writer of a profile: the partial unique index `sessions_one_profile_writer`.
@@ -179,8 +182,8 @@ impl SessionStore for PgStore {
             columns!(),
             ", client_addr) SELECT ",
             placeholders!(),
-            ", $19 WHERE (SELECT COUNT(*) FROM sessions WHERE client_addr = $19 \
-             AND state = 'active' AND expires_at > $20) < $21"
+            ", $20 WHERE (SELECT COUNT(*) FROM sessions WHERE client_addr = $20 \
+             AND state = 'active' AND expires_at > $21) < $22"
         ));
         let done = bind_session(insert, s)
             .bind(client_addr)
@@ -543,9 +546,10 @@ impl SessionStore for PgStore {
         sqlx::query(concat!(
             "INSERT INTO nodes (",
             node_columns!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6) \
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7) \
              ON CONFLICT (id) DO UPDATE SET addr = excluded.addr, capacity = excluded.capacity, \
-             live_desktops = excluded.live_desktops, heartbeat_at = excluded.heartbeat_at"
+             live_desktops = excluded.live_desktops, heartbeat_at = excluded.heartbeat_at, \
+             draining = excluded.draining"
         ))
         .bind(&node.id)
         .bind(&node.addr)
@@ -553,6 +557,7 @@ impl SessionStore for PgStore {
         .bind(i64::from(node.live_desktops))
         .bind(millis(node.started_at))
         .bind(millis(node.heartbeat_at))
+        .bind(node.draining)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -595,5 +600,53 @@ impl SessionStore for PgStore {
             .execute(&self.pool)
             .await?;
         Ok(done.rows_affected())
+    }
+
+    async fn place_session(
+        &self,
+        id: &str,
+        live_since: OffsetDateTime,
+    ) -> Result<Option<Placement>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // One placement at a time across every node: each reads the others' counts.
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(PLACEMENT_LOCK)
+            .execute(&mut *tx)
+            .await?;
+        let row: Option<(String, Option<i64>, Option<String>)> = sqlx::query_as(
+            "SELECT state, hibernated_at, node_id FROM sessions WHERE id = $1 FOR UPDATE",
+        )
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((state, hibernated_at, current)) = row else { return Ok(None) };
+        if state != "active" {
+            return Ok(None);
+        }
+        let rows = sqlx::query(concat!("SELECT ", node_columns!(), " FROM nodes WHERE heartbeat_at >= $1"))
+            .bind(millis(live_since))
+            .fetch_all(&mut *tx)
+            .await?;
+        let live = rows.iter().map(node_from_row).collect::<Result<Vec<_>, _>>()?;
+        let recorded = current.as_deref().and_then(|c| live.iter().find(|n| n.id == c));
+        if keeps_placement(recorded, hibernated_at.is_some()) {
+            let node = recorded.cloned().expect("kept only when live");
+            return Ok(Some(Placement { node, moved_from: None, placed_now: false }));
+        }
+        let counts: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT node_id, COUNT(*) FROM sessions WHERE state = 'active' \
+             AND hibernated_at IS NULL AND node_id IS NOT NULL GROUP BY node_id",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        let placed = counts.into_iter().map(|(n, c)| (n, u32::try_from(c).unwrap_or(u32::MAX))).collect();
+        let Some(node) = choose_node(live, &placed) else { return Ok(None) };
+        sqlx::query("UPDATE sessions SET node_id = $1 WHERE id = $2")
+            .bind(&node.id)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Some(Placement { node, moved_from: current, placed_now: true }))
     }
 }

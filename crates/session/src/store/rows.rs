@@ -43,6 +43,7 @@ pub(super) struct SessionRow {
     idle_timeout_seconds: Option<i64>,
     hibernated_at: Option<i64>,
     record: bool,
+    node_id: Option<String>,
 }
 
 impl TryFrom<SessionRow> for Session {
@@ -76,6 +77,7 @@ impl TryFrom<SessionRow> for Session {
                 .transpose()?,
             hibernated_at: from_millis_opt(row.hibernated_at)?,
             record: row.record,
+            node: row.node_id,
         })
     }
 }
@@ -178,6 +180,7 @@ pub(super) struct NodeRow {
     live_desktops: i64,
     started_at: i64,
     heartbeat_at: i64,
+    draining: bool,
 }
 
 impl TryFrom<NodeRow> for Node {
@@ -194,6 +197,7 @@ impl TryFrom<NodeRow> for Node {
             heartbeat_at: from_millis(row.heartbeat_at)?,
             id: row.id,
             addr: row.addr,
+            draining: row.draining,
         })
     }
 }

@@ -10,7 +10,7 @@ use time::OffsetDateTime;
 use super::rows::{LinkRow, NodeRow, SessionRow, millis};
 use super::{CheckoutActivation, SessionStore, StoreError};
 use crate::model::{Session, SessionEnd, ViewerLink};
-use crate::nodes::{Node, sort_by_load};
+use crate::nodes::{Node, Placement, choose_node, keeps_placement, sort_by_load};
 
 /// The embedded default store: one SQLite file, migrations compiled into the binary.
 #[derive(Clone)]
@@ -51,7 +51,7 @@ macro_rules! columns {
     () => {
         "id, state, source, start_url, created_at, expires_at, ended_at, end_reason, \
          checkout_session_id, payment_intent, activated_at, claimed_at, goal, profile, \
-         profile_persist, idle_timeout_seconds, hibernated_at, record"
+         profile_persist, idle_timeout_seconds, hibernated_at, record, node_id"
     };
 }
 
@@ -71,7 +71,7 @@ fn link_from_row(row: &SqliteRow) -> Result<ViewerLink, StoreError> {
 
 macro_rules! node_columns {
     () => {
-        "id, addr, capacity, live_desktops, started_at, heartbeat_at"
+        "id, addr, capacity, live_desktops, started_at, heartbeat_at, draining"
     };
 }
 
@@ -103,6 +103,7 @@ fn bind_session<'q>(
         .bind(s.idle_timeout_seconds.map(i64::from))
         .bind(s.hibernated_at.map(millis))
         .bind(s.record)
+        .bind(&s.node)
 }
 
 /// A second writer of a profile: the partial unique index `sessions_one_profile_writer`.
@@ -121,7 +122,7 @@ impl SessionStore for SqliteStore {
         let insert = sqlx::query(concat!(
             "INSERT INTO sessions (",
             columns!(),
-            ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         ));
         bind_session(insert, s).execute(&self.pool).await.map_err(profile_conflict)?;
         Ok(())
@@ -136,7 +137,7 @@ impl SessionStore for SqliteStore {
         let insert = sqlx::query(concat!(
             "INSERT INTO sessions (",
             columns!(),
-            ", client_addr) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? \
+            ", client_addr) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? \
              WHERE (SELECT COUNT(*) FROM sessions WHERE client_addr = ? AND state = 'active' \
              AND expires_at > ?) < ?"
         ));
@@ -500,9 +501,10 @@ impl SessionStore for SqliteStore {
         sqlx::query(concat!(
             "INSERT INTO nodes (",
             node_columns!(),
-            ") VALUES (?, ?, ?, ?, ?, ?) \
+            ") VALUES (?, ?, ?, ?, ?, ?, ?) \
              ON CONFLICT (id) DO UPDATE SET addr = excluded.addr, capacity = excluded.capacity, \
-             live_desktops = excluded.live_desktops, heartbeat_at = excluded.heartbeat_at"
+             live_desktops = excluded.live_desktops, heartbeat_at = excluded.heartbeat_at, \
+             draining = excluded.draining"
         ))
         .bind(&node.id)
         .bind(&node.addr)
@@ -510,6 +512,7 @@ impl SessionStore for SqliteStore {
         .bind(i64::from(node.live_desktops))
         .bind(millis(node.started_at))
         .bind(millis(node.heartbeat_at))
+        .bind(node.draining)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -552,5 +555,51 @@ impl SessionStore for SqliteStore {
             .execute(&self.pool)
             .await?;
         Ok(done.rows_affected())
+    }
+
+    async fn place_session(
+        &self,
+        id: &str,
+        live_since: OffsetDateTime,
+    ) -> Result<Option<Placement>, StoreError> {
+        // SQLite serves one node; its transaction still keeps a placement whole. IMMEDIATE:
+        // a read that later writes must hold the write lock from the start, or two
+        // placements' upgrades deadlock (SQLITE_BUSY without the busy wait).
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let row: Option<(String, Option<i64>, Option<String>)> = sqlx::query_as(
+            "SELECT state, hibernated_at, node_id FROM sessions WHERE id = ?",
+        )
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((state, hibernated_at, current)) = row else { return Ok(None) };
+        if state != "active" {
+            return Ok(None);
+        }
+        let rows = sqlx::query(concat!("SELECT ", node_columns!(), " FROM nodes WHERE heartbeat_at >= ?"))
+            .bind(millis(live_since))
+            .fetch_all(&mut *tx)
+            .await?;
+        let live = rows.iter().map(node_from_row).collect::<Result<Vec<_>, _>>()?;
+        let recorded = current.as_deref().and_then(|c| live.iter().find(|n| n.id == c));
+        if keeps_placement(recorded, hibernated_at.is_some()) {
+            let node = recorded.cloned().expect("kept only when live");
+            return Ok(Some(Placement { node, moved_from: None, placed_now: false }));
+        }
+        let counts: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT node_id, COUNT(*) FROM sessions WHERE state = 'active' \
+             AND hibernated_at IS NULL AND node_id IS NOT NULL GROUP BY node_id",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        let placed = counts.into_iter().map(|(n, c)| (n, u32::try_from(c).unwrap_or(u32::MAX))).collect();
+        let Some(node) = choose_node(live, &placed) else { return Ok(None) };
+        sqlx::query("UPDATE sessions SET node_id = ? WHERE id = ?")
+            .bind(&node.id)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Some(Placement { node, moved_from: current, placed_now: true }))
     }
 }

@@ -141,6 +141,8 @@ on_both_backends!(
     live_nodes_leave_out_stale_ones_and_come_least_loaded_first,
     forgetting_nodes_deletes_only_those_silent_since_the_cutoff,
     concurrent_heartbeats_of_one_node_leave_one_row,
+    concurrent_placements_spread_exactly_and_a_placement_stays_while_its_node_lives,
+    placements_move_off_dead_nodes_and_hibernated_sessions_off_draining_ones,
 );
 
 /// Runs `n` copies of `f` at once, each in its own task, and returns their results.
@@ -189,6 +191,7 @@ fn session(expires_in: i64) -> Session {
         idle_timeout_seconds: None,
         hibernated_at: None,
         record: false,
+        node: None,
     }
 }
 
@@ -253,6 +256,7 @@ async fn sessions_round_trip_and_are_there_after_reopening(f: Fixture) {
         idle_timeout_seconds: Some(u32::MAX),
         hibernated_at: Some(at(4_321)),
         record: true,
+        node: Some("node-ü".into()),
     };
     store.insert_session(&full).await.unwrap();
     assert_eq!(store.get_session(&full.id).await.unwrap(), Some(full.clone()));
@@ -831,6 +835,7 @@ fn node(id: &str, capacity: u32, live_desktops: u32, started_at: OffsetDateTime,
         live_desktops,
         started_at,
         heartbeat_at,
+        draining: false,
     }
 }
 
@@ -857,6 +862,7 @@ async fn a_node_heartbeat_upserts_keeping_its_start_and_nodes_are_listed_by_id_a
         live_desktops: 3,
         started_at: t0 + ms(5_000),
         heartbeat_at: t0 + ms(2_456),
+        draining: true,
     };
     f.store.node_heartbeat(&later).await.unwrap();
     let listed = f.store.list_nodes().await.unwrap();
@@ -941,6 +947,7 @@ async fn concurrent_heartbeats_of_one_node_leave_one_row(f: Fixture) {
         live_desktops: i,
         started_at: t0 + time::Duration::seconds(i64::from(i)),
         heartbeat_at: t0 + time::Duration::milliseconds(i64::from(i)),
+        draining: i % 2 == 1,
     };
     let results = race(20, |i| {
         let store = f.store.clone();
@@ -960,6 +967,76 @@ async fn concurrent_heartbeats_of_one_node_leave_one_row(f: Fixture) {
     assert_eq!(Node { started_at: row.started_at, ..sent(last) }, *row);
     assert!((0..20).any(|i| sent(i).started_at == row.started_at), "{row:?}");
     assert_eq!(f.store.live_nodes(t0).await.unwrap(), listed);
+}
+
+async fn concurrent_placements_spread_exactly_and_a_placement_stays_while_its_node_lives(f: Fixture) {
+    let now = OffsetDateTime::now_utc();
+    let since = now - time::Duration::seconds(10);
+    for (id, capacity) in [("n-a", 4), ("n-b", 4), ("n-c", 8)] {
+        f.store.node_heartbeat(&node(id, capacity, 0, now, now)).await.unwrap();
+    }
+    let sessions: Vec<Session> = (0..16).map(|_| session(600)).collect();
+    for s in &sessions {
+        f.store.insert_session(s).await.unwrap();
+    }
+    let placed = race(sessions.len(), |i| {
+        let store = f.store.clone();
+        let id = sessions[i].id.clone();
+        async move { store.place_session(&id, since).await }
+    })
+    .await;
+    let mut per_node = std::collections::BTreeMap::<String, u32>::new();
+    for p in placed {
+        let p = p.unwrap().expect("a live node takes it");
+        assert!(p.placed_now && p.moved_from.is_none(), "{p:?}");
+        *per_node.entry(p.node.id).or_default() += 1;
+    }
+    // Capacity 4, 4 and 8: 16 sessions fill each to the same share.
+    assert_eq!(per_node, [("n-a".into(), 4), ("n-b".into(), 4), ("n-c".into(), 8)].into());
+
+    // Placed again: the same node, nothing recorded anew; the session shows it.
+    let first = &sessions[0].id;
+    let node = f.store.get_session(first).await.unwrap().unwrap().node.expect("recorded");
+    let again = f.store.place_session(first, since).await.unwrap().unwrap();
+    assert_eq!((again.node.id.as_str(), again.placed_now), (node.as_str(), false));
+
+    // An ended session, or an unknown one, is not placed.
+    f.store.end_session(first, SessionEnd::Revoked, "test", now).await.unwrap();
+    assert_eq!(f.store.place_session(first, since).await.unwrap(), None);
+    assert_eq!(f.store.place_session("no-such-session", since).await.unwrap(), None);
+}
+
+async fn placements_move_off_dead_nodes_and_hibernated_sessions_off_draining_ones(f: Fixture) {
+    let now = OffsetDateTime::now_utc();
+    let since = now - time::Duration::seconds(10);
+    f.store.node_heartbeat(&node("n-a", 4, 0, now, now)).await.unwrap();
+    let (running, hibernated) = (session(600), session(600));
+    for s in [&running, &hibernated] {
+        f.store.insert_session(s).await.unwrap();
+        assert_eq!(f.store.place_session(&s.id, since).await.unwrap().unwrap().node.id, "n-a");
+    }
+    f.store.set_hibernated(&hibernated.id, Some(now)).await.unwrap();
+
+    // n-a drains, n-b is up: the running desktop stays until saved, the hibernated one moves.
+    f.store.node_heartbeat(&Node { draining: true, ..node("n-a", 4, 0, now, now) }).await.unwrap();
+    f.store.node_heartbeat(&node("n-b", 4, 0, now, now)).await.unwrap();
+    let stays = f.store.place_session(&running.id, since).await.unwrap().unwrap();
+    assert_eq!((stays.node.id.as_str(), stays.placed_now), ("n-a", false));
+    let moved = f.store.place_session(&hibernated.id, since).await.unwrap().unwrap();
+    assert_eq!((moved.node.id.as_str(), moved.moved_from.as_deref()), ("n-b", Some("n-a")));
+
+    // n-a's heartbeat goes stale (it died): its running session moves too.
+    let stale = now - time::Duration::seconds(60);
+    f.store.node_heartbeat(&Node { draining: false, ..node("n-a", 4, 0, now, stale) }).await.unwrap();
+    let moved = f.store.place_session(&running.id, since).await.unwrap().unwrap();
+    assert_eq!((moved.node.id.as_str(), moved.moved_from.as_deref()), ("n-b", Some("n-a")));
+    assert_eq!(f.store.get_session(&running.id).await.unwrap().unwrap().node.as_deref(), Some("n-b"));
+
+    // No live node that takes placements: none.
+    f.store.node_heartbeat(&Node { draining: true, ..node("n-b", 4, 0, now, now) }).await.unwrap();
+    let fresh = session(600);
+    f.store.insert_session(&fresh).await.unwrap();
+    assert_eq!(f.store.place_session(&fresh.id, since).await.unwrap(), None);
 }
 
 /// PostgreSQL only: what a bounded wait and the server's errors become.
@@ -992,7 +1069,7 @@ mod postgres_only {
             .fetch_one(store.pool())
             .await
             .unwrap();
-        assert_eq!(migrated, 5);
+        assert_eq!(migrated, 6);
     }
 
     /// A write blocked by another transaction's row lock fails as busy within the lock

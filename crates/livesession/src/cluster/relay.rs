@@ -1,0 +1,360 @@
+//! The relay between nodes: a request for a session's desktop (its VNC, control and
+//! DevTools WebSockets, its hand-over, its files and recording) that arrives at a node
+//! other than the one running that desktop is sent on to that node, signed with the
+//! cluster secret (`signature.rs`), and its answer comes back as it is. A WebSocket is
+//! relayed as bytes once the owning node accepted it: neither the frames nor RFB or CDP
+//! inside them are parsed again here; the relay only follows where the owner's frames
+//! begin and end, so that when the owner is lost it can still end the viewer's WebSocket
+//! with a close and a reason (4010) rather than a broken stream.
+//!
+//! The owning node authorizes the request itself (same store, same token keys): a relay
+//! adds nothing to what the client may do.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::ws::{CloseFrame, Message, WebSocketUpgrade};
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::signature::{RELAY_HEADER, sign};
+use super::{RelayedFrom, Route};
+use crate::app::{App, AppState};
+use crate::error::ApiError;
+use crate::proxy::ClientInfo;
+use crate::ws::CloseCode;
+
+/// How long a node waits to reach another.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long the owner has to answer a relayed request's head.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Which session a path is for, and whether serving it needs the session's desktop
+/// (then the session is placed first): `None` for paths that any node serves from the
+/// store.
+pub fn session_route(path: &str) -> Option<(&str, bool)> {
+    let rest = path.strip_prefix("/api/sessions/")?;
+    let (id, what) = rest.split_once('/')?;
+    if id.is_empty() {
+        return None;
+    }
+    let first = what.split('/').next().unwrap_or("");
+    match first {
+        "vnc" | "control" | "cdp" if what == first || first == "cdp" => Some((id, true)),
+        "files" => Some((id, false)),
+        "recording" if what == first => Some((id, false)),
+        _ => None,
+    }
+}
+
+/// Middleware: serves a session's request here, or relays it to the node that runs the
+/// session's desktop. A request another node relayed here is served here, never relayed
+/// on (no loops).
+pub async fn to_owner(State(app): State<AppState>, request: Request, next: Next) -> Response {
+    if !app.cluster.enabled() || request.extensions().get::<RelayedFrom>().is_some() {
+        return next.run(request).await;
+    }
+    let Some((id, place)) = session_route(request.uri().path()) else {
+        return next.run(request).await;
+    };
+    let id = id.to_owned();
+    match super::route(&app, &id, place).await {
+        Route::Local => next.run(request).await,
+        Route::Relay { node_id, addr } => forward(&app, &id, &node_id, &addr, request).await,
+    }
+}
+
+fn is_websocket(request: &Request) -> bool {
+    request
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+async fn forward(app: &App, session_id: &str, node_id: &str, addr: &str, mut request: Request) -> Response {
+    let websocket = is_websocket(&request);
+    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            tracing::warn!(session_id, node_id, error = %e, "the node running this session's desktop cannot be reached");
+            return unreachable(request, node_id).await;
+        }
+        Err(_) => {
+            tracing::warn!(session_id, node_id, "the node running this session's desktop did not answer in time");
+            return unreachable(request, node_id).await;
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let client = request.extensions().get::<ClientInfo>().copied();
+    let path = request.uri().path_and_query().map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned());
+    let secret = app.cluster.secret().expect("relaying only with a cluster secret");
+    let (client_ip, https) = client.map_or((std::net::IpAddr::from([0, 0, 0, 0]), false), |c| (c.ip, c.https));
+    let signed = sign(secret, app.cluster.node_id(), client_ip, https, request.method().as_str(), &path);
+    let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut request));
+
+    let (mut sender, connection) = match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::warn!(session_id, node_id, error = %e, "could not speak HTTP to the node running this session's desktop");
+            return node_failed(node_id);
+        }
+    };
+    tokio::spawn(async move {
+        let _ = connection.with_upgrades().await;
+    });
+    let (mut parts, body) = request.into_parts();
+    parts.uri = match path.parse() {
+        Ok(uri) => uri,
+        Err(_) => return node_failed(node_id),
+    };
+    // What the client sent, as it sent it (the owner checks its token, Origin and
+    // Host), with this node's signature; a forwarded-for header is not needed: the
+    // signature names the client.
+    parts.headers.insert(RELAY_HEADER, HeaderValue::from_str(&signed).expect("ASCII"));
+    let upstream = axum::http::Request::from_parts(parts, body);
+    let mut answer = match tokio::time::timeout(ANSWER_TIMEOUT, sender.send_request(upstream)).await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(e)) => {
+            tracing::warn!(session_id, node_id, error = %e, "the node running this session's desktop failed the relayed request");
+            return node_failed(node_id);
+        }
+        Err(_) => {
+            tracing::warn!(session_id, node_id, "the node running this session's desktop did not answer the relayed request in time");
+            return node_failed(node_id);
+        }
+    };
+    if answer.status() == StatusCode::SWITCHING_PROTOCOLS
+        && let Some(client_upgrade) = client_upgrade
+    {
+        let upstream_upgrade = hyper::upgrade::on(&mut answer);
+        let shutdown = app.shutdown.clone();
+        let node_id = node_id.to_owned();
+        app.tasks.spawn(async move {
+            let (Ok(client), Ok(upstream)) = (client_upgrade.await, upstream_upgrade.await) else {
+                return;
+            };
+            pipe(TokioIo::new(client), TokioIo::new(upstream), &node_id, shutdown).await;
+        });
+    }
+    let (parts, body) = answer.into_parts();
+    Response::from_parts(parts, Body::new(body))
+}
+
+/// The owner cannot be reached: a WebSocket is accepted here and closed with 4010 and the
+/// reason (a browser shows a refused handshake only as 1006); anything else gets 503.
+async fn unreachable(request: Request, node_id: &str) -> Response {
+    let reason = format!(
+        "desktop unavailable: the node running this session's desktop ({node_id}) cannot be reached; reconnect"
+    );
+    if is_websocket(&request) {
+        let (mut parts, _) = request.into_parts();
+        if let Ok(upgrade) = WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
+            return upgrade.protocols(["binary"]).on_upgrade(move |mut socket| async move {
+                let frame = CloseFrame { code: CloseCode::DesktopUnavailable.code(), reason: close_reason(&reason).into() };
+                let _ = socket.send(Message::Close(Some(frame))).await;
+            });
+        }
+    }
+    let mut response = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "node_unreachable", reason).into_response();
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+    response
+}
+
+fn node_failed(node_id: &str) -> Response {
+    let mut response = ApiError::new(
+        StatusCode::BAD_GATEWAY,
+        "node_failed",
+        format!("the node running this session's desktop ({node_id}) failed the request; retry"),
+    )
+    .into_response();
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+    response
+}
+
+/// A close reason fits a control frame (123 bytes), cut on a character boundary.
+fn close_reason(reason: &str) -> &str {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    &reason[..end]
+}
+
+/// Copies bytes both ways until either side ends. When the owner's side ends without a
+/// close frame (the node died, or its connection broke), the client gets one: 4010 with
+/// the reason, if the owner's stream ended between two frames.
+async fn pipe<C, U>(client: C, upstream: U, node_id: &str, shutdown: tokio_util::sync::CancellationToken)
+where
+    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let (mut from_client, mut to_client) = tokio::io::split(client);
+    let (mut from_owner, mut to_owner) = tokio::io::split(upstream);
+    let up = async {
+        let _ = tokio::io::copy(&mut from_client, &mut to_owner).await;
+        let _ = to_owner.shutdown().await;
+    };
+    let down = async {
+        let mut frames = FrameBoundaries::default();
+        let mut buf = vec![0u8; 32 * 1024];
+        let ending = loop {
+            tokio::select! {
+                read = from_owner.read(&mut buf) => match read {
+                    Ok(0) | Err(_) => break (CloseCode::DesktopUnavailable, format!(
+                        "desktop unavailable: the node running this session's desktop ({node_id}) was lost; reconnect"
+                    )),
+                    Ok(n) => {
+                        frames.feed(&buf[..n]);
+                        if to_client.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                },
+                () = shutdown.cancelled() => break (CloseCode::ShuttingDown, "server shutting down".to_owned()),
+            }
+        };
+        if !frames.saw_close && frames.at_boundary() {
+            let _ = to_client.write_all(&close_frame(ending.0.code(), close_reason(&ending.1))).await;
+        }
+        let _ = to_client.shutdown().await;
+    };
+    tokio::pin!(up, down);
+    tokio::select! {
+        () = &mut down => { let _ = tokio::time::timeout(Duration::from_secs(5), &mut up).await; }
+        () = &mut up => { let _ = tokio::time::timeout(Duration::from_secs(10), &mut down).await; }
+    }
+}
+
+/// An unmasked close frame (server to client).
+fn close_frame(code: u16, reason: &str) -> Vec<u8> {
+    let mut frame = vec![0x88, (2 + reason.len()) as u8];
+    frame.extend_from_slice(&code.to_be_bytes());
+    frame.extend_from_slice(reason.as_bytes());
+    frame
+}
+
+/// Follows where WebSocket frames begin and end in a byte stream, reading only their
+/// headers (RFC 6455 §5.2): the payloads are counted, not read.
+#[derive(Default)]
+struct FrameBoundaries {
+    header: Vec<u8>,
+    payload_left: u64,
+    saw_close: bool,
+}
+
+impl FrameBoundaries {
+    fn at_boundary(&self) -> bool {
+        self.payload_left == 0 && self.header.is_empty()
+    }
+
+    fn feed(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            if self.payload_left > 0 {
+                let take = self.payload_left.min(bytes.len() as u64);
+                self.payload_left -= take;
+                bytes = &bytes[take as usize..];
+                continue;
+            }
+            self.header.push(bytes[0]);
+            bytes = &bytes[1..];
+            if let Some((opcode, payload)) = self.header_done() {
+                if opcode == 0x8 {
+                    self.saw_close = true;
+                }
+                self.payload_left = payload;
+                self.header.clear();
+            }
+        }
+    }
+
+    /// The opcode and payload length once the header is whole.
+    fn header_done(&self) -> Option<(u8, u64)> {
+        let h = &self.header;
+        if h.len() < 2 {
+            return None;
+        }
+        let masked = h[1] & 0x80 != 0;
+        let short = h[1] & 0x7f;
+        let extended = match short {
+            126 => 2,
+            127 => 8,
+            _ => 0,
+        };
+        let len = 2 + extended + if masked { 4 } else { 0 };
+        if h.len() < len {
+            return None;
+        }
+        let payload = match extended {
+            0 => u64::from(short),
+            2 => u64::from(u16::from_be_bytes([h[2], h[3]])),
+            _ => u64::from_be_bytes(h[2..10].try_into().expect("8 bytes")),
+        };
+        Some((h[0] & 0x0f, payload))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(opcode: u8, payload_len: usize) -> Vec<u8> {
+        let mut f = vec![0x80 | opcode];
+        match payload_len {
+            n if n < 126 => f.push(n as u8),
+            n if n < 65_536 => {
+                f.push(126);
+                f.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                f.push(127);
+                f.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        f.extend(std::iter::repeat_n(0xAB, payload_len));
+        f
+    }
+
+    #[test]
+    fn frame_boundaries_are_followed_in_any_chunking() {
+        let stream: Vec<u8> = [frame(2, 5), frame(1, 300), frame(2, 70_000), frame(2, 0)].concat();
+        for chunk in [1, 2, 3, 7, 125, 4096, stream.len()] {
+            let mut f = FrameBoundaries::default();
+            let mut boundaries = 0;
+            for piece in stream.chunks(chunk) {
+                for b in piece {
+                    f.feed(std::slice::from_ref(b));
+                    boundaries += usize::from(f.at_boundary());
+                }
+            }
+            assert!(f.at_boundary(), "chunk {chunk}");
+            // Four frames end at four places (a zero-length frame ends with its header).
+            assert_eq!(boundaries, 4, "chunk {chunk}");
+            assert!(!f.saw_close);
+        }
+        let mut f = FrameBoundaries::default();
+        f.feed(&frame(2, 10)[..6]);
+        assert!(!f.at_boundary(), "inside a payload");
+        let mut f = FrameBoundaries::default();
+        f.feed(&[frame(2, 3), close_frame(1000, "bye")].concat());
+        assert!(f.saw_close && f.at_boundary());
+    }
+
+    #[test]
+    fn only_desktop_paths_of_a_session_are_relayed() {
+        assert_eq!(session_route("/api/sessions/s1/vnc"), Some(("s1", true)));
+        assert_eq!(session_route("/api/sessions/s1/control"), Some(("s1", true)));
+        assert_eq!(session_route("/api/sessions/s1/cdp"), Some(("s1", true)));
+        assert_eq!(session_route("/api/sessions/s1/cdp/json/version"), Some(("s1", true)));
+        assert_eq!(session_route("/api/sessions/s1/files/a.pdf"), Some(("s1", false)));
+        assert_eq!(session_route("/api/sessions/s1/recording"), Some(("s1", false)));
+        for other in ["/api/sessions/s1", "/api/sessions/s1/token", "/api/sessions/s1/tasks", "/api/sessions//vnc", "/api/sessions/s1/vnc/x", "/s/s1"] {
+            assert_eq!(session_route(other), None, "{other}");
+        }
+    }
+}
