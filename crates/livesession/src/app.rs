@@ -322,6 +322,29 @@ pub async fn build(config: ServeConfig, local_addr: SocketAddr) -> Result<Arc<Ap
         // extensions within a notification's time (fanout.rs).
         sessions.set_fanout(fanout.clone());
         tokio::spawn(fanout.listen(sessions.clone(), shutdown.clone().cancelled_owned()));
+        // Task events too: a worker's progress posted to one node reaches the control
+        // channels on the node running the session's desktop, and a cancel stops its run.
+        let announcer = sessions.clone();
+        queue.set_on_publish(Box::new(move |event| {
+            let (sessions, id, cursor) = (announcer.clone(), event.session_id.clone(), event.cursor);
+            tokio::spawn(async move { sessions.announce_task_event(&id, cursor).await });
+        }));
+        let mut elsewhere = sessions.task_events_elsewhere();
+        let queue = queue.clone();
+        tokio::spawn(async move {
+            use tokio::sync::broadcast::error::RecvError;
+            loop {
+                match elsewhere.recv().await {
+                    Ok((id, cursor)) => {
+                        if let Err(e) = queue.publish_written_elsewhere(&id, cursor).await {
+                            tracing::warn!(session_id = %id, error = %e, "could not read another node's task event");
+                        }
+                    }
+                    Err(RecvError::Lagged(_)) => continue,
+                    Err(RecvError::Closed) => break,
+                }
+            }
+        });
     }
     let limits = ConnectionLimits::new(LimitsConfig {
         per_ip: config.max_connections_per_ip,

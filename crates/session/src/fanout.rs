@@ -35,6 +35,9 @@ pub enum Notice {
     LinkRevoked { session_id: String, link_id: String },
     /// The session's deadline moved (an extension): schedule its expiry anew.
     SessionExtended { session_id: String },
+    /// One of the session's tasks has a new event (its cursor): followers of the
+    /// session's tasks read on.
+    TaskEvent { session_id: String, cursor: u64 },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -163,6 +166,7 @@ mod tests {
             Notice::SessionEnded { session_id: "s1".into(), end: EndKind::Revoked },
             Notice::LinkRevoked { session_id: "s1".into(), link_id: "l1".into() },
             Notice::SessionExtended { session_id: "s1".into() },
+            Notice::TaskEvent { session_id: "s1".into(), cursor: 42 },
         ];
         for notice in notices {
             let text = serde_json::to_string(&Envelope { from: "n".into(), notice: notice.clone() }).unwrap();

@@ -84,6 +84,8 @@ pub struct Sessions {
     /// The other servers sharing the store, told of ends, link revocations and
     /// extensions (fanout.rs). Unset with SQLite: one server.
     fanout: std::sync::OnceLock<Arc<dyn Fanout>>,
+    /// Other servers' task events (session, cursor), for the task queue (fanout.rs).
+    task_events: tokio::sync::broadcast::Sender<(String, u64)>,
 }
 
 impl Sessions {
@@ -96,6 +98,7 @@ impl Sessions {
             deadlines: Mutex::default(),
             deadline_added: Notify::new(),
             fanout: std::sync::OnceLock::new(),
+            task_events: tokio::sync::broadcast::channel(1024).0,
         })
     }
 
@@ -129,7 +132,21 @@ impl Sessions {
                 Ok(_) => {}
                 Err(e) => tracing::warn!(session_id = %session_id, error = %e, "could not read an extended session"),
             },
+            Notice::TaskEvent { session_id, cursor } => {
+                let _ = self.task_events.send((session_id, cursor));
+            }
         }
+    }
+
+    /// Tells the other servers that one of a session's tasks has a new event (a no-op
+    /// with one server).
+    pub async fn announce_task_event(&self, session_id: &str, cursor: u64) {
+        self.publish(Notice::TaskEvent { session_id: session_id.to_owned(), cursor }).await;
+    }
+
+    /// The other servers' task events, as (session, cursor).
+    pub fn task_events_elsewhere(&self) -> tokio::sync::broadcast::Receiver<(String, u64)> {
+        self.task_events.subscribe()
     }
 
     /// After notices may have been missed (fanout.rs): every session and link this

@@ -15,7 +15,7 @@ use time::OffsetDateTime;
 use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 
-use crate::model::{self, EventNote, NewTask, Task, TaskEvent, TaskInput, TaskKind, limits};
+use crate::model::{self, EventNote, NewTask, Task, TaskEvent, TaskInput, TaskKind, TaskState, limits};
 use crate::store::{self, StoreError, TaskStore, Transition, WriteError};
 
 #[derive(Debug, Clone)]
@@ -70,6 +70,9 @@ pub struct TaskQueue {
     /// Held across each write and the publishing of its events, so subscribers receive
     /// events in cursor order (the store serializes writes anyway).
     write_order: tokio::sync::Mutex<()>,
+    /// Told of every event this queue writes, to tell other servers sharing the store
+    /// ([`TaskQueue::set_on_publish`]).
+    on_publish: std::sync::OnceLock<Box<dyn Fn(&TaskEvent) + Send + Sync>>,
 }
 
 impl TaskQueue {
@@ -81,7 +84,32 @@ impl TaskQueue {
             stops: Mutex::new(HashMap::new()),
             wake: Notify::new(),
             write_order: tokio::sync::Mutex::new(()),
+            on_publish: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Calls `hook` with every event this queue writes (the server sends it on to the
+    /// other servers sharing the store). Set once.
+    pub fn set_on_publish(&self, hook: Box<dyn Fn(&TaskEvent) + Send + Sync>) {
+        let _ = self.on_publish.set(hook);
+    }
+
+    /// Another server wrote the event `cursor` of one of `session_id`'s tasks: it is read
+    /// from the store and published here, as if this queue had written it, so live
+    /// followers here read on (they read the store after their last cursor), claimers
+    /// wake for a new task, and a run here stops when its task ended there.
+    pub async fn publish_written_elsewhere(&self, session_id: &str, cursor: u64) -> Result<(), StoreError> {
+        let page = self.store.session_events(session_id, cursor.saturating_sub(1), 1).await?;
+        for event in page.into_iter().filter(|e| e.cursor == cursor) {
+            let (task_id, state) = (event.task_id.clone(), event.state);
+            self.deliver(event);
+            match state {
+                TaskState::Queued => self.wake_claimers(),
+                s if s.is_final() => self.fire(&task_id),
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     pub fn store(&self) -> &Arc<dyn TaskStore> {
@@ -304,6 +332,14 @@ impl TaskQueue {
     }
 
     fn publish(&self, event: TaskEvent) {
+        if let Some(hook) = self.on_publish.get() {
+            hook(&event);
+        }
+        self.deliver(event);
+    }
+
+    /// To this queue's subscribers of the event's session.
+    fn deliver(&self, event: TaskEvent) {
         let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(tx) = sessions.get(&event.session_id) {
             let session_id = event.session_id.clone();

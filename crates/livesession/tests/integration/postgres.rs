@@ -152,6 +152,39 @@ async fn a_revocation_through_one_server_closes_connections_on_another_within_a_
     a.stop().await;
 }
 
+/// Two servers, one database: a task created and cancelled through one reaches a control
+/// channel open on the other within a second each (its events are fanned out too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn task_updates_written_through_one_server_reach_control_channels_on_another() {
+    let database = livesession_pgtest::database();
+    let args = ["--database-url", database.as_str(), "--steps-runners", "0"];
+    let a = TestServer::start(&args).await;
+    let b = second_server(&a, &args).await;
+    let id = a.create_session(json!({})).await["id"].as_str().unwrap().to_owned();
+    let token = b.mint_token(&id).await;
+    let mut on_b = crate::tasks::control(&b, &id, &token, None).await;
+
+    let created_at = std::time::Instant::now();
+    let r = a.admin_post(&format!("/api/sessions/{id}/tasks"), json!({"kind": "steps", "steps": [{"action": "screenshot"}]})).await;
+    assert_eq!(r.status(), 201, "task created on A");
+    let task: serde_json::Value = r.json().await.unwrap();
+    let task_id = task["id"].as_str().unwrap().to_owned();
+    let seen = crate::tasks::task_updates(&mut on_b, Duration::from_secs(5), |u| u["task_id"] == task_id.as_str()).await;
+    let took = created_at.elapsed();
+    assert_eq!(seen.last().map(|u| (u["task_id"].clone(), u["state"].clone())), Some((json!(task_id), json!("queued"))), "{seen:?}");
+    assert!(took < Duration::from_secs(1), "B's control channel heard of the task {took:?} after it was created on A");
+
+    let cancelled_at = std::time::Instant::now();
+    let r = a.admin_post(&format!("/api/tasks/{task_id}/cancel"), json!({"reason": "not needed"})).await;
+    assert_eq!(r.status(), 200);
+    let seen = crate::tasks::task_updates(&mut on_b, Duration::from_secs(5), |u| u["state"] == "cancelled").await;
+    let took = cancelled_at.elapsed();
+    assert_eq!(seen.last().map(|u| u["state"].clone()), Some(json!("cancelled")), "{seen:?}");
+    assert!(took < Duration::from_secs(1), "B heard of the cancel {took:?} after it");
+    b.stop().await;
+    a.stop().await;
+}
+
 /// Notifications sent while a server's listening connection is down are gone: the
 /// server resynchronises from the store when it listens again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

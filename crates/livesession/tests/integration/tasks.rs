@@ -66,7 +66,7 @@ async fn claim(server: &TestServer, token: &str, kinds: &[&str], wait: u64) -> V
 }
 
 /// Opens the session's control channel and reads up to CONNECTED.
-async fn control(server: &TestServer, session: &str, token: &str, after: Option<u64>) -> Ws {
+pub async fn control(server: &TestServer, session: &str, token: &str, after: Option<u64>) -> Ws {
     let after = after.map(|c| format!("&tasks_after={c}")).unwrap_or_default();
     let mut ws = ws_connect(server, &format!("/api/sessions/{session}/control?token={token}{after}"), &[]).await;
     let hello = next_json(&mut ws, Duration::from_secs(10)).await.expect("CONNECTED");
@@ -85,7 +85,7 @@ async fn next_json(ws: &mut Ws, limit: Duration) -> Option<Value> {
 }
 
 /// Reads TASK_UPDATEs (answering nothing else) until `stop` holds for one, or `limit`.
-async fn task_updates(ws: &mut Ws, limit: Duration, stop: impl Fn(&Value) -> bool) -> Vec<Value> {
+pub async fn task_updates(ws: &mut Ws, limit: Duration, stop: impl Fn(&Value) -> bool) -> Vec<Value> {
     let deadline = tokio::time::Instant::now() + limit;
     let mut updates = Vec::new();
     while let Some(message) = next_json(ws, deadline - tokio::time::Instant::now()).await {
