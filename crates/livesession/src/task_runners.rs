@@ -155,8 +155,16 @@ async fn keep_lease(app: Arc<App>, task_id: String, lease: String, stop: Cancell
 async fn execute(app: &Arc<App>, http: &Option<reqwest::Client>, task: &livesession_tasks::Task, ctx: &LocalRun) -> Result<Value, RunError> {
     let input = TaskInput::from_stored(task.kind, &task.input)
         .map_err(|e| RunError::Failed(format!("the stored task is invalid: {e}")))?;
-    let handle = session_desktop(app, &task.session_id, ctx).await?;
-    let browser = crate::cdp_relay::browser_client(app, &handle).await.map_err(RunError::Failed)?;
+    let browser = match crate::cluster::route(app, &task.session_id, true).await {
+        crate::cluster::Route::Local => {
+            let handle = session_desktop(app, &task.session_id, ctx).await?;
+            crate::cdp_relay::browser_client(app, &handle).await.map_err(RunError::Failed)?
+        }
+        // The session's desktop runs on another node: the run drives it from here as an
+        // agent would, through this node's relay to that node's DevTools endpoint (which
+        // holds its commands back while the person has control there).
+        crate::cluster::Route::Relay { node_id, .. } => remote_browser(app, &task.session_id, &node_id).await?,
+    };
     let page = Page::attach(&browser)
         .await
         .map_err(|e| RunError::Failed(format!("could not open the browser's page: {e}")))?;
@@ -179,6 +187,22 @@ async fn execute(app: &Arc<App>, http: &Option<reqwest::Client>, task: &livesess
             })
         }
     }
+}
+
+/// The browser of a session whose desktop runs on another node, reached with an agent
+/// token through this node's own relay (cluster/relay.rs).
+async fn remote_browser(app: &Arc<App>, session_id: &str, node_id: &str) -> Result<livesession_tasks::cdp::Cdp, RunError> {
+    let session = match app.sessions.get(session_id).await {
+        Ok(Some(session)) => session,
+        Ok(None) => return Err(RunError::Failed("the session no longer exists".into())),
+        Err(e) => return Err(RunError::Failed(format!("the session store failed: {e}"))),
+    };
+    let (token, _) = app.tokens.access(session_id, crate::auth::Role::Agent, session.expires_at);
+    let port = app.local_addr.port();
+    let url = format!("ws://127.0.0.1:{port}/api/sessions/{session_id}/cdp?token={token}");
+    livesession_tasks::cdp::Cdp::connect_url(&url)
+        .await
+        .map_err(|e| RunError::Failed(format!("could not reach the session's browser on node {node_id}: {}", crate::cluster::redact_token(&e.to_string()))))
 }
 
 /// The session's desktop, started (or resumed) if it is not running, after a wait in

@@ -115,3 +115,30 @@ pub async fn route(app: &App, session_id: &str, place: bool) -> Route {
         _ => Route::Local,
     }
 }
+
+/// `text` with any `token=` value replaced: an error that quotes a URL names no token.
+pub fn redact_token(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("token=") {
+        out.push_str(&rest[..at + 6]);
+        out.push_str("***");
+        rest = &rest[at + 6..];
+        let end = rest.find(|c: char| c == '&' || c == ' ' || c == '"' || c == '\'').unwrap_or(rest.len());
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn tokens_in_urls_are_redacted() {
+        assert_eq!(
+            super::redact_token("ws://127.0.0.1:1/api/sessions/s/cdp?token=abc.def&x=1: refused"),
+            "ws://127.0.0.1:1/api/sessions/s/cdp?token=***&x=1: refused"
+        );
+        assert_eq!(super::redact_token("no secret here"), "no secret here");
+    }
+}
