@@ -56,15 +56,23 @@ pub fn session_route(path: &str) -> Option<(&str, bool)> {
 /// session's desktop. A request another node relayed here is served here, never relayed
 /// on (no loops).
 pub async fn to_owner(State(app): State<AppState>, request: Request, next: Next) -> Response {
-    if !app.cluster.enabled() || request.extensions().get::<RelayedFrom>().is_some() {
+    if !app.cluster.enabled() {
         return next.run(request).await;
     }
     let Some((id, place)) = session_route(request.uri().path()) else {
         return next.run(request).await;
     };
     let id = id.to_owned();
+    let relayed = request.extensions().get::<RelayedFrom>().is_some();
     match super::route(&app, &id, place).await {
         Route::Local => next.run(request).await,
+        // Relayed here, but the session is placed elsewhere now (this node was counted
+        // dead, or it moved while the request travelled): not served here, so that no
+        // session runs on two nodes; the client reconnects and is relayed anew.
+        Route::Relay { node_id, .. } if relayed => {
+            let reason = format!("desktop unavailable: the session's desktop moved to another node ({node_id}); reconnect");
+            refuse(request, reason, StatusCode::SERVICE_UNAVAILABLE, "node_moved").await
+        }
         Route::Relay { node_id, addr } => forward(&app, &id, &node_id, &addr, request).await,
     }
 }
@@ -152,6 +160,12 @@ async fn unreachable(request: Request, node_id: &str) -> Response {
     let reason = format!(
         "desktop unavailable: the node running this session's desktop ({node_id}) cannot be reached; reconnect"
     );
+    refuse(request, reason, StatusCode::SERVICE_UNAVAILABLE, "node_unreachable").await
+}
+
+/// Refuses a request: a WebSocket with 4010 and the reason, anything else with `status`,
+/// `code` and `Retry-After: 2`.
+async fn refuse(request: Request, reason: String, status: StatusCode, code: &'static str) -> Response {
     if is_websocket(&request) {
         let (mut parts, _) = request.into_parts();
         if let Ok(upgrade) = WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
@@ -161,7 +175,7 @@ async fn unreachable(request: Request, node_id: &str) -> Response {
             });
         }
     }
-    let mut response = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "node_unreachable", reason).into_response();
+    let mut response = ApiError::new(status, code, reason).into_response();
     response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
     response
 }
