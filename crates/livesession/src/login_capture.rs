@@ -148,6 +148,18 @@ impl BeforeReady for FirstLooks {
     async fn before_ready(&self, session: &livesession_session::Session, handle: &Arc<DesktopHandle>, resuming: bool) {
         let Some(app) = self.0.upgrade() else { return };
         let id = &session.id;
+        if app.cluster.enabled() && !app.logins.watched.lock().unwrap().contains_key(id) {
+            // With several nodes the login may have been created on another node, or its
+            // desktop moved here: the node running the desktop watches it.
+            match app.logins.store().login_for_session(id).await {
+                Ok(Some(login)) if login.outcome.is_none() => {
+                    tracing::info!(session_id = %id, login_id = %login.id, "login capture: watching here, where its desktop runs");
+                    watch(&app, login);
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(session_id = %id, error = %e, "login capture: could not read the session's login"),
+            }
+        }
         let Some(done) = app.logins.watched.lock().unwrap().get(id).map(|w| w.done.clone()) else {
             return;
         };
