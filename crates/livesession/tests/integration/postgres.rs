@@ -185,6 +185,91 @@ async fn task_updates_written_through_one_server_reach_control_channels_on_anoth
     a.stop().await;
 }
 
+/// Two nodes with a cluster secret and a shared directory: a session's desktop is placed
+/// on one node (the least loaded; on a tie, the first id), a viewer connecting through the
+/// other is relayed there and sees the page, only the placed node runs a desktop, and a
+/// revocation through the relaying node closes both connections with 4008 within a second.
+/// When the placed node stops, the relayed viewer is told why (4011 passed through, or
+/// 4010 from the relay), and the session moves to the node still running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_a_cluster_secret_one_node_runs_the_desktop_and_the_other_relays_to_it() {
+    let database = livesession_pgtest::database();
+    let page = PageServer::start().await;
+    let page_args = page.server_args();
+    let shared = tempfile::Builder::new().prefix("lsshared").tempdir_in("/tmp").unwrap();
+    let shared_dir = shared.path().to_str().unwrap().to_owned();
+    let node = |id: &'static str| {
+        vec![
+            "--database-url".to_owned(), database.clone(),
+            "--cluster-secret".to_owned(), "a-test-cluster-secret-of-forty-characters".to_owned(),
+            "--shared-dir".to_owned(), shared_dir.clone(),
+            "--node-id".to_owned(), id.to_owned(),
+            "--node-heartbeat".to_owned(), "1".to_owned(),
+            "--node-dead-after".to_owned(), "2".to_owned(),
+            page_args[0].clone(), page_args[1].clone(),
+        ]
+    };
+    let args_a = node("node-a");
+    let a = TestServer::start(&args_a.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let args_b = node("node-b");
+    let b = TestServer::start(&args_b.iter().map(String::as_str).collect::<Vec<_>>()).await;
+
+    // Made on B, placed when first needed: both nodes are idle, so on node-a.
+    let id = b.create_session(json!({"start_url": page.url})).await["id"].as_str().unwrap().to_owned();
+    assert_eq!(a.get_session(&id).await["node"], serde_json::Value::Null, "not placed before it is needed");
+    // Minted by A, used on B: the shared directory holds one signing key.
+    let token = a.mint_token(&id).await;
+    let ws = ws_connect(&b, &format!("/api/sessions/{id}/vnc?token={token}"), &[]).await;
+    assert_eq!(b.get_session(&id).await["node"], "node-a");
+    let mut rfb = rfb_over_ws(ws).await;
+    let share = wait_for_colour(&mut rfb, MAGENTA, 0.5, Duration::from_secs(60)).await;
+    assert!(share >= 0.5, "through node-b, the page covers {share:.2} of node-a's desktop");
+    // One desktop, on node-a.
+    assert_eq!(a.get_session(&id).await["desktop"], "ready");
+    assert!(!b.desktop_dir(&id).exists(), "node-b runs no desktop of its own for the session");
+    drop(rfb);
+
+    // A control channel on each node; revoked through node-b: both close with 4008.
+    let mut via_b = ws_connect(&b, &format!("/api/sessions/{id}/control?token={token}"), &[]).await;
+    let mut on_a = ws_connect(&a, &format!("/api/sessions/{id}/control?token={token}"), &[]).await;
+    use futures_util::StreamExt;
+    for ws in [&mut via_b, &mut on_a] {
+        let hello = tokio::time::timeout(Duration::from_secs(10), ws.next()).await.unwrap().unwrap().unwrap();
+        assert!(hello.is_text(), "{hello:?}");
+    }
+    let revoked_at = std::time::Instant::now();
+    b.revoke(&id).await;
+    for (name, ws) in [("relayed through node-b", &mut via_b), ("on node-a", &mut on_a)] {
+        let (code, reason) = close_of(ws, Duration::from_secs(5)).await;
+        assert_eq!((code, reason.as_str()), (4008, "session revoked"), "{name}");
+    }
+    let took = revoked_at.elapsed();
+    assert!(took < Duration::from_secs(1), "both closed {took:?} after the revocation");
+
+    // A second session, placed on the now idle node-a again, watched through node-b; node-a
+    // stops: the relayed viewer is told, and the session moves to node-b.
+    let id = b.create_session(json!({"start_url": page.url})).await["id"].as_str().unwrap().to_owned();
+    let token = b.mint_token(&id).await;
+    let mut via_b = watching(&b, &id).await;
+    assert_eq!(b.get_session(&id).await["node"], "node-a");
+    drop(a.stop().await);
+    let (code, reason) = close_of(&mut via_b, Duration::from_secs(30)).await;
+    assert!(matches!(code, 4010 | 4011), "the relayed viewer is told: {code} {reason}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut rfb = loop {
+        let ws = ws_connect(&b, &format!("/api/sessions/{id}/vnc?token={token}"), &[]).await;
+        if b.get_session(&id).await["node"] == "node-b" {
+            break rfb_over_ws(ws).await;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the session moves to node-b once node-a is gone");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let share = wait_for_colour(&mut rfb, MAGENTA, 0.5, Duration::from_secs(60)).await;
+    assert!(share >= 0.5, "on node-b the page covers {share:.2}");
+    drop(rfb);
+    b.stop().await;
+}
+
 /// Notifications sent while a server's listening connection is down are gone: the
 /// server resynchronises from the store when it listens again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
