@@ -404,7 +404,9 @@ impl Desktops {
         let generation = self.generations.fetch_add(1, Ordering::Relaxed);
         slot.generation = generation;
         slot.resume_wanted = false;
-        let resuming = slot.hibernated;
+        // From a saved state: a hibernation's, or (with several nodes) the last save of a
+        // session whose node died, which leaves `hibernated_at` clear.
+        let resuming = slot.hibernated || self.states.has_own_state(&slot.session.id);
         slot.status.send_replace(if resuming {
             DesktopStatus::Resuming(Piece::Xvnc)
         } else {
