@@ -217,7 +217,12 @@ pub struct Metrics {
     relayed: Family<RelayLabels, Counter>,
     webhooks: Family<ResultLabel, Counter>,
     closes: Family<CloseLabels, Counter>,
+    node_relays: Family<ResultLabel, Counter>,
+    node_relays_open: Gauge,
 }
+
+/// What became of a request this node relayed to another (cluster/relay.rs).
+pub const NODE_RELAY_RESULTS: [&str; 5] = ["websocket", "http", "unreachable", "failed", "moved"];
 
 impl Metrics {
     /// The families, registered; the limits' refusal counts are read from `limits` (the
@@ -246,6 +251,8 @@ impl Metrics {
             relayed: Family::default(),
             webhooks: Family::default(),
             closes: Family::default(),
+            node_relays: Family::default(),
+            node_relays_open: Gauge::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -308,7 +315,16 @@ impl Metrics {
         );
         r.register("webhook_events", "Stripe webhook deliveries by result", metrics.webhooks.clone());
         r.register("websocket_closes", "WebSocket close frames the server sent, by kind and close code", metrics.closes.clone());
+        r.register(
+            "node_relays",
+            "Requests for a session's desktop relayed to the node running it, by result: websocket (relayed WebSocket), http (other relayed request), unreachable (the node could not be reached), failed (it failed the request), moved (a relayed request refused here: the session is placed elsewhere)",
+            metrics.node_relays.clone(),
+        );
+        r.register("node_relays_open", "WebSockets relayed through this node to the nodes running their desktops, open now", metrics.node_relays_open.clone());
         r.register_collector(Box::new(LimitsCollector { limits, cdp }));
+        for result in NODE_RELAY_RESULTS {
+            let _ = metrics.node_relays.get_or_create(&ResultLabel { result });
+        }
 
         // Every fixed label value is present from the start: a rate of a series that
         // appears with its first event is never seen by `rate()`.
@@ -363,6 +379,17 @@ impl Metrics {
             to_client: counter("to_client"),
             from_client: counter("from_client"),
         }
+    }
+
+    /// A request relayed to another node ended as `result` ([`NODE_RELAY_RESULTS`]).
+    pub fn node_relay(&self, result: &'static str) {
+        self.node_relays.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    /// Counts a relayed WebSocket as open; decrement the returned gauge when it ends.
+    pub fn node_relay_opened(&self) -> Gauge {
+        self.node_relays_open.inc();
+        self.node_relays_open.clone()
     }
 
     pub fn webhook(&self, result: WebhookResult) {

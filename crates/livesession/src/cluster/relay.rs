@@ -70,6 +70,7 @@ pub async fn to_owner(State(app): State<AppState>, request: Request, next: Next)
         // dead, or it moved while the request travelled): not served here, so that no
         // session runs on two nodes; the client reconnects and is relayed anew.
         Route::Relay { node_id, .. } if relayed => {
+            app.metrics.node_relay("moved");
             let reason = format!("desktop unavailable: the session's desktop moved to another node ({node_id}); reconnect");
             refuse(request, reason, StatusCode::SERVICE_UNAVAILABLE, "node_moved").await
         }
@@ -91,10 +92,12 @@ async fn forward(app: &App, session_id: &str, node_id: &str, addr: &str, mut req
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
             tracing::warn!(session_id, node_id, error = %e, "the node running this session's desktop cannot be reached");
+            app.metrics.node_relay("unreachable");
             return unreachable(request, node_id).await;
         }
         Err(_) => {
             tracing::warn!(session_id, node_id, "the node running this session's desktop did not answer in time");
+            app.metrics.node_relay("unreachable");
             return unreachable(request, node_id).await;
         }
     };
@@ -110,6 +113,7 @@ async fn forward(app: &App, session_id: &str, node_id: &str, addr: &str, mut req
         Ok(pair) => pair,
         Err(e) => {
             tracing::warn!(session_id, node_id, error = %e, "could not speak HTTP to the node running this session's desktop");
+            app.metrics.node_relay("failed");
             return node_failed(node_id);
         }
     };
@@ -130,10 +134,12 @@ async fn forward(app: &App, session_id: &str, node_id: &str, addr: &str, mut req
         Ok(Ok(answer)) => answer,
         Ok(Err(e)) => {
             tracing::warn!(session_id, node_id, error = %e, "the node running this session's desktop failed the relayed request");
+            app.metrics.node_relay("failed");
             return node_failed(node_id);
         }
         Err(_) => {
             tracing::warn!(session_id, node_id, "the node running this session's desktop did not answer the relayed request in time");
+            app.metrics.node_relay("failed");
             return node_failed(node_id);
         }
     };
@@ -143,12 +149,18 @@ async fn forward(app: &App, session_id: &str, node_id: &str, addr: &str, mut req
         let upstream_upgrade = hyper::upgrade::on(&mut answer);
         let shutdown = app.shutdown.clone();
         let node_id = node_id.to_owned();
+        app.metrics.node_relay("websocket");
+        let open = app.metrics.node_relay_opened();
         app.tasks.spawn(async move {
             let (Ok(client), Ok(upstream)) = (client_upgrade.await, upstream_upgrade.await) else {
+                open.dec();
                 return;
             };
             pipe(TokioIo::new(client), TokioIo::new(upstream), &node_id, shutdown).await;
+            open.dec();
         });
+    } else {
+        app.metrics.node_relay("http");
     }
     let (parts, body) = answer.into_parts();
     Response::from_parts(parts, Body::new(body))

@@ -227,6 +227,9 @@ async fn with_a_cluster_secret_one_node_runs_the_desktop_and_the_other_relays_to
     // One desktop, on node-a.
     assert_eq!(a.get_session(&id).await["desktop"], "ready");
     assert!(!b.desktop_dir(&id).exists(), "node-b runs no desktop of its own for the session");
+    let metrics = reqwest::Client::new().get(b.url("/metrics")).bearer_auth(ADMIN).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("livesession_node_relays_total{result=\"websocket\"} 1\n"), "node-b counted the relayed WebSocket:\n{metrics}");
+    assert!(metrics.contains("livesession_node_relays_open 1\n"), "and it is open:\n{metrics}");
     drop(rfb);
 
     // A control channel on each node; revoked through node-b: both close with 4008.
