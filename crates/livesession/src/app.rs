@@ -329,6 +329,14 @@ pub async fn build(config: ServeConfig, local_addr: SocketAddr) -> Result<Arc<Ap
             let (sessions, id, cursor) = (announcer.clone(), event.session_id.clone(), event.cursor);
             tokio::spawn(async move { sessions.announce_task_event(&id, cursor).await });
         }));
+        // After a resynchronisation, announcements may have been lost: followers read again.
+        let mut resyncs = sessions.resyncs();
+        let rereading = queue.clone();
+        tokio::spawn(async move {
+            while resyncs.changed().await.is_ok() {
+                rereading.ask_followers_to_reread();
+            }
+        });
         let mut elsewhere = sessions.task_events_elsewhere();
         let queue = queue.clone();
         tokio::spawn(async move {

@@ -22,6 +22,9 @@ pub struct TaskFeed {
     queue: Arc<TaskQueue>,
     session_id: String,
     live: tokio::sync::broadcast::Receiver<TaskEvent>,
+    /// Asks for a fresh read of the store (events written on other servers may have been
+    /// missed: `TaskQueue::ask_followers_to_reread`).
+    reread: tokio::sync::watch::Receiver<u64>,
     pending: VecDeque<TaskEvent>,
     /// The cursor of the last event handed out.
     last: u64,
@@ -34,10 +37,12 @@ impl TaskFeed {
     pub fn new(queue: Arc<TaskQueue>, session_id: &str, after: u64) -> Self {
         // Subscribed before the first read: nothing committed in between is missed.
         let live = queue.subscribe(session_id);
+        let reread = queue.rereads();
         Self {
             queue,
             session_id: session_id.to_owned(),
             live,
+            reread,
             pending: VecDeque::new(),
             last: after,
             behind: true,
@@ -65,13 +70,56 @@ impl TaskFeed {
                 }
                 continue;
             }
-            match self.live.recv().await {
-                // Already read from the store.
-                Ok(event) if event.cursor <= self.last => {}
-                Ok(_) | Err(RecvError::Lagged(_)) => self.behind = true,
-                // The queue is gone (shutdown): nothing more will come.
-                Err(RecvError::Closed) => std::future::pending::<()>().await,
+            tokio::select! {
+                received = self.live.recv() => match received {
+                    // Already read from the store.
+                    Ok(event) if event.cursor <= self.last => {}
+                    Ok(_) | Err(RecvError::Lagged(_)) => self.behind = true,
+                    // The queue is gone (shutdown): nothing more will come.
+                    Err(RecvError::Closed) => std::future::pending::<()>().await,
+                },
+                changed = self.reread.changed() => match changed {
+                    Ok(()) => self.behind = true,
+                    Err(_) => std::future::pending::<()>().await,
+                },
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use livesession_tasks::queue::QueueConfig;
+    use livesession_tasks::{SqliteTaskStore, TaskInput, TaskQueue};
+
+    use super::TaskFeed;
+
+    /// Two queues on one store play two servers: what one writes reaches the other's
+    /// followers only when they are asked to read again (as after a resynchronisation).
+    #[tokio::test]
+    async fn a_follower_asked_to_reread_finds_events_written_elsewhere() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn livesession_tasks::TaskStore> =
+            Arc::new(SqliteTaskStore::open(&dir.path().join("livesession.db")).await.unwrap());
+        let here = TaskQueue::new(store.clone(), QueueConfig::default());
+        let elsewhere = TaskQueue::new(store, QueueConfig::default());
+        let mut feed = TaskFeed::new(here.clone(), "s1", 0);
+
+        let input = TaskInput::parse(&serde_json::json!({"kind": "steps", "steps": [{"action": "screenshot"}]})).unwrap();
+        let task = elsewhere.create("s1", &input).await.unwrap();
+        // The store is read once at the start: the event is there already.
+        let first = tokio::time::timeout(Duration::from_secs(2), feed.next()).await.expect("the event already written");
+        assert_eq!(first.task_id, task.id);
+
+        // Written elsewhere after the first read: not heard of here…
+        let second = elsewhere.create("s1", &input).await.unwrap();
+        assert!(tokio::time::timeout(Duration::from_millis(300), feed.next()).await.is_err(), "nothing heard without a notice");
+        // …until the followers are asked to read again.
+        here.ask_followers_to_reread();
+        let next = tokio::time::timeout(Duration::from_secs(2), feed.next()).await.expect("read again");
+        assert_eq!(next.task_id, second.id);
     }
 }

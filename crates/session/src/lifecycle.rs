@@ -86,6 +86,9 @@ pub struct Sessions {
     fanout: std::sync::OnceLock<Arc<dyn Fanout>>,
     /// Other servers' task events (session, cursor), for the task queue (fanout.rs).
     task_events: tokio::sync::broadcast::Sender<(String, u64)>,
+    /// Counts resynchronisations: followers of what notices carry (task updates) read
+    /// the store again at each.
+    resyncs: tokio::sync::watch::Sender<u64>,
 }
 
 impl Sessions {
@@ -99,6 +102,7 @@ impl Sessions {
             deadline_added: Notify::new(),
             fanout: std::sync::OnceLock::new(),
             task_events: tokio::sync::broadcast::channel(1024).0,
+            resyncs: tokio::sync::watch::channel(0).0,
         })
     }
 
@@ -144,6 +148,12 @@ impl Sessions {
         self.publish(Notice::TaskEvent { session_id: session_id.to_owned(), cursor }).await;
     }
 
+    /// Changes at every resynchronisation ([`Sessions::resync`]): task events announced
+    /// meanwhile may be lost too.
+    pub fn resyncs(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.resyncs.subscribe()
+    }
+
     /// The other servers' task events, as (session, cursor).
     pub fn task_events_elsewhere(&self) -> tokio::sync::broadcast::Receiver<(String, u64)> {
         self.task_events.subscribe()
@@ -153,6 +163,7 @@ impl Sessions {
     /// server's connections follow is read again from the store and signalled if it
     /// ended, and every active session's deadline is scheduled again.
     pub async fn resync(&self) {
+        self.resyncs.send_modify(|n| *n += 1);
         let sessions: Vec<String> = self
             .signals
             .lock()

@@ -73,6 +73,9 @@ pub struct TaskQueue {
     /// Told of every event this queue writes, to tell other servers sharing the store
     /// ([`TaskQueue::set_on_publish`]).
     on_publish: std::sync::OnceLock<Box<dyn Fn(&TaskEvent) + Send + Sync>>,
+    /// Bumped when followers must read the store again: events written elsewhere may
+    /// have been missed ([`TaskQueue::ask_followers_to_reread`]).
+    reread: tokio::sync::watch::Sender<u64>,
 }
 
 impl TaskQueue {
@@ -85,7 +88,19 @@ impl TaskQueue {
             wake: Notify::new(),
             write_order: tokio::sync::Mutex::new(()),
             on_publish: std::sync::OnceLock::new(),
+            reread: tokio::sync::watch::channel(0).0,
         })
+    }
+
+    /// Tells every follower of task events to read the store again (another server's
+    /// announcements may have been lost while the server did not listen).
+    pub fn ask_followers_to_reread(&self) {
+        self.reread.send_modify(|n| *n += 1);
+    }
+
+    /// Changes whenever followers must read the store again.
+    pub fn rereads(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.reread.subscribe()
     }
 
     /// Calls `hook` with every event this queue writes (the server sends it on to the
