@@ -458,10 +458,23 @@ pub async fn launch(
     let desktops = app.desktops.clone();
     let sessions = app.sessions.clone();
     let queue = app.queue.clone();
+    let stopping = app.shutdown.clone();
     let cleanup = tokio::spawn(async move {
-        use tokio::sync::broadcast::error::RecvError;
+        use tokio::sync::broadcast::error::{RecvError, TryRecvError};
         loop {
-            match ended.recv().await {
+            // At shutdown the ends already heard of are still finished (their desktops
+            // stopped, or saved to their profile), then the loop ends: a stop cut off
+            // half-way would leave the desktop's mounts behind, and the shutdown's
+            // hibernation must not save a session that has ended.
+            let received = tokio::select! {
+                received = ended.recv() => received,
+                () = stopping.cancelled() => match ended.try_recv() {
+                    Ok(end) => Ok(end),
+                    Err(TryRecvError::Lagged(missed)) => Err(RecvError::Lagged(missed)),
+                    Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+                },
+            };
+            match received {
                 Ok((id, end)) => {
                     let reason = match end {
                         livesession_session::SessionEnd::Expired => "the session expired",
@@ -567,12 +580,15 @@ pub async fn launch(
     }
     // Running desktops are saved (hibernated) so a restart resumes them; the rest stop.
     let _ = keeper.await;
+    // Sessions that ended just before are finished first (see the cleanup loop).
+    if tokio::time::timeout(crate::desktops::SHUTDOWN_SAVE_BOUND, cleanup).await.is_err() {
+        tracing::warn!("desktops of sessions that just ended were still stopping after {} s", crate::desktops::SHUTDOWN_SAVE_BOUND.as_secs());
+    }
     app.desktops.shut_down(crate::desktops::SHUTDOWN_SAVE_BOUND).await;
     // Drained: its sessions are saved, so other nodes may now take them.
     deregister.cancel();
     // Nothing is being saved or started any more.
     app.states.close();
-    cleanup.abort();
     let _ = expiry.await;
     let _ = node.await;
     let _ = sweeper.await;

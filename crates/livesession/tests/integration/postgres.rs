@@ -273,6 +273,43 @@ async fn with_a_cluster_secret_one_node_runs_the_desktop_and_the_other_relays_to
     b.stop().await;
 }
 
+/// A server stopped just after another server revoked a session whose desktop it runs:
+/// the desktop's stop, begun when the revocation arrived, is finished before the server
+/// exits, so nothing of the desktop is left mounted (it was, when shutdown cut the stop
+/// off half-way).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_server_stopped_right_after_a_revocation_elsewhere_leaves_no_desktop_behind() {
+    let database = livesession_pgtest::database();
+    let args = ["--database-url", database.as_str()];
+    let a = TestServer::start(&args).await;
+    let b = second_server(&a, &args).await;
+    let desktops = a.desktops_root();
+    for delay_ms in [0u64, 2, 5, 10] {
+        let id = a.create_session(json!({})).await["id"].as_str().unwrap().to_owned();
+        let on_a = watching(&a, &id).await;
+        drop(on_a);
+        b.revoke(&id).await;
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        if delay_ms == 10 {
+            break;
+        }
+        // The next round needs A running: only the last round stops it (below); the
+        // others check that an end heard of by the fan-out stops the desktop whole.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while a.desktop_dir(&id).exists() {
+            assert!(tokio::time::Instant::now() < deadline, "A stopped the revoked session's desktop");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let data = a.stop().await;
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let root = desktops.to_string_lossy().into_owned();
+    let left: Vec<&str> = mounts.lines().filter(|l| l.contains(root.as_str())).collect();
+    assert!(left.is_empty(), "mounts left under {root}: {left:#?}");
+    drop(data);
+    b.stop().await;
+}
+
 /// Notifications sent while a server's listening connection is down are gone: the
 /// server resynchronises from the store when it listens again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
