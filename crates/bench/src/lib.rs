@@ -12,6 +12,7 @@
 pub mod capacity;
 pub mod cdp;
 pub mod client;
+pub mod cluster;
 pub mod control;
 pub mod hibernate;
 pub mod memory;

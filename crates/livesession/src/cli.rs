@@ -101,6 +101,11 @@ enum BenchCommand {
         #[arg(long, default_value = "docs/performance.md")]
         doc: std::path::PathBuf,
     },
+    /// Three nodes on one PostgreSQL (started on loopback): placement spread, relay
+    /// latency (control PING → PONG) and throughput (a 64 MiB file), revocation fan-out;
+    /// `--max-sessions` sessions (default 30), `--runs` round trips per path (500). Not
+    /// part of `all`.
+    Cluster(BenchRunArgs),
 }
 
 /// Settings of the whole-system benchmarks, which start this binary's own server.
@@ -359,6 +364,13 @@ async fn bench_command(command: BenchCommand) -> ExitCode {
             BenchCommand::Hibernate(a) => match bench::hibernate::run(&a.options()).await {
                 Ok(r) => {
                     println!("{}\n{}", r.table().render(), r.hold_table().render());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => print(Err(e)),
+            },
+            BenchCommand::Cluster(a) => match bench::cluster::run(&a.options()).await {
+                Ok(r) => {
+                    println!("{}", r.markdown());
                     ExitCode::SUCCESS
                 }
                 Err(e) => print(Err(e)),
