@@ -3,6 +3,8 @@
 
 mod api;
 mod cdp;
+mod cluster;
+mod cluster_support;
 mod control;
 mod defences;
 mod doctor;
