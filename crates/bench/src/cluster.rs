@@ -38,27 +38,12 @@ use tokio_tungstenite::tungstenite::Message;
 
 use super::client::{Ws, connect_ws_with};
 use super::report::{Table, fmt_ms};
-use super::server::{free_port, tail};
+use super::server::{BENCH_LIMITS as LIMITS, free_port, tail};
 use super::stats::Summary;
 use super::{Options, progress};
 
 pub const NODE_IDS: [&str; 3] = ["a", "b", "c"];
 
-/// Flags every node gets: the benchmark opens many connections from one address, quickly.
-const LIMITS: [&str; 12] = [
-    "--max-connections-per-ip",
-    "10000",
-    "--max-connections-per-session",
-    "1000",
-    "--connect-rate",
-    "10000",
-    "--connect-burst",
-    "10000",
-    "--create-rate",
-    "1000",
-    "--create-burst",
-    "1000",
-];
 
 /// The file the throughput step moves.
 const FILE_BYTES: usize = 64 << 20;

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 /// Flags every benchmark server gets: the benchmark opens many connections from one
 /// address, to one session, quickly.
-const BENCH_LIMITS: [&str; 12] = [
+pub(crate) const BENCH_LIMITS: [&str; 12] = [
     "--max-connections-per-ip",
     "10000",
     "--max-connections-per-session",
