@@ -24,5 +24,8 @@ cat "${CARGO_TARGET_DIR:-target}/tmp/fault-report.txt"
 echo "==> The REST API against its OpenAPI spec (schemathesis)"
 bash scripts/api-check.sh
 
+echo "==> deploy/kubernetes/ validated offline (kubectl, kubernetes-validate; no cluster runs here)"
+bash scripts/k8s-check.sh
+
 echo "==> Playwright end-to-end tests"
 LIVESESSION_BIN="$PWD/target/debug/livesession" node --test --test-concurrency=1 e2e/
