@@ -172,12 +172,16 @@ pub fn command(
         // for bubblewrap (`--seccomp 9`), starts the user-namespace limiter (below), and
         // becomes bubblewrap. It waits for the limiter's first fork, so that bubblewrap
         // has no child but the sandbox (the runtime finds the sandbox as its first child).
+        // With a uid of its own, it first checks that setpriv did clear the capability
+        // bounding set: without CAP_SETPCAP (a container that dropped it) setpriv leaves
+        // it as it was and says nothing, and the desktop does not start then.
+        let bounding_set_check = if confinement.uid.is_some() { BOUNDING_SET_CHECK } else { "" };
         argv.extend(
             [
                 "/bin/sh".to_owned(),
                 "-c".to_owned(),
                 format!(
-                    r#"f=$1; shift; p=$$; ( ( {} ) & ); exec "$@" {SECCOMP_FD}<"$f""#,
+                    r#"{bounding_set_check}f=$1; shift; p=$$; ( ( {} ) & ); exec "$@" {SECCOMP_FD}<"$f""#,
                     limiter_script()
                 ),
                 "livesession-sandbox".to_owned(),
@@ -192,6 +196,9 @@ pub fn command(
     argv.extend(["/bin/bash", "-c", script, "livesession-desktop"].map(OsString::from));
     argv
 }
+
+/// Refuses to go on unless the capability bounding set is empty (exit 126, with why).
+const BOUNDING_SET_CHECK: &str = "grep -q '^CapBnd:[[:space:]]*0*$' /proc/self/status || { echo 'livesession: the capability bounding set was not cleared (the server lacks CAP_SETPCAP); not starting the desktop' >&2; exit 126; }; ";
 
 /// The limiter, as a shell command run in the background by the desktop's user outside
 /// the sandbox (`$p`: the pid that becomes bubblewrap). It waits for bubblewrap's child
@@ -440,6 +447,25 @@ pub fn traversable_by_others(dir: &Path) -> Result<(), PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The check passes only once the bounding set is empty: it stops a desktop started
+    /// by a server whose setpriv could not clear it (here: not asked to), and lets one
+    /// through whose set was cleared (setpriv as root, which holds CAP_SETPCAP).
+    #[test]
+    fn the_bounding_set_check_stops_a_desktop_whose_set_was_not_cleared() {
+        let run = |prefix: &[&str]| {
+            let mut argv: Vec<&str> = prefix.to_vec();
+            let script = format!("{BOUNDING_SET_CHECK}echo started");
+            argv.extend(["/bin/sh", "-c", script.as_str()]);
+            let out = std::process::Command::new(argv[0]).args(&argv[1..]).output().unwrap();
+            (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+        };
+        let (code, stdout, stderr) = run(&[]);
+        assert_eq!((code, stdout.as_str()), (Some(126), ""), "the test runs with a full bounding set: {stderr}");
+        assert!(stderr.contains("lacks CAP_SETPCAP"), "{stderr}");
+        let (code, stdout, stderr) = run(&["setpriv", "--bounding-set=-all", "--"]);
+        assert_eq!((code, stdout.as_str()), (Some(0), "started\n"), "{stderr}");
+    }
 
     fn dirs() -> DesktopDirs {
         DesktopDirs {
