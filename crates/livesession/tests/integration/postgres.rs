@@ -273,6 +273,59 @@ async fn with_a_cluster_secret_one_node_runs_the_desktop_and_the_other_relays_to
     b.stop().await;
 }
 
+/// Two nodes with a cluster secret: a task whose session's desktop runs on node-a is
+/// claimed by node-b's built-in runner (node-a has none), which drives that desktop
+/// through the relay rather than starting a second one; the task succeeds, and the
+/// person watching on node-a sees its updates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_built_in_runner_drives_a_desktop_on_another_node_through_the_relay() {
+    let database = livesession_pgtest::database();
+    let page = PageServer::start().await;
+    let page_args = page.server_args();
+    let shared = tempfile::Builder::new().prefix("lsshared").tempdir_in("/tmp").unwrap();
+    let shared_dir = shared.path().to_str().unwrap().to_owned();
+    let node = |id: &'static str, runners: &'static str| {
+        vec![
+            "--database-url".to_owned(), database.clone(),
+            "--cluster-secret".to_owned(), "a-test-cluster-secret-of-forty-characters".to_owned(),
+            "--shared-dir".to_owned(), shared_dir.clone(),
+            "--node-id".to_owned(), id.to_owned(),
+            "--node-heartbeat".to_owned(), "1".to_owned(),
+            "--steps-runners".to_owned(), runners.to_owned(),
+            page_args[0].clone(), page_args[1].clone(),
+        ]
+    };
+    let args_a = node("node-a", "0");
+    let a = TestServer::start(&args_a.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let args_b = node("node-b", "1");
+    let b = TestServer::start(&args_b.iter().map(String::as_str).collect::<Vec<_>>()).await;
+
+    let id = a.create_session(json!({"start_url": page.url})).await["id"].as_str().unwrap().to_owned();
+    let token = a.mint_token(&id).await;
+    // Watched on node-a: placed there (idle nodes, the first id).
+    let mut watching_a = crate::tasks::control(&a, &id, &token, None).await;
+    assert_eq!(a.get_session(&id).await["node"], "node-a");
+
+    let r = b.admin_post(&format!("/api/sessions/{id}/tasks"), json!({"kind": "steps", "steps": [{"action": "screenshot"}]})).await;
+    assert_eq!(r.status(), 201);
+    let task_id = r.json::<serde_json::Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let updates = crate::tasks::task_updates(&mut watching_a, Duration::from_secs(90), |u| {
+        matches!(u["state"].as_str(), Some("succeeded" | "failed" | "cancelled"))
+    })
+    .await;
+    let last = updates.last().expect("task updates on node-a");
+    assert_eq!((last["task_id"].as_str(), last["state"].as_str()), (Some(task_id.as_str()), Some("succeeded")), "{updates:#?}");
+    let task = b.admin_get(&format!("/api/tasks/{task_id}")).await;
+    assert!(
+        task["events"].as_array().unwrap().iter().any(|e| e["screenshot"] == true),
+        "the screenshot was taken in node-a's browser: {task:#}"
+    );
+    assert!(!b.desktop_dir(&id).exists(), "node-b started no desktop of its own");
+    assert_eq!(a.get_session(&id).await["desktop"], "ready");
+    b.stop().await;
+    a.stop().await;
+}
+
 /// A server stopped just after another server revoked a session whose desktop it runs:
 /// the desktop's stop, begun when the revocation arrived, is finished before the server
 /// exits, so nothing of the desktop is left mounted (it was, when shutdown cut the stop
