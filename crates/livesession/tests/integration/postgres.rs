@@ -185,6 +185,38 @@ async fn task_updates_written_through_one_server_reach_control_channels_on_anoth
     a.stop().await;
 }
 
+/// Two nodes on one database with a cluster secret, a shared directory and the page
+/// server; `extra_a` and `extra_b` are each node's own flags.
+struct TwoNodes {
+    a: TestServer,
+    b: TestServer,
+    page: PageServer,
+    _shared: tempfile::TempDir,
+}
+
+async fn two_nodes(extra_a: &[&str], extra_b: &[&str]) -> TwoNodes {
+    let database = livesession_pgtest::database();
+    let page = PageServer::start().await;
+    let page_args = page.server_args();
+    let shared = tempfile::Builder::new().prefix("lsshared").tempdir_in("/tmp").unwrap();
+    let shared_dir = shared.path().to_str().unwrap();
+    let start = async |id: &str, extra: &[&str]| {
+        let mut args = vec![
+            "--database-url", database.as_str(),
+            "--cluster-secret", "a-test-cluster-secret-of-forty-characters",
+            "--shared-dir", shared_dir,
+            "--node-id", id,
+            "--node-heartbeat", "1",
+            page_args[0].as_str(), page_args[1].as_str(),
+        ];
+        args.extend_from_slice(extra);
+        TestServer::start(&args).await
+    };
+    let a = start("node-a", extra_a).await;
+    let b = start("node-b", extra_b).await;
+    TwoNodes { a, b, page, _shared: shared }
+}
+
 /// Two nodes with a cluster secret and a shared directory: a session's desktop is placed
 /// on one node (the least loaded; on a tie, the first id), a viewer connecting through the
 /// other is relayed there and sees the page, only the placed node runs a desktop, and a
@@ -193,26 +225,7 @@ async fn task_updates_written_through_one_server_reach_control_channels_on_anoth
 /// 4010 from the relay), and the session moves to the node still running.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn with_a_cluster_secret_one_node_runs_the_desktop_and_the_other_relays_to_it() {
-    let database = livesession_pgtest::database();
-    let page = PageServer::start().await;
-    let page_args = page.server_args();
-    let shared = tempfile::Builder::new().prefix("lsshared").tempdir_in("/tmp").unwrap();
-    let shared_dir = shared.path().to_str().unwrap().to_owned();
-    let node = |id: &'static str| {
-        vec![
-            "--database-url".to_owned(), database.clone(),
-            "--cluster-secret".to_owned(), "a-test-cluster-secret-of-forty-characters".to_owned(),
-            "--shared-dir".to_owned(), shared_dir.clone(),
-            "--node-id".to_owned(), id.to_owned(),
-            "--node-heartbeat".to_owned(), "1".to_owned(),
-            "--node-dead-after".to_owned(), "2".to_owned(),
-            page_args[0].clone(), page_args[1].clone(),
-        ]
-    };
-    let args_a = node("node-a");
-    let a = TestServer::start(&args_a.iter().map(String::as_str).collect::<Vec<_>>()).await;
-    let args_b = node("node-b");
-    let b = TestServer::start(&args_b.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let TwoNodes { a, b, page, _shared } = two_nodes(&["--node-dead-after", "2"], &["--node-dead-after", "2"]).await;
 
     // Made on B, placed when first needed: both nodes are idle, so on node-a.
     let id = b.create_session(json!({"start_url": page.url})).await["id"].as_str().unwrap().to_owned();
@@ -279,26 +292,7 @@ async fn with_a_cluster_secret_one_node_runs_the_desktop_and_the_other_relays_to
 /// person watching on node-a sees its updates.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_built_in_runner_drives_a_desktop_on_another_node_through_the_relay() {
-    let database = livesession_pgtest::database();
-    let page = PageServer::start().await;
-    let page_args = page.server_args();
-    let shared = tempfile::Builder::new().prefix("lsshared").tempdir_in("/tmp").unwrap();
-    let shared_dir = shared.path().to_str().unwrap().to_owned();
-    let node = |id: &'static str, runners: &'static str| {
-        vec![
-            "--database-url".to_owned(), database.clone(),
-            "--cluster-secret".to_owned(), "a-test-cluster-secret-of-forty-characters".to_owned(),
-            "--shared-dir".to_owned(), shared_dir.clone(),
-            "--node-id".to_owned(), id.to_owned(),
-            "--node-heartbeat".to_owned(), "1".to_owned(),
-            "--steps-runners".to_owned(), runners.to_owned(),
-            page_args[0].clone(), page_args[1].clone(),
-        ]
-    };
-    let args_a = node("node-a", "0");
-    let a = TestServer::start(&args_a.iter().map(String::as_str).collect::<Vec<_>>()).await;
-    let args_b = node("node-b", "1");
-    let b = TestServer::start(&args_b.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let TwoNodes { a, b, page, _shared } = two_nodes(&["--steps-runners", "0"], &["--steps-runners", "1"]).await;
 
     let id = a.create_session(json!({"start_url": page.url})).await["id"].as_str().unwrap().to_owned();
     let token = a.mint_token(&id).await;
