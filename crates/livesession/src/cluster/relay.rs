@@ -213,8 +213,10 @@ fn close_reason(reason: &str) -> &str {
 }
 
 /// Copies bytes both ways until either side ends. When the owner's side ends without a
-/// close frame (the node died, or its connection broke), the client gets one: 4010 with
-/// the reason, if the owner's stream ended between two frames.
+/// close frame, the client gets one, if the owner's stream ended between two frames: the
+/// echo of the client's own close when the client began the closing (the owner may drop
+/// the connection without answering it), else 4010 with the reason (the node died, or its
+/// connection broke).
 async fn pipe<C, U>(client: C, upstream: U, node_id: &str, shutdown: tokio_util::sync::CancellationToken)
 where
     C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -222,8 +224,25 @@ where
 {
     let (mut from_client, mut to_client) = tokio::io::split(client);
     let (mut from_owner, mut to_owner) = tokio::io::split(upstream);
+    // The status code of the close the client sent, once it sent one.
+    let client_closed: std::sync::Mutex<Option<u16>> = std::sync::Mutex::new(None);
     let up = async {
-        let _ = tokio::io::copy(&mut from_client, &mut to_owner).await;
+        let mut frames = FrameBoundaries::default();
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            match from_client.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    frames.feed(&buf[..n]);
+                    if let Some(code) = frames.close_code {
+                        *client_closed.lock().unwrap() = Some(code);
+                    }
+                    if to_owner.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
         let _ = to_owner.shutdown().await;
     };
     let down = async {
@@ -232,7 +251,7 @@ where
         let ending = loop {
             tokio::select! {
                 read = from_owner.read(&mut buf) => match read {
-                    Ok(0) | Err(_) => break (CloseCode::DesktopUnavailable, format!(
+                    Ok(0) | Err(_) => break (CloseCode::DesktopUnavailable.code(), format!(
                         "desktop unavailable: the node running this session's desktop ({node_id}) was lost; reconnect"
                     )),
                     Ok(n) => {
@@ -242,11 +261,18 @@ where
                         }
                     }
                 },
-                () = shutdown.cancelled() => break (CloseCode::ShuttingDown, "server shutting down".to_owned()),
+                () = shutdown.cancelled() => break (CloseCode::ShuttingDown.code(), "server shutting down".to_owned()),
             }
         };
         if !frames.saw_close && frames.at_boundary() {
-            let _ = to_client.write_all(&close_frame(ending.0.code(), close_reason(&ending.1))).await;
+            let echo = *client_closed.lock().unwrap();
+            let frame = match echo {
+                // 1005 ("no status") is never sent: an empty close answers one without.
+                Some(1005) => vec![0x88, 0x00],
+                Some(code) => close_frame(code, ""),
+                None => close_frame(ending.0, close_reason(&ending.1)),
+            };
+            let _ = to_client.write_all(&frame).await;
         }
         let _ = to_client.shutdown().await;
     };
@@ -266,12 +292,18 @@ fn close_frame(code: u16, reason: &str) -> Vec<u8> {
 }
 
 /// Follows where WebSocket frames begin and end in a byte stream, reading only their
-/// headers (RFC 6455 §5.2): the payloads are counted, not read.
+/// headers (RFC 6455 §5.2): the payloads are counted, not read, but for a close frame's
+/// status code (unmasked when the frame is masked, as a client's are).
 #[derive(Default)]
 struct FrameBoundaries {
     header: Vec<u8>,
     payload_left: u64,
     saw_close: bool,
+    /// The first close frame's status code once read (1005, "none", for a close without
+    /// one).
+    close_code: Option<u16>,
+    /// Reading a close frame's payload: its mask, and the status code's bytes so far.
+    close_payload: Option<([u8; 4], Vec<u8>)>,
 }
 
 impl FrameBoundaries {
@@ -282,16 +314,31 @@ impl FrameBoundaries {
     fn feed(&mut self, mut bytes: &[u8]) {
         while !bytes.is_empty() {
             if self.payload_left > 0 {
-                let take = self.payload_left.min(bytes.len() as u64);
-                self.payload_left -= take;
-                bytes = &bytes[take as usize..];
+                let take = self.payload_left.min(bytes.len() as u64) as usize;
+                if let Some((mask, code)) = self.close_payload.as_mut() {
+                    for &b in bytes[..take].iter().take(2 - code.len()) {
+                        let i = code.len();
+                        code.push(b ^ mask[i]);
+                    }
+                    if code.len() == 2 {
+                        self.close_code.get_or_insert(u16::from_be_bytes([code[0], code[1]]));
+                        self.close_payload = None;
+                    }
+                }
+                self.payload_left -= take as u64;
+                bytes = &bytes[take..];
                 continue;
             }
             self.header.push(bytes[0]);
             bytes = &bytes[1..];
-            if let Some((opcode, payload)) = self.header_done() {
-                if opcode == 0x8 {
+            if let Some((opcode, payload, mask)) = self.header_done() {
+                if opcode == 0x8 && !self.saw_close {
                     self.saw_close = true;
+                    if payload >= 2 {
+                        self.close_payload = Some((mask, Vec::with_capacity(2)));
+                    } else {
+                        self.close_code = Some(1005);
+                    }
                 }
                 self.payload_left = payload;
                 self.header.clear();
@@ -299,8 +346,9 @@ impl FrameBoundaries {
         }
     }
 
-    /// The opcode and payload length once the header is whole.
-    fn header_done(&self) -> Option<(u8, u64)> {
+    /// The opcode, the payload length and the mask (zeros when unmasked) once the header
+    /// is whole.
+    fn header_done(&self) -> Option<(u8, u64, [u8; 4])> {
         let h = &self.header;
         if h.len() < 2 {
             return None;
@@ -321,7 +369,8 @@ impl FrameBoundaries {
             2 => u64::from(u16::from_be_bytes([h[2], h[3]])),
             _ => u64::from_be_bytes(h[2..10].try_into().expect("8 bytes")),
         };
-        Some((h[0] & 0x0f, payload))
+        let mask = if masked { h[len - 4..len].try_into().expect("4 bytes") } else { [0; 4] };
+        Some((h[0] & 0x0f, payload, mask))
     }
 }
 
@@ -369,6 +418,30 @@ mod tests {
         let mut f = FrameBoundaries::default();
         f.feed(&[frame(2, 3), close_frame(1000, "bye")].concat());
         assert!(f.saw_close && f.at_boundary());
+    }
+
+    #[test]
+    fn a_clients_masked_close_code_is_read_in_any_chunking() {
+        let mask = [0x11, 0x22, 0x33, 0x44];
+        let payload = [0x0f, 0xa0, b'b', b'y', b'e']; // 4000, "bye"
+        let mut close = vec![0x88, 0x80 | payload.len() as u8];
+        close.extend_from_slice(&mask);
+        close.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        let mut data = vec![0x82, 0x80 | 3];
+        data.extend_from_slice(&mask);
+        data.extend_from_slice(&[1, 2, 3]);
+        let stream = [data, close].concat();
+        for chunk in 1..=stream.len() {
+            let mut f = FrameBoundaries::default();
+            for piece in stream.chunks(chunk) {
+                f.feed(piece);
+            }
+            assert_eq!((f.saw_close, f.close_code, f.at_boundary()), (true, Some(4000), true), "chunk {chunk}");
+        }
+        // A close without a status code.
+        let mut f = FrameBoundaries::default();
+        f.feed(&[0x88, 0x80, 1, 2, 3, 4]);
+        assert_eq!(f.close_code, Some(1005));
     }
 
     #[test]

@@ -203,7 +203,12 @@ async fn relay(app: &App, mut auth: Authorized, mut socket: WebSocket) {
         close_code = close.as_ref().map(|c| c.code.code()),
         "vnc connection closed"
     );
-    if let Some(close) = close {
-        ws::close(app, ConnKind::Vnc, socket, close).await;
+    match close {
+        Some(close) => ws::close(app, ConnKind::Vnc, socket, close).await,
+        // The client began the closing: the answer to its close frame is queued; send it
+        // rather than drop the connection under it.
+        None => {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), socket.flush()).await;
+        }
     }
 }
