@@ -72,6 +72,18 @@ async fn held_sandbox(desktop_dir: &Path) -> (i32, i32) {
     }
 }
 
+/// What is mounted below `root` (a desktop's capped home and run, while it lives).
+fn mounts_under(root: &Path) -> Vec<String> {
+    let root = root.to_string_lossy().into_owned();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| m.starts_with(root.as_str()))
+        .map(str::to_owned)
+        .collect()
+}
+
 fn alive(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
@@ -182,6 +194,8 @@ async fn a_start_dropped_while_bubblewraps_child_waits_leaves_nothing() {
     assert!(gone.is_ok(), "a dropped start left bubblewrap or its child: {gone:?}");
     let left = naming(&root);
     assert!(left.is_empty(), "processes of the desktop were left: {left:?}");
+    let mounted = mounts_under(&root);
+    assert!(mounted.is_empty(), "a dropped start left its writable space mounted: {mounted:?}");
 }
 
 /// A start that times out while bubblewrap's child waits stops the desktop, child and all,

@@ -120,6 +120,9 @@ impl Drop for LocalDesktop {
             process::kill_unannounced_sandbox(self.pgid);
         }
         process::kill_now(self.pgid, self.pidns);
+        // Its size-capped home and run go too (lazily: a process still dying keeps them
+        // until it is gone), or every cancelled start left two tmpfs mounted.
+        writable::unmount(&self.dir);
     }
 }
 
