@@ -247,14 +247,8 @@ impl Drop for Forwarder {
 
 // ---------------------------------------------------------------- the page, in every namespace
 
-const PAGE: &str = r#"<!doctype html><html><head><title>livesession cluster page</title>
-<style>html,body{margin:0;height:100%;background:rgb(255,0,255)} input{margin:40px;font-size:32px;width:600px}</style>
-</head><body><input id="t" autofocus>
-<script>
-const t = document.getElementById('t');
-t.addEventListener('input', () => fetch('/typed?value=' + encodeURIComponent(t.value)));
-window.addEventListener('load', () => t.focus());
-</script></body></html>"#;
+// The page is support.rs's: an input whose every change is reported to `/typed`.
+use crate::support::PAGE;
 
 /// The test page served on `127.0.0.1:PAGE_PORT` inside each namespace; what any copy
 /// reports lands in one list.

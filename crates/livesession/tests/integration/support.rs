@@ -109,7 +109,8 @@ fn home_page(user: Option<&str>) -> String {
     }
 }
 
-const PAGE: &str = r#"<!doctype html><html><head><title>livesession test page</title>
+/// The page the tests' desktops open (also the three-node harness's).
+pub const PAGE: &str = r#"<!doctype html><html><head><title>livesession test page</title>
 <style>html,body{margin:0;height:100%;background:rgb(255,0,255)} input{margin:40px;font-size:32px;width:600px}</style>
 </head><body><input id="t" autofocus>
 <script>
